@@ -1,0 +1,30 @@
+"""Stream Python logs and events to the Tinybird Events API.
+
+Public API: ``TinybirdHandler`` (a ``logging.Handler``), ``TinybirdEvents`` (an
+application's own events), ``TinybirdConfig`` and ``DeliveryStats``, and
+``install_sigterm_handler``. The test server lives in ``tinybird_export.testing``.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from tinybird_export._channel import DeliveryStats
+from tinybird_export._config import TinybirdConfig
+from tinybird_export._lifecycle import install_sigterm_handler
+from tinybird_export.events import TinybirdEvents
+from tinybird_export.handler import TinybirdHandler
+
+try:
+    __version__ = metadata.version("tinybird-export")
+except metadata.PackageNotFoundError:  # Defensive: running from a source tree
+    __version__ = "0"
+
+__all__ = [
+    "DeliveryStats",
+    "TinybirdConfig",
+    "TinybirdEvents",
+    "TinybirdHandler",
+    "__version__",
+    "install_sigterm_handler",
+]

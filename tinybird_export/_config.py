@@ -1,0 +1,306 @@
+"""Settings: one frozen object, one precedence rule.
+
+Every setting resolves the same way: the explicit argument when it is not ``None``, else
+its ``TINYBIRD_*`` environment variable, else the default. Values may arrive as strings
+(``dictConfig``, ``fileConfig``, Django settings, env vars), so each is parsed and
+validated here, at construction, with an error that names the setting and its env var.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import ipaddress
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+DEFAULT_HOST: Final = "https://api.tinybird.co"
+_MIB: Final = 1024 * 1024
+# Tinybird rejects requests over 10 MB on the Free plan with 413 (events-api docs,
+# "Limits"); whether raw or compressed bytes count is undocumented, so raw bytes stay under.
+_REQUEST_CAP: Final = 10 * 1000 * 1000
+_EXTRAS_MODES: Final = ("both", "flat", "attributes", "none")
+_COMPRESSIONS: Final = ("gzip", "none")
+_DATASOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TinybirdConfig:
+    """Resolved, validated settings shared by the handler, the event sender and exporters.
+
+    Build it with :meth:`TinybirdConfig.resolve`; the README's configuration table lists
+    every field with its environment variable and default.
+    """
+
+    datasource: str
+    token: str | None = dataclasses.field(default=None, repr=False)
+    host: str = DEFAULT_HOST
+    enabled: bool = True
+    wait: bool = False
+    flush_interval: float = 1.0
+    service: str = ""
+    fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    extras: str = "both"
+    batch_max_rows: int = 10_000
+    batch_max_bytes: int = 4 * _MIB
+    queue_max_events: int = 200_000
+    queue_max_bytes: int = 64 * _MIB
+    max_event_bytes: int = _MIB
+    compression: str = "gzip"
+    connect_timeout: float = 3.0
+    timeout: float = 10.0
+    flush_timeout: float = 5.0
+    exit_timeout: float = 5.0
+    background: bool = True
+    ca_bundle: str | None = None
+    allow_http: bool = False
+    before_send: BeforeSend | None = None
+
+    @property
+    def read_timeout(self) -> float:
+        """The read timeout for one request: ``wait=true`` answers can take ~25 s."""
+        return max(self.timeout, 60.0) if self.wait else self.timeout
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        datasource_env: str = "TINYBIRD_DATASOURCE",
+        default_datasource: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        **arguments: Any,
+    ) -> TinybirdConfig:
+        """Resolve every setting: argument, then environment variable, then default.
+
+        Args:
+            datasource_env: The env var that names the data source (the span exporter
+                reads its own so that shapes never mix in one data source).
+            default_datasource: Used when neither argument nor env var names one.
+            environ: The environment to read; ``os.environ`` when omitted.
+            **arguments: Setting values, as Python values or strings; ``None`` means unset.
+
+        Raises:
+            ValueError: A value is missing or invalid; the message names the setting, its
+                environment variable and the fix.
+            TypeError: An argument is not a known setting.
+        """
+        env = os.environ if environ is None else environ
+        unknown = set(arguments) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            names = ", ".join(sorted(unknown))
+            raise TypeError(f"tinybird-export: unknown setting(s) {names}; see the README table")
+        env_names = {**_ENV_NAMES, "datasource": datasource_env}
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = arguments.get(field.name)
+            if raw is None:
+                raw = env.get(env_names[field.name]) or None
+            if raw is None:
+                continue
+            parse = _PARSERS.get(field.name, _parse_str)
+            values[field.name] = parse(raw, _Setting(field.name, env_names[field.name]))
+        if "datasource" not in values and default_datasource is not None:
+            values["datasource"] = default_datasource
+        config = cls(**{"datasource": "", **values})
+        config._validate(_Setting("datasource", datasource_env))
+        return config
+
+    def _validate(self, datasource: _Setting) -> None:
+        if not self.datasource:
+            raise datasource.error("is required", "name the data source events go to")
+        if not _DATASOURCE_NAME.match(self.datasource):
+            raise datasource.error(
+                f"{self.datasource!r} is not a valid data source name",
+                "use letters, digits and underscores, not starting with a digit",
+            )
+        if self.batch_max_bytes > _REQUEST_CAP:
+            raise _setting("batch_max_bytes").error(
+                f"{self.batch_max_bytes} exceeds the Events API's 10 MB request cap",
+                "use at most 10000000",
+            )
+        if self.max_event_bytes > self.batch_max_bytes:
+            raise _setting("max_event_bytes").error(
+                "is larger than batch_max_bytes", "an event must fit in one batch"
+            )
+        if self.queue_max_bytes < self.batch_max_bytes:
+            raise _setting("queue_max_bytes").error(
+                "is smaller than batch_max_bytes", "the queue must hold at least one batch"
+            )
+        _check_host(self.host, self.allow_http)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setting:
+    name: str
+    env: str
+
+    def error(self, problem: str, fix: str) -> ValueError:
+        return ValueError(
+            f"tinybird-export: setting {self.name!r} (env {self.env}) {problem}: {fix}."
+        )
+
+
+_ENV_NAMES: Final = {
+    "token": "TINYBIRD_TOKEN",
+    "host": "TINYBIRD_HOST",
+    "enabled": "TINYBIRD_ENABLED",
+    "wait": "TINYBIRD_WAIT",
+    "flush_interval": "TINYBIRD_FLUSH_INTERVAL",
+    "service": "OTEL_SERVICE_NAME",
+    "fields": "TINYBIRD_FIELDS",
+    "extras": "TINYBIRD_EXTRAS",
+    "batch_max_rows": "TINYBIRD_BATCH_MAX_ROWS",
+    "batch_max_bytes": "TINYBIRD_BATCH_MAX_BYTES",
+    "queue_max_events": "TINYBIRD_QUEUE_MAX_EVENTS",
+    "queue_max_bytes": "TINYBIRD_QUEUE_MAX_BYTES",
+    "max_event_bytes": "TINYBIRD_MAX_EVENT_BYTES",
+    "compression": "TINYBIRD_COMPRESSION",
+    "connect_timeout": "TINYBIRD_CONNECT_TIMEOUT",
+    "timeout": "TINYBIRD_TIMEOUT",
+    "flush_timeout": "TINYBIRD_FLUSH_TIMEOUT",
+    "exit_timeout": "TINYBIRD_EXIT_TIMEOUT",
+    "background": "TINYBIRD_BACKGROUND",
+    "ca_bundle": "TINYBIRD_CA_BUNDLE",
+    "allow_http": "TINYBIRD_ALLOW_HTTP",
+    "before_send": "TINYBIRD_BEFORE_SEND",
+}
+
+
+def _setting(name: str) -> _Setting:
+    return _Setting(name, _ENV_NAMES[name])
+
+
+def _parse_str(raw: Any, setting: _Setting) -> str:
+    if not isinstance(raw, str):
+        raise setting.error(f"must be a string, got {type(raw).__name__}", "pass text")
+    return raw.strip()
+
+
+def _parse_bool(raw: Any, setting: _Setting) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise setting.error(f"is {raw!r}, not a boolean", "use true or false")
+
+
+def _number(kind: type[int] | type[float], minimum: float) -> Callable[[Any, _Setting], Any]:
+    def parse(raw: Any, setting: _Setting) -> int | float:
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = kind(raw.strip() if isinstance(raw, str) else raw)
+        except (TypeError, ValueError):
+            raise setting.error(f"is {raw!r}, not a number", f"use a {kind.__name__}") from None
+        if not value >= minimum or value != value or value == float("inf"):
+            raise setting.error(f"is {value!r}", f"use a finite value of at least {minimum}")
+        return value
+
+    return parse
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any, _Setting], str]:
+    def parse(raw: Any, setting: _Setting) -> str:
+        value = _parse_str(raw, setting).lower()
+        if value not in options:
+            raise setting.error(f"is {raw!r}", "use one of " + ", ".join(options))
+        return value
+
+    return parse
+
+
+def _parse_fields(raw: Any, setting: _Setting) -> Mapping[str, Any]:
+    """Static fields: a mapping, or ``"environment=prod,release=1.2"`` from an env var."""
+    if isinstance(raw, Mapping):
+        fields = dict(raw)
+    elif isinstance(raw, str):
+        fields = {}
+        for pair in filter(None, (part.strip() for part in raw.split(","))):
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise setting.error(f"has {pair!r}", "write key=value pairs separated by commas")
+            fields[key.strip()] = value.strip()
+    else:
+        raise setting.error(f"is a {type(raw).__name__}", "pass a mapping of field to value")
+    if not all(isinstance(key, str) for key in fields):
+        raise setting.error("has a non-string key", "name every field with a string")
+    return fields
+
+
+def _parse_before_send(raw: Any, setting: _Setting) -> BeforeSend:
+    """A callable, or its dotted path (``package.module:function`` or ``package.module.function``)."""
+    if callable(raw):
+        return raw  # type: ignore[no-any-return]
+    path = _parse_str(raw, setting)
+    module_name, sep, attribute = path.partition(":")
+    if not sep:
+        module_name, _, attribute = path.rpartition(".")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise setting.error(f"{path!r} cannot be imported ({exc})", "give module:function") from None
+    if not callable(target):
+        raise setting.error(f"{path!r} is not callable", "point it at a function")
+    return target  # type: ignore[no-any-return]
+
+
+_PARSERS: Final[dict[str, Callable[[Any, _Setting], Any]]] = {
+    "enabled": _parse_bool,
+    "wait": _parse_bool,
+    "background": _parse_bool,
+    "allow_http": _parse_bool,
+    "flush_interval": _number(float, 0.01),
+    "batch_max_rows": _number(int, 1),
+    "batch_max_bytes": _number(int, 1024),
+    "queue_max_events": _number(int, 1),
+    "queue_max_bytes": _number(int, 1024),
+    "max_event_bytes": _number(int, 1024),
+    "connect_timeout": _number(float, 0.001),
+    "timeout": _number(float, 0.001),
+    "flush_timeout": _number(float, 0),
+    "exit_timeout": _number(float, 0),
+    "extras": _choice(_EXTRAS_MODES),
+    "compression": _choice(_COMPRESSIONS),
+    "fields": _parse_fields,
+    "before_send": _parse_before_send,
+}
+
+
+def _check_host(host: str, allow_http: bool) -> None:
+    setting = _setting("host")
+    parts = urllib.parse.urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise setting.error(f"{host!r} is not a URL", f"use a base URL such as {DEFAULT_HOST}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise setting.error(
+            "has a query, fragment or credentials", "give only scheme://host[:port]; the token "
+            "goes in the token setting"
+        )
+    try:
+        parts.port  # noqa: B018 - urlsplit validates the port lazily
+    except ValueError:
+        raise setting.error(f"{host!r} has an invalid port", "use scheme://host:port") from None
+    if parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname):
+        raise setting.error(
+            f"{host!r} sends the token unencrypted",
+            "use https, or set allow_http (TINYBIRD_ALLOW_HTTP=true) for a trusted network",
+        )
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False

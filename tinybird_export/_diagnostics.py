@@ -1,0 +1,34 @@
+"""The package's own diagnostics: stderr, once per distinct problem, never through ``logging``.
+
+Writing to stderr rather than a logger keeps the worker out of ``logging`` entirely: no
+record of ours can reach our own handler (peers.md §3 rows 6-8), and no ``logging`` lock is
+ever taken from the worker thread.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+_said: set[str] = set()
+_said_lock = threading.Lock()
+
+
+def say(message: str) -> None:
+    """Write one line to stderr; never raises (stderr may be closed at exit)."""
+    stream = sys.stderr or sys.__stderr__
+    try:
+        if stream is not None:
+            stream.write(f"tinybird-export: {message}\n")
+            stream.flush()
+    except Exception:  # noqa: BLE001, S110 - diagnostics must never hurt the application
+        pass
+
+
+def say_once(key: str, message: str) -> None:
+    """Write ``message`` the first time ``key`` is seen in this process."""
+    with _said_lock:
+        if key in _said:
+            return
+        _said.add(key)
+    say(message)

@@ -1,0 +1,131 @@
+"""What the handler, the event sender and the exporters share: a channel on a shared worker.
+
+``put`` is the caller's-thread half of the pipeline (hook, encode, queue: no I/O, no
+waiting); ``flush``, ``close`` and ``stats`` are the per-producer controls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from tinybird_export import _diagnostics, _lifecycle, _worker
+from tinybird_export._channel import Channel, DeliveryStats
+from tinybird_export._config import TinybirdConfig
+from tinybird_export._encoding import encode_event, safe_str
+
+
+class Producer:
+    """One handler's (or sender's, or exporter's) channel on the shared worker.
+
+    Args:
+        config: The resolved settings.
+        label: What to call the owner in diagnostics ("TinybirdHandler").
+    """
+
+    def __init__(self, config: TinybirdConfig, label: str) -> None:
+        self.config = config
+        self.channel = Channel(
+            config.datasource,
+            wait=config.wait,
+            limits={
+                "queue_max_events": config.queue_max_events,
+                "queue_max_bytes": config.queue_max_bytes,
+                "batch_max_rows": config.batch_max_rows,
+                "batch_max_bytes": config.batch_max_bytes,
+                "flush_interval": config.flush_interval,
+            },
+        )
+        self.worker: _worker.Worker | None = None
+        if config.enabled and not config.token:
+            _diagnostics.say_once(
+                "no-token",
+                f"TINYBIRD_TOKEN is not set, so {label} is disabled and its events are "
+                "dropped (counted as 'disabled'). Set TINYBIRD_TOKEN (or token=) to send "
+                "them, or TINYBIRD_ENABLED=false to disable it quietly.",
+            )
+        elif config.enabled:
+            self.worker = _worker.attach(config, self.channel)
+        self._before_send = config.before_send
+        self._max_event_bytes = config.max_event_bytes
+
+    def put(self, event: dict[str, Any]) -> None:
+        """Queue one event (caller's thread): hook, encode, append. Never blocks, never raises
+        for bad data: it is repaired, truncated or dropped and counted."""
+        channel = self.channel
+        worker = self.worker
+        if worker is None or channel.closed:
+            channel.refuse("disabled" if worker is None else "closed")
+            return
+        if self._before_send is not None:
+            hooked = self._run_before_send(event)
+            if hooked is None:
+                return
+            event = hooked
+        line, truncated = encode_event(event, self._max_event_bytes)
+        if line is None:
+            channel.refuse("too_large")
+        elif channel.offer(line, truncated=truncated):
+            worker.notify()
+
+    def _run_before_send(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            result = self._before_send(event)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - drop rather than send unredacted
+            self.channel.refuse("before_send_error")
+            _diagnostics.say_once(
+                "before_send_error",
+                f"before_send raised {type(exc).__name__}: {safe_str(exc)[:200]}; the event "
+                "was dropped (counted as 'before_send_error').",
+            )
+            return None
+        if result is None:
+            self.channel.refuse("before_send")
+        return result
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued before the call is acknowledged, or ``timeout``.
+
+        Never waits while the caller holds ``logging``'s module lock (``dictConfig``,
+        ``logging.shutdown``): the worker is woken and the call returns at once.
+        """
+        worker, channel = self.worker, self.channel
+        if worker is None:
+            return channel.empty()
+        with channel.lock:
+            target = channel.accepted
+            drops = channel.dropped_after_queue
+            channel.flush_target = max(channel.flush_target, target)
+        if _holds_logging_lock():
+            worker.wake.set()
+            return channel.resolved >= target and channel.dropped_after_queue == drops
+        wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
+        done = worker.wait_until(lambda: channel.resolved >= target, time.monotonic() + wait)
+        return done and channel.dropped_after_queue == drops
+
+    def close(self) -> None:
+        """Flush within ``flush_timeout`` and detach; idempotent, never unbounded."""
+        worker, channel = self.worker, self.channel
+        if channel.closed:
+            return
+        channel.closed = True
+        if worker is None:
+            return
+        self.flush()
+        if channel.empty():
+            _worker.detach(worker, channel)
+        elif worker.exit_deadline is not None:
+            _lifecycle.report_undelivered([channel], "at exit (logged after the exit drain)")
+            _worker.detach(worker, channel)
+        else:
+            worker.notify()  # the worker sends the rest, then detaches the channel
+
+    def stats(self) -> DeliveryStats:
+        """A snapshot of this producer's counters."""
+        return self.channel.stats()
+
+
+def _holds_logging_lock() -> bool:
+    is_owned = getattr(getattr(logging, "_lock", None), "_is_owned", None)
+    return bool(is_owned is not None and is_owned())

@@ -1,0 +1,102 @@
+"""The retry policy, written once: what each answer means and how long to wait.
+
+urllib3's own retries and redirects are off (see ``_client``); every decision about an
+Events API answer is made here. Status meanings follow Tinybird's Events API docs
+("Response codes", "Rate limits"): 429 carries ``Retry-After`` (seconds) and
+``X-RateLimit-Reset`` (seconds from now, not an epoch).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import random
+import time
+from collections.abc import Mapping
+from typing import Final
+
+RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, 500, 502, 503, 504})
+_BACKOFF_BASE: Final = 0.5
+_BACKOFF_CAP: Final = 30.0
+# A bogus header must not park a data source for hours; Tinybird's windows are seconds.
+_RATE_LIMIT_CAP: Final = 300.0
+
+REGION_HOSTS: Final = (
+    "https://api.tinybird.co, https://api.us-east.tinybird.co, "
+    "https://api.europe-west2.gcp.tinybird.co, https://api.northamerica-northeast2.gcp.tinybird.co, "
+    "https://api.us-east.aws.tinybird.co, https://api.us-west-2.aws.tinybird.co, "
+    "https://api.eu-central-1.aws.tinybird.co, https://api.eu-west-1.aws.tinybird.co, "
+    "https://api.ap-east.aws.tinybird.co, https://api.ap-southeast-2.aws.tinybird.co"
+)
+
+
+class Outcome(enum.Enum):
+    """What the worker does with a batch after one attempt."""
+
+    SENT = "sent"
+    RETRY = "retry"
+    SPLIT = "split"
+    DROP = "drop"
+
+
+def classify(status: int | None) -> Outcome:
+    """``None`` is a transport failure (refused, reset, timed out): retryable."""
+    if status is None or status in RETRYABLE_STATUSES:
+        return Outcome.RETRY
+    if status in (200, 202):
+        return Outcome.SENT
+    if status == 413:
+        return Outcome.SPLIT
+    return Outcome.DROP
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... capped at 30 s, times 0.5-1.
+
+    The jitter keeps a minimum so that a failing endpoint never sees a tight loop.
+    """
+    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** min(attempt, 16))
+    return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+
+
+def server_delay(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The wait a 429/503 asks for: ``Retry-After`` (seconds or HTTP-date), else
+    ``X-RateLimit-Reset`` (seconds from now), capped at five minutes; ``None`` if absent."""
+    for name in ("Retry-After", "X-RateLimit-Reset"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        delay = _parse_delay(value.strip(), time.time() if now is None else now)
+        if delay is not None:
+            return min(max(delay, 0.0), _RATE_LIMIT_CAP)
+    return None
+
+
+def _parse_delay(value: str, now: float) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when.timestamp() - now
+
+
+def drop_hint(status: int, datasource: str, host: str) -> str:
+    """What a non-retryable answer most likely means, and what to fix."""
+    if 300 <= status < 400:
+        return f"{host} answered with a redirect: the host is wrong (set TINYBIRD_HOST to the API host)"
+    hints = {
+        400: "the request was invalid",
+        401: "the token is missing or malformed (TINYBIRD_TOKEN)",
+        403: "the token is invalid or lacks DATASOURCE:APPEND on "
+        f"{datasource!r} (or DATASOURCE:CREATE for a new data source)",
+        404: f"the token's workspace is not on {host} (wrong region: the hosts are "
+        f"{REGION_HOSTS}) or the data source {datasource!r} is not deployed",
+        411: "the request had no Content-Length",
+        422: "rows were partially written (a materialized view failed); not retried to "
+        "avoid duplicates",
+    }
+    return hints.get(status, "the server refused the batch")

@@ -1,0 +1,73 @@
+"""``TinybirdEvents``: an application's own events (page views, clicks) through the pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tinybird_export._channel import DeliveryStats
+from tinybird_export._config import TinybirdConfig
+from tinybird_export._events import plain_event
+from tinybird_export._producer import Producer
+
+__all__ = ["TinybirdEvents"]
+
+
+class TinybirdEvents:
+    """Sends plain dicts to a data source, with the handler's batching and guarantees.
+
+    ``send`` copies the event, fills in ``timestamp`` (UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``)
+    and ``event_id`` when absent, encodes it and queues it; it never blocks or does I/O.
+    Settings are those of ``TinybirdHandler`` (same arguments, same environment variables).
+
+    Example::
+
+        events = TinybirdEvents(datasource="simple_events")
+        events.send({"href": "https://shop.example/", "event": "page_view"})
+    """
+
+    def __init__(
+        self,
+        datasource: str | None = None,
+        token: str | None = None,
+        host: str | None = None,
+        **settings: Any,
+    ) -> None:
+        config = TinybirdConfig.resolve(datasource=datasource, token=token, host=host, **settings)
+        self._producer = Producer(config, "TinybirdEvents")
+
+    def __repr__(self) -> str:
+        return f"<TinybirdEvents {self._producer.config.datasource}>"
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        """Queue one event. Bad values are repaired, oversized ones truncated or dropped and
+        counted; nothing is raised to the caller for bad data.
+
+        Raises:
+            TypeError: ``event`` is not a mapping (a programming error, not bad data).
+        """
+        if not isinstance(event, Mapping):
+            raise TypeError(f"TinybirdEvents.send takes a mapping, not {type(event).__name__}")
+        self._producer.put(plain_event(event))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event sent before the call is acknowledged, or ``timeout``.
+
+        Returns:
+            Whether all of them were acknowledged in time.
+        """
+        return self._producer.flush(timeout)
+
+    def close(self) -> None:
+        """Flush within ``flush_timeout`` and stop sending. Idempotent."""
+        self._producer.close()
+
+    def stats(self) -> DeliveryStats:
+        """A snapshot of this sender's delivery counters."""
+        return self._producer.stats()
+
+    def __enter__(self) -> TinybirdEvents:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

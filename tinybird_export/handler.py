@@ -1,0 +1,106 @@
+"""``TinybirdHandler``: the ``logging.Handler`` that streams records to the Events API."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from tinybird_export._channel import DeliveryStats
+from tinybird_export._config import TinybirdConfig
+from tinybird_export._events import RecordMapper
+from tinybird_export._producer import Producer
+from tinybird_export._worker import sending_threads
+
+__all__ = ["TinybirdHandler"]
+
+_get_ident = threading.get_ident
+
+
+class TinybirdHandler(logging.Handler):
+    """Streams log records to ``POST {host}/v0/events?name={datasource}`` as NDJSON.
+
+    ``emit`` turns the record into a flat event and queues it as one encoded line: no I/O,
+    no waiting, no exception into the caller. A shared background worker batches and sends.
+    Every argument may be given as a string (``dictConfig``, ``fileConfig``, Django's
+    ``LOGGING``); unset arguments fall back to their ``TINYBIRD_*`` environment variables,
+    then to the defaults listed in the README.
+
+    Args:
+        datasource: Data source to append to (``TINYBIRD_DATASOURCE``); required.
+        token: Token with ``DATASOURCE:APPEND`` (``TINYBIRD_TOKEN``). Without one the handler
+            disables itself and says so once on stderr.
+        host: API base URL (``TINYBIRD_HOST``), default ``https://api.tinybird.co``.
+        level: The handler's level, as for any handler.
+        **settings: Every other setting of the README's configuration table (``wait``,
+            ``flush_interval``, ``service``, ``fields``, ``extras``, batch and queue
+            limits, timeouts, ``compression``, ``before_send``...).
+
+    Raises:
+        ValueError: A setting is missing or invalid; the message names it and its env var.
+    """
+
+    def __init__(
+        self,
+        datasource: str | None = None,
+        token: str | None = None,
+        host: str | None = None,
+        level: int | str = logging.NOTSET,
+        **settings: Any,
+    ) -> None:
+        super().__init__(level)
+        config = TinybirdConfig.resolve(datasource=datasource, token=token, host=host, **settings)
+        self._mapper = RecordMapper(config.service, config.fields, config.extras)
+        self._producer = Producer(config, "TinybirdHandler")
+
+    def __repr__(self) -> str:
+        level = logging.getLevelName(self.level)
+        return f"<TinybirdHandler {self._producer.config.datasource} ({level})>"
+
+    def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:  # type: ignore[override]
+        """Filter and emit without taking the handler lock.
+
+        ``emit`` is thread-safe on its own, and the stock ``Handler.handle`` takes the lock
+        that ``logging.shutdown`` holds across ``flush()``: logging threads must not wait on
+        it. Records created by a thread that is sending (our worker, urllib3 inside a send)
+        are dropped here, before any lock, so the handler never feeds on itself.
+        """
+        if _get_ident() in sending_threads:
+            return False
+        result = self.filter(record) if self.filters else True
+        if isinstance(result, logging.LogRecord):
+            record = result
+        if result:
+            self.emit(record)
+        return result
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue the record as one event; failures go to ``handleError``, never the caller."""
+        try:
+            self._producer.put(self._mapper(record))
+        except Exception:  # noqa: BLE001 - logging's contract: never raise into the app
+            self.handleError(record)
+
+    def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]
+        """Wait until every record emitted before the call is acknowledged by the server.
+
+        Args:
+            timeout: Seconds to wait at most; default ``flush_timeout``. No wait at all
+                while the caller holds ``logging``'s module lock.
+
+        Returns:
+            Whether everything emitted before the call was acknowledged (quarantined rows
+            included) within the timeout.
+        """
+        return self._producer.flush(timeout)
+
+    def close(self) -> None:
+        """Flush within ``flush_timeout`` and stop sending for this handler. Idempotent."""
+        try:
+            self._producer.close()
+        finally:
+            super().close()
+
+    def stats(self) -> DeliveryStats:
+        """A snapshot of this handler's delivery counters (see ``DeliveryStats``)."""
+        return self._producer.stats()

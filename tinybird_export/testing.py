@@ -1,0 +1,330 @@
+"""A scriptable, Events-API-compatible server on 127.0.0.1, for tests of logging setups.
+
+``EventsServer`` answers ``POST /v0/events`` like Tinybird (``name`` required, bearer token
+checked, gzip bodies, NDJSON validated, ``successful_rows``/``quarantined_rows`` bodies) and
+records what arrives, decoded. It can be scripted to answer any status with any headers, to
+delay, to hang until released, and to reset connections, so that every failure a shipper
+meets can be reproduced on one machine. The ``tinybird_server`` pytest fixture (installed
+with the package) yields a running one.
+
+Example::
+
+    with EventsServer(token="test-token") as server:
+        handler = TinybirdHandler(datasource="app_logs", host=server.url, token=server.token)
+        logging.getLogger().addHandler(handler)
+        logging.warning("hello")
+        handler.flush()
+        assert server.events("app_logs")[0]["event"] == "hello"
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import http.server
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+
+__all__ = ["EventsServer", "ReceivedRequest", "Reply"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """How the server answers one request.
+
+    Attributes:
+        status: HTTP status; 200/202 answer with a Tinybird success body.
+        headers: Extra response headers (``Retry-After``, ``X-RateLimit-Reset``...).
+        body: Response body; by default Tinybird's JSON for the status.
+        delay: Seconds to wait before answering.
+        hang: Accept the request and never answer (until ``release()`` or ``stop()``).
+        reset: Close the connection with a TCP reset instead of answering.
+        quarantine: For 200/202, how many of the rows to report as quarantined.
+    """
+
+    status: int = 202
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    body: bytes | None = None
+    delay: float = 0.0
+    hang: bool = False
+    reset: bool = False
+    quarantine: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceivedRequest:
+    """One request as the server saw it (the body decompressed)."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    raw_body: bytes
+    body: bytes
+    status: int
+
+    @property
+    def datasource(self) -> str:
+        """The ``name`` query parameter."""
+        return self.query.get("name", "")
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The NDJSON rows of the body, parsed."""
+        return [orjson.loads(line) for line in self.body.splitlines() if line.strip()]
+
+
+class EventsServer:
+    """A threaded Events API server on ``127.0.0.1`` (port 0 picks a free one).
+
+    Args:
+        token: The token to require (403 otherwise); ``None`` accepts any.
+        port: Port to listen on; 0 for a free one.
+        max_body_bytes: Request cap; larger bodies get 413 (Tinybird Free: 10 MB).
+        record: Keep each request (``False`` only counts, for benchmarks).
+    """
+
+    def __init__(
+        self,
+        token: str | None = "test-token",
+        port: int = 0,
+        *,
+        max_body_bytes: int = 10 * 1000 * 1000,
+        record: bool = True,
+    ) -> None:
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+        self.record = record
+        self._lock = threading.Condition()
+        self._script: list[Reply] = []
+        self._default = Reply()
+        self._released = threading.Event()
+        self._requests: list[ReceivedRequest] = []
+        self.rows_accepted = 0
+        self.bytes_accepted = 0
+        self.request_count = 0
+        self._httpd = _HTTPServer(("127.0.0.1", port), _Handler)
+        self._httpd.events_server = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL to use as ``host``."""
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def start(self) -> EventsServer:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, release hanging requests and close the socket."""
+        self._released.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> EventsServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- scripting ---------------------------------------------------------------------
+
+    def script(self, *replies: Reply) -> None:
+        """Answer the next requests with ``replies``, in order, then the default again."""
+        with self._lock:
+            self._script.extend(replies)
+            if any(reply.hang for reply in replies):
+                self._released.clear()
+
+    def respond(self, reply: Reply) -> None:
+        """Answer every request (after any scripted ones) with ``reply``."""
+        with self._lock:
+            self._default = reply
+            if reply.hang:
+                self._released.clear()
+
+    def release(self) -> None:
+        """Let hanging requests finish (they answer 202) and answer 202 from now on."""
+        with self._lock:
+            self._script = [r for r in self._script if not r.hang]
+            self._default = Reply()
+            self._released.set()
+
+    def _next_reply(self) -> Reply:
+        with self._lock:
+            return self._script.pop(0) if self._script else self._default
+
+    # -- what arrived ------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[ReceivedRequest]:
+        """Every request received, in order."""
+        with self._lock:
+            return list(self._requests)
+
+    def events(self, datasource: str | None = None) -> list[dict[str, Any]]:
+        """Rows of accepted (200/202) requests, optionally of one data source, in order."""
+        return [
+            row
+            for request in self.requests
+            if request.status in (200, 202)
+            and (datasource is None or request.datasource == datasource)
+            for row in request.rows
+        ]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Wait until ``predicate()`` holds (re-checked on every request), or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+        return True
+
+    def wait_for_rows(self, count: int, timeout: float = 10.0) -> bool:
+        """Wait until at least ``count`` rows were accepted."""
+        return self.wait_for(lambda: self.rows_accepted >= count, timeout)
+
+    def _store(self, request: ReceivedRequest, rows: int) -> None:
+        with self._lock:
+            self.request_count += 1
+            if request.status in (200, 202):
+                self.rows_accepted += rows
+                self.bytes_accepted += len(request.body)
+            if self.record:
+                self._requests.append(request)
+            self._lock.notify_all()
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    events_server: EventsServer
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as Tinybird's API
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        """Quiet: the tests read the recorded requests instead."""
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._answer(404, {"error": "not found"})
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        owner = self.server.events_server
+        parts = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        reply = owner._next_reply()  # noqa: SLF001 - the handler is the server's own part
+        status, payload, body, rows = self._evaluate(owner, parts.path, query, raw, reply)
+        request = ReceivedRequest(
+            "POST", parts.path, query, dict(self.headers.items()), raw, body, status
+        )
+        if reply.hang:
+            owner._released.wait()  # noqa: SLF001
+            status, payload = (202, {"successful_rows": rows, "quarantined_rows": 0})
+        elif reply.delay:
+            time.sleep(reply.delay)
+        if reply.reset:
+            owner._store(request, 0)  # noqa: SLF001
+            self._reset()
+            return
+        owner._store(request, rows)  # noqa: SLF001
+        self._answer(status, payload, reply.headers)
+
+    def _evaluate(
+        self, owner: EventsServer, path: str, query: Mapping[str, str], raw: bytes, reply: Reply
+    ) -> tuple[int, Any, bytes, int]:
+        """Status, response payload, decoded body and row count, as Tinybird would answer."""
+        if path != "/v0/events":
+            return 404, {"error": f"unknown path {path}"}, raw, 0
+        if owner.token is not None and self.headers.get("Authorization") != f"Bearer {owner.token}":
+            return 403, {"error": "invalid authentication token"}, raw, 0
+        if not query.get("name"):
+            return 400, {"error": "name parameter is required"}, raw, 0
+        if len(raw) > owner.max_body_bytes:
+            return 413, {"error": "request body too large"}, raw, 0
+        try:
+            body = gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
+        except (OSError, EOFError):
+            return 400, {"error": "invalid gzip body"}, raw, 0
+        if len(body) > owner.max_body_bytes:
+            return 413, {"error": "request body too large"}, body, 0
+        rows, error = _count_rows(body, parse=owner.record)
+        if error:
+            return 400, {"error": error}, body, 0
+        if reply.status not in (200, 202):
+            return reply.status, reply.body or {"error": f"scripted {reply.status}"}, body, rows
+        status = 200 if query.get("wait") == "true" else 202
+        quarantined = min(reply.quarantine, rows)
+        payload = {"successful_rows": rows - quarantined, "quarantined_rows": quarantined}
+        return status, reply.body or payload, body, rows
+
+    def _answer(self, status: int, payload: Any, headers: Mapping[str, str] = {}) -> None:  # noqa: B006
+        data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _reset(self) -> None:
+        # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+
+def _count_rows(body: bytes, *, parse: bool) -> tuple[int, str]:
+    """Row count, or an error naming the first malformed line (1-based)."""
+    lines: Iterable[bytes] = body.splitlines()
+    count = 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if parse:
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                return 0, f"malformed JSON on line {number}: {exc}"
+            if not isinstance(row, dict):
+                return 0, f"line {number} is not a JSON object"
+        count += 1
+    return count, ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tinybird_export.testing``: serve until interrupted (for benchmarks)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", default="test-token")
+    parser.add_argument("--no-record", action="store_true", help="count rows only")
+    options = parser.parse_args(argv)
+    server = EventsServer(options.token, options.port, record=not options.no_record).start()
+    print(server.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
