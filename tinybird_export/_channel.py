@@ -69,7 +69,8 @@ class Batch:
 
 class Channel:
     """The queue and counters of one producer. Thread-safe; the caller's side never blocks
-    for longer than a list append."""
+    for longer than a list append.
+    """
 
     def __init__(self, datasource: str, *, wait: bool, limits: Mapping[str, Any]) -> None:
         self.datasource = datasource
@@ -92,11 +93,9 @@ class Channel:
         self.queued_events = 0
         self.queued_bytes = 0
         self.in_flight = 0
-        self.accepted = 0
         self.resolved = 0
         self.dropped_after_queue = 0
         self.flush_target = 0
-        self.emitted = 0
         self.dropped: collections.Counter[str] = collections.Counter()
         self.sent = self.quarantined = self.truncated = 0
         self.requests = self.retries = self.bytes_sent = self.wire_bytes_sent = 0
@@ -113,33 +112,31 @@ class Channel:
         """
         size = len(line)
         with self.lock:
-            self.emitted += 1
             if truncated:
                 self.truncated += 1
-            if (
-                self.queued_events >= self._max_events
-                or self.queued_bytes + size > self._max_bytes
-            ):
+            if self.queued_events >= self._max_events or self.queued_bytes + size > self._max_bytes:
                 self.dropped["queue_full"] += 1
                 return False
             self.queued_events += 1
             self.queued_bytes += size
-            self.accepted += 1
             pending = self._pending
             pending.append(line)
-            self._pending_bytes += size
-            if len(pending) == 1:
-                self.pending_since = time.monotonic()
-                return True
-            return len(pending) == self.batch_max_rows or (
-                self._pending_bytes >= self.batch_max_bytes
-                and self._pending_bytes - size < self.batch_max_bytes
-            )
+            pending_bytes = self._pending_bytes = self._pending_bytes + size
+            count = len(pending)
+        if count == 1:
+            self.pending_since = time.monotonic()
+            return True
+        return count == self.batch_max_rows or (
+            pending_bytes >= self.batch_max_bytes > pending_bytes - size
+        )
+
+    def accepted(self) -> int:
+        """Events ever queued (caller holds ``lock``): the target of a flush."""
+        return self.resolved + self.queued_events
 
     def refuse(self, reason: str) -> None:
         """Count an event dropped before it could be queued."""
         with self.lock:
-            self.emitted += 1
             self.dropped[reason] += 1
 
     # -- the worker's side -------------------------------------------------------------
@@ -161,7 +158,15 @@ class Channel:
     def cut(self) -> None:
         """Move every pending line into batches of at most the row and byte limits."""
         with self.lock:
-            lines, self._pending, self._pending_bytes = self._pending, [], 0
+            lines, self._pending = self._pending, []
+            nbytes, self._pending_bytes = self._pending_bytes + len(lines), 0
+        if not lines:
+            return
+        if len(lines) <= self.batch_max_rows and nbytes <= self.batch_max_bytes:
+            # The usual case: no per-line work on the worker thread, which would take the
+            # GIL from the application's threads.
+            self.batches.append(Batch(lines, nbytes))
+            return
         batch: list[bytes] = []
         nbytes = 0
         for line in lines:
@@ -172,8 +177,7 @@ class Channel:
                 batch, nbytes = [], 0
             batch.append(line)
             nbytes += len(line) + 1
-        if batch:
-            self.batches.append(Batch(batch, nbytes))
+        self.batches.append(Batch(batch, nbytes))
 
     def pending_count(self) -> int:
         """Lines not yet cut into batches."""
@@ -229,7 +233,7 @@ class Channel:
         with self.lock:
             dropped = dict(self.dropped)
             return DeliveryStats(
-                emitted=self.emitted,
+                emitted=self.sent + sum(dropped.values()) + self.queued_events,
                 sent=self.sent,
                 dropped=sum(dropped.values()),
                 dropped_by_reason=dropped,

@@ -17,7 +17,7 @@ import orjson
 
 # OPT_STRICT_INTEGER: integers beyond 2^53 lose precision in JSON readers, so they fail the
 # fast path and are sent as strings (events-api docs, "Schema").
-_OPTIONS: Final = (
+OPTIONS: Final = (
     orjson.OPT_STRICT_INTEGER
     | orjson.OPT_NON_STR_KEYS
     | orjson.OPT_NAIVE_UTC
@@ -30,7 +30,7 @@ TRUNCATION_MARKER: Final = "…[truncated {} chars]"
 
 
 def default(value: Any) -> Any:
-    """orjson's fallback for types it does not know: a faithful text form, never an error."""
+    """Orjson's fallback for types it does not know: a faithful text form, never an error."""
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", "backslashreplace")
     if isinstance(value, set | frozenset):
@@ -55,15 +55,18 @@ def safe_str(value: Any) -> str:
 def encode(value: Any) -> bytes:
     """Encode any value as JSON bytes; never raises."""
     try:
-        return orjson.dumps(value, default=default, option=_OPTIONS)
+        return orjson.dumps(value, default=default, option=OPTIONS)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return orjson.dumps(_repair(value, set(), 0), default=default, option=_OPTIONS)
+        return orjson.dumps(_repair(value, set(), 0), default=default, option=OPTIONS)
 
 
 def to_text(value: Any) -> str:
     """The string form of a value for a ``Map(String, String)`` column: JSON unless a str."""
-    if type(value) is str:
+    kind = type(value)
+    if kind is str:
         return value
+    if kind is int:  # the JSON text of an int is its str, and str() is cheaper
+        return str(value)
     return encode(value).decode()
 
 
@@ -129,7 +132,7 @@ def _repair(value: Any, active: set[int], depth: int) -> Any:
         finally:
             active.discard(id(value))
     try:
-        orjson.dumps(value, option=_OPTIONS)  # datetimes, UUIDs, enums: orjson's own form
+        orjson.dumps(value, option=OPTIONS)  # datetimes, UUIDs, enums: orjson's own form
     except TypeError:
         return _repair(default(value), active, depth + 1)
     return value

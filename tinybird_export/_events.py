@@ -13,10 +13,13 @@ import socket
 import sys
 import time
 import traceback
+import weakref
 from collections.abc import Mapping
 from typing import Any, Final
 
-from tinybird_export._encoding import safe_str, to_text
+import orjson
+
+from tinybird_export._encoding import OPTIONS, default, encode, encode_event, safe_str, to_text
 
 # Keys every LogRecord has, derived from a real record (structlog's trick) plus the ones
 # Formatter.format adds; anything else in record.__dict__ came from ``extra=``.
@@ -28,13 +31,13 @@ LOG_FIELDS: Final = (
     "timestamp",
     "event",
     "href",
-    "level",
-    "logger",
-    "service",
     "exception",
     "event_id",
     "trace_id",
     "span_id",
+    "level",
+    "logger",
+    "service",
     "module",
     "function",
     "file",
@@ -47,6 +50,8 @@ LOG_FIELDS: Final = (
 """The built-in fields of a log event, in the order they are sent. Built-ins win over extras."""
 
 _HOST: Final = socket.gethostname()
+_STANDARD_KEYS: Final = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+_CALLSITE_CACHE_SIZE: Final = 4096
 
 
 class _EventIds:
@@ -79,9 +84,10 @@ def format_timestamp(created: float) -> str:
     second = int(created)
     cached_second, prefix = _second_cache
     if second != cached_second:
-        prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        prefix = time.strftime("%Y-%m-%d %H:%M:%S.", time.gmtime(second))
         _second_cache = (second, prefix)
-    return f"{prefix}.{int((created - second) * 1_000_000):06d}"
+    # int -> str and a slice beat "%06d" formatting, on the caller's thread
+    return prefix + str(1_000_000 + int((created - second) * 1_000_000))[1:]
 
 
 def current_trace_ids() -> tuple[str, str]:
@@ -99,8 +105,23 @@ def current_trace_ids() -> tuple[str, str]:
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
+def extra_keys(state: dict[str, Any]) -> list[str]:
+    """The ``extra=`` keys of a record's ``__dict__``, in the order they were added.
+
+    ``LogRecord.__init__`` sets the standard attributes first and ``makeRecord`` adds the
+    extras after them, so only the keys past the standard ones need checking.
+    """
+    if len(state) <= _STANDARD_KEYS:
+        return []
+    return [key for key in list(state)[_STANDARD_KEYS:] if key not in _RESERVED]
+
+
 class RecordMapper:
-    """Turns a ``logging.LogRecord`` into the flat log event.
+    """Turns a ``logging.LogRecord`` into the flat log event, as a dict or as a line.
+
+    ``encode`` is the caller's-thread fast path: it splices orjson-encoded pieces around a
+    cached fragment of the fields that are constant per call site, and produces exactly the
+    bytes that encoding the dict from ``__call__`` would (a test holds the two together).
 
     Args:
         service: The ``service`` field.
@@ -118,25 +139,71 @@ class RecordMapper:
             )
         self._service = service
         self._fields = dict(fields)
+        self._taken = frozenset(LOG_FIELDS) | frozenset(self._fields)
         self._flat = extras in ("both", "flat")
         self._attributes = extras in ("both", "attributes")
+        self._callsites: dict[tuple[Any, ...], bytes] = {}
+        _mappers.add(self)
 
     def __call__(self, record: logging.LogRecord) -> dict[str, Any]:
-        """Build the event for ``record``."""
+        """Build the event for ``record`` as a dict (for ``before_send`` and repairs)."""
         state = record.__dict__
-        extra_keys = state.keys() - _RESERVED
+        keys = extra_keys(state)
         trace_id, span_id = current_trace_ids()
         event: dict[str, Any] = {
             "timestamp": format_timestamp(record.created),
             "event": _message(record),
-            "href": "",
-            "level": record.levelname,
-            "logger": record.name,
-            "service": self._service,
+            "href": _href(state),
             "exception": _exception_text(record),
             "event_id": event_ids.next(),
             "trace_id": trace_id,
             "span_id": span_id,
+        }
+        event.update(self._constant_fields(record))
+        event["attributes"] = self._attribute_map(state, keys)
+        if self._flat:
+            for key in keys:
+                if key not in self._taken:  # built-in and static fields win a collision
+                    event[key] = state[key]
+        return event
+
+    def encode(self, record: logging.LogRecord, max_bytes: int) -> tuple[bytes | None, bool]:
+        """The event for ``record`` as one NDJSON line (see ``encode_event``)."""
+        state = record.__dict__
+        keys = extra_keys(state)
+        trace_id, span_id = current_trace_ids()
+        varying = {
+            "timestamp": format_timestamp(record.created),
+            "event": _message(record),
+            "href": _href(state) if keys else "",
+            "exception": _exception_text(record),
+            "event_id": event_ids.next(),
+            "trace_id": trace_id,
+            "span_id": span_id,
+        }
+        try:
+            head = _dumps(varying)
+            if keys:
+                tail: dict[str, Any] = {"attributes": self._attribute_map(state, keys)}
+                if self._flat:
+                    for key in keys:
+                        if key not in self._taken:  # built-in and static fields win
+                            tail[key] = state[key]
+                tail_bytes = _dumps(tail)
+            else:
+                tail_bytes = b'{"attributes":{}}'
+        except TypeError:  # orjson refused a value: the dict path repairs it
+            return encode_event(self(record), max_bytes)
+        line = b"".join((head[:-1], b",", self._callsite(record), b",", tail_bytes[1:]))
+        if len(line) <= max_bytes:
+            return line, False
+        return encode_event(self(record), max_bytes)
+
+    def _constant_fields(self, record: logging.LogRecord) -> dict[str, Any]:
+        return {
+            "level": record.levelname,
+            "logger": record.name,
+            "service": self._service,
             "module": record.module,
             "function": record.funcName,
             "file": record.pathname,
@@ -144,24 +211,47 @@ class RecordMapper:
             "process": record.process,
             "thread": record.threadName,
             "host": _HOST,
-            "attributes": {},
+            **self._fields,
         }
-        if self._fields:
-            event.update(self._fields)
-        if extra_keys:
-            self._add_extras(event, state, extra_keys)
-        return event
 
-    def _add_extras(self, event: dict[str, Any], state: dict[str, Any], keys: set[str]) -> None:
-        href = state.get("href")
-        if href is not None:
-            event["href"] = href if type(href) is str else safe_str(href)
-        if self._flat:
-            for key in keys:
-                if key not in event:  # built-in and static fields win a collision
-                    event[key] = state[key]
-        if self._attributes:
-            event["attributes"] = {key: to_text(state[key]) for key in keys}
+    def _callsite(self, record: logging.LogRecord) -> bytes:
+        """The encoded constant fields, cached per call site, logger, level and thread.
+
+        The cache is cleared after fork (``process`` changes) and when it grows past
+        ``_CALLSITE_CACHE_SIZE`` entries.
+        """
+        key = (record.pathname, record.lineno, record.name, record.levelno, record.threadName)
+        fragment = self._callsites.get(key)
+        if fragment is None:
+            fragment = encode(self._constant_fields(record))[1:-1]
+            if len(self._callsites) >= _CALLSITE_CACHE_SIZE:
+                self._callsites.clear()
+            self._callsites[key] = fragment
+        return fragment
+
+    def _attribute_map(self, state: dict[str, Any], keys: list[str]) -> dict[str, str]:
+        if not self._attributes:
+            return {}
+        return {key: to_text(state[key]) for key in keys}
+
+    def after_fork_in_child(self) -> None:
+        """The cached fragments carry the parent's ``process``."""
+        self._callsites = {}
+
+
+_mappers: weakref.WeakSet[RecordMapper] = weakref.WeakSet()
+os.register_at_fork(after_in_child=lambda: [m.after_fork_in_child() for m in _mappers])
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=default, option=OPTIONS)
+
+
+def _href(state: dict[str, Any]) -> str:
+    href = state.get("href")
+    if href is None:
+        return ""
+    return href if type(href) is str else safe_str(href)
 
 
 def _message(record: logging.LogRecord) -> str:
@@ -172,6 +262,8 @@ def _message(record: logging.LogRecord) -> str:
 
 
 def _exception_text(record: logging.LogRecord) -> str:
+    if not (record.exc_info or record.exc_text or record.stack_info):
+        return ""
     text = record.exc_text or ""
     if not text and record.exc_info and record.exc_info[0] is not None:
         text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")

@@ -26,7 +26,7 @@ def drain_at_exit() -> None:
     workers = [w for w in list(_worker.workers.values()) if w.exit_deadline is None]
     if not workers:
         return
-    budget = max(w._config.exit_timeout for w in workers)  # noqa: SLF001
+    budget = max(w._config.exit_timeout for w in workers)
     deadline = time.monotonic() + budget
     for worker in workers:
         worker.exit_deadline = deadline
@@ -65,7 +65,8 @@ _multiprocessing_hooked = False
 
 def _before_fork() -> None:
     """Children of ``multiprocessing`` end with ``os._exit``, skipping ``atexit``: drain in
-    a multiprocessing finalizer there instead (registered only when it is in use)."""
+    a multiprocessing finalizer there instead (registered only when it is in use).
+    """
     global _multiprocessing_hooked  # noqa: PLW0603
     util = sys.modules.get("multiprocessing.util")
     if util is not None and not _multiprocessing_hooked:

@@ -48,23 +48,28 @@ class Producer:
         elif config.enabled:
             self.worker = _worker.attach(config, self.channel)
         self._before_send = config.before_send
-        self._max_event_bytes = config.max_event_bytes
+        self.has_before_send = config.before_send is not None
+        self.max_event_bytes = config.max_event_bytes
 
     def put(self, event: dict[str, Any]) -> None:
-        """Queue one event (caller's thread): hook, encode, append. Never blocks, never raises
-        for bad data: it is repaired, truncated or dropped and counted."""
-        channel = self.channel
-        worker = self.worker
-        if worker is None or channel.closed:
-            channel.refuse("disabled" if worker is None else "closed")
-            return
+        """Queue one event on the caller's thread: hook, encode, append.
+
+        Never blocks; bad data is repaired, truncated or dropped and counted, not raised.
+        """
         if self._before_send is not None:
             hooked = self._run_before_send(event)
             if hooked is None:
                 return
             event = hooked
-        line, truncated = encode_event(event, self._max_event_bytes)
-        if line is None:
+        self.offer(*encode_event(event, self.max_event_bytes))
+
+    def offer(self, line: bytes | None, truncated: bool = False) -> None:
+        """Queue one encoded line (``None``: too large even when truncated)."""
+        channel = self.channel
+        worker = self.worker
+        if worker is None or channel.closed:
+            channel.refuse("disabled" if worker is None else "closed")
+        elif line is None:
             channel.refuse("too_large")
         elif channel.offer(line, truncated=truncated):
             worker.notify()
@@ -94,7 +99,7 @@ class Producer:
         if worker is None:
             return channel.empty()
         with channel.lock:
-            target = channel.accepted
+            target = channel.accepted()
             drops = channel.dropped_after_queue
             channel.flush_target = max(channel.flush_target, target)
         if _holds_logging_lock():

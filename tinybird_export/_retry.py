@@ -61,7 +61,8 @@ def backoff(attempt: int) -> float:
 
 def server_delay(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """The wait a 429/503 asks for: ``Retry-After`` (seconds or HTTP-date), else
-    ``X-RateLimit-Reset`` (seconds from now), capped at five minutes; ``None`` if absent."""
+    ``X-RateLimit-Reset`` (seconds from now), capped at five minutes; ``None`` if absent.
+    """
     for name in ("Retry-After", "X-RateLimit-Reset"):
         value = headers.get(name)
         if value is None:

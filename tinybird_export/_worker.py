@@ -227,7 +227,8 @@ class Worker:
 
     def wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
         """Have everything sent until ``done()`` or ``deadline``: by the worker thread when
-        one runs, else on this thread. Never starts a thread."""
+        one runs, else on this thread. Never starts a thread.
+        """
         if self.exit_deadline is not None:
             deadline = min(deadline, self.exit_deadline)
         if self.thread_alive():

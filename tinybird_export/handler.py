@@ -77,7 +77,11 @@ class TinybirdHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Queue the record as one event; failures go to ``handleError``, never the caller."""
         try:
-            self._producer.put(self._mapper(record))
+            producer = self._producer
+            if producer.has_before_send:
+                producer.put(self._mapper(record))
+            else:
+                producer.offer(*self._mapper.encode(record, producer.max_event_bytes))
         except Exception:  # noqa: BLE001 - logging's contract: never raise into the app
             self.handleError(record)
 

@@ -16,6 +16,7 @@ from tinybird_export.testing import EventsServer
 @pytest.fixture
 def tinybird_server() -> Iterator[EventsServer]:
     """A fresh Events API test server on 127.0.0.1; its ``url`` and ``token`` configure a
-    handler (``host=server.url, token=server.token``)."""
+    handler (``host=server.url, token=server.token``).
+    """
     with EventsServer() as server:
         yield server

@@ -220,32 +220,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as Tinybird's API
     server: _HTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the tests read the recorded requests instead."""
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         self._answer(404, {"error": "not found"})
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:
         owner = self.server.events_server
         parts = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(parts.query))
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        reply = owner._next_reply()  # noqa: SLF001 - the handler is the server's own part
+        reply = owner._next_reply()
         status, payload, body, rows = self._evaluate(owner, parts.path, query, raw, reply)
         request = ReceivedRequest(
             "POST", parts.path, query, dict(self.headers.items()), raw, body, status
         )
         if reply.hang:
-            owner._released.wait()  # noqa: SLF001
+            owner._released.wait()
             status, payload = (202, {"successful_rows": rows, "quarantined_rows": 0})
         elif reply.delay:
             time.sleep(reply.delay)
         if reply.reset:
-            owner._store(request, 0)  # noqa: SLF001
+            owner._store(request, 0)
             self._reset()
             return
-        owner._store(request, rows)  # noqa: SLF001
+        owner._store(request, rows)
         self._answer(status, payload, reply.headers)
 
     def _evaluate(
@@ -276,7 +276,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         payload = {"successful_rows": rows - quarantined, "quarantined_rows": quarantined}
         return status, reply.body or payload, body, rows
 
-    def _answer(self, status: int, payload: Any, headers: Mapping[str, str] = {}) -> None:  # noqa: B006
+    def _answer(self, status: int, payload: Any, headers: Mapping[str, str] = {}) -> None:
         data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
