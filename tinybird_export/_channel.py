@@ -58,6 +58,10 @@ class DeliveryStats:
     last_error: str
 
 
+CUT_FULL = 1
+CUT_ALL = 2
+
+
 @dataclasses.dataclass(eq=False)
 class Batch:
     """Lines cut from a channel, sent as one request; kept whole across retries."""
@@ -141,22 +145,29 @@ class Channel:
 
     # -- the worker's side -------------------------------------------------------------
 
-    def due(self, now: float, draining: bool) -> bool:
-        """Whether pending lines should be cut into batches now."""
+    def due(self, now: float, draining: bool) -> int:
+        """How much of the pending lines to cut into batches now.
+
+        Returns:
+            ``CUT_ALL`` (interval elapsed, flush, close or exit), ``CUT_FULL`` (only whole
+            batches: under load, the remainder waits to fill the next one) or 0.
+        """
         pending = self._pending
         if not pending:
-            return False
-        return (
+            return 0
+        if (
             draining
             or self.closed
             or self.resolved < self.flush_target
-            or len(pending) >= self.batch_max_rows
-            or self._pending_bytes >= self.batch_max_bytes
             or now - self.pending_since >= self.flush_interval
-        )
+        ):
+            return CUT_ALL
+        if len(pending) >= self.batch_max_rows or self._pending_bytes >= self.batch_max_bytes:
+            return CUT_FULL
+        return 0
 
-    def cut(self) -> None:
-        """Move every pending line into batches of at most the row and byte limits."""
+    def cut(self, how: int = 2) -> None:
+        """Move pending lines into batches of at most the row and byte limits."""
         with self.lock:
             lines, self._pending = self._pending, []
             nbytes, self._pending_bytes = self._pending_bytes + len(lines), 0
@@ -177,7 +188,12 @@ class Channel:
                 batch, nbytes = [], 0
             batch.append(line)
             nbytes += len(line) + 1
-        self.batches.append(Batch(batch, nbytes))
+        if how == CUT_FULL:
+            with self.lock:  # the partial remainder goes back in front, to fill up
+                self._pending[:0] = batch
+                self._pending_bytes += nbytes - len(batch)
+        else:
+            self.batches.append(Batch(batch, nbytes))
 
     def pending_count(self) -> int:
         """Lines not yet cut into batches."""

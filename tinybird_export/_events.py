@@ -86,8 +86,10 @@ def format_timestamp(created: float) -> str:
     if second != cached_second:
         prefix = time.strftime("%Y-%m-%d %H:%M:%S.", time.gmtime(second))
         _second_cache = (second, prefix)
-    # int -> str and a slice beat "%06d" formatting, on the caller's thread
-    return prefix + str(1_000_000 + int((created - second) * 1_000_000))[1:]
+    # Round half up (a float's .0005 is .000499999...), clamped below the next second;
+    # int -> str and a slice beat "%06d" formatting on the caller's thread.
+    micros = min(int((created - second) * 1_000_000 + 0.5), 999_999)
+    return prefix + str(1_000_000 + micros)[1:]
 
 
 def current_trace_ids() -> tuple[str, str]:

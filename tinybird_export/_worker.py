@@ -118,8 +118,9 @@ class Worker:
         count = len(channels)
         for offset in range(count):
             channel = channels[(self._rotation + offset) % count]
-            if channel.due(now, self.draining):
-                channel.cut()
+            how = channel.due(now, self.draining)
+            if how:
+                channel.cut(how)
             if channel.batches:
                 ready_at = self.paused_until.get(channel.datasource, 0.0)
                 if ready_at <= now:

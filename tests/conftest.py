@@ -1,0 +1,91 @@
+"""Shared fixtures: a real Events API test server and handlers that are closed afterwards."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tinybird_export import TinybirdEvents, TinybirdHandler
+from tinybird_export.testing import EventsServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's own Tinybird settings."""
+    for name in list(os.environ):
+        if name.startswith("TINYBIRD_") or name == "OTEL_SERVICE_NAME":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def server() -> Iterator[EventsServer]:
+    with EventsServer() as events_server:
+        yield events_server
+
+
+@pytest.fixture
+def make_handler(server: EventsServer) -> Iterator[Callable[..., TinybirdHandler]]:
+    """Build handlers pointed at ``server``; all are closed after the test."""
+    made: list[TinybirdHandler] = []
+
+    def make(**settings: Any) -> TinybirdHandler:
+        settings.setdefault("datasource", "app_logs")
+        settings.setdefault("host", server.url)
+        settings.setdefault("token", server.token)
+        handler = TinybirdHandler(**settings)
+        made.append(handler)
+        return handler
+
+    yield make
+    for handler in made:
+        handler.close()
+
+
+@pytest.fixture
+def make_events(server: EventsServer) -> Iterator[Callable[..., TinybirdEvents]]:
+    made: list[TinybirdEvents] = []
+
+    def make(**settings: Any) -> TinybirdEvents:
+        settings.setdefault("datasource", "simple_events")
+        settings.setdefault("host", server.url)
+        settings.setdefault("token", server.token)
+        sender = TinybirdEvents(**settings)
+        made.append(sender)
+        return sender
+
+    yield make
+    for sender in made:
+        sender.close()
+
+
+@pytest.fixture
+def logger() -> Iterator[logging.Logger]:
+    """A private logger that does not propagate to the root."""
+    log = logging.getLogger(f"test.{os.urandom(4).hex()}")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    yield log
+    log.handlers.clear()
+
+
+def run_python(
+    code: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (real exit, fork and signal behaviour)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
