@@ -138,12 +138,14 @@ def _error_text(data: bytes) -> str:
 
 def _describe(exc: urllib3.exceptions.HTTPError) -> str:
     reason = getattr(exc, "reason", None) or exc
+    # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        detail = str(exc).rpartition("new connection: ")[2]
+        return f"cannot connect ({detail})"[:_MAX_ERROR_TEXT]
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
         return "read timed out"
     if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
         return "connect timed out"
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return "connection refused or unreachable"
     return f"{type(reason).__name__}: {reason}"[:_MAX_ERROR_TEXT]
 
 

@@ -70,6 +70,8 @@ class ReceivedRequest:
     raw_body: bytes
     body: bytes
     status: int
+    received_at: float = 0.0
+    """``time.monotonic()`` when the request arrived."""
 
     @property
     def datasource(self) -> str:
@@ -108,6 +110,7 @@ class EventsServer:
         self._default = Reply()
         self._released = threading.Event()
         self._requests: list[ReceivedRequest] = []
+        self.arrivals = 0
         self.rows_accepted = 0
         self.bytes_accepted = 0
         self.request_count = 0
@@ -200,6 +203,11 @@ class EventsServer:
         """Wait until at least ``count`` rows were accepted."""
         return self.wait_for(lambda: self.rows_accepted >= count, timeout)
 
+    def _arrived(self) -> None:
+        with self._lock:
+            self.arrivals += 1
+            self._lock.notify_all()
+
     def _store(self, request: ReceivedRequest, rows: int) -> None:
         with self._lock:
             self.request_count += 1
@@ -230,11 +238,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         owner = self.server.events_server
         parts = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(parts.query))
+        received_at = time.monotonic()
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         reply = owner._next_reply()
+        owner._arrived()
         status, payload, body, rows = self._evaluate(owner, parts.path, query, raw, reply)
         request = ReceivedRequest(
-            "POST", parts.path, query, dict(self.headers.items()), raw, body, status
+            "POST", parts.path, query, dict(self.headers.items()), raw, body, status, received_at
         )
         if reply.hang:
             owner._released.wait()
