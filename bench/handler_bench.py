@@ -145,7 +145,7 @@ def end_to_end(url: str, seconds: float, rate: float | None) -> dict[str, float]
 
 def server_capacity(url: str, seconds: float) -> float:
     """Events/s the server acknowledges from pre-built batches sent by 2 threads."""
-    import urllib3  # noqa: PLC0415
+    import urllib3
 
     line = b'{"timestamp":"2026-01-01 00:00:00.000000","event":"x","href":"/a","n":1}' + b" " * 200
     body = b"\n".join([line] * 10_000) + b"\n"
@@ -185,14 +185,20 @@ def main() -> None:
         print("\n| caller cost per logger.info with extras | median µs | p99 µs |")
         print("|---|---:|---:|")
         print(f"| NullHandler (baseline) | {cost['null_median']:.2f} | {cost['null_p99']:.2f} |")
-        print(f"| QueueHandler + QueueListener(NullHandler) | {cost['queue_median']:.2f} | "
-              f"{cost['queue_p99']:.2f} |")
+        print(
+            f"| QueueHandler + QueueListener(NullHandler) | {cost['queue_median']:.2f} | "
+            f"{cost['queue_p99']:.2f} |"
+        )
         print(f"| TinybirdHandler | {cost['tb_median']:.2f} | {cost['tb_p99']:.2f} |")
-        print(f"| **added by TinybirdHandler** | **{added:.2f}** | "
-              f"{cost['tb_p99'] - cost['null_p99']:.2f} |")
-        print(f"| added by QueueHandler (reference) | "
-              f"{cost['queue_median'] - cost['null_median']:.2f} | "
-              f"{cost['queue_p99'] - cost['null_p99']:.2f} |")
+        print(
+            f"| **added by TinybirdHandler** | **{added:.2f}** | "
+            f"{cost['tb_p99'] - cost['null_p99']:.2f} |"
+        )
+        print(
+            f"| added by QueueHandler (reference) | "
+            f"{cost['queue_median'] - cost['null_median']:.2f} | "
+            f"{cost['queue_p99'] - cost['null_p99']:.2f} |"
+        )
         tight = end_to_end(url, seconds, None)
         paced = end_to_end(url, seconds, 100_000)
         capacity = server_capacity(url, min(seconds, 5.0))
@@ -205,9 +211,11 @@ def main() -> None:
             f"{run['requests_per_s']:.1f} | {run['dropped']:,.0f} | "
             f"{'yes' if run['all_acknowledged'] else 'NO'} |"
         )
-    print(f"\ntest server capacity (pre-built 10,000-row batches, 2 threads): "
-          f"{capacity:,.0f} events/s ({capacity / max(tight['events_per_s'], 1):.1f}x the "
-          f"tight loop's rate)")
+    print(
+        f"\ntest server capacity (pre-built 10,000-row batches, 2 threads): "
+        f"{capacity:,.0f} events/s ({capacity / max(tight['events_per_s'], 1):.1f}x the "
+        f"tight loop's rate)"
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,12 @@ class TestResolution:
     def test_strings_from_dictconfig_are_parsed(self) -> None:
         """Numbers and booleans arrive as strings from fileConfig and env vars."""
         config = TinybirdConfig.resolve(
-            datasource="x", wait="true", flush_interval="0.2", batch_max_rows="50",
-            compression="NONE", fields="environment=prod, release=1.2",
+            datasource="x",
+            wait="true",
+            flush_interval="0.2",
+            batch_max_rows="50",
+            compression="NONE",
+            fields="environment=prod, release=1.2",
         )
         assert config.wait is True
         assert config.flush_interval == 0.2
@@ -47,12 +51,18 @@ class TestErrors:
             ({"datasource": "x", "host": "ftp://x"}, ("'host'", "TINYBIRD_HOST")),
             ({"datasource": "x", "host": "https://h:99999"}, ("'host'", "port")),
             ({"datasource": "x", "host": "https://h/?token=abc"}, ("'host'", "token")),
-            ({"datasource": "x", "flush_interval": "soon"}, ("'flush_interval'", "TINYBIRD_FLUSH_INTERVAL")),
+            (
+                {"datasource": "x", "flush_interval": "soon"},
+                ("'flush_interval'", "TINYBIRD_FLUSH_INTERVAL"),
+            ),
             ({"datasource": "x", "flush_interval": "-1"}, ("'flush_interval'", "at least")),
             ({"datasource": "x", "wait": "maybe"}, ("'wait'", "TINYBIRD_WAIT", "true or false")),
             ({"datasource": "x", "compression": "zip"}, ("'compression'", "gzip")),
             ({"datasource": "x", "batch_max_bytes": 20_000_000}, ("'batch_max_bytes'", "10 MB")),
-            ({"datasource": "x", "before_send": "no.such:thing"}, ("'before_send'", "TINYBIRD_BEFORE_SEND")),
+            (
+                {"datasource": "x", "before_send": "no.such:thing"},
+                ("'before_send'", "TINYBIRD_BEFORE_SEND"),
+            ),
             ({"datasource": "x", "fields": "novalue"}, ("'fields'", "key=value")),
         ],
     )
@@ -78,8 +88,9 @@ class TestErrors:
         """The token would cross the network in clear text."""
         with pytest.raises(ValueError, match="TINYBIRD_ALLOW_HTTP"):
             TinybirdHandler(datasource="x", host="http://tinybird.internal", token="t")
-        TinybirdHandler(datasource="x", host="http://tinybird.internal", token="t",
-                        allow_http=True).close()
+        TinybirdHandler(
+            datasource="x", host="http://tinybird.internal", token="t", allow_http=True
+        ).close()
         TinybirdHandler(datasource="x", host="http://localhost:7181", token="t").close()
 
     def test_static_field_named_like_builtin_is_refused(self) -> None:

@@ -21,8 +21,12 @@ from tinybird_export.testing import EventsServer
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}\Z")
 
 
-def send(handler: TinybirdHandler, logger: logging.Logger, server: EventsServer,
-         log: Callable[[logging.Logger], None]) -> dict[str, Any]:
+def send(
+    handler: TinybirdHandler,
+    logger: logging.Logger,
+    server: EventsServer,
+    log: Callable[[logging.Logger], None],
+) -> dict[str, Any]:
     logger.addHandler(handler)
     log(logger)
     assert handler.flush(10)
@@ -30,13 +34,22 @@ def send(handler: TinybirdHandler, logger: logging.Logger, server: EventsServer,
 
 
 class TestLogEvent:
-    def test_fields_of_a_record(self, server: EventsServer, make_handler: Any,
-                                logger: logging.Logger) -> None:
+    def test_fields_of_a_record(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         """timestamp, event, href, level, logger, service, exception, event_id and the rest."""
         handler = make_handler(service="shop", fields={"environment": "prod"})
-        event = send(handler, logger, server, lambda log: log.info(
-            "user %s did %s", "u1", "checkout",
-            extra={"href": "https://shop.example/cart", "cart_id": 42}))
+        event = send(
+            handler,
+            logger,
+            server,
+            lambda log: log.info(
+                "user %s did %s",
+                "u1",
+                "checkout",
+                extra={"href": "https://shop.example/cart", "cart_id": 42},
+            ),
+        )
         assert TIMESTAMP.match(event["timestamp"])
         assert event["event"] == "user u1 did checkout"
         assert event["href"] == "https://shop.example/cart"
@@ -56,21 +69,25 @@ class TestLogEvent:
 
     def test_timestamp_is_utc_from_record_created(self) -> None:
         record = logging.LogRecord("x", 20, "f", 1, "m", (), None)
-        record.created = datetime.datetime(2024, 6, 23, 16, 0, 0, 500, tzinfo=datetime.timezone.utc).timestamp()
+        record.created = datetime.datetime(
+            2024, 6, 23, 16, 0, 0, 500, tzinfo=datetime.timezone.utc
+        ).timestamp()
         line, _ = RecordMapper("", {}, "both").encode(record, 1 << 20)
         assert orjson.loads(line)["timestamp"] == "2024-06-23 16:00:00.000500"
 
-    def test_href_defaults_to_empty(self, server: EventsServer, make_handler: Any,
-                                    logger: logging.Logger) -> None:
+    def test_href_defaults_to_empty(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         event = send(make_handler(), logger, server, lambda log: log.warning("plain"))
         assert event["href"] == ""
         assert event["attributes"] == {}
 
-    def test_exception_traceback(self, server: EventsServer, make_handler: Any,
-                                 logger: logging.Logger) -> None:
+    def test_exception_traceback(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         def log(log: logging.Logger) -> None:
             try:
-                1 / 0  # noqa: B018
+                1 / 0
             except ZeroDivisionError:
                 log.exception("boom %s", "arg")
 
@@ -80,30 +97,48 @@ class TestLogEvent:
         assert event["exception"].startswith("Traceback (most recent call last):")
         assert event["exception"].endswith("ZeroDivisionError: division by zero")
 
-    def test_builtin_fields_win_collisions(self, server: EventsServer, make_handler: Any,
-                                           logger: logging.Logger) -> None:
+    def test_builtin_fields_win_collisions(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         """An extra named like a built-in keeps its value under attributes only."""
-        event = send(make_handler(), logger, server,
-                     lambda log: log.info("x", extra={"level": "fake", "service": "fake"}))
+        event = send(
+            make_handler(),
+            logger,
+            server,
+            lambda log: log.info("x", extra={"level": "fake", "service": "fake"}),
+        )
         assert event["level"] == "INFO"
         assert event["service"] == ""
         assert event["attributes"] == {"level": "fake", "service": "fake"}
 
-    @pytest.mark.parametrize(("mode", "flat", "attributes"), [
-        ("both", True, {"k": "v"}), ("flat", True, {}), ("attributes", False, {"k": "v"}),
-        ("none", False, {}),
-    ])
-    def test_extras_modes(self, server: EventsServer, make_handler: Any,
-                          logger: logging.Logger, mode: str, flat: bool,
-                          attributes: dict[str, str]) -> None:
-        event = send(make_handler(extras=mode), logger, server,
-                     lambda log: log.info("x", extra={"k": "v"}))
+    @pytest.mark.parametrize(
+        ("mode", "flat", "attributes"),
+        [
+            ("both", True, {"k": "v"}),
+            ("flat", True, {}),
+            ("attributes", False, {"k": "v"}),
+            ("none", False, {}),
+        ],
+    )
+    def test_extras_modes(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        mode: str,
+        flat: bool,
+        attributes: dict[str, str],
+    ) -> None:
+        event = send(
+            make_handler(extras=mode), logger, server, lambda log: log.info("x", extra={"k": "v"})
+        )
         assert ("k" in event) is flat
         assert event["attributes"] == attributes
 
-    def test_unicode_round_trips(self, server: EventsServer, make_handler: Any,
-                                 logger: logging.Logger) -> None:
-        text = "naïve ☃ 日本語 \U0001f600 \"quoted\" \\ \n\t"
+    def test_unicode_round_trips(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        text = 'naïve ☃ 日本語 \U0001f600 "quoted" \\ \n\t'
         event = send(make_handler(), logger, server, lambda log: log.info(text, extra={"u": text}))
         assert event["event"] == text
         assert event["u"] == text
@@ -112,21 +147,29 @@ class TestLogEvent:
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
         """No record is lost to serialisation; integers beyond 2^53 become strings."""
+
         class Thing:
             def __str__(self) -> str:
                 return "a thing"
 
         when = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
-        event = send(make_handler(), logger, server, lambda log: log.info("x", extra={
-            "thing": Thing(), "big": 2**60, "when": when, "raw": b"\xffbytes"}))
+        event = send(
+            make_handler(),
+            logger,
+            server,
+            lambda log: log.info(
+                "x", extra={"thing": Thing(), "big": 2**60, "when": when, "raw": b"\xffbytes"}
+            ),
+        )
         assert event["thing"] == "a thing"
         assert event["big"] == str(2**60)
         assert event["attributes"]["big"] == str(2**60)
         assert event["when"] == "2024-01-02T03:04:05Z"
         assert event["raw"] == "\\xffbytes"
 
-    def test_event_reflects_record_when_logged(self, server: EventsServer, make_handler: Any,
-                                               logger: logging.Logger) -> None:
+    def test_event_reflects_record_when_logged(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         """A mutable extra changed after the call does not change what is sent."""
         handler = make_handler()
         logger.addHandler(handler)
@@ -136,8 +179,9 @@ class TestLogEvent:
         assert handler.flush(10)
         assert server.events()[0]["cart"] == {"items": [1]}
 
-    def test_event_ids_are_unique(self, server: EventsServer, make_handler: Any,
-                                  logger: logging.Logger) -> None:
+    def test_event_ids_are_unique(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         handler = make_handler()
         logger.addHandler(handler)
         for i in range(500):
@@ -146,34 +190,58 @@ class TestLogEvent:
         ids = [e["event_id"] for e in server.events()]
         assert len(set(ids)) == 500
 
-    def test_bad_format_args_are_kept(self, server: EventsServer, make_handler: Any,
-                                      logger: logging.Logger) -> None:
+    def test_bad_format_args_are_kept(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         event = send(make_handler(), logger, server, lambda log: log.info("%d items", "many"))
         assert event["event"].startswith("%d items (format failed")
 
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(),
+    st.binary(max_size=20),
 )
 _values = st.recursive(
     _scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 _keys = st.text(min_size=1, max_size=8).filter(lambda k: k.isidentifier())
 
 
 class TestFastPathMatchesDictPath:
-    @settings(derandomize=True, deadline=None, max_examples=300,
-              suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        derandomize=True,
+        deadline=None,
+        max_examples=300,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(message=st.text(), extras=st.dictionaries(_keys, _values, max_size=4))
     def test_same_bytes(self, message: str, extras: dict[str, Any]) -> None:
         """The spliced fast path encodes exactly what the dict path would."""
         mapper = RecordMapper("svc", {"env": "prod"}, "both")
         logger = logging.getLogger("prop")
-        record = logger.makeRecord("prop", 20, "f.py", 3, message, (), None, extra={
-            k: v for k, v in extras.items() if k not in ("message", "asctime")
-            and k not in logging.LogRecord("", 0, "", 0, "", (), None).__dict__})
+        record = logger.makeRecord(
+            "prop",
+            20,
+            "f.py",
+            3,
+            message,
+            (),
+            None,
+            extra={
+                k: v
+                for k, v in extras.items()
+                if k not in ("message", "asctime")
+                and k not in logging.LogRecord("", 0, "", 0, "", (), None).__dict__
+            },
+        )
         fast, _ = mapper.encode(record, 1 << 20)
         slow, _ = encode_event(mapper(record), 1 << 20)
         assert fast is not None and slow is not None
@@ -183,8 +251,9 @@ class TestFastPathMatchesDictPath:
 
 
 class TestOversize:
-    def test_huge_message_is_truncated_with_marker(self, server: EventsServer, make_handler: Any,
-                                                   logger: logging.Logger) -> None:
+    def test_huge_message_is_truncated_with_marker(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         """A 50 MB message arrives shortened with a marker, never crashes, never vanishes."""
         handler = make_handler()
         event = send(handler, logger, server, lambda log: log.info("x" * 50_000_000))
@@ -193,10 +262,13 @@ class TestOversize:
         assert re.search(marker + "$", event["event"])
         assert handler.stats().truncated == 1
 
-    def test_huge_extra_is_truncated(self, server: EventsServer, make_handler: Any,
-                                     logger: logging.Logger) -> None:
+    def test_huge_extra_is_truncated(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         handler = make_handler()
-        event = send(handler, logger, server, lambda log: log.info("m", extra={"blob": "y" * 50_000_000}))
+        event = send(
+            handler, logger, server, lambda log: log.info("m", extra={"blob": "y" * 50_000_000})
+        )
         assert event["event"] == "m"
         assert "truncated" in event["blob"]
         assert len(orjson.dumps(event)) <= 1 << 20

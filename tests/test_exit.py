@@ -9,24 +9,32 @@ import subprocess
 import sys
 import textwrap
 import time
+
 import pytest
 
 from tests.conftest import run_python
 from tinybird_export.testing import EventsServer, Reply
 
 # Indented like the snippets below, so that textwrap.dedent() sees one common margin.
-PRELUDE = textwrap.indent(textwrap.dedent("""
+PRELUDE = textwrap.indent(
+    textwrap.dedent("""
     import logging, os, sys, threading, time
     from tinybird_export import TinybirdHandler
     log = logging.getLogger("app")
     log.propagate = False
     log.setLevel(logging.INFO)
-"""), " " * 12)
+"""),
+    " " * 12,
+)
 
 
 def child_env(server: EventsServer, **extra: str) -> dict[str, str]:
-    return {"TINYBIRD_HOST": server.url, "TINYBIRD_TOKEN": server.token or "",
-            "TINYBIRD_DATASOURCE": "app_logs", **extra}
+    return {
+        "TINYBIRD_HOST": server.url,
+        "TINYBIRD_TOKEN": server.token or "",
+        "TINYBIRD_DATASOURCE": "app_logs",
+        **extra,
+    }
 
 
 def closed_port_url() -> str:
@@ -39,11 +47,15 @@ def closed_port_url() -> str:
 
 class TestExit:
     def test_10000_records_logged_right_before_exit_all_arrive(self, server: EventsServer) -> None:
-        result = run_python(PRELUDE + """
+        result = run_python(
+            PRELUDE
+            + """
             log.addHandler(TinybirdHandler(flush_interval=60))
             for i in range(10_000):
                 log.info("n %d", i)
-        """, child_env(server))
+        """,
+            child_env(server),
+        )
         assert result.returncode == 0, result.stderr
         assert result.stderr == ""
         assert [e["event"] for e in server.events()] == [f"n {i}" for i in range(10_000)]
@@ -52,11 +64,15 @@ class TestExit:
     def test_hanging_endpoint_exit_is_bounded_and_reported(self, server: EventsServer) -> None:
         server.respond(Reply(hang=True))
         started = time.monotonic()
-        result = run_python(PRELUDE + """
+        result = run_python(
+            PRELUDE
+            + """
             log.addHandler(TinybirdHandler(exit_timeout=1, timeout=30))
             for i in range(100):
                 log.info("n %d", i)
-        """, child_env(server))
+        """,
+            child_env(server),
+        )
         elapsed = time.monotonic() - started
         assert result.returncode == 0
         assert elapsed < 15  # budget 1 s plus interpreter start-up, generously
@@ -69,24 +85,31 @@ class TestExit:
     def test_refused_endpoint_exit_is_bounded_and_reported(self) -> None:
         url = closed_port_url()
         started = time.monotonic()
-        result = run_python(PRELUDE + """
+        result = run_python(
+            PRELUDE
+            + """
             log.addHandler(TinybirdHandler(exit_timeout=1))
             log.info("lost")
-        """, {"TINYBIRD_HOST": url, "TINYBIRD_TOKEN": "t", "TINYBIRD_DATASOURCE": "app_logs"})
+        """,
+            {"TINYBIRD_HOST": url, "TINYBIRD_TOKEN": "t", "TINYBIRD_DATASOURCE": "app_logs"},
+        )
         assert time.monotonic() - started < 15
         assert "1 event(s) not delivered at exit" in result.stderr
         assert "Connection refused" in result.stderr
 
     def test_records_logged_by_later_atexit_hooks_are_sent(self, server: EventsServer) -> None:
         """A record from an atexit hook that runs after the drain still arrives."""
-        result = run_python("""
+        result = run_python(
+            """
             import atexit, logging
             atexit.register(lambda: logging.getLogger("app").warning("from atexit"))
             from tinybird_export import TinybirdHandler
             log = logging.getLogger("app"); log.propagate = False
             log.addHandler(TinybirdHandler(flush_interval=60))
             log.warning("before exit")
-        """, child_env(server))
+        """,
+            child_env(server),
+        )
         assert result.returncode == 0, result.stderr
         assert sorted(e["event"] for e in server.events()) == ["before exit", "from atexit"]
 
@@ -95,7 +118,9 @@ class TestDeadlocks:
     def test_dictconfig_while_worker_is_mid_request(self, server: EventsServer) -> None:
         """Reconfiguring holds logging's lock: close() must not wait on the worker."""
         server.respond(Reply(hang=True))
-        result = run_python(PRELUDE + """
+        result = run_python(
+            PRELUDE
+            + """
             import logging.config
             cfg = {"version": 1, "disable_existing_loggers": False,
                    "handlers": {"tb": {"class": "tinybird_export.TinybirdHandler",
@@ -111,7 +136,9 @@ class TestDeadlocks:
             logging.getLogger().handlers[0].close()
             logging.shutdown()
             print(round(time.monotonic() - started, 2))
-        """, child_env(server, TINYBIRD_EXIT_TIMEOUT="0.5"))
+        """,
+            child_env(server, TINYBIRD_EXIT_TIMEOUT="0.5"),
+        )
         assert result.returncode == 0, result.stderr
         assert float(result.stdout.strip()) < 2
 
@@ -120,7 +147,9 @@ class TestDeadlocks:
     ) -> None:
         """No recursion, no loop, no deadlock; urllib3's records from the send are dropped."""
         server.script(*[Reply(status=503)] * 3)
-        result = run_python(PRELUDE + """
+        result = run_python(
+            PRELUDE
+            + """
             root = logging.getLogger()
             root.setLevel(logging.DEBUG)
             handler = TinybirdHandler()
@@ -129,7 +158,9 @@ class TestDeadlocks:
             logging.debug("app record")
             ok = handler.flush(30)
             print(ok, handler.stats().emitted, handler.stats().retries)
-        """, child_env(server))
+        """,
+            child_env(server),
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == ["True", "1", "3"]
         assert [e["logger"] for e in server.events()] == ["root"]
@@ -137,7 +168,9 @@ class TestDeadlocks:
 
 class TestFork:
     def test_child_sends_its_own_and_not_the_parents(self, server: EventsServer) -> None:
-        result = run_python(PRELUDE + """
+        result = run_python(
+            PRELUDE
+            + """
             handler = TinybirdHandler(flush_interval=60)
             log.addHandler(handler)
             log.info("parent before fork")
@@ -149,16 +182,24 @@ class TestFork:
             _, status = os.waitpid(pid, 0)
             log.info("parent after fork")
             print(os.waitstatus_to_exitcode(status), handler.flush(10))
-        """, child_env(server))
+        """,
+            child_env(server),
+        )
         assert result.stdout.split() == ["0", "True"], result.stderr
         events = server.events()
-        assert sorted(e["event"] for e in events) == ["child", "parent after fork", "parent before fork"]
+        assert sorted(e["event"] for e in events) == [
+            "child",
+            "parent after fork",
+            "parent before fork",
+        ]
         assert len({e["event_id"] for e in events}) == 3
         assert len({e["process"] for e in events}) == 2
 
     def test_fork_while_another_thread_is_inside_emit(self, server: EventsServer) -> None:
         """The other thread is parked inside emit (in before_send) when fork() runs."""
-        result = run_python(PRELUDE + """
+        result = run_python(
+            PRELUDE
+            + """
             inside, resume = threading.Event(), threading.Event()
             def hook(event):
                 if event["event"] == "blocked" and threading.current_thread().name == "other":
@@ -176,14 +217,18 @@ class TestFork:
             resume.set(); other.join()
             _, status = os.waitpid(pid, 0)
             print(os.waitstatus_to_exitcode(status), handler.flush(10))
-        """, child_env(server))
+        """,
+            child_env(server),
+        )
         assert result.stdout.split() == ["0", "True"], result.stderr
         assert sorted(e["event"] for e in server.events()) == ["blocked", "child"]
 
     def test_fork_while_worker_is_mid_send(self, server: EventsServer) -> None:
         """The parent's request hangs at the server while the child forks and sends."""
         server.script(Reply(hang=True))
-        code = PRELUDE + """
+        code = (
+            PRELUDE
+            + """
             handler = TinybirdHandler(flush_interval=60, timeout=30)
             log.addHandler(handler)
             log.info("parent")
@@ -198,10 +243,15 @@ class TestFork:
             sys.stdin.readline()
             print(handler.flush(10), flush=True)
         """
-        with subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
-                              env={**os.environ, **child_env(server)},
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) as proc:
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            env={**os.environ, **child_env(server)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
             self._drive_mid_send_fork(server, proc)
         assert sorted(e["event"] for e in server.events()) == ["child", "parent"]
 
@@ -223,7 +273,9 @@ class TestFork:
 
     def test_multiprocessing_fork_child_delivers_at_its_exit(self, server: EventsServer) -> None:
         """multiprocessing children end with os._exit; their events still go out."""
-        result = run_python(PRELUDE + """
+        result = run_python(
+            PRELUDE
+            + """
             import multiprocessing
             log.addHandler(TinybirdHandler(flush_interval=60))
             def work(n):
@@ -236,18 +288,23 @@ class TestFork:
                 for p in procs: p.start()
                 for p in procs: p.join(30)
                 print([p.exitcode for p in procs])
-        """, child_env(server))
+        """,
+            child_env(server),
+        )
         assert result.stdout.strip() == "[0, 0]", result.stderr
         events = [e["event"] for e in server.events()]
         assert events.count("parent") == 1
         assert sorted(e for e in events if e != "parent") == sorted(
-            [f"worker {i}" for i in range(50)] * 2)
+            [f"worker {i}" for i in range(50)] * 2
+        )
 
 
 class TestSigterm:
     @pytest.mark.parametrize("chain", [False, True])
     def test_sigterm_takes_the_exit_path(self, server: EventsServer, chain: bool) -> None:
-        code = PRELUDE + """
+        code = (
+            PRELUDE
+            + """
             import signal
             from tinybird_export import install_sigterm_handler
             if CHAIN:
@@ -260,9 +317,14 @@ class TestSigterm:
             print("ready", flush=True)
             threading.Event().wait(60)
         """.replace("CHAIN", str(chain))
-        with subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
-                              env={**os.environ, **child_env(server)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            env={**os.environ, **child_env(server)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready"
             proc.send_signal(signal.SIGTERM)
@@ -285,5 +347,3 @@ class TestSigterm:
             print(errors[0])
         """)
         assert "main thread" in result.stdout
-
-

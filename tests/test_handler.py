@@ -19,21 +19,32 @@ from tinybird_export.testing import EventsServer, Reply
 
 
 class TestConfigRoutes:
-    def test_dictconfig_with_token_from_env(self, server: EventsServer,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_dictconfig_with_token_from_env(
+        self, server: EventsServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """The README's quickstart: class + datasource, token and host from the environment."""
         monkeypatch.setenv("TINYBIRD_TOKEN", server.token or "")
         monkeypatch.setenv("TINYBIRD_HOST", server.url)
-        logging.config.dictConfig({
-            "version": 1,
-            "disable_existing_loggers": False,
-            "handlers": {"tinybird": {"class": "tinybird_export.TinybirdHandler",
-                                      "datasource": "app_logs", "flush_interval": "0.1"}},
-            "loggers": {"shop": {"handlers": ["tinybird"], "level": "INFO", "propagate": False}},
-        })
+        logging.config.dictConfig(
+            {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "handlers": {
+                    "tinybird": {
+                        "class": "tinybird_export.TinybirdHandler",
+                        "datasource": "app_logs",
+                        "flush_interval": "0.1",
+                    }
+                },
+                "loggers": {
+                    "shop": {"handlers": ["tinybird"], "level": "INFO", "propagate": False}
+                },
+            }
+        )
         try:
             logging.getLogger("shop").info(
-                "checkout", extra={"href": "https://shop.example/cart", "cart_id": 42})
+                "checkout", extra={"href": "https://shop.example/cart", "cart_id": 42}
+            )
             handler = logging.getLogger("shop").handlers[0]
             assert isinstance(handler, TinybirdHandler)
             assert handler.flush(10)
@@ -46,8 +57,13 @@ class TestConfigRoutes:
             assert request.rows[0]["event"] == "checkout"
             assert request.rows[0]["cart_id"] == 42
         finally:
-            logging.config.dictConfig({"version": 1, "disable_existing_loggers": False,
-                                       "loggers": {"shop": {"handlers": []}}})
+            logging.config.dictConfig(
+                {
+                    "version": 1,
+                    "disable_existing_loggers": False,
+                    "loggers": {"shop": {"handlers": []}},
+                }
+            )
 
     def test_fileconfig(self, server: EventsServer, tmp_path: Path) -> None:
         ini = tmp_path / "logging.ini"
@@ -83,9 +99,9 @@ kwargs={{"datasource": "file_logs", "host": "{server.url}", "token": "{server.to
 
 
 class TestWire:
-    def test_gzip_off_sends_raw_ndjson_byte_for_byte(self, server: EventsServer,
-                                                     make_handler: Any,
-                                                     logger: logging.Logger) -> None:
+    def test_gzip_off_sends_raw_ndjson_byte_for_byte(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         handler = make_handler(compression="none")
         logger.addHandler(handler)
         logger.info("a")
@@ -98,8 +114,9 @@ class TestWire:
         assert [orjson.loads(line)["event"] for line in lines[:-1]] == ["a", "b"]
         assert handler.stats().bytes_sent == len(request.raw_body)
 
-    def test_gzip_body_decodes_to_the_same_lines(self, server: EventsServer, make_handler: Any,
-                                                 logger: logging.Logger) -> None:
+    def test_gzip_body_decodes_to_the_same_lines(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         handler = make_handler()
         logger.addHandler(handler)
         for i in range(100):
@@ -111,9 +128,9 @@ class TestWire:
         assert stats.bytes_sent == len(request.body)
         assert stats.wire_bytes_sent == len(request.raw_body) < stats.bytes_sent
 
-    def test_wait_true_asks_for_acknowledged_writes(self, server: EventsServer,
-                                                    make_handler: Any,
-                                                    logger: logging.Logger) -> None:
+    def test_wait_true_asks_for_acknowledged_writes(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         handler = make_handler(wait=True)
         logger.addHandler(handler)
         logger.info("x")
@@ -121,8 +138,9 @@ class TestWire:
         assert server.requests[0].query["wait"] == "true"
         assert server.requests[0].status == 200
 
-    def test_token_never_in_url(self, server: EventsServer, make_handler: Any,
-                                logger: logging.Logger) -> None:
+    def test_token_never_in_url(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         handler = make_handler()
         logger.addHandler(handler)
         logger.info("x")
@@ -144,8 +162,9 @@ class TestBatching:
         assert [e["event"] for e in server.events()] == [f"n {i}" for i in range(10_000)]
         assert len(server.requests) <= 5
 
-    def test_batch_limits_split_requests(self, server: EventsServer, make_handler: Any,
-                                         logger: logging.Logger) -> None:
+    def test_batch_limits_split_requests(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         handler = make_handler(batch_max_rows=100, flush_interval=60)
         logger.addHandler(handler)
         for i in range(1000):
@@ -156,8 +175,7 @@ class TestBatching:
     def test_batch_max_bytes_keeps_requests_under_the_cap(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
-        handler = make_handler(batch_max_bytes=20_000, max_event_bytes=2_000,
-                               compression="none")
+        handler = make_handler(batch_max_bytes=20_000, max_event_bytes=2_000, compression="none")
         logger.addHandler(handler)
         for _ in range(100):
             logger.info("x" * 1000)
@@ -165,9 +183,9 @@ class TestBatching:
         assert all(len(r.raw_body) <= 20_000 for r in server.requests)
         assert sum(len(r.rows) for r in server.requests) == 100
 
-    def test_interval_flush_without_explicit_flush(self, server: EventsServer,
-                                                   make_handler: Any,
-                                                   logger: logging.Logger) -> None:
+    def test_interval_flush_without_explicit_flush(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         """The worker's timer sends a lone record; nobody calls flush."""
         handler = make_handler(flush_interval=0.05)
         logger.addHandler(handler)
@@ -176,8 +194,9 @@ class TestBatching:
 
 
 class TestFlushAndStats:
-    def test_flush_returns_false_on_timeout(self, server: EventsServer, make_handler: Any,
-                                            logger: logging.Logger) -> None:
+    def test_flush_returns_false_on_timeout(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         server.respond(Reply(hang=True))
         handler = make_handler(timeout=30)
         logger.addHandler(handler)
@@ -188,8 +207,9 @@ class TestFlushAndStats:
         server.release()
         assert handler.flush(10) is True
 
-    def test_stats_invariant(self, server: EventsServer, make_handler: Any,
-                             logger: logging.Logger) -> None:
+    def test_stats_invariant(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         """emitted == sent + dropped + queued + in_flight, and emitted == records logged."""
         server.respond(Reply(hang=True))
         handler = make_handler(queue_max_events=50, timeout=30)
@@ -207,16 +227,18 @@ class TestFlushAndStats:
         assert stats.requests >= 1
         assert stats.queued_bytes == 0
 
-    def test_logging_thread_not_held_up_by_flush(self, server: EventsServer, make_handler: Any,
-                                                 logger: logging.Logger) -> None:
+    def test_logging_thread_not_held_up_by_flush(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
         """While one thread is inside flush() (with the handler lock, as logging.shutdown
         does), another thread's logger.info returns at once."""
         server.respond(Reply(hang=True))
         handler = make_handler(timeout=30)
         logger.addHandler(handler)
         logger.info("first")
-        flushing = threading.Thread(target=lambda: (handler.acquire(), handler.flush(20),
-                                                    handler.release()))
+        flushing = threading.Thread(
+            target=lambda: (handler.acquire(), handler.flush(20), handler.release())
+        )
         flushing.start()
         done = threading.Event()
         threading.Thread(target=lambda: (logger.info("second"), done.set())).start()
@@ -226,9 +248,13 @@ class TestFlushAndStats:
         assert handler.flush(10)
         assert [e["event"] for e in server.events()] == ["first", "second"]
 
-    def test_quarantine_counted_and_warned_once(self, server: EventsServer, make_handler: Any,
-                                                logger: logging.Logger,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+    def test_quarantine_counted_and_warned_once(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
         server.script(Reply(quarantine=1), Reply(quarantine=2))
         handler = make_handler()
         logger.addHandler(handler)
@@ -255,10 +281,9 @@ class TestFlushAndStats:
 
 
 class TestSharedWorker:
-    def test_same_host_and_token_share_one_worker(self, server: EventsServer,
-                                                  make_handler: Any,
-                                                  make_events: Any,
-                                                  logger: logging.Logger) -> None:
+    def test_same_host_and_token_share_one_worker(
+        self, server: EventsServer, make_handler: Any, make_events: Any, logger: logging.Logger
+    ) -> None:
         first = make_handler(datasource="a")
         second = make_handler(datasource="b")
         events = make_events()
@@ -269,25 +294,37 @@ class TestSharedWorker:
         events.send({"event": "page_view"})
         assert first.flush(10) and second.flush(10) and events.flush(10)
         assert sorted(r.datasource for r in server.requests) == ["a", "b", "simple_events"]
-        names = [t.name for t in threading.enumerate()].count("tinybird-export-worker")
-        assert names == 1
+        worker = first._producer.worker
+        assert worker is not None and worker.thread is not None
+        assert worker.thread.name == "tinybird-export-worker"
         assert first.stats().sent == second.stats().sent == events.stats().sent == 1
 
 
 class TestPlainEvents:
-    def test_send_fills_timestamp_and_event_id(self, server: EventsServer,
-                                               make_events: Any) -> None:
+    def test_send_fills_timestamp_and_event_id(
+        self, server: EventsServer, make_events: Any
+    ) -> None:
         events: TinybirdEvents = make_events()
         events.send({"href": "https://shop.example/", "event": "page_view"})
-        events.send({"timestamp": "2024-01-01 00:00:00.000000", "href": "/b", "event": "click",
-                     "event_id": "mine"})
+        events.send(
+            {
+                "timestamp": "2024-01-01 00:00:00.000000",
+                "href": "/b",
+                "event": "click",
+                "event_id": "mine",
+            }
+        )
         assert events.flush(10)
         first, second = server.events("simple_events")
         assert first["event"] == "page_view"
         assert first["timestamp"][:2] == "20" and len(first["timestamp"]) == 26
         assert first["event_id"]
-        assert second == {"timestamp": "2024-01-01 00:00:00.000000", "href": "/b",
-                          "event": "click", "event_id": "mine"}
+        assert second == {
+            "timestamp": "2024-01-01 00:00:00.000000",
+            "href": "/b",
+            "event": "click",
+            "event_id": "mine",
+        }
 
     def test_send_rejects_non_mapping(self, make_events: Any) -> None:
         with pytest.raises(TypeError):

@@ -151,9 +151,12 @@ def _describe(exc: urllib3.exceptions.HTTPError) -> str:
 
 def _pool_for(config: TinybirdConfig) -> urllib3.PoolManager:
     """A pool honouring ``HTTPS_PROXY``/``HTTP_PROXY`` and ``NO_PROXY`` like the stdlib does."""
-    tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": config.ca_bundle}
     host = urllib.parse.urlsplit(config.host)
     proxy = urllib.request.getproxies().get(host.scheme)
     if proxy and not urllib.request.proxy_bypass(host.netloc):
-        return urllib3.ProxyManager(proxy, num_pools=2, maxsize=1, **tls)
-    return urllib3.PoolManager(num_pools=2, maxsize=1, **tls)
+        return urllib3.ProxyManager(
+            proxy, num_pools=2, maxsize=1, cert_reqs="CERT_REQUIRED", ca_certs=config.ca_bundle
+        )
+    return urllib3.PoolManager(
+        num_pools=2, maxsize=1, cert_reqs="CERT_REQUIRED", ca_certs=config.ca_bundle
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import ipaddress
+import math
 import os
 import re
 import urllib.parse
@@ -104,7 +105,7 @@ class TinybirdConfig:
                 raw = env.get(env_names[field.name]) or None
             if raw is None:
                 continue
-            parse = _PARSERS.get(field.name, _parse_str)
+            parse: Callable[[Any, _Setting], Any] = _PARSERS.get(field.name, _parse_str)
             values[field.name] = parse(raw, _Setting(field.name, env_names[field.name]))
         if "datasource" not in values and default_datasource is not None:
             values["datasource"] = default_datasource
@@ -202,7 +203,7 @@ def _number(kind: type[int] | type[float], minimum: float) -> Callable[[Any, _Se
             value = kind(raw.strip() if isinstance(raw, str) else raw)
         except (TypeError, ValueError):
             raise setting.error(f"is {raw!r}, not a number", f"use a {kind.__name__}") from None
-        if not value >= minimum or value != value or value == float("inf"):
+        if not (math.isfinite(value) and value >= minimum):
             raise setting.error(f"is {value!r}", f"use a finite value of at least {minimum}")
         return value
 
@@ -238,7 +239,7 @@ def _parse_fields(raw: Any, setting: _Setting) -> Mapping[str, Any]:
 
 
 def _parse_before_send(raw: Any, setting: _Setting) -> BeforeSend:
-    """A callable, or its dotted path (``package.module:function`` or ``package.module.function``)."""
+    """A callable, or its dotted path (``pkg.module:function`` or ``pkg.module.function``)."""
     if callable(raw):
         return raw  # type: ignore[no-any-return]
     path = _parse_str(raw, setting)
@@ -248,7 +249,8 @@ def _parse_before_send(raw: Any, setting: _Setting) -> BeforeSend:
     try:
         target = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise setting.error(f"{path!r} cannot be imported ({exc})", "give module:function") from None
+        problem = f"{path!r} cannot be imported ({exc})"
+        raise setting.error(problem, "give module:function") from None
     if not callable(target):
         raise setting.error(f"{path!r} is not callable", "point it at a function")
     return target  # type: ignore[no-any-return]
@@ -283,8 +285,8 @@ def _check_host(host: str, allow_http: bool) -> None:
         raise setting.error(f"{host!r} is not a URL", f"use a base URL such as {DEFAULT_HOST}")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise setting.error(
-            "has a query, fragment or credentials", "give only scheme://host[:port]; the token "
-            "goes in the token setting"
+            "has a query, fragment or credentials",
+            "give only scheme://host[:port]; the token goes in the token setting",
         )
     try:
         parts.port  # noqa: B018 - urlsplit validates the port lazily

@@ -10,7 +10,7 @@ the event.
 from __future__ import annotations
 
 import decimal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import orjson
@@ -18,10 +18,7 @@ import orjson
 # OPT_STRICT_INTEGER: integers beyond 2^53 lose precision in JSON readers, so they fail the
 # fast path and are sent as strings (events-api docs, "Schema").
 OPTIONS: Final = (
-    orjson.OPT_STRICT_INTEGER
-    | orjson.OPT_NON_STR_KEYS
-    | orjson.OPT_NAIVE_UTC
-    | orjson.OPT_UTC_Z
+    orjson.OPT_STRICT_INTEGER | orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 )
 _SAFE_INT: Final = 2**53
 _MAX_DEPTH: Final = 64
@@ -42,7 +39,8 @@ def default(value: Any) -> Any:
 
 def safe_str(value: Any) -> str:
     """``str(value)``, falling back to ``repr`` and then to the type name if those raise."""
-    for render in (str, repr):
+    renders: tuple[Callable[[Any], str], ...] = (str, repr)
+    for render in renders:
         try:
             text = render(value)
         except Exception:  # noqa: BLE001, S112 - a broken __str__ must not lose the event
@@ -57,14 +55,18 @@ def encode(value: Any) -> bytes:
     try:
         return orjson.dumps(value, default=default, option=OPTIONS)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
+        pass
+    try:
         return orjson.dumps(_repair(value, set(), 0), default=default, option=OPTIONS)
+    except TypeError:  # Defensive: _repair missed a case; keep the value as text
+        return orjson.dumps(_repair_str(safe_str(value)))
 
 
 def to_text(value: Any) -> str:
     """The string form of a value for a ``Map(String, String)`` column: JSON unless a str."""
     kind = type(value)
     if kind is str:
-        return value
+        return value  # type: ignore[no-any-return]
     if kind is int:  # the JSON text of an int is its str, and str() is cheaper
         return str(value)
     return encode(value).decode()
@@ -113,7 +115,8 @@ def _repair(value: Any, active: set[int], depth: int) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, float):
         return value
     if isinstance(value, int):
-        return value if -_SAFE_INT <= value <= _SAFE_INT else str(value)
+        # orjson's strict limit is +-(2^53 - 1): 2^53 itself already loses precision.
+        return value if -_SAFE_INT < value < _SAFE_INT else str(value)
     if isinstance(value, Mapping | list | tuple | set | frozenset):
         if id(value) in active:
             return "<cycle>"

@@ -23,9 +23,10 @@ from tinybird_export._encoding import OPTIONS, default, encode, encode_event, sa
 
 # Keys every LogRecord has, derived from a real record (structlog's trick) plus the ones
 # Formatter.format adds; anything else in record.__dict__ came from ``extra=``.
-_RESERVED: Final = frozenset(
-    logging.LogRecord("", 0, "", 0, "", (), None).__dict__
-) | {"message", "asctime"}
+_RESERVED: Final = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+}
 
 LOG_FIELDS: Final = (
     "timestamp",
@@ -242,7 +243,14 @@ class RecordMapper:
 
 
 _mappers: weakref.WeakSet[RecordMapper] = weakref.WeakSet()
-os.register_at_fork(after_in_child=lambda: [m.after_fork_in_child() for m in _mappers])
+
+
+def _reset_mappers_in_child() -> None:
+    for mapper in _mappers:
+        mapper.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_mappers_in_child)
 
 
 def _dumps(value: Any) -> bytes:

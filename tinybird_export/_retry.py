@@ -23,7 +23,8 @@ _RATE_LIMIT_CAP: Final = 300.0
 
 REGION_HOSTS: Final = (
     "https://api.tinybird.co, https://api.us-east.tinybird.co, "
-    "https://api.europe-west2.gcp.tinybird.co, https://api.northamerica-northeast2.gcp.tinybird.co, "
+    "https://api.europe-west2.gcp.tinybird.co, "
+    "https://api.northamerica-northeast2.gcp.tinybird.co, "
     "https://api.us-east.aws.tinybird.co, https://api.us-west-2.aws.tinybird.co, "
     "https://api.eu-central-1.aws.tinybird.co, https://api.eu-west-1.aws.tinybird.co, "
     "https://api.ap-east.aws.tinybird.co, https://api.ap-southeast-2.aws.tinybird.co"
@@ -55,7 +56,7 @@ def backoff(attempt: int) -> float:
 
     The jitter keeps a minimum so that a failing endpoint never sees a tight loop.
     """
-    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** min(attempt, 16))
+    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * float(2 ** min(attempt, 16)))
     return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
 
 
@@ -88,7 +89,7 @@ def _parse_delay(value: str, now: float) -> float | None:
 def drop_hint(status: int, datasource: str, host: str) -> str:
     """What a non-retryable answer most likely means, and what to fix."""
     if 300 <= status < 400:
-        return f"{host} answered with a redirect: the host is wrong (set TINYBIRD_HOST to the API host)"
+        return "the host is wrong (a redirect): set TINYBIRD_HOST to your region's API host"
     hints = {
         400: "the request was invalid",
         401: "the token is missing or malformed (TINYBIRD_TOKEN)",

@@ -83,6 +83,7 @@ class TinybirdHandler(logging.Handler):
             else:
                 producer.offer(*self._mapper.encode(record, producer.max_event_bytes))
         except Exception:  # noqa: BLE001 - logging's contract: never raise into the app
+            self._producer.channel.refuse("error")  # counted, never silently lost
             self.handleError(record)
 
     def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]

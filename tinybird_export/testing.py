@@ -96,7 +96,7 @@ class EventsServer:
 
     def __init__(
         self,
-        token: str | None = "test-token",
+        token: str | None = "test-token",  # noqa: S107 - a test server's well-known token
         port: int = 0,
         *,
         max_body_bytes: int = 10 * 1000 * 1000,
@@ -252,7 +252,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif reply.delay:
             time.sleep(reply.delay)
         if reply.reset:
-            owner._store(request, 0)
+            owner._store(dataclasses.replace(request, status=0), 0)
             self._reset()
             return
         owner._store(request, rows)

@@ -1,0 +1,545 @@
+"""Delivery under faults, injected through the test server: retries, rate limits, refusals,
+413 splitting, outages, bad input, secrets and transport settings."""
+
+from __future__ import annotations
+
+import email.utils
+import itertools
+import logging
+import math
+import re
+import time
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import run_python
+from tests.test_exit import child_env, closed_port_url
+from tinybird_export import TinybirdHandler, _retry
+from tinybird_export.testing import EventsServer, Reply
+
+
+def log_and_flush(
+    handler: TinybirdHandler, logger: logging.Logger, count: int, timeout: float = 30
+) -> bool:
+    logger.addHandler(handler)
+    for i in range(count):
+        logger.info("n %d", i)
+    return handler.flush(timeout)
+
+
+class TestRetries:
+    @pytest.mark.parametrize("status", [408, 409, 500, 502, 503, 504])
+    def test_retryable_status_is_retried_until_delivered(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger, status: int
+    ) -> None:
+        server.script(Reply(status=status), Reply(status=status))
+        handler = make_handler()
+        assert log_and_flush(handler, logger, 3)
+        assert [r.status for r in server.requests] == [status, status, 202]
+        assert [e["event"] for e in server.events()] == ["n 0", "n 1", "n 2"]
+        stats = handler.stats()
+        assert (stats.sent, stats.retries, stats.requests, stats.dropped) == (3, 2, 3, 0)
+
+    def test_backoff_grows_and_is_never_a_tight_loop(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        server.script(*[Reply(status=503)] * 3)
+        assert log_and_flush(make_handler(), logger, 1)
+        times = [r.received_at for r in server.requests]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(gap >= 0.2 for gap in gaps), gaps  # 0.5 s x jitter 0.5-1.0 at least
+        assert gaps[2] > gaps[0]
+
+    def test_connection_reset_is_retried(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        server.script(Reply(reset=True))
+        handler = make_handler()
+        assert log_and_flush(handler, logger, 2)
+        assert len(server.events()) == 2
+        assert handler.stats().retries == 1
+
+    def test_read_timeout_is_retried_and_event_id_dedupes(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        """The server takes the rows but answers too late: the retry duplicates them, and
+        event_id tells the copies apart."""
+        server.script(Reply(delay=1.0))
+        handler = make_handler(timeout=0.3)
+        assert log_and_flush(handler, logger, 5)
+        assert server.wait_for(lambda: len(server.requests) == 2, 10)
+        events = server.events()
+        assert len(events) == 10
+        assert len({e["event_id"] for e in events}) == 5
+
+    def test_backoff_schedule(self) -> None:
+        delays = [_retry.backoff(n) for n in range(12)]
+        assert all(0.25 <= d <= 30 for d in delays)
+        assert delays[-1] >= 15
+
+    @pytest.mark.parametrize(
+        ("headers", "expected"),
+        [
+            ({"Retry-After": "3"}, 3.0),
+            ({"X-RateLimit-Reset": "2"}, 2.0),
+            ({"Retry-After": "1", "X-RateLimit-Reset": "9"}, 1.0),
+            ({"Retry-After": "soon"}, None),
+            ({"Retry-After": "99999"}, 300.0),
+            ({}, None),
+        ],
+    )
+    def test_server_delay_headers(self, headers: dict[str, str], expected: float | None) -> None:
+        assert _retry.server_delay(headers) == expected
+
+    def test_retry_after_http_date(self) -> None:
+        now = time.time()
+        header = email.utils.formatdate(now + 5, usegmt=True)
+        delay = _retry.server_delay({"Retry-After": header}, now=now)
+        assert delay is not None and 3.9 <= delay <= 5.1
+
+
+class TestRateLimit:
+    def test_429_pauses_only_that_data_source(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        """Retry-After is honoured for the limited data source; another keeps flowing, and
+        the caller never waits."""
+        server.script(Reply(status=429, headers={"Retry-After": "1"}))
+        limited = make_handler(datasource="limited")
+        other = make_handler(datasource="other")
+        logger.addHandler(limited)
+        limited_logger = logger
+        limited_logger.info("to limited")
+        assert server.wait_for(lambda: len(server.requests) == 1, 10)
+        other_logger = logging.getLogger(logger.name + ".other")
+        other_logger.propagate = False
+        other_logger.addHandler(other)
+        started = time.monotonic()
+        for i in range(100):
+            limited_logger.info("more %d", i)
+        assert time.monotonic() - started < 0.5  # the caller is not paused
+        other_logger.info("to other")
+        assert other.flush(10)
+        assert server.events("limited") == []
+        assert limited.flush(10)
+        limited_requests = [r for r in server.requests if r.datasource == "limited"]
+        assert limited_requests[1].received_at - limited_requests[0].received_at >= 0.95
+        assert [e["event"] for e in server.events("limited")] == ["to limited"] + [
+            f"more {i}" for i in range(100)
+        ]
+
+    def test_ratelimit_reset_header_is_honoured(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        server.script(Reply(status=429, headers={"X-RateLimit-Reset": "1"}))
+        assert log_and_flush(make_handler(), logger, 1)
+        first, second = server.requests
+        assert second.received_at - first.received_at >= 0.95
+
+
+class TestRefusals:
+    @pytest.mark.parametrize(
+        ("status", "hint"),
+        [
+            (400, "invalid"),
+            (401, "TINYBIRD_TOKEN"),
+            (403, "DATASOURCE:APPEND"),
+            (404, "wrong region"),
+            (405, "refused"),
+            (411, "Content-Length"),
+            (422, "partially written"),
+            (301, "redirect"),
+            (307, "redirect"),
+        ],
+    )
+    def test_not_retried_dropped_counted_and_told_once(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
+        status: int,
+        hint: str,
+    ) -> None:
+        headers = {"Location": "https://elsewhere.example/v0/events"} if status < 400 else {}
+        server.respond(
+            Reply(
+                status=status,
+                headers=headers,
+                body=orjson.dumps({"error": f"server says {status}"}),
+            )
+        )
+        handler = make_handler(datasource=f"refused_{status}")
+        assert log_and_flush(handler, logger, 3) is False
+        logger.info("again")
+        assert handler.flush(10) is False
+        stats = handler.stats()
+        assert stats.dropped_by_reason == {f"http_{status}": 4}
+        assert stats.retries == 0
+        assert len(server.requests) == 2  # no retry, redirect not followed
+        err = capsys.readouterr().err
+        assert err.count(f"answered {status}") == 1
+        assert hint in err
+        if status >= 400:
+            assert f"server says {status}" in err
+
+    def test_404_lists_region_hosts(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        server.respond(Reply(status=404))
+        log_and_flush(make_handler(datasource="regional"), logger, 1)
+        assert "https://api.us-east.aws.tinybird.co" in capsys.readouterr().err
+
+
+class TestSplit:
+    def test_413_splits_in_halves_until_accepted(
+        self, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        with EventsServer(max_body_bytes=3_000) as small:
+            handler = make_handler(host=small.url, token=small.token, compression="none")
+            assert log_and_flush(handler, logger, 64)
+            assert [e["event"] for e in small.events()] == [f"n {i}" for i in range(64)]
+            statuses = [r.status for r in small.requests]
+            assert statuses[0] == 413
+            assert all(len(r.raw_body) <= 3_000 for r in small.requests if r.status == 202)
+            assert handler.stats().dropped == 0
+
+    def test_single_event_over_the_cap_is_dropped_not_retried_forever(
+        self, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        with EventsServer(max_body_bytes=2_000) as small:
+            handler = make_handler(host=small.url, token=small.token, compression="none")
+            logger.addHandler(handler)
+            logger.info("x" * 5_000)
+            logger.info("small")
+            assert handler.flush(10) is False
+            assert handler.stats().dropped_by_reason == {"too_large": 1}
+            assert [e["event"] for e in small.events()] == ["small"]
+
+
+class TestOutage:
+    def test_503_storm_then_recovery_delivers_in_order(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        server.script(*[Reply(status=503, headers={"Retry-After": "0.05"})] * 6)
+        handler = make_handler(batch_max_rows=50)
+        assert log_and_flush(handler, logger, 300)
+        assert [e["event"] for e in server.events()] == [f"n {i}" for i in range(300)]
+
+    def test_hanging_server_then_recovery(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        server.script(Reply(hang=True))
+        handler = make_handler(timeout=0.3)
+        logger.addHandler(handler)
+        for i in range(20):
+            logger.info("n %d", i)
+        assert server.wait_for(lambda: server.arrivals >= 1, 10)
+        server.release()
+        assert handler.flush(15)
+        delivered = {e["event"] for e in server.events()}
+        assert delivered == {f"n {i}" for i in range(20)}
+
+    def test_byte_bound_drops_newest_and_counts_exactly(
+        self, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        handler = make_handler(
+            host=closed_port_url(),
+            queue_max_bytes=200_000,
+            batch_max_bytes=100_000,
+            max_event_bytes=10_000,
+        )
+        logger.addHandler(handler)
+        for i in range(1000):
+            logger.info("%04d %s", i, "x" * 900)
+        stats = handler.stats()
+        assert stats.emitted == 1000 == stats.sent + stats.dropped + stats.queued + stats.in_flight
+        assert stats.queued_bytes <= 200_000
+        assert stats.dropped_by_reason["queue_full"] > 700
+
+    def test_rss_stays_within_bound_through_a_long_outage(self) -> None:
+        """200,000 records of ~1 KB with the endpoint refusing: RSS grows by the byte
+        bound (8 MiB) plus a small constant, and the counters add up exactly."""
+        result = run_python(
+            """
+            import logging, resource
+            from tinybird_export import TinybirdHandler
+            def rss():
+                with open("/proc/self/statm") as f:
+                    return int(f.read().split()[1]) * resource.getpagesize()
+            log = logging.getLogger("app"); log.propagate = False; log.setLevel(logging.INFO)
+            handler = TinybirdHandler(queue_max_bytes=8 * 1024 * 1024, exit_timeout=0)
+            log.addHandler(handler)
+            for i in range(2000):
+                log.info("warm %s", "x" * 900, extra={"n": i})
+            before = rss()
+            for i in range(200_000):
+                log.info("%s", "x" * 900, extra={"n": i})
+            growth = rss() - before
+            s = handler.stats()
+            print(growth, s.emitted, s.sent + s.dropped + s.queued + s.in_flight, s.queued_bytes)
+        """,
+            {
+                "TINYBIRD_HOST": closed_port_url(),
+                "TINYBIRD_TOKEN": "t",
+                "TINYBIRD_DATASOURCE": "app_logs",
+            },
+            timeout=120,
+        )
+        growth, emitted, accounted, queued_bytes = map(int, result.stdout.split())
+        assert emitted == accounted == 202_000
+        assert queued_bytes <= 8 * 1024 * 1024
+        assert growth < 8 * 1024 * 1024 + 24 * 1024 * 1024, growth
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def _cyclic() -> dict[str, Any]:
+    value: dict[str, Any] = {"a": 1}
+    value["self"] = value
+    return value
+
+
+_weird = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=2**53, max_value=2**200),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(),
+    st.binary(max_size=32),
+    st.sampled_from(["\ud800", "a\udfffb", math.nan, math.inf, -math.inf]),
+    st.builds(_Unprintable),
+    st.builds(_cyclic),
+    st.builds(object),
+)
+_extras = st.recursive(
+    _weird,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.one_of(st.text(max_size=4), st.integers()), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+class TestBadInput:
+    @settings(
+        derandomize=True,
+        deadline=None,
+        max_examples=150,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        extras=st.dictionaries(
+            st.text(min_size=1, max_size=6).filter(str.isidentifier), _extras, max_size=4
+        ),
+        message=st.text(),
+    )
+    def test_every_record_is_delivered_as_json_or_counted(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        extras: dict[str, Any],
+        message: str,
+    ) -> None:
+        reserved = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+            "message",
+            "asctime",
+        }
+        extras = {k: v for k, v in extras.items() if k not in reserved}
+        handler = getattr(self, "_handler", None)
+        if handler is None:
+            handler = self._handler = make_handler(datasource="fuzz")
+            logger.addHandler(handler)
+        before = len(server.events("fuzz"))
+        dropped_before = handler.stats().dropped
+        logging.getLogger(logger.name).info(message, extra=extras)
+        assert handler.flush(10) or handler.stats().dropped > dropped_before
+        after = server.events("fuzz")
+        assert len(after) - before + handler.stats().dropped - dropped_before == 1
+        if len(after) > before:
+            event = after[-1]
+            for key in extras:
+                assert key in event
+            assert set(event["attributes"]) == set(extras)
+
+
+class TestSecrets:
+    def test_token_appears_nowhere(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        secret = "p.eyJ1IjogInNlY3JldC10b2tlbiJ9"
+        with EventsServer(token="other") as wrong:
+            handler = make_handler(host=wrong.url, token=secret, datasource="secret_ds")
+            logger.addHandler(handler)
+            logger.info("x")
+            handler.flush(5)
+            texts = [
+                repr(handler),
+                str(handler),
+                repr(handler._producer.config),
+                repr(handler.stats()),
+                repr(handler._producer.worker),
+                repr(handler._producer.worker.client),
+                capsys.readouterr().err,
+            ]
+            texts += [r.path for r in wrong.requests]
+            assert "403" in texts[-2] or wrong.requests[0].status == 403
+            for text in texts:
+                assert secret not in text
+            assert wrong.requests[0].headers["Authorization"] == f"Bearer {secret}"
+
+    def test_token_not_in_exit_report(self) -> None:
+        secret = "p.very-secret-token-value"
+        result = run_python(
+            """
+            import logging
+            from tinybird_export import TinybirdHandler
+            logging.getLogger().addHandler(TinybirdHandler(exit_timeout=0.5))
+            logging.warning("x")
+        """,
+            {
+                "TINYBIRD_HOST": closed_port_url(),
+                "TINYBIRD_TOKEN": secret,
+                "TINYBIRD_DATASOURCE": "ds",
+            },
+        )
+        assert "not delivered" in result.stderr
+        assert secret not in result.stderr + result.stdout
+
+
+def redact(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A before_send hook for the tests, importable by dotted path."""
+    if event.get("event") == "drop me":
+        return None
+    if "password" in event:
+        event["password"] = "***"
+        event["attributes"]["password"] = "***"
+    return event
+
+
+class TestTransport:
+    def test_before_send_by_dotted_path_redacts_and_drops(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        handler = make_handler(before_send="tests.test_faults:redact")
+        logger.addHandler(handler)
+        logger.info("login", extra={"password": "hunter2"})
+        logger.info("drop me")
+        assert handler.flush(10)
+        (event,) = server.events()
+        assert event["password"] == "***"
+        assert event["attributes"]["password"] == "***"
+        assert handler.stats().dropped_by_reason == {"before_send": 1}
+
+    def test_before_send_that_raises_drops_and_counts(
+        self, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        def broken(event: dict[str, Any]) -> dict[str, Any]:
+            raise ValueError("oops")
+
+        handler = make_handler(before_send=broken)
+        logger.addHandler(handler)
+        logger.info("x")
+        assert handler.stats().dropped_by_reason == {"before_send_error": 1}
+
+    def test_http_proxy_is_honoured_and_no_proxy_bypasses(
+        self, server: EventsServer, monkeypatch: pytest.MonkeyPatch, logger: logging.Logger
+    ) -> None:
+        monkeypatch.setenv("HTTP_PROXY", server.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        via_proxy = TinybirdHandler(
+            datasource="proxied", host="http://127.0.0.2:9", token=server.token
+        )
+        try:
+            assert log_and_flush(via_proxy, logger, 1)
+            assert server.requests[0].datasource == "proxied"
+        finally:
+            via_proxy.close()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.3")
+        direct = TinybirdHandler(
+            datasource="direct", host="http://127.0.0.3:9", token=server.token, exit_timeout=0
+        )
+        try:
+            logger.addHandler(direct)
+            logger.info("x")
+            assert direct.flush(0.5) is False
+            assert re.search("cannot connect|refused", direct.stats().last_error)
+        finally:
+            direct.close()
+
+    def test_tls_verification_is_on_with_custom_ca_setting(self, tmp_path: Any) -> None:
+        handler = TinybirdHandler(
+            datasource="x",
+            host="https://127.0.0.1:9",
+            token="t",
+            ca_bundle=str(tmp_path / "ca.pem"),
+            exit_timeout=0,
+        )
+        try:
+            pool = handler._producer.worker.client._pool  # type: ignore[union-attr]
+            assert pool.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
+            assert pool.connection_pool_kw["ca_certs"] == str(tmp_path / "ca.pem")
+        finally:
+            handler.close()
+
+
+class TestSynchronousMode:
+    def test_background_false_sends_on_flush_without_a_thread(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        """Serverless / uWSGI without threads: nothing runs between calls; flush() sends."""
+        handler = make_handler(background=False, datasource="sync")
+        logger.addHandler(handler)
+        for i in range(10):
+            logger.info("n %d", i)
+        assert server.requests == []
+        assert handler._producer.worker.thread is None
+        assert handler.flush(10)
+        assert len(server.events("sync")) == 10
+        assert handler._producer.worker.thread is None
+
+    def test_background_false_flush_respects_its_timeout(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        server.respond(Reply(status=503, headers={"Retry-After": "30"}))
+        handler = make_handler(background=False, datasource="sync_slow")
+        logger.addHandler(handler)
+        logger.info("x")
+        started = time.monotonic()
+        assert handler.flush(0.5) is False
+        assert time.monotonic() - started < 3
+
+    def test_background_false_exit_delivers(self, server: EventsServer) -> None:
+        result = run_python(
+            """
+            import logging
+            from tinybird_export import TinybirdHandler
+            log = logging.getLogger("app"); log.propagate = False
+            log.addHandler(TinybirdHandler(background=False)); log.warning("at exit")
+        """,
+            child_env(server),
+        )
+        assert result.returncode == 0, result.stderr
+        assert [e["event"] for e in server.events()] == ["at exit"]
