@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import subprocess
 import sys
 import time
-from collections.abc import Callable
-
-import urllib3
 
 from tinybird_export import TinybirdEvents
-from tinybird_export.testing import EventsServer
+from tinybird_export.cli import query
 
 PAGES = ("/", "/pricing", "/docs", "/blog/events-api", "/signup", "/cart", "/checkout")
 EVENTS = ("page_view", "page_view", "page_view", "click", "scroll", "signup")
@@ -39,19 +37,27 @@ def make_event(rng: random.Random) -> dict[str, str]:
     }
 
 
-def remote_count(host: str, token: str, datasource: str) -> str:
+def count_rows(host: str, token: str, datasource: str) -> str:
     """``select count() from <datasource>`` through ``/v0/sql``, as ``tb sql`` does."""
-    response = urllib3.request(
-        "GET",
-        f"{host}/v0/sql",
-        fields={"q": f"SELECT count() AS c FROM {datasource} FORMAT JSON"},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=30,
-        retries=False,
+    try:
+        result = query(host, token, f"select count() as c from {datasource}")
+    except Exception as exc:  # noqa: BLE001 - a token without read scope, for instance
+        return f"unavailable ({exc})"
+    return str(result["data"][0]["c"])  # type: ignore[index]
+
+
+def start_local_server() -> tuple[subprocess.Popen[str], str, str]:
+    """``tinybird-export local`` in its own process (its own GIL), on a free port, in memory."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinybird_export.local", "--port", "0", "--data", ":memory:"],
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    if response.status != 200:
-        return f"unavailable (HTTP {response.status}: the token may lack read access)"
-    return str(response.json()["data"][0]["c"])
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline() for _ in range(3)]
+    host = lines[1].strip().partition("=")[2]
+    token = lines[2].strip().partition("=")[2]
+    return proc, host, token
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,15 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
 
     token = os.environ.get("TINYBIRD_TOKEN")
-    local: EventsServer | None = None
+    local: subprocess.Popen[str] | None = None
     if token:
         host = os.environ.get("TINYBIRD_HOST", "https://api.tinybird.co").rstrip("/")
-        count: Callable[[], str] = lambda: remote_count(host, token, options.datasource)  # noqa: E731
         print(f"streaming to {host} (data source {options.datasource})")
     else:
-        local = EventsServer(token="local-token").start()
-        host, token = local.url, "local-token"
-        count = lambda: str(local.rows_accepted)  # noqa: E731
+        local, host, token = start_local_server()
         print(f"TINYBIRD_TOKEN not set: streaming to an embedded local Events API at {host}")
 
     events = TinybirdEvents(
@@ -105,10 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         f"sent {stats.sent:,} events in {stats.requests:,} requests over {elapsed:.1f} s "
         f"(dropped {stats.dropped:,}, all acknowledged: {delivered})"
     )
-    print(f"select count() from {options.datasource}: {count()}")
+    print(
+        f"select count() from {options.datasource}: {count_rows(host, token, options.datasource)}"
+    )
     events.close()
     if local is not None:
-        local.stop()
+        local.terminate()
+        local.wait(10)
     return 0 if delivered else 1
 
 

@@ -15,6 +15,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
@@ -51,6 +52,8 @@ LOG_FIELDS: Final = (
 """The built-in fields of a log event, in the order they are sent. Built-ins win over extras."""
 
 _HOST: Final = socket.gethostname()
+DATASOURCES_DIR: Final = Path(__file__).parent / "datasources"
+"""The ``.datasource`` files for the event shapes this package emits."""
 _STANDARD_KEYS: Final = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
 _CALLSITE_CACHE_SIZE: Final = 4096
 
@@ -205,14 +208,16 @@ class RecordMapper:
     def _constant_fields(self, record: logging.LogRecord) -> dict[str, Any]:
         return {
             "level": record.levelname,
-            "logger": record.name,
+            "logger": record.name or "",
             "service": self._service,
-            "module": record.module,
-            "function": record.funcName,
-            "file": record.pathname,
-            "line": record.lineno,
-            "process": record.process,
-            "thread": record.threadName,
+            # None where logging could not tell (logProcesses off, makeLogRecord): the
+            # shipped schema's columns are not Nullable, so send their empty values.
+            "module": record.module or "",
+            "function": record.funcName or "",
+            "file": record.pathname or "",
+            "line": record.lineno or 0,
+            "process": record.process or 0,
+            "thread": record.threadName or "",
             "host": _HOST,
             **self._fields,
         }
