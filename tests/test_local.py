@@ -86,8 +86,9 @@ class TestEventsEndpoint:
         status, body = post(local, urllib.parse.quote(name), ndjson(EVENT))
         assert status == 400 and "invalid data source name" in body["error"]
 
-    def test_malformed_ndjson_names_the_line(self, local: LocalServer) -> None:
-        status, body = post(local, "bad", ndjson(EVENT) + b"{not json}\n")
+    @pytest.mark.parametrize("bad", [b"{not json}", b'{"a":1},{"b":2}', b"[1]", b'{"a":1}{"b":2}'])
+    def test_malformed_ndjson_names_the_line(self, local: LocalServer, bad: bytes) -> None:
+        status, body = post(local, "bad", ndjson(EVENT) + bad + b"\n" + ndjson(EVENT))
         assert status == 400 and "line 2" in body["error"]
 
     def test_tokens_endpoint_needs_no_auth(self, local: LocalServer) -> None:

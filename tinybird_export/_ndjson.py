@@ -40,6 +40,16 @@ def parse_rows(body: bytes) -> list[dict[str, Any]]:
     Raises:
         BodyError: 400 naming the first malformed line (1-based).
     """
+    # One parse of the whole body is several times faster than one per line; the line loop
+    # below only runs to name the line at fault (or for exotic line separators).
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    try:
+        rows = orjson.loads(b"[" + b",".join(lines) + b"]")
+    except orjson.JSONDecodeError:
+        rows = None
+    # Same count: a line like {"a":1},{"b":2} must not pass as two rows.
+    if rows is not None and len(rows) == len(lines) and all(type(r) is dict for r in rows):
+        return rows  # type: ignore[no-any-return]
     rows = []
     for number, line in enumerate(body.splitlines(), 1):
         if not line.strip():

@@ -25,6 +25,7 @@ _DATETIME = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)?\Z"
 )
 _DATE = re.compile(r"\d{4}-\d\d-\d\d\Z")
+_valid_seconds: dict[str, str] = {}  # "YYYY-MM-DD HH:MM:SS" strings already validated
 
 
 class CheckError(ValueError):
@@ -165,6 +166,15 @@ def _datetime(precision: int) -> Callable[[Any], str]:
     """
 
     def convert(value: Any) -> str:
+        # Fast path for the common UTC "YYYY-MM-DD HH:MM:SS[.fff]" form: the seconds part
+        # is validated once per distinct second, only the fraction per value.
+        if type(value) is str and len(value) >= 19:
+            prefix = _valid_seconds.get(value[:19])
+            rest = value[19:]
+            if prefix is not None and (
+                not rest or (rest[0] == "." and 1 < len(rest) <= 10 and rest[1:].isdigit())
+            ):
+                return f"{prefix}.{rest[1:].ljust(9, '0')[:precision]}" if precision else prefix
         if isinstance(value, int | float) and not isinstance(value, bool):
             moment = datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
             return _format(moment.replace(tzinfo=None), moment.microsecond * 1000, precision)
@@ -183,6 +193,8 @@ def _datetime(precision: int) -> Callable[[Any], str]:
             hours, minutes = int(zone[1:3]), int(zone[-2:])
             moment -= sign * datetime.timedelta(hours=hours, minutes=minutes)
         nanos = int((fraction or "0").ljust(9, "0"))
+        if not zone and value[10] == " " and len(_valid_seconds) < 100_000:
+            _valid_seconds[value[:19]] = value[:19]
         return _format(moment, nanos, precision)
 
     return convert

@@ -226,12 +226,21 @@ class _RowError(CheckError):
         self.column = column
 
 
+_MISSING = object()
+
+
 def _value(column: Column, row: Mapping[str, Any], now: str) -> Any:
-    value: Any = row
-    for key in column.path:
-        if not isinstance(value, dict) or key not in value:
+    path = column.path
+    if len(path) == 1:  # the usual $.field, without the loop
+        value: Any = row.get(path[0], _MISSING)
+        if value is _MISSING:
             return _missing(column, now)
-        value = value[key]
+    else:
+        value = row
+        for key in path:
+            if not isinstance(value, dict) or key not in value:
+                return _missing(column, now)
+            value = value[key]
     try:
         return column.type.convert(value)
     except CheckError as exc:
