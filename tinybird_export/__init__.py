@@ -15,6 +15,18 @@ from tinybird_export._lifecycle import install_sigterm_handler
 from tinybird_export.events import TinybirdEvents
 from tinybird_export.handler import TinybirdHandler
 
+
+def __getattr__(name: str) -> object:
+    """The OpenTelemetry exporters, imported on first use: ``import tinybird_export`` (and
+    the handler) must not import OpenTelemetry (it needs the ``otel`` extra).
+    """
+    if name in ("TinybirdLogExporter", "TinybirdSpanExporter"):
+        from tinybird_export import otel  # noqa: PLC0415
+
+        return getattr(otel, name)
+    raise AttributeError(f"module 'tinybird_export' has no attribute {name!r}")
+
+
 try:
     __version__ = metadata.version("tinybird-export")
 except metadata.PackageNotFoundError:  # Defensive: running from a source tree
@@ -25,6 +37,8 @@ __all__ = [
     "TinybirdConfig",
     "TinybirdEvents",
     "TinybirdHandler",
+    "TinybirdLogExporter",
+    "TinybirdSpanExporter",
     "__version__",
     "install_sigterm_handler",
 ]

@@ -63,6 +63,7 @@ class TinybirdConfig:
     ca_bundle: str | None = None
     allow_http: bool = False
     before_send: BeforeSend | None = None
+    shape: str = "flat"
 
     @property
     def read_timeout(self) -> float:
@@ -171,6 +172,7 @@ _ENV_NAMES: Final = {
     "ca_bundle": "TINYBIRD_CA_BUNDLE",
     "allow_http": "TINYBIRD_ALLOW_HTTP",
     "before_send": "TINYBIRD_BEFORE_SEND",
+    "shape": "TINYBIRD_OTEL_SHAPE",
 }
 
 
@@ -275,6 +277,7 @@ _PARSERS: Final[dict[str, Callable[[Any, _Setting], Any]]] = {
     "compression": _choice(_COMPRESSIONS),
     "fields": _parse_fields,
     "before_send": _parse_before_send,
+    "shape": _choice(("flat", "otel")),
 }
 
 

@@ -109,15 +109,15 @@ class Producer:
         done = worker.wait_until(lambda: channel.resolved >= target, time.monotonic() + wait)
         return done and channel.dropped_after_queue == drops
 
-    def close(self) -> None:
-        """Flush within ``flush_timeout`` and detach; idempotent, never unbounded."""
+    def close(self, timeout: float | None = None) -> None:
+        """Flush within ``timeout`` (default ``flush_timeout``) and detach; idempotent."""
         worker, channel = self.worker, self.channel
         if channel.closed:
             return
         channel.closed = True
         if worker is None:
             return
-        self.flush()
+        self.flush(timeout)
         if channel.empty():
             _worker.detach(worker, channel)
         elif worker.exit_deadline is not None:

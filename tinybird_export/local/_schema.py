@@ -209,7 +209,7 @@ def _array(item: ColumnType) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if not isinstance(value, list):
             raise CheckError(f"expected an array, got {_kind(value)}")
-        return orjson.dumps([item.convert(v) for v in value]).decode()
+        return orjson.dumps([_nested(item, v) for v in value]).decode()
 
     return convert
 
@@ -218,11 +218,18 @@ def _map(key: ColumnType, value_type: ColumnType) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if not isinstance(value, dict):
             raise CheckError(f"expected an object, got {_kind(value)}")
-        return orjson.dumps(
-            {key.convert(k): value_type.convert(v) for k, v in value.items()}
-        ).decode()
+        converted = {key.convert(k): _nested(value_type, v) for k, v in value.items()}
+        return orjson.dumps(converted).decode()
 
     return convert
+
+
+def _nested(column_type: ColumnType, value: Any) -> Any:
+    """An element of a container: nested arrays and maps stay JSON values, not JSON text."""
+    converted = column_type.convert(value)
+    if column_type.name.startswith(("Array", "Map")):
+        return orjson.loads(converted)
+    return converted
 
 
 def _kind(value: Any) -> str:
