@@ -13,16 +13,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from tinybird_export._encoding import to_text
-from tinybird_export._events import _HOST, event_ids
+from tinybird_export._events import _HOST, event_ids, format_timestamp
 
 _SPAN_KINDS = ("Internal", "Server", "Client", "Producer", "Consumer")
 _STATUS_CODES = ("Unset", "Ok", "Error")
+# The flat shape spells them as the SDK's enum names (SpanKind.SERVER, StatusCode.ERROR).
+_KIND_NAMES = ("INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
+_STATUS_NAMES = ("UNSET", "OK", "ERROR")
 
 
 def utc_from_ns(nanos: int) -> str:
     """``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC) from epoch nanoseconds: the flat shape's form."""
+    return format_timestamp(nanos / 1e9) if nanos % 1000 == 0 else _utc_exact(nanos)
+
+
+def _utc_exact(nanos: int) -> str:
     seconds, rest = divmod(nanos, 1_000_000_000)
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}"
+    return format_timestamp(float(seconds))[:20] + f"{rest // 1000:06d}"
 
 
 def rfc3339_nano(nanos: int) -> str:
@@ -35,6 +42,13 @@ def rfc3339_nano(nanos: int) -> str:
 def string_map(attributes: Mapping[str, Any] | None) -> dict[str, str]:
     """Attributes as string -> string (JSON text for non-strings), like pdata's AsString."""
     return {str(key): to_text(value) for key, value in (attributes or {}).items()}
+
+
+def plain(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A plain dict of the SDK's attributes: its BoundedAttributes answers each lookup in
+    Python under a lock, so copy once and look up many times.
+    """
+    return dict(attributes) if attributes else {}
 
 
 def _hex(value: int | None, width: int) -> str:
@@ -50,7 +64,7 @@ def _scope(item: Any) -> Any:
 def _scope_fields(scope: Any, resource: Any) -> dict[str, Any]:
     return {
         "resource_schema_url": getattr(resource, "schema_url", "") or "",
-        "resource_attributes": string_map(getattr(resource, "attributes", None)),
+        "resource_attributes": resource_map(resource),
         "scope_schema_url": getattr(scope, "schema_url", "") or "",
         "scope_name": getattr(scope, "name", "") or "",
         "scope_version": getattr(scope, "version", "") or "",
@@ -58,8 +72,27 @@ def _scope_fields(scope: Any, resource: Any) -> dict[str, Any]:
     }
 
 
+_resource_cache: tuple[Any, dict[str, str]] = (None, {})
+
+
+def resource_map(resource: Any) -> dict[str, str]:
+    """``string_map`` of a resource's attributes, cached: a provider's spans share one
+    resource object, so this runs once per provider rather than once per span.
+    """
+    global _resource_cache  # noqa: PLW0603 - one-entry cache; tuple assignment is atomic
+    cached, mapped = _resource_cache
+    if cached is not resource:
+        mapped = string_map(getattr(resource, "attributes", None))
+        _resource_cache = (resource, mapped)
+    return dict(mapped)  # a copy: a before_send hook may change the event
+
+
 def _service(resource: Any) -> str:
-    return str((getattr(resource, "attributes", None) or {}).get("service.name", ""))
+    cached, mapped = _resource_cache
+    if cached is not resource:
+        resource_map(resource)
+        mapped = _resource_cache[1]
+    return mapped.get("service.name", "")
 
 
 def span_href(attributes: Mapping[str, Any]) -> str:
@@ -104,7 +137,7 @@ def _exception_text(events: Any) -> str:
 def span_to_flat(span: Any) -> dict[str, Any]:
     """The default span event, in the spirit of the log event (see the README)."""
     context = span.context
-    attributes = span.attributes or {}
+    attributes = plain(span.attributes)
     start, end = span.start_time or 0, span.end_time or span.start_time or 0
     return {
         "timestamp": utc_from_ns(start),
@@ -113,15 +146,15 @@ def span_to_flat(span: Any) -> dict[str, Any]:
         "trace_id": _hex(context.trace_id, 32),
         "span_id": _hex(context.span_id, 16),
         "parent_span_id": _hex(span.parent.span_id, 16) if span.parent else "",
-        "kind": span.kind.name,
-        "status": span.status.status_code.name,
+        "kind": _KIND_NAMES[span.kind.value],
+        "status": _STATUS_NAMES[span.status.status_code.value],
         "status_message": span.status.description or "",
         "duration_ms": (end - start) / 1e6,
         "service": _service(span.resource),
         "exception": _exception_text(span.events),
         "event_id": event_ids.next(),
         "attributes": string_map(attributes),
-        "resource": string_map(span.resource.attributes),
+        "resource": resource_map(span.resource),
     }
 
 
@@ -144,7 +177,7 @@ def span_to_otel(span: Any) -> dict[str, Any]:
         "duration": end - start,
         "status_code": _STATUS_CODES[span.status.status_code.value],
         "status_message": span.status.description or "",
-        "span_attributes": string_map(span.attributes),
+        "span_attributes": string_map(plain(span.attributes)),
         "events_timestamp": [rfc3339_nano(e.timestamp) for e in span.events or ()],
         "events_name": [e.name for e in span.events or ()],
         "events_attributes": [string_map(e.attributes) for e in span.events or ()],

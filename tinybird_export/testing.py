@@ -244,6 +244,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(parts.query))
         received_at = time.monotonic()
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if parts.path.startswith("/v1/"):  # an OTLP/HTTP sink, for side-by-side benchmarks
+            owner._store(
+                ReceivedRequest(
+                    "POST",
+                    parts.path,
+                    query,
+                    dict(self.headers.items()),
+                    raw,
+                    raw,
+                    200,
+                    received_at,
+                ),
+                0,
+            )
+            self._answer(200, b"")
+            return
         reply = owner._next_reply()
         owner._arrived()
         status, payload, body, rows = self._evaluate(owner, parts.path, query, raw, reply)
