@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import orjson
 
+from tinybird_export._context import current_request
 from tinybird_export._encoding import OPTIONS, default, encode, encode_event, safe_str, to_text
 
 # Keys every LogRecord has, derived from a real record (structlog's trick) plus the ones
@@ -33,6 +34,7 @@ LOG_FIELDS: Final = (
     "timestamp",
     "event",
     "href",
+    "request_id",
     "exception",
     "event_id",
     "trace_id",
@@ -153,48 +155,45 @@ class RecordMapper:
 
     def __call__(self, record: logging.LogRecord) -> dict[str, Any]:
         """Build the event for ``record`` as a dict (for ``before_send`` and repairs)."""
-        state = record.__dict__
-        keys = extra_keys(state)
+        extras = _extras(record.__dict__)
+        event = self._varying(record, extras)
+        event.update(self._constant_fields(record))
+        event["attributes"] = self._attribute_map(extras)
+        if self._flat:
+            for key, value in extras.items():
+                if key not in self._taken:  # built-in and static fields win a collision
+                    event[key] = value
+        return event
+
+    def _varying(self, record: logging.LogRecord, extras: dict[str, Any]) -> dict[str, Any]:
+        """The fields that change with every record, in their wire order."""
         trace_id, span_id = current_trace_ids()
-        event: dict[str, Any] = {
+        request = current_request.get()
+        message, exception = _message_and_exception(record)
+        href = extras.get("href")
+        return {
             "timestamp": format_timestamp(record.created),
-            "event": _message(record),
-            "href": _href(state),
-            "exception": _exception_text(record),
+            "event": message,
+            "href": (request.href if request else "") if href is None else _text(href),
+            "request_id": request.request_id if request else "",
+            "exception": exception,
             "event_id": event_ids.next(),
             "trace_id": trace_id,
             "span_id": span_id,
         }
-        event.update(self._constant_fields(record))
-        event["attributes"] = self._attribute_map(state, keys)
-        if self._flat:
-            for key in keys:
-                if key not in self._taken:  # built-in and static fields win a collision
-                    event[key] = state[key]
-        return event
 
     def encode(self, record: logging.LogRecord, max_bytes: int) -> tuple[bytes | None, bool]:
         """The event for ``record`` as one NDJSON line (see ``encode_event``)."""
-        state = record.__dict__
-        keys = extra_keys(state)
-        trace_id, span_id = current_trace_ids()
-        varying = {
-            "timestamp": format_timestamp(record.created),
-            "event": _message(record),
-            "href": _href(state) if keys else "",
-            "exception": _exception_text(record),
-            "event_id": event_ids.next(),
-            "trace_id": trace_id,
-            "span_id": span_id,
-        }
+        extras = _extras(record.__dict__)
+        varying = self._varying(record, extras)
         try:
             head = _dumps(varying)
-            if keys:
-                tail: dict[str, Any] = {"attributes": self._attribute_map(state, keys)}
+            if extras:
+                tail: dict[str, Any] = {"attributes": self._attribute_map(extras)}
                 if self._flat:
-                    for key in keys:
+                    for key, value in extras.items():
                         if key not in self._taken:  # built-in and static fields win
-                            tail[key] = state[key]
+                            tail[key] = value
                 tail_bytes = _dumps(tail)
             else:
                 tail_bytes = b'{"attributes":{}}'
@@ -237,10 +236,10 @@ class RecordMapper:
             self._callsites[key] = fragment
         return fragment
 
-    def _attribute_map(self, state: dict[str, Any], keys: list[str]) -> dict[str, str]:
+    def _attribute_map(self, extras: dict[str, Any]) -> dict[str, str]:
         if not self._attributes:
             return {}
-        return {key: to_text(state[key]) for key in keys}
+        return {key: to_text(value) for key, value in extras.items()}
 
     def after_fork_in_child(self) -> None:
         """The cached fragments carry the parent's ``process``."""
@@ -262,11 +261,38 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=default, option=OPTIONS)
 
 
-def _href(state: dict[str, Any]) -> str:
-    href = state.get("href")
-    if href is None:
-        return ""
-    return href if type(href) is str else safe_str(href)
+def _extras(state: dict[str, Any]) -> dict[str, Any]:
+    """The record's extras; an extra named ``extra`` holding a dict (loguru's way of passing
+    its bound values) is flattened into the others.
+    """
+    keys = extra_keys(state)
+    if not keys:
+        return {}
+    extras = {key: state[key] for key in keys}
+    nested = extras.get("extra")
+    if type(nested) is dict:
+        del extras["extra"]
+        extras.update(nested)
+    return extras
+
+
+def _text(value: Any) -> str:
+    return value if type(value) is str else safe_str(value)
+
+
+# loguru's StandardSink renders the traceback into the message and marks exc_text "\n".
+_LOGURU_EXC_TEXT: Final = "\n"
+_TRACEBACK_START: Final = "\nTraceback (most recent call last):"
+
+
+def _message_and_exception(record: logging.LogRecord) -> tuple[str, str]:
+    message = _message(record)
+    if record.exc_text == _LOGURU_EXC_TEXT and record.exc_info:
+        head, sep, tail = message.partition(_TRACEBACK_START)
+        if sep:
+            return head, (sep + tail).strip("\n")
+        return message, _exception_text(record)
+    return message, _exception_text(record)
 
 
 def _message(record: logging.LogRecord) -> str:
@@ -279,7 +305,7 @@ def _message(record: logging.LogRecord) -> str:
 def _exception_text(record: logging.LogRecord) -> str:
     if not (record.exc_info or record.exc_text or record.stack_info):
         return ""
-    text = record.exc_text or ""
+    text = (record.exc_text or "").strip("\n")
     if not text and record.exc_info and record.exc_info[0] is not None:
         text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
     if record.stack_info:

@@ -82,6 +82,41 @@ def _register_finalizer(_token: object) -> None:
 os.register_at_fork(before=_before_fork)
 
 
+def check_uwsgi() -> None:
+    """Under uWSGI, warn once when the worker thread cannot run or forks would break it.
+
+    uWSGI runs no threads without ``enable-threads``, and with a pre-forking master and no
+    ``lazy-apps`` it may fork without Python's fork hooks (sentry's check, peers.md §3
+    row 17).
+    """
+    uwsgi = sys.modules.get("uwsgi")
+    if uwsgi is None:
+        return
+    options = getattr(uwsgi, "opt", {}) or {}
+
+    def enabled(name: str) -> bool:
+        value = options.get(name)
+        if isinstance(value, bytes):
+            value = value.decode()
+        return value not in (None, False, "", "0", "false", "False", 0)
+
+    if not (enabled("enable-threads") or enabled("threads")):
+        _diagnostics.say_once(
+            "uwsgi-threads",
+            "uWSGI is running without threads, so events are never sent in the background: "
+            "add 'enable-threads = true' to the uWSGI config, or set background=False and "
+            "call handler.flush() at the end of each request.",
+        )
+    elif enabled("master") and not (
+        enabled("lazy-apps") or enabled("lazy") or enabled("py-call-osafterfork")
+    ):
+        _diagnostics.say_once(
+            "uwsgi-fork",
+            "uWSGI forks workers from a master that loaded the app: add 'lazy-apps = true' "
+            "(or 'py-call-osafterfork = true') so each worker starts its own sender.",
+        )
+
+
 def install_sigterm_handler() -> None:
     """Make SIGTERM take the normal exit path, so the exit drain runs within its budget.
 

@@ -230,6 +230,7 @@ def log_to_flat(item: Any) -> dict[str, Any]:
         "timestamp": utc_from_ns(record.timestamp or record.observed_timestamp or 0),
         "event": _body(record),
         "href": str(attributes.get("url.full", "")),
+        "request_id": "",
         "exception": str(attributes.get("exception.stacktrace", "")),
         "event_id": event_ids.next(),
         "trace_id": _hex(record.trace_id, 32),

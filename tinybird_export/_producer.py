@@ -47,6 +47,7 @@ class Producer:
             )
         elif config.enabled:
             self.worker = _worker.attach(config, self.channel)
+            _lifecycle.check_uwsgi()
         self._before_send = config.before_send
         self.has_before_send = config.before_send is not None
         self.max_event_bytes = config.max_event_bytes

@@ -1,0 +1,58 @@
+"""Run the example Django project against the embedded local server, in one command::
+
+    .venv/bin/python examples/django_project/demo.py
+
+Starts ``tinybird-export local`` when TINYBIRD_TOKEN is unset, serves a few requests through
+Django's test client (sync, async and a failing view), and prints what reached
+``django_logs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+    import django
+    from django.test import Client
+
+    from tinybird_export.cli import query
+
+    django.setup()
+    client = Client(raise_request_exception=False)
+    client.get("/hello/ada?reset_token=secret", headers={"X-Request-ID": "req-ada"})
+    client.get("/async/grace")
+    client.get("/boom")
+    logging.getLogger().handlers[0].flush(10)  # type: ignore[call-arg]
+    host, token = os.environ["TINYBIRD_HOST"], os.environ["TINYBIRD_TOKEN"]
+    rows = query(host, token, "select logger, event, href, request_id from django_logs")
+    for row in rows["data"]:  # type: ignore[union-attr]
+        print(row)
+
+
+if __name__ == "__main__":
+    if os.environ.get("TINYBIRD_TOKEN"):
+        main()
+    else:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tinybird_export.local", "--port", "0", "--data", ":memory:"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None
+        lines = [server.stdout.readline() for _ in range(3)]
+        env = {
+            **os.environ,
+            "TINYBIRD_HOST": lines[1].strip().partition("=")[2],
+            "TINYBIRD_TOKEN": lines[2].strip().partition("=")[2],
+        }
+        try:
+            sys.exit(subprocess.run([sys.executable, __file__], env=env, check=False).returncode)
+        finally:
+            server.terminate()

@@ -1,0 +1,55 @@
+"""The current request, in a context variable: set by the Django and Flask integrations,
+read by the record mapper. Context variables follow threads and asyncio tasks, so
+concurrent requests (threads, async views, ASGI) never see each other's values.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Final
+
+ACCESS_LOGGER: Final = "tinybird_export.access"
+"""Per-request access events are logged here (opt-in); it propagates like any logger."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestContext:
+    """What every log event emitted while serving a request carries."""
+
+    href: str
+    request_id: str
+
+
+current_request: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "tinybird_export_request", default=None
+)
+
+
+def request_id(incoming: str | None) -> str:
+    """The incoming id when trusted and sane, else a new random one."""
+    if incoming and len(incoming) <= 200 and incoming.isprintable():
+        return incoming
+    return os.urandom(16).hex()
+
+
+def log_access(method: str, route: str, status: int, started: float, href: str) -> None:
+    """One access event in the same data source and schema as the app's log events."""
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    logging.getLogger(ACCESS_LOGGER).info(
+        "%s %s %s",
+        method,
+        route or href,
+        status,
+        extra={"method": method, "route": route, "status": status, "duration_ms": duration_ms},
+    )
+
+
+def env_flag(name: str, setting: Any) -> bool:
+    """A boolean integration option: the explicit setting, else ``TINYBIRD_<name>``."""
+    if setting is not None:
+        return bool(setting)
+    return os.environ.get(f"TINYBIRD_{name}", "").strip().lower() in ("1", "true", "yes", "on")
