@@ -24,6 +24,7 @@ import dataclasses
 import http.server
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.parse
@@ -222,6 +223,12 @@ class EventsServer:
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet about clients that went away (a timed-out client, a reset)."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     events_server: EventsServer
 
 

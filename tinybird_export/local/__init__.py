@@ -104,6 +104,12 @@ class LocalServer:
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet about clients that went away (a timed-out client, a reset)."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     local: LocalServer
 
 
