@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import subprocess
 import sys
 import time
 
 import orjson
 import urllib3
+
+from tinybird_export.local import spawn
 
 
 def main() -> None:
@@ -22,15 +23,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--data", default=":memory:")
     options = parser.parse_args()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tinybird_export.local", "--port", "0", "--data", options.data],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    lines = [proc.stdout.readline() for _ in range(3)]
-    host = lines[1].strip().partition("=")[2]
-    token = lines[2].strip().partition("=")[2]
+    local = spawn(options.data)
+    host, token = local.url, local.token
     rows = [
         {
             "timestamp": "2026-01-01 00:00:00.000000",
@@ -59,8 +53,7 @@ def main() -> None:
             elapsed = time.perf_counter() - started
             results[encoding] = (sent / elapsed, requests / elapsed, len(raw) * requests / elapsed)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        local.stop()
     print(
         f"python {sys.version.split()[0]}, batches of {options.batch:,} small events "
         f"({len(raw) / options.batch:.0f} bytes each), data {options.data}\n"

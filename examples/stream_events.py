@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import time
 
 from tinybird_export import TinybirdEvents
 from tinybird_export.cli import query
+from tinybird_export.local import SpawnedServer, spawn
 
 PAGES = ("/", "/pricing", "/docs", "/blog/events-api", "/signup", "/cart", "/checkout")
 EVENTS = ("page_view", "page_view", "page_view", "click", "scroll", "signup")
@@ -46,20 +46,6 @@ def count_rows(host: str, token: str, datasource: str) -> str:
     return str(result["data"][0]["c"])  # type: ignore[index]
 
 
-def start_local_server() -> tuple[subprocess.Popen[str], str, str]:
-    """``tinybird-export local`` in its own process (its own GIL), on a free port, in memory."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tinybird_export.local", "--port", "0", "--data", ":memory:"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    lines = [proc.stdout.readline() for _ in range(3)]
-    host = lines[1].strip().partition("=")[2]
-    token = lines[2].strip().partition("=")[2]
-    return proc, host, token
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample-size", type=int, default=100, help="rows per request")
@@ -69,12 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
 
     token = os.environ.get("TINYBIRD_TOKEN")
-    local: subprocess.Popen[str] | None = None
+    local: SpawnedServer | None = None
     if token:
         host = os.environ.get("TINYBIRD_HOST", "https://api.tinybird.co").rstrip("/")
         print(f"streaming to {host} (data source {options.datasource})")
     else:
-        local, host, token = start_local_server()
+        local = spawn()
+        host, token = local.url, local.token
         print(f"TINYBIRD_TOKEN not set: streaming to an embedded local Events API at {host}")
 
     events = TinybirdEvents(
@@ -113,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     events.close()
     if local is not None:
-        local.terminate()
-        local.wait(10)
+        local.stop()
     return 0 if delivered else 1
 
 

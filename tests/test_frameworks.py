@@ -49,6 +49,13 @@ class TestDjango:
                     client.get(f"/async/n{{i}}", headers={{"X-Request-ID": f"id-{{i}}"}})
                     for i in range(60)))
             asyncio.run(concurrent())
+            import socket
+            # What runserver's WSGIRequestHandler logs: the request socket as an extra.
+            with socket.socket() as sock:
+                logging.getLogger("django.server").warning(
+                    '"GET /missing HTTP/1.1" 404 179',
+                    extra={{"request": sock, "server_time": "26/Nov/2026 11:00:00",
+                           "status_code": 404}})
             print(logging.getLogger().handlers[0].flush(20))
         """,
             {**child_env(server), "TINYBIRD_DATASOURCE": "django_logs"},
@@ -71,6 +78,9 @@ class TestDjango:
         boom = next(e for e in errors if "/boom" in e["event"])
         assert "RuntimeError: kaboom" in boom["exception"]
         assert "Traceback (most recent call last)" in boom["exception"]
+        (served,) = by_logger(events, "django.server")
+        assert served["status_code"] == 404
+        assert served["request"].startswith("<socket.socket")  # repaired, not lost
         security = [e for e in events if e["logger"].startswith("django.security")]
         assert security and security[0]["href"] == "http://testserver/hello/mallory"
         access = by_logger(events, "tinybird_export.access")

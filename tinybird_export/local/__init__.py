@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import http.server
 import os
+import subprocess
 import sys
 import threading
 import urllib.parse
@@ -24,7 +25,15 @@ from tinybird_export._events import DATASOURCES_DIR
 from tinybird_export.local._schema import load_datasources
 from tinybird_export.local._store import QueryError, Store, UnknownDataSource
 
-__all__ = ["DATASOURCES_DIR", "DEFAULT_PORT", "LocalServer", "default_data_path", "main"]
+__all__ = [
+    "DATASOURCES_DIR",
+    "DEFAULT_PORT",
+    "LocalServer",
+    "SpawnedServer",
+    "default_data_path",
+    "main",
+    "spawn",
+]
 
 DEFAULT_PORT = 7181  # Tinybird Local's port
 _MAX_BODY = 10 * 1000 * 1000
@@ -100,6 +109,53 @@ class LocalServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class SpawnedServer:
+    """A ``tinybird-export local`` running in its own process (its own GIL): see ``spawn``."""
+
+    def __init__(self, process: subprocess.Popen[str], url: str, token: str) -> None:
+        self.process = process
+        self.url = url
+        self.token = token
+
+    def env(self) -> dict[str, str]:
+        """``os.environ`` plus ``TINYBIRD_HOST`` and ``TINYBIRD_TOKEN`` for this server."""
+        return {**os.environ, "TINYBIRD_HOST": self.url, "TINYBIRD_TOKEN": self.token}
+
+    def stop(self) -> None:
+        """Terminate the server process."""
+        self.process.terminate()
+        self.process.wait(10)
+
+    def __enter__(self) -> SpawnedServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def spawn(data: str = ":memory:", *extra_args: str) -> SpawnedServer:
+    """Start ``python -m tinybird_export.local`` on a free port and return its URL and token.
+
+    Args:
+        data: The ``--data`` path (default in memory).
+        *extra_args: More command-line options (``--strict``, ``--datasources``...).
+    """
+    # The command is this interpreter and this package: no untrusted input.
+    process = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "tinybird_export.local", "--port", "0", "--data", data, *extra_args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    stdout = process.stdout
+    lines = [stdout.readline() for _ in range(3)] if stdout is not None else ["", "", ""]
+    if not lines[2].strip().startswith("TINYBIRD_TOKEN="):
+        process.kill()
+        raise RuntimeError(f"tinybird-export local did not start: {lines!r}")
+    return SpawnedServer(
+        process, lines[1].strip().partition("=")[2], lines[2].strip().partition("=")[2]
+    )
 
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
