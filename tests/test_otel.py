@@ -35,7 +35,7 @@ from tests.conftest import ROOT, run_python  # noqa: E402
 from tests.test_exit import child_env  # noqa: E402
 from tinybird_export import TinybirdHandler  # noqa: E402
 from tinybird_export.local import DATASOURCES_DIR, LocalServer  # noqa: E402
-from tinybird_export.local._schema import parse_datasource  # noqa: E402
+from tinybird_export.local._datafile import parse_datasource  # noqa: E402
 from tinybird_export.otel import TinybirdLogExporter, TinybirdSpanExporter  # noqa: E402
 from tinybird_export.testing import EventsServer, Reply  # noqa: E402
 

@@ -52,7 +52,9 @@ class TinybirdConfig:
     batch_max_rows: int = 10_000
     batch_max_bytes: int = 4 * _MIB
     queue_max_events: int = 200_000
-    queue_max_bytes: int = 64 * _MIB
+    # 16 MiB: roughly 40,000 typical events, held per process; a pre-forking server runs
+    # one per worker, so a larger default multiplies during an outage.
+    queue_max_bytes: int = 16 * _MIB
     max_event_bytes: int = _MIB
     compression: str = "gzip"
     connect_timeout: float = 3.0

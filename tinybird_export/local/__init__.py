@@ -22,7 +22,7 @@ import orjson
 
 from tinybird_export import _ndjson
 from tinybird_export._events import DATASOURCES_DIR
-from tinybird_export.local._schema import load_datasources
+from tinybird_export.local._datafile import load_datasources
 from tinybird_export.local._store import QueryError, Store, UnknownDataSource
 
 __all__ = [
