@@ -20,22 +20,11 @@ import sys
 
 if __name__ == "__main__" and not os.environ.get("TINYBIRD_TOKEN"):
     # No Tinybird token: start the embedded local server and run this script against it.
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tinybird_export.local", "--port", "0", "--data", ":memory:"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    lines = [server.stdout.readline() for _ in range(3)]
-    env = {
-        **os.environ,
-        "TINYBIRD_HOST": lines[1].strip().partition("=")[2],
-        "TINYBIRD_TOKEN": lines[2].strip().partition("=")[2],
-    }
-    try:
-        sys.exit(subprocess.run([sys.executable, __file__], env=env, check=False).returncode)
-    finally:
-        server.terminate()
+    from tinybird_export.local import spawn
+
+    with spawn() as local:
+        run = subprocess.run([sys.executable, __file__], env=local.env(), check=False)
+        sys.exit(run.returncode)
 
 logging.config.dictConfig(
     {
