@@ -291,7 +291,6 @@ def _message_and_exception(record: logging.LogRecord) -> tuple[str, str]:
         head, sep, tail = message.partition(_TRACEBACK_START)
         if sep:
             return head, (sep + tail).strip("\n")
-        return message, _exception_text(record)
     return message, _exception_text(record)
 
 

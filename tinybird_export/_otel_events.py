@@ -23,11 +23,10 @@ _STATUS_NAMES = ("UNSET", "OK", "ERROR")
 
 
 def utc_from_ns(nanos: int) -> str:
-    """``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC) from epoch nanoseconds: the flat shape's form."""
-    return format_timestamp(nanos / 1e9) if nanos % 1000 == 0 else _utc_exact(nanos)
+    """``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC) from epoch nanoseconds: the flat shape's form.
 
-
-def _utc_exact(nanos: int) -> str:
+    Integer arithmetic (no float seconds), reusing the per-second prefix cache.
+    """
     seconds, rest = divmod(nanos, 1_000_000_000)
     return format_timestamp(float(seconds))[:20] + f"{rest // 1000:06d}"
 
