@@ -65,7 +65,12 @@ class TestLogEvent:
         assert event["trace_id"] == event["span_id"] == ""
         assert isinstance(event["line"], int)
         assert isinstance(event["process"], int)
-        assert list(event)[: len(LOG_FIELDS) - 1] == [f for f in LOG_FIELDS if f != "attributes"]
+        # Wire order: the built-ins in LOG_FIELDS order, the extras after "attributes", the
+        # static fields last.
+        assert [k for k in event if k in LOG_FIELDS] == list(LOG_FIELDS)
+        keys = list(event)
+        assert keys.index("attributes") < keys.index("cart_id") < keys.index("level")
+        assert keys[-1] == "environment"
 
     def test_timestamp_is_utc_from_record_created(self) -> None:
         record = logging.LogRecord("x", 20, "f", 1, "m", (), None)

@@ -81,7 +81,8 @@ class TinybirdHandler(logging.Handler):
             if producer.has_before_send:
                 producer.put(self._mapper(record))
             else:
-                producer.offer(*self._mapper.encode(record, producer.max_event_bytes))
+                line, truncated = self._mapper.encode(record, producer.max_event_bytes)
+                producer.offer(line, truncated)
         except Exception:  # noqa: BLE001 - logging's contract: never raise into the app
             self._producer.channel.refuse("error")  # counted, never silently lost
             self.handleError(record)
