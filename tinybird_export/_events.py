@@ -195,6 +195,7 @@ class RecordMapper:
             message, exception = _message(record), ""
         request = current_request.get()
         trace_id, span_id = current_trace_ids()
+        attributes: dict[str, str] = {}
         href = extras.get("href")
         if href is None:
             href = request.href if request else ""
@@ -209,17 +210,17 @@ class RecordMapper:
             "event_id": event_ids.next(),
             "trace_id": trace_id,
             "span_id": span_id,
-            "attributes": (
-                {k: v if type(v) is str else to_text(v) for k, v in extras.items()}
-                if extras and self._attributes
-                else {}
-            ),
+            "attributes": attributes,
         }
-        if extras and self._flat:
-            taken = self._taken
-            for key, value in extras.items():
-                if key not in taken:  # built-in and static fields win a collision
-                    event[key] = value
+        if extras:
+            if self._attributes:
+                for key, value in extras.items():
+                    attributes[key] = value if type(value) is str else to_text(value)
+            if self._flat:
+                taken = self._taken
+                for key, value in extras.items():
+                    if key not in taken:  # built-in and static fields win a collision
+                        event[key] = value
         return event
 
     def _constant_fields(self, record: logging.LogRecord) -> dict[str, Any]:
@@ -281,10 +282,12 @@ def _extras(state: dict[str, Any]) -> dict[str, Any]:
     """
     if len(state) <= _STANDARD_KEYS:
         return {}
-    # One pass over the keys past the standard ones (see ``extra_keys``).
-    extras = {
-        key: state[key] for key in islice(state, _STANDARD_KEYS, None) if key not in _RESERVED
-    }
+    # Only the keys past the standard ones (see ``extra_keys``); a plain loop, because a
+    # comprehension is a function call of its own on Python < 3.12.
+    extras = {}
+    for key in islice(state, _STANDARD_KEYS, None):
+        if key not in _RESERVED:
+            extras[key] = state[key]
     if "extra" in extras and type(extras["extra"]) is dict:
         extras.update(extras.pop("extra"))
     return extras

@@ -144,11 +144,11 @@ class Worker:
     def _send_head(self, channel: Channel) -> None:
         """Send the head batch of ``channel`` once (caller holds ``send_lock``)."""
         batch = channel.batches[0]
-        channel.in_flight = len(batch.lines)
+        channel.in_flight = batch.count
         try:
             attempt = self.client.post(
                 channel.datasource,
-                batch.lines,
+                batch.body,
                 wait=channel.wait,
                 read_timeout=self._read_timeout(channel),
             )
@@ -190,10 +190,10 @@ class Worker:
                     f"fit its schema and went to {channel.datasource}_quarantine; they are not "
                     "retried (stats()['quarantined'] counts them).",
                 )
-        elif outcome is _retry.Outcome.SPLIT and len(batch.lines) > 1:
-            half = len(batch.lines) // 2
-            for part in (batch.lines[half:], batch.lines[:half]):
-                channel.batches.appendleft(Batch(part, sum(len(x) + 1 for x in part)))
+        elif outcome is _retry.Outcome.SPLIT and batch.count > 1:
+            first, second = batch.halves()
+            channel.batches.appendleft(second)
+            channel.batches.appendleft(first)
             channel.note(requests=1, retries=retries)
         else:
             self._drop(channel, batch, attempt, retries)
@@ -212,7 +212,7 @@ class Worker:
         _diagnostics.say_once(
             f"drop:{channel.datasource}:{status}",
             f"{error} for data source {channel.datasource!r}: {hint}. "
-            f"Dropped {len(batch.lines)} event(s) without retrying; later batches are "
+            f"Dropped {batch.count} event(s) without retrying; later batches are "
             f"dropped the same way and counted in stats()['dropped_by_reason'][{reason!r}].",
         )
 

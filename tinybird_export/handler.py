@@ -67,8 +67,11 @@ class TinybirdHandler(logging.Handler):
         """
         if _get_ident() in sending_threads:
             return False
-        result = self.filter(record) if self.filters else True
-        if isinstance(result, logging.LogRecord):
+        if not self.filters:  # the usual case, kept to one check
+            self.emit(record)
+            return True
+        result = self.filter(record)
+        if isinstance(result, logging.LogRecord):  # Python 3.12+: a filter may replace it
             record = result
         if result:
             self.emit(record)
