@@ -24,10 +24,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _peers import TOKEN, bench_logger, log_call
 
 from tinybird_export import TinybirdHandler
-
-TOKEN = "bench-token"
 
 
 @contextmanager
@@ -44,18 +47,6 @@ def server_process() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def bench_logger(handler: logging.Handler) -> logging.Logger:
-    logger = logging.getLogger("bench")
-    logger.handlers[:] = [handler]
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    return logger
-
-
-def log_call(logger: logging.Logger) -> None:
-    logger.info("user %s did %s", "u1", "x", extra={"href": "/a", "n": 1})
 
 
 def per_call_costs(call: Callable[[], None], rounds: int, loop: int) -> list[float]:

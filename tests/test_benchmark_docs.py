@@ -1,0 +1,38 @@
+"""The README's benchmark summary is the one bench/compare.py rendered from its recorded run."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def report_module() -> Any:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        return importlib.import_module("_report")
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_readme_summary_is_the_recorded_run() -> None:
+    report = report_module()
+    run = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(report.README_BEGIN) + len(report.README_BEGIN)
+    end = readme.index(report.README_END)
+    assert readme[start:end].strip() == report.readme_summary(run).strip()
+    assert run["rounds"] >= 3 and not run["quick"]
+
+
+def test_benchmarks_md_holds_the_recorded_tables() -> None:
+    report = report_module()
+    run = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert report.render(run) in text
+    for image in ("bench_caller.png", "bench_exit.png"):
+        assert f"]({image})" in text and (ROOT / "docs" / image).stat().st_size > 10_000
