@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,19 @@ class Child:
     ended: float = 0.0
 
 
-def run_child(kind: str, peer: str, url: str, cap: float, quick: bool) -> Child:
-    """Run one measurement in its own process, reading its reports until it ends or ``cap``."""
+def run_child(
+    kind: str,
+    peer: str,
+    url: str,
+    cap: float,
+    quick: bool,
+    linger: Callable[[dict[str, Any], float], None] | None = None,
+) -> Child:
+    """Run one measurement in its own process, reading its reports until it ends or ``cap``.
+
+    ``linger(result, deadline)`` runs once the child has reported, before it is killed: a
+    shipper may still be sending what its flush handed to its own threads.
+    """
     child = Child()
     command = [sys.executable, str(HERE), "--measure", kind, peer, url]
     with tempfile.TemporaryFile() as stderr:
@@ -91,6 +103,8 @@ def run_child(kind: str, peer: str, url: str, cap: float, quick: bool) -> Child:
                     if "mark" in message:
                         child.marks[message["mark"]] = time.monotonic()
                     if child.result is not None and kind not in ("exit", "hang"):
+                        if linger is not None:
+                            linger(child.result, deadline)
                         break  # measured; how it exits is the exit rows' business
         except subprocess.TimeoutExpired:
             child.capped = True
@@ -121,11 +135,14 @@ def sink_counts(url: str) -> dict[str, float]:
 
 
 def settle(url: str, before: dict[str, float], expect: float, cap: float) -> dict[str, float]:
-    """The sink's counters once ``expect`` more records arrived or nothing did for 2 s."""
+    """The sink's counters once ``expect`` more records arrived, or nothing did for 3 s
+    (counted from the later of the last arrival and this call), or ``cap`` seconds passed.
+    """
     deadline = time.monotonic() + cap
+    since = time.time()
     while True:
         counts = sink_counts(url)
-        quiet = time.time() - counts["last"] > 2 if counts["last"] else True
+        quiet = time.time() - max(counts["last"], since) > 3
         if counts["records"] - before["records"] >= expect or quiet or time.monotonic() > deadline:
             return {key: counts[key] - before[key] for key in ("records", "requests", "bytes")} | {
                 "last": counts["last"]
@@ -148,8 +165,9 @@ def measure_once(kind: str, peer: str, sinks: dict[str, str], quick: bool) -> di
         return {**outcome, "capped": child.capped, "error": child.error}
     url = sinks["hang" if kind == "hang" else "fast"]
     before = sink_counts(sinks["fast"])
-    child = run_child(kind, peer, url, cap, quick)
-    outcome: dict[str, Any] = {"capped": child.capped, "error": child.error}
+    if kind != "throughput":
+        child = run_child(kind, peer, url, cap, quick)
+        outcome: dict[str, Any] = {"capped": child.capped, "error": child.error}
     if kind in ("caller", "span"):
         return {**(child.result or child.progress), **outcome}
     if kind in ("exit", "hang"):
@@ -161,8 +179,20 @@ def measure_once(kind: str, peer: str, sinks: dict[str, str], quick: bool) -> di
         if kind == "exit":
             outcome["delivered"] = settle(url, before, _peers.EXIT_RECORDS, 10)["records"]
         return outcome
-    done = child.result or child.progress  # throughput
-    arrived = settle(url, before, done.get("logged", 0), 30)
+    # throughput: the child lingers while the sink still receives, then is killed
+    child = run_child(
+        kind,
+        peer,
+        url,
+        cap,
+        quick,
+        linger=lambda result, deadline: settle(
+            url, before, result.get("logged", 0), max(deadline - time.monotonic(), 0)
+        ),
+    )
+    outcome = {"capped": child.capped, "error": child.error}
+    done = child.result or child.progress
+    arrived = settle(url, before, done.get("logged", 0), 5)
     seconds = arrived["last"] - done["started"] if arrived["records"] else 0
     return {
         **outcome,

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from tinybird_export import _events
 from tinybird_export._encoding import to_text
 from tinybird_export._events import _HOST, event_ids, format_timestamp
 
@@ -25,10 +26,13 @@ _STATUS_NAMES = ("UNSET", "OK", "ERROR")
 def utc_from_ns(nanos: int) -> str:
     """``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC) from epoch nanoseconds: the flat shape's form.
 
-    Integer arithmetic (no float seconds), reusing the per-second prefix cache.
+    Integer arithmetic (no float seconds), reusing the log events' per-second prefix cache.
     """
     seconds, rest = divmod(nanos, 1_000_000_000)
-    return format_timestamp(float(seconds))[:20] + f"{rest // 1000:06d}"
+    cached_second, prefix = _events._second_cache
+    if cached_second != seconds:
+        prefix = format_timestamp(seconds)[:20]  # "YYYY-MM-DD HH:MM:SS.", and caches it
+    return prefix + str(1_000_000 + rest // 1000)[1:]
 
 
 def rfc3339_nano(nanos: int) -> str:
@@ -48,6 +52,20 @@ def plain(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     Python under a lock, so copy once and look up many times.
     """
     return dict(attributes) if attributes else {}
+
+
+def span_attributes(span: Any) -> dict[str, Any]:
+    """``plain(span.attributes)``, several times faster on the SDK's spans.
+
+    ``ReadableSpan.attributes`` wraps a ``BoundedAttributes`` whose iteration runs in Python
+    under its lock (~0.8 µs for two attributes). An ended span's attributes no longer change
+    (the SDK refuses ``set_attribute`` after ``end``), so its backing dict is copied at C
+    speed. Both names are private to the SDK: anything unexpected takes the public path.
+    """
+    backing = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if type(backing) is dict:
+        return backing.copy()
+    return plain(span.attributes)
 
 
 def _hex(value: int | None, width: int) -> str:
@@ -136,7 +154,7 @@ def _exception_text(events: Any) -> str:
 def span_to_flat(span: Any) -> dict[str, Any]:
     """The default span event, in the spirit of the log event (see the README)."""
     context = span.context
-    attributes = plain(span.attributes)
+    attributes = span_attributes(span)
     start, end = span.start_time or 0, span.end_time or span.start_time or 0
     return {
         "timestamp": utc_from_ns(start),
@@ -176,7 +194,7 @@ def span_to_otel(span: Any) -> dict[str, Any]:
         "duration": end - start,
         "status_code": _STATUS_CODES[span.status.status_code.value],
         "status_message": span.status.description or "",
-        "span_attributes": string_map(plain(span.attributes)),
+        "span_attributes": string_map(span_attributes(span)),
         "events_timestamp": [rfc3339_nano(e.timestamp) for e in span.events or ()],
         "events_name": [e.name for e in span.events or ()],
         "events_attributes": [string_map(e.attributes) for e in span.events or ()],
