@@ -245,12 +245,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each measurement")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     parser.add_argument("--write-docs", action="store_true", help="docs/benchmarks.md, README")
+    parser.add_argument(
+        "--from-json", metavar="PATH", help="render a recorded run (docs/benchmarks.json) again"
+    )
     options = parser.parse_args()
     if options.sink:
         _sink.serve(options.hang)
         return
     if options.measure:
         _peers.measure(*options.measure, quick=options.quick)
+        return
+    if options.from_json:  # the same figures, rendered again: no measuring
+        recorded = json.loads(Path(options.from_json).read_text())
+        print(_report.render(recorded))
+        if options.write_docs:
+            _report.write_docs(recorded, ROOT)
         return
     peers = options.peers.split(",")
     unknown = sorted(set(peers) - set(_peers.LABELS))

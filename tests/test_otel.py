@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -458,3 +458,26 @@ def _sample_event(kind: str, tracer_for: Any, server: EventsServer) -> dict[str,
     item = memory.get_finished_logs()[-1]
     provider.shutdown()
     return (log_to_flat if kind == "flat_log" else log_to_otel)(item)
+
+
+class TestSpanAttributes:
+    def test_fast_copy_equals_the_public_view_and_is_independent(self) -> None:
+        from tinybird_export._otel_events import span_attributes
+
+        tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+        with tracer.start_as_current_span("x", attributes={"a": 1, "b": "c"}) as span:
+            pass
+        copied = span_attributes(span)
+        assert copied == dict(span.attributes) == {"a": 1, "b": "c"}
+        copied["a"] = 2
+        assert span.attributes["a"] == 1
+
+    def test_objects_without_the_sdk_internals_take_the_public_path(self) -> None:
+        from tinybird_export._otel_events import span_attributes
+
+        class Foreign:
+            attributes: ClassVar[Any] = {"k": "v"}
+
+        assert span_attributes(Foreign()) == {"k": "v"}
+        Foreign.attributes = None
+        assert span_attributes(Foreign()) == {}
