@@ -391,8 +391,20 @@ def verdicts(run: dict[str, Any]) -> list[str]:
 # -- charts and docs ------------------------------------------------------------------------
 
 
+SHORT = {
+    "null": "NullHandler",
+    "queue": "QueueHandler",
+    "tinybird-export": "tinybird-export",
+    "tb-sdk-sync": "tb-sdk sync handler",
+    "tb-sdk-queue": "tb-sdk queue handler",
+    "otel": "OpenTelemetry OTLP/HTTP",
+    "logstash-async": "python-logstash-async",
+    "logtail": "logtail-python",
+}
+
+
 def short(peer: str) -> str:
-    return _peers.LABELS[peer].split(" (")[0].replace("tinybird-python-sdk ", "tb-sdk ")
+    return SHORT.get(peer) or _peers.LABELS[peer]
 
 
 def charts(run: dict[str, Any], directory: Path) -> list[str]:
@@ -405,7 +417,7 @@ def charts(run: dict[str, Any], directory: Path) -> list[str]:
         return []
     results, caps = run["results"], run["caps"]
     peers = [p for p in results if runs(results, p, "caller")]
-    figure, axis = plt.subplots(figsize=(10, 5))
+    figure, axis = plt.subplots(figsize=(9, 5))
     for offset, (key, label, colour) in enumerate(
         [("median", "1 thread", "#3b82f6"), ("median8", "8 threads", "#94a3b8")]
     ):
@@ -420,28 +432,30 @@ def charts(run: dict[str, Any], directory: Path) -> list[str]:
     axis.set_yticks([i + 0.2 for i in range(len(peers))], [short(p) for p in peers])
     axis.invert_yaxis()
     axis.set_xscale("log")
-    axis.set_xlabel("µs per logger.info call, median over rounds (bars: min–max), log scale")
-    axis.set_title("Caller cost, worker running")
+    axis.set_xlabel("µs per call, log scale (median over rounds; whiskers: min–max)")
+    axis.set_title("Caller cost of logger.info with extras, worker running")
     axis.legend()
     figure.tight_layout()
     figure.savefig(directory / "bench_caller.png", dpi=110)
     plt.close(figure)
 
     senders = [p for p in results if runs(results, p, "hang") and p not in _peers.REFERENCES]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     delivered = [
         statistics.median([r.get("delivered", 0) for r in runs(results, p, "exit")])
         / _peers.EXIT_RECORDS
         * 100
         for p in senders
     ]
-    left.barh(
+    bars = left.barh(
         [short(p) for p in senders],
         delivered,
         color=["#10b981" if d >= 100 else "#f59e0b" for d in delivered],
     )
-    left.set_xlim(0, 105)
-    left.set_xlabel(f"% of {_peers.EXIT_RECORDS:,} records delivered when the process exits")
+    left.bar_label(bars, labels=[f"{d:.1f}%" for d in delivered], padding=3, fontsize=8)
+    left.set_xlim(0, 125)
+    left.set_title(f"% of {_peers.EXIT_RECORDS:,} records delivered at exit", fontsize=10)
+    left.set_xlabel("% (median over rounds)")
     left.invert_yaxis()
     seconds = []
     for p in senders:
@@ -451,15 +465,16 @@ def charts(run: dict[str, Any], directory: Path) -> list[str]:
                 r.get("exit_s", caps["hang"]) if not r.get("capped") else caps["hang"] for r in done
             )
         )
-    right.barh(
+    bars = right.barh(
         [short(p) for p in senders],
         seconds,
         color=["#ef4444" if s >= caps["hang"] else "#10b981" for s in seconds],
     )
+    right.bar_label(bars, labels=[f"{s:.1f} s" for s in seconds], padding=3, fontsize=8)
+    right.set_xlim(0, caps["hang"] * 1.25)
     right.axvline(EXIT_BUDGET, color="#64748b", linestyle="--", linewidth=1)
-    right.set_xlabel(
-        f"s to exit, hanging endpoint, slowest round (red: killed at {caps['hang']} s)"
-    )
+    right.set_title("Seconds to exit, endpoint hanging", fontsize=10)
+    right.set_xlabel(f"s, slowest round (dashed: 5 s budget; red: killed at {caps['hang']} s)")
     figure.suptitle("Exit behaviour")
     figure.tight_layout()
     figure.savefig(directory / "bench_exit.png", dpi=110)
