@@ -132,18 +132,21 @@ def exit_cell(results: dict[str, Any], peer: str, kind: str, caps: dict) -> str:
     return "; ".join(text) or "-"
 
 
-def memory_cell(results: dict[str, Any], peer: str, kind: str, total: int, caps: dict) -> str:
+def memory_cell(
+    results: dict[str, Any], peer: str, kind: str, total: int, caps: dict[str, Any]
+) -> str:
     done = runs(results, peer, kind)
     whole = [r["growth_mib"] for r in done if not r.get("capped") and "growth_mib" in r]
     text = [spread(whole, "{:,.1f}") + " MiB"] if whole else []
-    for r in done:
-        if r.get("capped"):
-            text.append(
-                f"+{r.get('growth_mib', 0):,.1f} MiB after {r.get('logged', 0):,} of {total:,} "
-                f"records, killed at {caps[kind]} s"
-            )
-        elif r.get("error"):
-            text.append(f"failed: {r['error']}")
+    capped = [r for r in done if r.get("capped")]
+    if capped:
+        growth = statistics.median(r.get("growth_mib", 0) for r in capped)
+        logged = statistics.median(r.get("logged", 0) for r in capped)
+        text.append(
+            f"+{growth:,.1f} MiB after {logged:,.0f} of {total:,} records, killed at "
+            f"{caps[kind]} s ({len(capped)}/{len(done)} runs; medians)"
+        )
+    text += [f"failed: {r['error']}" for r in done if r.get("error") and not r.get("capped")]
     return "; ".join(text) or "-"
 
 
@@ -482,6 +485,17 @@ def charts(run: dict[str, Any], directory: Path) -> list[str]:
     return ["bench_caller.png", "bench_exit.png"]
 
 
+def throughput_summary(results: dict[str, Any], peer: str, caps: dict[str, Any]) -> str:
+    rate = median_of(results, peer, "throughput", "events_s")
+    if rate is None:
+        return cell(results, peer, "throughput", "events_s", "{:,.0f}", caps)
+    done = runs(results, peer, "throughput")
+    capped = sum(1 for r in done if r.get("capped"))
+    if not capped:
+        return f"{rate:,.0f}"
+    return f"{rate:,.0f} (flush killed at {caps['throughput']} s in {capped}/{len(done)} runs)"
+
+
 def readme_summary(run: dict[str, Any]) -> str:
     """The README's table: a few columns of the same run, with its command."""
     results, caps = run["results"], run["caps"]
@@ -508,11 +522,20 @@ def readme_summary(run: dict[str, Any]) -> str:
             memory = f"+{growth:,.1f} MiB"
         rows.append(
             f"| {short(peer)} | {f'+{statistics.median(added):,.2f}' if added else '-'} "
-            f"| {cell(results, peer, 'throughput', 'events_s', '{:,.0f}', caps).split(' (')[0]} "
+            f"| {throughput_summary(results, peer, caps)} "
             f"| {f'{statistics.median(exit_runs):,.0f}' if exit_runs else '-'} "
             f"of {_peers.EXIT_RECORDS:,} | {exit_cell(results, peer, 'hang', caps).split(' (')[0]} "
             f"| {memory} |"
         )
+    spans = [
+        f"{_peers.LABELS[p]} +{statistics.median(added):,.2f} µs "
+        f"({min(r.get('delivered', 0) for r in runs(results, p, 'span')):,} of "
+        f"{_peers.SPANS:,} delivered in the worst round)"
+        for p in _peers.SPAN_PEERS
+        if (added := [r["cost"] - r["baseline"] for r in runs(results, p, "span") if "cost" in r])
+    ]
+    if spans:
+        rows += ["", "Added per span on the span-ending thread: " + "; ".join(spans) + "."]
     return "\n".join(rows)
 
 
