@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinybird_export._channel import CUT_ALL, Batch, Channel
+from tinybird_export._channel import CUT_ALL, CUT_FULL, Batch, Channel
 
 _lines = st.lists(st.binary(min_size=1, max_size=300).map(lambda b: b.replace(b"\n", b" ")))
 
@@ -55,3 +57,13 @@ def test_offer_wakes_on_first_line_and_on_a_sealed_batch() -> None:
     assert ch.offer(b"c") is True  # row limit: sealed
     assert ch.pending_count() == 0
     assert ch.offer(b"d") is True  # the next partial batch arms the timer again
+
+
+def test_a_batch_sealed_by_bytes_starts_the_next_one_with_a_fresh_timer() -> None:
+    ch = channel(1000, 1024)
+    ch.offer(b"x" * 600)
+    ch.pending_since -= 60  # the first partial batch is long overdue...
+    assert ch.offer(b"y" * 600) is True  # ...and this line seals it by bytes
+    assert ch.pending_count() == 1
+    # The new partial batch waits for its own interval; only the sealed one is due.
+    assert ch.due(time.monotonic(), draining=False) == CUT_FULL

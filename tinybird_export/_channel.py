@@ -161,7 +161,7 @@ class Channel:
             count = self._pending_count = self._pending_count + 1
             if count >= self.batch_max_rows:
                 sealed = self._seal()
-        if count == 1 and not sealed:
+        if count == 1:  # a new partial batch (also right after a byte-limit seal)
             self.pending_since = time.monotonic()
             return True
         return sealed
