@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Any, ClassVar
 
+from tinybird_export._ndjson import count_rows
+
 HANG_SECONDS = 600
 
 
@@ -79,7 +81,7 @@ def count_records(path: str, content_type: str, body: bytes) -> int:
         data = msgpack.unpackb(body, raw=False)
         return len(data) if isinstance(data, list) else 1
     if path.startswith("/v0/events"):
-        return sum(1 for line in body.splitlines() if line.strip())
+        return count_rows(body)
     data = json.loads(body or b"null")
     return len(data) if isinstance(data, list) else 1
 

@@ -31,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _docs
 import _peers
 import _report
 import _sink
@@ -165,23 +166,28 @@ def measure_once(kind: str, peer: str, sinks: dict[str, str], quick: bool) -> di
         return {**outcome, "capped": child.capped, "error": child.error}
     url = sinks["hang" if kind == "hang" else "fast"]
     before = sink_counts(sinks["fast"])
-    if kind != "throughput":
-        child = run_child(kind, peer, url, cap, quick)
-        outcome: dict[str, Any] = {"capped": child.capped, "error": child.error}
+    if kind == "throughput":
+        return measure_throughput(peer, url, before, cap, quick)
+    child = run_child(kind, peer, url, cap, quick)
+    outcome: dict[str, Any] = {"capped": child.capped, "error": child.error}
     if kind in ("caller", "span"):
         return {**(child.result or child.progress), **outcome}
-    if kind in ("exit", "hang"):
-        logged_at = child.marks.get("logged")
-        outcome["logged"] = (child.result or child.progress).get("logged", 0)
-        outcome["blocked"] = logged_at is None  # its last log call never returned
-        if logged_at is not None and not child.capped:
-            outcome["exit_s"] = child.ended - logged_at
-        if kind == "exit":
-            outcome["delivered"] = settle(url, before, _peers.EXIT_RECORDS, 10)["records"]
-        return outcome
-    # throughput: the child lingers while the sink still receives, then is killed
+    logged_at = child.marks.get("logged")  # exit, hang
+    outcome["logged"] = (child.result or child.progress).get("logged", 0)
+    outcome["blocked"] = logged_at is None  # its last log call never returned
+    if logged_at is not None and not child.capped:
+        outcome["exit_s"] = child.ended - logged_at
+    if kind == "exit":
+        outcome["delivered"] = settle(url, before, _peers.EXIT_RECORDS, 10)["records"]
+    return outcome
+
+
+def measure_throughput(
+    peer: str, url: str, before: dict[str, float], cap: float, quick: bool
+) -> dict[str, Any]:
+    """Rates of what reached the sink; the child lingers while the sink still receives."""
     child = run_child(
-        kind,
+        "throughput",
         peer,
         url,
         cap,
@@ -190,12 +196,12 @@ def measure_once(kind: str, peer: str, sinks: dict[str, str], quick: bool) -> di
             url, before, result.get("logged", 0), max(deadline - time.monotonic(), 0)
         ),
     )
-    outcome = {"capped": child.capped, "error": child.error}
     done = child.result or child.progress
     arrived = settle(url, before, done.get("logged", 0), 5)
     seconds = arrived["last"] - done["started"] if arrived["records"] else 0
     return {
-        **outcome,
+        "capped": child.capped,
+        "error": child.error,
         "logged": done.get("logged", 0),
         "delivered": arrived["records"],
         "seconds": seconds,
@@ -259,7 +265,7 @@ def main() -> None:
         recorded = json.loads(Path(options.from_json).read_text())
         print(_report.render(recorded))
         if options.write_docs:
-            _report.write_docs(recorded, ROOT)
+            _docs.write_docs(recorded, ROOT)
         return
     peers = options.peers.split(",")
     unknown = sorted(set(peers) - set(_peers.LABELS))
@@ -278,7 +284,7 @@ def main() -> None:
     }
     print(_report.render(run))
     if options.write_docs:
-        _report.write_docs(run, ROOT)
+        _docs.write_docs(run, ROOT)
         print(f"\nwrote {ROOT / 'docs'} and the README's summary", file=sys.stderr)
 
 

@@ -154,24 +154,24 @@ class Channel:
             pending = self._pending
             sealed = False
             if self._pending_count and len(pending) + size >= self.batch_max_bytes:
-                sealed = self._seal()  # this line would take the batch past its byte limit
-                pending = self._pending
+                self._seal()  # this line would take the batch past its byte limit
+                sealed, pending = True, self._pending
             pending += line
             pending += b"\n"
             count = self._pending_count = self._pending_count + 1
             if count >= self.batch_max_rows:
-                sealed = self._seal()
+                self._seal()
+                sealed = True
         if count == 1:  # a new partial batch (also right after a byte-limit seal)
             self.pending_since = time.monotonic()
             return True
         return sealed
 
-    def _seal(self) -> bool:
+    def _seal(self) -> None:
         """Move the partial batch to the sealed ones (caller holds ``lock``)."""
         self._sealed.append(Batch(self._pending, self._pending_count))
         self._pending = bytearray()
         self._pending_count = 0
-        return True
 
     def accepted(self) -> int:
         """Events ever queued (caller holds ``lock``): the target of a flush."""

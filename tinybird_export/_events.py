@@ -61,7 +61,6 @@ DATASOURCES_DIR: Final = Path(__file__).parent / "datasources"
 """The ``.datasource`` files for the event shapes this package emits."""
 _STANDARD_KEYS: Final = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
 _CALLSITE_CACHE_SIZE: Final = 4096
-_NO_EXTRAS: Final[dict[str, Any]] = {}  # shared, never mutated
 
 
 class _EventIds:
@@ -120,23 +119,13 @@ def current_trace_ids() -> tuple[str, str]:
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
-def extra_keys(state: dict[str, Any]) -> list[str]:
-    """The ``extra=`` keys of a record's ``__dict__``, in the order they were added.
-
-    ``LogRecord.__init__`` sets the standard attributes first and ``makeRecord`` adds the
-    extras after them, so only the keys past the standard ones need checking.
-    """
-    if len(state) <= _STANDARD_KEYS:
-        return []
-    return [key for key in list(state)[_STANDARD_KEYS:] if key not in _RESERVED]
-
-
 class RecordMapper:
     """Turns a ``logging.LogRecord`` into the flat log event, as a dict or as a line.
 
-    ``encode`` is the caller's-thread fast path: it splices orjson-encoded pieces around a
-    cached fragment of the fields that are constant per call site, and produces exactly the
-    bytes that encoding the dict from ``__call__`` would (a test holds the two together).
+    ``encode`` is the caller's-thread fast path: one orjson-encoded object of what varies,
+    with a cached fragment of the fields that are constant per call site spliced in before its
+    closing brace; it produces exactly the bytes that encoding the dict from ``__call__`` would
+    (a test holds the two together).
 
     Args:
         service: The ``service`` field.
@@ -187,8 +176,7 @@ class RecordMapper:
         The hottest code of the package: helpers are inlined where a call would cost more
         than the work (measured with ``bench/compare.py``).
         """
-        state = record.__dict__
-        extras = _extras(state) if len(state) > _STANDARD_KEYS else _NO_EXTRAS
+        extras = _extras(record.__dict__)
         if record.exc_info or record.exc_text or record.stack_info:
             message, exception = _message_and_exception(record)
         else:
@@ -280,10 +268,11 @@ def _extras(state: dict[str, Any]) -> dict[str, Any]:
     """The record's extras; an extra named ``extra`` holding a dict (loguru's way of passing
     its bound values) is flattened into the others.
     """
+    # ``LogRecord.__init__`` sets the standard attributes first and ``makeRecord`` adds the
+    # extras after them, so only the keys past the standard ones need checking. A plain
+    # loop, because a comprehension is a function call of its own on Python < 3.12.
     if len(state) <= _STANDARD_KEYS:
         return {}
-    # Only the keys past the standard ones (see ``extra_keys``); a plain loop, because a
-    # comprehension is a function call of its own on Python < 3.12.
     extras = {}
     for key in islice(state, _STANDARD_KEYS, None):
         if key not in _RESERVED:
