@@ -2,7 +2,8 @@
 
 NDJSON (tinybird-export, tinybird-python-sdk), OTLP/HTTP protobuf (OpenTelemetry), JSON
 arrays (python-logstash-async) and msgpack (logtail-python). ``GET /`` returns the counters:
-records, requests, raw bytes (after gzip), and the wall-clock time of the last arrival.
+records, requests, raw bytes (after gzip), the wall-clock time of the last arrival, and the
+requests still being counted.
 With ``hang`` it reads each request and never answers (until a long timeout).
 """
 
@@ -23,7 +24,13 @@ HANG_SECONDS = 600
 class Sink(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    counts: ClassVar[dict[str, float]] = {"records": 0, "requests": 0, "bytes": 0, "last": 0.0}
+    counts: ClassVar[dict[str, float]] = {
+        "records": 0,
+        "requests": 0,
+        "bytes": 0,
+        "last": 0.0,
+        "active": 0,  # requests read but not yet counted
+    }
     lock = threading.Lock()
     hang = False
 
@@ -36,6 +43,15 @@ class Sink(http.server.BaseHTTPRequestHandler):
         self._reply(200, body)
 
     def do_POST(self) -> None:
+        with self.lock:
+            self.counts["active"] += 1
+        try:
+            self._count()
+        finally:
+            with self.lock:
+                self.counts["active"] -= 1
+
+    def _count(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.hang:
             threading.Event().wait(HANG_SECONDS)

@@ -135,6 +135,19 @@ def sink_counts(url: str) -> dict[str, float]:
     return json.loads(urllib3.request("GET", url, timeout=5).data)  # type: ignore[no-any-return]
 
 
+def idle_counts(url: str, cap: float = 10) -> dict[str, float]:
+    """The sink's counters once it is counting nothing and nothing arrived for 0.3 s: a
+    request of the previous (killed) child must not count for the next measurement.
+    """
+    deadline = time.monotonic() + cap
+    while True:
+        counts = sink_counts(url)
+        idle = not counts["active"] and time.time() - counts["last"] > 0.3
+        if idle or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)  # polling another process, with a deadline
+
+
 def settle(url: str, before: dict[str, float], expect: float, cap: float) -> dict[str, float]:
     """The sink's counters once ``expect`` more records arrived, or nothing did for 3 s
     (counted from the later of the last arrival and this call), or ``cap`` seconds passed.
@@ -165,7 +178,7 @@ def measure_once(kind: str, peer: str, sinks: dict[str, str], quick: bool) -> di
         outcome = child.result or child.progress
         return {**outcome, "capped": child.capped, "error": child.error}
     url = sinks["hang" if kind == "hang" else "fast"]
-    before = sink_counts(sinks["fast"])
+    before = idle_counts(sinks["fast"])
     if kind == "throughput":
         return measure_throughput(peer, url, before, cap, quick)
     child = run_child(kind, peer, url, cap, quick)
