@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, ClassVar
 
-from tinybird_export._ndjson import count_rows
+from tinybird_export._ingest_body import count_rows
 
 HANG_SECONDS = 600
 

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinybird_export import TinybirdHandler
-from tinybird_export._encoding import TRUNCATION_MARKER, encode_event
-from tinybird_export._events import LOG_FIELDS, RecordMapper
+from tinybird_export._line_encoder import TRUNCATION_MARKER, encode_event
+from tinybird_export._record_mapper import LOG_FIELDS, RecordMapper
 from tinybird_export.testing import EventsServer
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}\Z")

@@ -415,7 +415,7 @@ class TestEntryPointsAndSchemas:
 
 
 def _sample_event(kind: str, tracer_for: Any, server: EventsServer) -> dict[str, Any]:
-    from tinybird_export._otel_events import span_to_flat, span_to_otel
+    from tinybird_export._otel_mapper import span_to_flat, span_to_otel
 
     if kind == "handler_log":
         handler = TinybirdHandler(datasource="app_logs", host=server.url, token=server.token)
@@ -446,7 +446,7 @@ def _sample_event(kind: str, tracer_for: Any, server: EventsServer) -> dict[str,
     except ImportError:  # opentelemetry-sdk < 1.39
         from opentelemetry.sdk._logs.export import InMemoryLogExporter  # type: ignore[no-redef]
 
-    from tinybird_export._otel_events import log_to_flat, log_to_otel
+    from tinybird_export._otel_mapper import log_to_flat, log_to_otel
 
     memory = InMemoryLogExporter()
     provider = LoggerProvider(resource=RESOURCE, shutdown_on_exit=False)
@@ -462,7 +462,7 @@ def _sample_event(kind: str, tracer_for: Any, server: EventsServer) -> dict[str,
 
 class TestSpanAttributes:
     def test_fast_copy_equals_the_public_view_and_is_independent(self) -> None:
-        from tinybird_export._otel_events import span_attributes
+        from tinybird_export._otel_mapper import span_attributes
 
         tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
         with tracer.start_as_current_span("x", attributes={"a": 1, "b": "c"}) as span:
@@ -473,7 +473,7 @@ class TestSpanAttributes:
         assert span.attributes["a"] == 1
 
     def test_objects_without_the_sdk_internals_take_the_public_path(self) -> None:
-        from tinybird_export._otel_events import span_attributes
+        from tinybird_export._otel_mapper import span_attributes
 
         class Foreign:
             attributes: ClassVar[Any] = {"k": "v"}

@@ -13,7 +13,7 @@ from typing import Any
 from tinybird_export import _diagnostics, _lifecycle, _worker
 from tinybird_export._channel import Channel, DeliveryStats
 from tinybird_export._config import TinybirdConfig
-from tinybird_export._encoding import encode_event, safe_str
+from tinybird_export._line_encoder import encode_event, safe_str
 
 
 class Producer:

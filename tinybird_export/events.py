@@ -7,8 +7,8 @@ from typing import Any
 
 from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import TinybirdConfig
-from tinybird_export._events import plain_event
 from tinybird_export._producer import Producer
+from tinybird_export._record_mapper import plain_event
 
 __all__ = ["TinybirdEvents"]
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import TinybirdConfig
-from tinybird_export._events import RecordMapper
 from tinybird_export._producer import Producer
+from tinybird_export._record_mapper import RecordMapper
 from tinybird_export._worker import sending_threads
 
 __all__ = ["TinybirdHandler"]

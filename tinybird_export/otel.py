@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import TinybirdConfig
-from tinybird_export._otel_events import log_to_flat, log_to_otel, span_to_flat, span_to_otel
+from tinybird_export._otel_mapper import log_to_flat, log_to_otel, span_to_flat, span_to_otel
 from tinybird_export._producer import Producer
 from tinybird_export._worker import sending_threads
 

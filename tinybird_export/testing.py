@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from tinybird_export import _ndjson
+from tinybird_export import _ingest_body
 
 __all__ = ["EventsServer", "ReceivedRequest", "Reply"]
 
@@ -296,9 +296,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not query.get("name"):
             return 400, {"error": "name parameter is required"}, raw, 0
         try:
-            body = _ndjson.decode(raw, self.headers.get("Content-Encoding"), owner.max_body_bytes)
-            rows = len(_ndjson.parse_rows(body)) if owner.record else _ndjson.count_rows(body)
-        except _ndjson.BodyError as exc:
+            body = _ingest_body.decode(
+                raw, self.headers.get("Content-Encoding"), owner.max_body_bytes
+            )
+            rows = (
+                len(_ingest_body.parse_rows(body))
+                if owner.record
+                else _ingest_body.count_rows(body)
+            )
+        except _ingest_body.BodyError as exc:
             return exc.status, {"error": str(exc)}, raw, 0
         if reply.status not in (200, 202):
             return reply.status, reply.body or {"error": f"scripted {reply.status}"}, body, rows

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from tinybird_export import _ndjson
-from tinybird_export._events import DATASOURCES_DIR
+from tinybird_export import _ingest_body
+from tinybird_export._fields import DATASOURCES_DIR
 from tinybird_export.local._datafile import load_datasources
 from tinybird_export.local._store import QueryError, Store, UnknownDataSource
 
@@ -224,10 +224,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._answer(400, {"error": "The 'name' parameter is required"})
             return
         try:
-            body = _ndjson.decode(raw, self.headers.get("Content-Encoding"), local.max_body_bytes)
-            rows = _ndjson.parse_rows(body)
+            body = _ingest_body.decode(
+                raw, self.headers.get("Content-Encoding"), local.max_body_bytes
+            )
+            rows = _ingest_body.parse_rows(body)
             ok, quarantined = local.store.ingest(name, rows, create=not local.strict)
-        except _ndjson.BodyError as exc:
+        except _ingest_body.BodyError as exc:
             self._answer(exc.status, {"error": str(exc)})
             return
         except ValueError as exc:

@@ -1,28 +1,25 @@
 """Log records and plain dicts -> flat event dicts (the caller's-thread part of the pipeline).
 
-Everything here runs inside ``logger.info(...)``, so it is written for cost: a cached
-timestamp prefix per second, a counter-based event id, and no imports of optional packages.
+Everything here runs inside ``logger.info(...)``, so it is written for cost: a cached call-site
+fragment, one ``orjson.dumps`` per record, and no imports of optional packages.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import socket
-import sys
 import time
 import traceback
 import weakref
 from collections.abc import Mapping
 from itertools import islice
-from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
 from tinybird_export._context import current_request
-from tinybird_export._encoding import OPTIONS, default, encode, encode_event, safe_str, to_text
+from tinybird_export._fields import HOST, current_trace_ids, event_ids, format_timestamp
+from tinybird_export._line_encoder import OPTIONS, default, encode, encode_event, safe_str, to_text
 
 # Keys every LogRecord has, derived from a real record (structlog's trick) plus the ones
 # Formatter.format adds; anything else in record.__dict__ came from ``extra=``.
@@ -56,67 +53,8 @@ LOG_FIELDS: Final = (
 between ``attributes`` and ``level`` and the static ``fields`` last. Built-ins win over extras.
 """
 
-_HOST: Final = socket.gethostname()
-DATASOURCES_DIR: Final = Path(__file__).parent / "datasources"
-"""The ``.datasource`` files for the event shapes this package emits."""
 _STANDARD_KEYS: Final = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
 _CALLSITE_CACHE_SIZE: Final = 4096
-
-
-class _EventIds:
-    """Unique event ids: a random per-process prefix and a counter.
-
-    Cheaper than uuid4 on the caller's thread; the prefix is redrawn after fork so that
-    a child never reuses its parent's ids.
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.prefix = os.urandom(8).hex() + "-"
-        self.counter = itertools.count(1)  # next() on a C iterator is atomic under the GIL
-
-    def next(self) -> str:
-        return self.prefix + str(next(self.counter))
-
-
-event_ids: Final = _EventIds()
-os.register_at_fork(after_in_child=event_ids.reset)
-
-_second_cache: tuple[int, str] = (-1, "")
-
-
-def format_timestamp(created: float) -> str:
-    """UTC ``YYYY-MM-DD HH:MM:SS.ffffff``, the Events API docs' DateTime64 form."""
-    global _second_cache  # noqa: PLW0603 - a one-entry cache; tuple assignment is atomic
-    second = int(created)
-    cached_second, prefix = _second_cache
-    if second != cached_second:
-        prefix = time.strftime("%Y-%m-%d %H:%M:%S.", time.gmtime(second))
-        _second_cache = (second, prefix)
-    # Round half up (a float's .0005 is .000499999...), clamped below the next second;
-    # int -> str and a slice beat "%06d" formatting (and an ``if`` beats ``min``) on the
-    # caller's thread.
-    micros = int((created - second) * 1_000_000 + 0.5)
-    if micros > 999_999:  # noqa: PLR1730 - min() is a call, this is not
-        micros = 999_999
-    return prefix + str(1_000_000 + micros)[1:]
-
-
-def current_trace_ids() -> tuple[str, str]:
-    """The current OpenTelemetry span's ids, or empty strings.
-
-    Looks only in ``sys.modules``: an application that never imported OpenTelemetry pays
-    one dict lookup and imports nothing.
-    """
-    trace_api = sys.modules.get("opentelemetry.trace")
-    if trace_api is None:
-        return "", ""
-    context = trace_api.get_current_span().get_span_context()
-    if not context.is_valid:
-        return "", ""
-    return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
 class RecordMapper:
@@ -224,7 +162,7 @@ class RecordMapper:
             "line": record.lineno or 0,
             "process": record.process or 0,
             "thread": record.threadName or "",
-            "host": _HOST,
+            "host": HOST,
             **self._fields,
         }
 

@@ -12,27 +12,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from tinybird_export import _events
-from tinybird_export._encoding import to_text
-from tinybird_export._events import _HOST, event_ids, format_timestamp
+from tinybird_export._fields import HOST, event_ids, utc_from_ns
+from tinybird_export._line_encoder import to_text
 
 _SPAN_KINDS = ("Internal", "Server", "Client", "Producer", "Consumer")
 _STATUS_CODES = ("Unset", "Ok", "Error")
 # The flat shape spells them as the SDK's enum names (SpanKind.SERVER, StatusCode.ERROR).
 _KIND_NAMES = ("INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 _STATUS_NAMES = ("UNSET", "OK", "ERROR")
-
-
-def utc_from_ns(nanos: int) -> str:
-    """``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC) from epoch nanoseconds: the flat shape's form.
-
-    Integer arithmetic (no float seconds), reusing the log events' per-second prefix cache.
-    """
-    seconds, rest = divmod(nanos, 1_000_000_000)
-    cached_second, prefix = _events._second_cache
-    if cached_second != seconds:
-        prefix = format_timestamp(seconds)[:20]  # "YYYY-MM-DD HH:MM:SS.", and caches it
-    return prefix + str(1_000_000 + rest // 1000)[1:]
 
 
 def rfc3339_nano(nanos: int) -> str:
@@ -263,6 +250,6 @@ def log_to_flat(item: Any) -> dict[str, Any]:
         "line": int(attributes.get("code.line.number") or attributes.get("code.lineno") or 0),
         "process": 0,
         "thread": str(attributes.get("thread.name", "")),
-        "host": _HOST,
+        "host": HOST,
         "attributes": string_map(attributes),
     }
