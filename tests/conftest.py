@@ -8,11 +8,12 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tinybird_export import TinybirdEvents, TinybirdHandler
+from tinybird_export import TinybirdEvents, TinybirdHandler, _diagnostics
 from tinybird_export.testing import EventsServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +25,12 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("TINYBIRD_") or name == "OTEL_SERVICE_NAME":
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_diagnostics() -> None:
+    """Each test sees the package's once-per-process messages afresh."""
+    _diagnostics._said.clear()
 
 
 @pytest.fixture
@@ -78,11 +85,22 @@ def logger() -> Iterator[logging.Logger]:
 
 
 def run_python(
-    code: str, env: dict[str, str] | None = None, timeout: float = 60
+    code: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    *,
+    script: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter (real exit, fork and signal behaviour)."""
+    """Run ``code`` in a fresh interpreter (real exit, fork and signal behaviour); from the
+    file ``script`` when given (multiprocessing's spawn and forkserver re-import it).
+    """
+    if script is None:
+        command = [sys.executable, "-c", textwrap.dedent(code)]
+    else:
+        script.write_text(textwrap.dedent(code))
+        command = [sys.executable, str(script)]
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        command,
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,

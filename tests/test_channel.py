@@ -1,4 +1,5 @@
-"""The channel's batching: sealed batches respect the row and byte limits, splits keep lines."""
+"""The channel's protocol: batches keep order and limits, each is resolved exactly once, and
+an offer re-entered on the same thread (a signal handler, ``__del__``) is kept, not lost."""
 
 from __future__ import annotations
 
@@ -7,20 +8,30 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinybird_export._channel import CUT_ALL, CUT_FULL, Batch, Channel
+from tinybird_export._budget import MemoryBudget
+from tinybird_export._channel import Batch, Channel, Limits
 
 _lines = st.lists(st.binary(min_size=1, max_size=300).map(lambda b: b.replace(b"\n", b" ")))
 
 
-def channel(rows: int, nbytes: int) -> Channel:
-    limits = {
-        "queue_max_events": 10**6,
-        "queue_max_bytes": 10**9,
-        "batch_max_rows": rows,
-        "batch_max_bytes": nbytes,
-        "flush_interval": 1.0,
-    }
-    return Channel("ds", wait=False, limits=limits)
+def channel(rows: int = 1000, nbytes: int = 1 << 20, *, max_bytes: int = 10**9) -> Channel:
+    limits = Limits(
+        queue_max_events=10**6,
+        queue_max_bytes=max_bytes,
+        batch_max_rows=rows,
+        batch_max_bytes=nbytes,
+        flush_interval=1.0,
+    )
+    return Channel("ds", "http://127.0.0.1", wait=False, limits=limits)
+
+
+def take_all(ch: Channel) -> list[Batch]:
+    """Every batch, as a sender at exit would take them (each acknowledged in turn)."""
+    batches = []
+    while isinstance(batch := ch.take(time.monotonic(), 1.0, True), Batch):
+        batches.append(batch)
+        assert ch.sent(batch, quarantined=0, wire_bytes=0)
+    return batches
 
 
 @settings(derandomize=True, deadline=None, max_examples=200)
@@ -28,15 +39,16 @@ def channel(rows: int, nbytes: int) -> Channel:
 def test_batches_keep_order_and_limits(lines: list[bytes], rows: int, nbytes: int) -> None:
     ch = channel(rows, nbytes)
     for line in lines:
-        assert ch.offer(line) in (True, False)
-    ch.cut(CUT_ALL)
-    batches = list(ch.batches)
+        ch.offer(line)
+    assert ch.stats().queued == len(lines)
+    batches = take_all(ch)
     assert b"".join(b.body for b in batches) == b"".join(line + b"\n" for line in lines)
     for batch in batches:
         assert 1 <= batch.count <= rows
         assert batch.nbytes <= nbytes
         assert batch.body.count(b"\n") == batch.count
-    assert sum(b.count for b in batches) == len(lines) == ch.queued_events
+    assert ch.stats().sent == len(lines)
+    assert ch.empty()
 
 
 @settings(derandomize=True, deadline=None, max_examples=200)
@@ -51,19 +63,94 @@ def test_halves_split_on_a_line_boundary(lines: list[bytes]) -> None:
 
 
 def test_offer_wakes_on_first_line_and_on_a_sealed_batch() -> None:
-    ch = channel(3, 1 << 20)
+    ch = channel(3)
     assert ch.offer(b"a") is True  # arms the interval timer
     assert ch.offer(b"b") is False
     assert ch.offer(b"c") is True  # row limit: sealed
-    assert ch.pending_count() == 0
     assert ch.offer(b"d") is True  # the next partial batch arms the timer again
+
+
+def test_a_partial_batch_waits_for_its_interval_then_is_due() -> None:
+    ch = channel()
+    ch.offer(b"x")
+    now = time.monotonic()
+    due_at = ch.take(now, 1.0, False)
+    assert isinstance(due_at, float) and now < due_at <= now + 1.0
+    assert isinstance(ch.take(due_at, 1.0, False), Batch)
 
 
 def test_a_batch_sealed_by_bytes_starts_the_next_one_with_a_fresh_timer() -> None:
     ch = channel(1000, 1024)
     ch.offer(b"x" * 600)
-    ch.pending_since -= 60  # the first partial batch is long overdue...
-    assert ch.offer(b"y" * 600) is True  # ...and this line seals it by bytes
-    assert ch.pending_count() == 1
-    # The new partial batch waits for its own interval; only the sealed one is due.
-    assert ch.due(time.monotonic(), draining=False) == CUT_FULL
+    later = time.monotonic() + 60  # the first partial batch is long overdue by then...
+    ch.offer(b"y" * 600)  # ...and this line seals it by bytes
+    first = ch.take(time.monotonic(), 1.0, False)
+    assert isinstance(first, Batch) and first.count == 1
+    ch.sent(first, quarantined=0, wire_bytes=0)
+    # The new partial batch waits for its own interval.
+    assert isinstance(ch.take(time.monotonic(), 1.0, False), float)
+    assert isinstance(ch.take(later, 1.0, False), Batch)
+
+
+def test_one_batch_in_flight_at_a_time_and_retries_keep_their_place() -> None:
+    ch = channel(1)
+    for line in (b"a", b"b"):
+        ch.offer(line)
+    first = ch.take(time.monotonic(), 1.0, False)
+    assert isinstance(first, Batch)
+    assert ch.take(time.monotonic(), 1.0, False) is None  # claimed: nobody else sends
+    ch.retry(first, "503")
+    again = ch.take(time.monotonic(), 1.0, False)
+    assert again is first and first.attempts == 1
+    stats = ch.stats()
+    assert (stats.requests, stats.retries, stats.in_flight, stats.queued) == (1, 0, 1, 1)
+
+
+def test_an_answer_after_abandon_is_ignored_so_each_event_counts_once() -> None:
+    ch = channel(2)
+    for line in (b"a", b"b", b"c"):
+        ch.offer(line)
+    in_flight = ch.take(time.monotonic(), 1.0, False)
+    assert isinstance(in_flight, Batch)
+    assert ch.abandon("exit_timeout") == 3
+    assert ch.sent(in_flight, quarantined=0, wire_bytes=0) is False  # came back too late
+    ch.retry(in_flight, "late")
+    stats = ch.stats()
+    assert (stats.sent, stats.dropped, stats.queued, stats.in_flight) == (0, 3, 0, 0)
+    assert stats.emitted == 3
+
+
+def test_an_offer_reentered_on_the_same_thread_is_kept() -> None:
+    """What a signal handler that logs does when it interrupts an offer."""
+    ch = channel()
+    nested = []
+
+    class Interrupting(bytes):
+        def __len__(self) -> int:  # runs inside the outer offer, with its lock held
+            if not nested:
+                nested.append(ch.offer(b"from the signal handler"))
+            return super().__len__()
+
+    ch.offer(Interrupting(b"outer"))
+    assert nested == [True]
+    (batch,) = take_all(ch)
+    assert batch.body == b"outer\nfrom the signal handler\n"
+    assert ch.stats().sent == 2
+
+
+def test_budget_takes_what_closed_channels_hold_from_the_open_ones() -> None:
+    budget = MemoryBudget()
+    old, new = channel(max_bytes=1000), channel(max_bytes=1000)
+    budget.add(old)
+    for _ in range(6):
+        old.offer(b"x" * 100)
+    old.close(time.monotonic() + 60)
+    budget.add(new)
+    for _ in range(10):
+        new.offer(b"y" * 100)
+    assert old.held_bytes() + new.held_bytes() <= 1000
+    assert (new.stats().queued, new.stats().dropped_by_reason) == (4, {"queue_full": 6})
+    old.abandon("close_timeout")
+    budget.remove(old)  # given up: its share is the open channel's again
+    new.offer(b"z" * 100)
+    assert (new.stats().queued, new.stats().dropped) == (5, 6)

@@ -15,20 +15,22 @@ class TestResolution:
         monkeypatch.setenv("TINYBIRD_FLUSH_INTERVAL", "2.5")
         monkeypatch.setenv("TINYBIRD_DATASOURCE", "from_env")
         assert TinybirdConfig.resolve().flush_interval == 2.5
-        assert TinybirdConfig.resolve(flush_interval=0.5).flush_interval == 0.5
+        assert TinybirdConfig.resolve({"flush_interval": 0.5}).flush_interval == 0.5
         assert TinybirdConfig.resolve().datasource == "from_env"
-        assert TinybirdConfig.resolve(datasource="arg").datasource == "arg"
+        assert TinybirdConfig.resolve({"datasource": "arg"}).datasource == "arg"
         assert TinybirdConfig.resolve().batch_max_rows == 10_000
 
     def test_strings_from_dictconfig_are_parsed(self) -> None:
         """Numbers and booleans arrive as strings from fileConfig and env vars."""
         config = TinybirdConfig.resolve(
-            datasource="x",
-            wait="true",
-            flush_interval="0.2",
-            batch_max_rows="50",
-            compression="NONE",
-            fields="environment=prod, release=1.2",
+            {
+                "datasource": "x",
+                "wait": "true",
+                "flush_interval": "0.2",
+                "batch_max_rows": "50",
+                "compression": "NONE",
+                "fields": "environment=prod, release=1.2",
+            }
         )
         assert config.wait is True
         assert config.flush_interval == 0.2
@@ -38,7 +40,7 @@ class TestResolution:
 
     def test_service_from_otel_service_name(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("OTEL_SERVICE_NAME", "checkout")
-        assert TinybirdConfig.resolve(datasource="x").service == "checkout"
+        assert TinybirdConfig.resolve({"datasource": "x"}).service == "checkout"
 
 
 class TestErrors:
@@ -81,8 +83,8 @@ class TestErrors:
             TinybirdHandler(datasource="x")
 
     def test_unknown_setting_is_a_type_error(self) -> None:
-        with pytest.raises(TypeError, match="flush_intervall"):
-            TinybirdHandler(datasource="x", flush_intervall=1)
+        with pytest.raises(TypeError, match="flush_intervall.*did you mean 'flush_interval'"):
+            TinybirdHandler(datasource="x", flush_intervall=1)  # type: ignore[call-arg]
 
     def test_plain_http_to_remote_host_is_refused(self) -> None:
         """The token would cross the network in clear text."""

@@ -402,7 +402,7 @@ class TestSecrets:
                 repr(handler._producer.config),
                 repr(handler.stats()),
                 repr(handler._producer.worker),
-                repr(handler._producer.worker.client),
+                repr(handler._producer.worker._client),
                 capsys.readouterr().err,
             ]
             texts += [r.path for r in wrong.requests]
@@ -500,7 +500,7 @@ class TestTransport:
             exit_timeout=0,
         )
         try:
-            pool = handler._producer.worker.client._pool  # type: ignore[union-attr]
+            pool = handler._producer.worker._client._pool  # type: ignore[union-attr]
             assert pool.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
             assert pool.connection_pool_kw["ca_certs"] == str(tmp_path / "ca.pem")
         finally:
@@ -517,10 +517,10 @@ class TestSynchronousMode:
         for i in range(10):
             logger.info("n %d", i)
         assert server.requests == []
-        assert handler._producer.worker.thread is None
+        assert handler._producer.worker._senders == 0
         assert handler.flush(10)
         assert len(server.events("sync")) == 10
-        assert handler._producer.worker.thread is None
+        assert handler._producer.worker._senders == 0  # no thread of its own
 
     def test_background_false_flush_respects_its_timeout(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger

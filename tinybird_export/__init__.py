@@ -11,7 +11,7 @@ from importlib import metadata
 
 from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import TinybirdConfig
-from tinybird_export._lifecycle import install_sigterm_handler
+from tinybird_export._exit import install_sigterm_handler
 from tinybird_export.events import TinybirdEvents
 from tinybird_export.handler import TinybirdHandler
 

@@ -1,14 +1,24 @@
 """One producer's queue and counters: the bounded buffer between ``emit`` and the worker.
 
-A channel belongs to one handler, event sender or exporter. The caller's side copies each
-encoded line into a growing NDJSON buffer under a short lock (no I/O, no waiting) and seals
-the buffer as a batch when it reaches the row or byte limit; the worker takes the sealed
-batches, and the partial one when it is due. One contiguous buffer rather than a list of
-line objects: thousands of retained medium-sized objects cost the caller ~2 µs per line in
-allocator work (measured with ``bench/compare.py``'s span row) and leave RSS well above what
-the queue holds. Memory is bounded by events *and* bytes, counting every line from the
-moment it is accepted until the server acknowledges it or it is dropped, so the in-flight
-batch and a batch waiting for a retry count too.
+A channel belongs to one handler, event sender or exporter, and owns its lock and its
+protocol: producers ``offer`` lines; a sender takes the next due batch (``take``; it is then
+*in flight*, claimed by that sender alone) and reports how it went with ``sent``,
+``dropped``, ``retry`` or ``split``; the exit drain and the close deadline ``abandon`` what
+is left. Each batch is resolved exactly once: an answer that arrives for a batch already
+abandoned is ignored. No other module reads or writes a channel's state.
+
+The caller's side copies each encoded line into a growing NDJSON buffer (no I/O, no
+waiting) and seals it as a batch at the row or byte limit. One contiguous buffer rather
+than a list of line objects: thousands of retained medium-sized objects cost the caller
+~2 µs per line in allocator work (``bench/compare.py``'s span row) and leave RSS well above
+what the queue holds. Memory is bounded by events *and* bytes, counting every line from the
+moment it is accepted until it is acknowledged or dropped (in-flight and retrying batches
+included); the byte allowance is set by the process's memory budget (``_budget``).
+
+``offer`` is safe to call from a signal handler or a ``__del__`` that interrupts the same
+thread inside ``offer``: the lock is re-entrant, and a re-entered call parks its line in a
+deque that the next ``offer`` or ``take`` moves into the queue, instead of changing state
+that the interrupted call is half-way through.
 
 Drop policy when the bound is reached: the newest event is refused (``queue_full``), so
 what is already queued keeps its order and goes out first when the endpoint recovers.
@@ -21,7 +31,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import NamedTuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +44,7 @@ class DeliveryStats:
         emitted: Events handed to the pipeline (records that passed the level and filters).
         sent: Rows the server acknowledged (202/200), quarantined rows included.
         dropped: Events given up, in total; ``dropped_by_reason`` breaks it down.
+        dropped_by_reason: Drop counts by reason (``queue_full``, ``http_403``...).
         queued: Events in memory waiting to be sent.
         in_flight: Events in the request under way.
         quarantined: Rows the server put in ``<datasource>_quarantine``.
@@ -62,8 +73,14 @@ class DeliveryStats:
     last_error: str
 
 
-CUT_FULL = 1
-CUT_ALL = 2
+class Limits(NamedTuple):
+    """A channel's bounds, from its producer's settings."""
+
+    queue_max_events: int
+    queue_max_bytes: int
+    batch_max_rows: int
+    batch_max_bytes: int
+    flush_interval: float
 
 
 @dataclasses.dataclass(eq=False)
@@ -95,187 +112,318 @@ class Batch:
             cut = body.rfind(b"\n", 0, len(body) // 2)
         first = body[: cut + 1]
         first_count = first.count(b"\n")
-        return Batch(first, first_count), Batch(body[cut + 1 :], self.count - first_count)
+        second = Batch(body[cut + 1 :], self.count - first_count, self.attempts)
+        return Batch(first, first_count, self.attempts), second
+
+
+class FlushMark(NamedTuple):
+    """What a flush waits for: every event accepted before it resolved, none dropped."""
+
+    target: int
+    drops: int
 
 
 class Channel:
-    """The queue and counters of one producer. Thread-safe; the caller's side never blocks
-    for longer than a list append.
+    """The queue and counters of one producer (see the module docstring for the protocol).
+
+    Args:
+        datasource: The data source its events go to.
+        host: The API host (for reports).
+        wait: Whether its requests ask for ``wait=true``.
+        limits: Its bounds.
     """
 
-    def __init__(self, datasource: str, *, wait: bool, limits: Mapping[str, Any]) -> None:
+    def __init__(self, datasource: str, host: str, *, wait: bool, limits: Limits) -> None:
         self.datasource = datasource
+        self.host = host
         self.wait = wait
-        self._max_events: int = limits["queue_max_events"]
-        self._max_bytes: int = limits["queue_max_bytes"]
-        self.batch_max_rows: int = limits["batch_max_rows"]
-        self.batch_max_bytes: int = limits["batch_max_bytes"]
-        self.flush_interval: float = limits["flush_interval"]
-        self.closed = False
+        self.limits = limits
         self._reset()
 
+    def __repr__(self) -> str:
+        return f"<Channel {self.datasource} {self.host}>"
+
     def _reset(self) -> None:
-        """Fresh state; also the child's state after fork (the parent sends its own queue)."""
-        self.lock = threading.Lock()
+        """Fresh state: at construction, and in a forked child (the parent sends its own)."""
+        self._lock = threading.RLock()
+        self._busy = False  # True while a call on the lock's thread is changing state
+        self._deferred: collections.deque[tuple[bytes, bool]] = collections.deque()
+        self._allowance = self.limits.queue_max_bytes
         self._pending = bytearray()  # the partial batch
         self._pending_count = 0
-        self._sealed: list[Batch] = []  # full batches the worker has not taken yet
-        self.pending_since = 0.0
-        self.batches: collections.deque[Batch] = collections.deque()
-        self.queued_events = 0
-        self.queued_bytes = 0
-        self.in_flight = 0
-        self.resolved = 0
-        self.dropped_after_queue = 0
-        self.flush_target = 0
-        self.dropped: collections.Counter[str] = collections.Counter()
-        self.sent = self.quarantined = self.truncated = 0
-        self.requests = self.retries = self.bytes_sent = self.wire_bytes_sent = 0
-        self.last_error = ""
+        self._pending_since = 0.0
+        self._ready: collections.deque[Batch] = collections.deque()  # sealed, not yet sent
+        self._in_flight: Batch | None = None
+        self._queued_events = self._queued_bytes = 0
+        self._resolved = self._dropped_after_queue = self._flush_target = 0
+        self._dropped: collections.Counter[str] = collections.Counter()
+        self._sent = self._quarantined = self._truncated = 0
+        self._requests = self._retries = self._bytes_sent = self._wire_bytes_sent = 0
+        self._last_error = ""
+        self._closed = False
+        self._close_deadline: float | None = None
 
     # -- the caller's side -------------------------------------------------------------
 
-    def offer(self, line: bytes, *, truncated: bool = False) -> bool:
+    def offer(self, line: bytes, truncated: bool = False) -> bool:
         """Queue one encoded line, or drop it as ``queue_full``.
 
         Returns:
-            True when the worker should be woken: the queue was empty (arms the interval
-            timer) or a batch was just sealed.
+            True when the worker should be woken: the queue had no partial batch (this
+            line arms its interval timer), a batch was just sealed, or the call re-entered
+            one in progress on this thread.
         """
+        with self._lock:
+            if self._busy:  # a signal handler or __del__ interrupted an offer on this thread
+                self._deferred.append((line, truncated))
+                return True
+            self._busy = True
+            try:
+                wake = self._append(line, truncated)
+                while self._deferred:
+                    wake = self._append(*self._deferred.popleft()) or wake
+            finally:
+                self._busy = False
+        return wake
+
+    def _append(self, line: bytes, truncated: bool) -> bool:
         size = len(line)
-        with self.lock:
-            if truncated:
-                self.truncated += 1
-            if self.queued_events >= self._max_events or self.queued_bytes + size > self._max_bytes:
-                self.dropped["queue_full"] += 1
-                return False
-            self.queued_events += 1
-            self.queued_bytes += size
-            pending = self._pending
-            sealed = False
-            if self._pending_count and len(pending) + size >= self.batch_max_bytes:
-                self._seal()  # this line would take the batch past its byte limit
-                sealed, pending = True, self._pending
-            pending += line
-            pending += b"\n"
-            count = self._pending_count = self._pending_count + 1
-            if count >= self.batch_max_rows:
-                self._seal()
-                sealed = True
+        if truncated:
+            self._truncated += 1
+        limits = self.limits
+        if (
+            self._queued_events >= limits.queue_max_events
+            or self._queued_bytes + size > self._allowance
+        ):
+            self._dropped["queue_full"] += 1
+            return False
+        self._queued_events += 1
+        self._queued_bytes += size
+        sealed = False
+        if self._pending_count and len(self._pending) + size >= limits.batch_max_bytes:
+            self._seal()  # this line would take the batch past its byte limit
+            sealed = True
+        pending = self._pending
+        pending += line
+        pending += b"\n"
+        count = self._pending_count = self._pending_count + 1
         if count == 1:  # a new partial batch (also right after a byte-limit seal)
-            self.pending_since = time.monotonic()
-            return True
+            self._pending_since = time.monotonic()
+            sealed = True
+        if count >= limits.batch_max_rows:
+            self._seal()
+            sealed = True
         return sealed
 
     def _seal(self) -> None:
-        """Move the partial batch to the sealed ones (caller holds ``lock``)."""
-        self._sealed.append(Batch(self._pending, self._pending_count))
+        self._ready.append(Batch(self._pending, self._pending_count))
         self._pending = bytearray()
         self._pending_count = 0
 
-    def accepted(self) -> int:
-        """Events ever queued (caller holds ``lock``): the target of a flush."""
-        return self.resolved + self.queued_events
-
     def refuse(self, reason: str) -> None:
         """Count an event dropped before it could be queued."""
-        with self.lock:
-            self.dropped[reason] += 1
+        with self._lock:
+            self._dropped[reason] += 1
 
-    # -- the worker's side -------------------------------------------------------------
+    def request_flush(self) -> FlushMark:
+        """Make everything accepted so far due now; the mark a flush waits for."""
+        with self._lock:
+            target = self._resolved + self._queued_events + len(self._deferred)
+            self._flush_target = max(self._flush_target, target)
+            return FlushMark(target, self._dropped_after_queue)
 
-    def due(self, now: float, draining: bool) -> int:
-        """How much of the queue to hand to the worker now.
+    def reached(self, mark: FlushMark) -> bool:
+        """Every event accepted before ``mark`` was resolved (sent or dropped)."""
+        return self._resolved >= mark.target
+
+    def lost_since(self, mark: FlushMark) -> bool:
+        """Whether queued events were dropped since ``mark``."""
+        return self._dropped_after_queue != mark.drops
+
+    # -- the sender's side -------------------------------------------------------------
+
+    def take(self, now: float, interval: float, draining: bool) -> Batch | float | None:
+        """Claim the next batch to send, sealing the partial one when it is due.
+
+        Args:
+            now: ``time.monotonic()``.
+            interval: How long a partial batch may wait (the lane's send interval).
+            draining: Exit: everything is due.
 
         Returns:
-            ``CUT_ALL`` (interval elapsed, flush, close or exit: the partial batch too),
-            ``CUT_FULL`` (only sealed batches: under load, the partial one fills up) or 0.
+            The claimed batch (now in flight); else the time at which the partial batch
+            becomes due; else ``None`` (nothing queued, or a batch is already in flight).
         """
-        if not self._pending_count:
-            return CUT_FULL if self._sealed else 0
-        if (
-            draining
-            or self.closed
-            or self.resolved < self.flush_target
-            or now - self.pending_since >= self.flush_interval
-        ):
-            return CUT_ALL
-        return CUT_FULL if self._sealed else 0
-
-    def cut(self, how: int = CUT_ALL) -> None:
-        """Move the sealed batches, and with ``CUT_ALL`` the partial one, to ``batches``."""
-        with self.lock:
-            if how == CUT_ALL and self._pending_count:
+        with self._lock:
+            if self._busy:  # a signal handler on a thread inside offer: try again later
+                return now + 0.01
+            while self._deferred:
+                self._append(*self._deferred.popleft())
+            if self._in_flight is not None:
+                return None
+            if not self._ready and self._pending_count:
+                due_at = self._pending_since + interval
+                if not (
+                    draining or self._closed or now >= due_at or self._resolved < self._flush_target
+                ):
+                    return due_at
                 self._seal()
-            sealed, self._sealed = self._sealed, []
-        self.batches.extend(sealed)
+            if not self._ready:
+                return None
+            batch = self._in_flight = self._ready.popleft()
+            return batch
 
-    def pending_count(self) -> int:
-        """Lines in the partial batch."""
-        return self._pending_count
+    def sent(self, batch: Batch, *, quarantined: int, wire_bytes: int) -> bool:
+        """The server acknowledged ``batch``; False if it had been abandoned meanwhile."""
+        with self._lock:
+            if not self._finish(batch):
+                return False
+            self._sent += batch.count
+            self._bytes_sent += batch.nbytes
+            self._quarantined += quarantined
+            self._wire_bytes_sent += wire_bytes
+            return True
+
+    def dropped(self, batch: Batch, reason: str, error: str = "", *, requested: bool) -> None:
+        """``batch`` is given up for ``reason`` (after a request, when ``requested``)."""
+        with self._lock:
+            if error:
+                self._last_error = error
+            if requested:
+                self._count_request(batch)
+            if self._in_flight is batch:
+                self._in_flight = None
+                self._drop(batch, reason)
+
+    def retry(self, batch: Batch, error: str) -> None:
+        """``batch`` failed retryably: it goes back to the head of the queue, in order."""
+        with self._lock:
+            self._last_error = error
+            self._count_request(batch)
+            if self._in_flight is batch:
+                self._in_flight = None
+                self._ready.appendleft(batch)
+
+    def unclaim(self, batch: Batch) -> None:
+        """Give ``batch`` back without a request (its sender stopped before sending it)."""
+        with self._lock:
+            if self._in_flight is batch:
+                self._in_flight = None
+                self._ready.appendleft(batch)
+
+    def split(self, batch: Batch) -> None:
+        """413: ``batch`` is replaced at the head by its two halves."""
+        with self._lock:
+            self._count_request(batch)
+            if self._in_flight is batch:
+                self._in_flight = None
+                first, second = batch.halves()
+                self._ready.extendleft((second, first))
+
+    def _count_request(self, batch: Batch) -> None:
+        self._requests += 1
+        self._retries += int(batch.attempts > 0)
+        batch.attempts += 1
+
+    def _finish(self, batch: Batch) -> bool:
+        if self._in_flight is not batch:
+            return False
+        self._in_flight = None
+        self._count_request(batch)
+        self._release(batch)
+        return True
+
+    def _release(self, batch: Batch) -> None:
+        self._queued_events -= batch.count
+        self._queued_bytes -= batch.nbytes - batch.count  # nbytes counts the newlines too
+        self._resolved += batch.count
+
+    def _drop(self, batch: Batch, reason: str) -> None:
+        self._release(batch)
+        self._dropped[reason] += batch.count
+        self._dropped_after_queue += batch.count
+
+    def abandon(self, reason: str) -> int:
+        """Drop everything still queued or in flight; returns how many events.
+
+        An answer that arrives later for the in-flight batch is ignored (``sent`` returns
+        False), so every event is counted exactly once.
+        """
+        with self._lock:
+            if self._pending_count:
+                self._seal()
+            batches = [*self._ready, *([self._in_flight] if self._in_flight else [])]
+            self._ready.clear()
+            self._in_flight = None
+            for batch in batches:
+                self._drop(batch, reason)
+            return sum(batch.count for batch in batches)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self, deadline: float) -> None:
+        """No more events (they are refused as ``closed``); what is queued may be sent until
+        ``deadline``, then it is given up as ``close_timeout``.
+        """
+        with self._lock:
+            self._closed = True
+            self._close_deadline = deadline
+
+    @property
+    def closed(self) -> bool:
+        """Whether the producer was closed."""
+        return self._closed
+
+    def close_deadline(self) -> float | None:
+        """Until when a closed channel may send what it holds (``None`` while open)."""
+        return self._close_deadline
 
     def empty(self) -> bool:
         """Nothing queued or in flight."""
-        return self.queued_events == 0
+        return self._queued_events == 0 and not self._deferred
 
-    def resolve(self, batch: Batch, *, sent: bool, reason: str = "", **counts: int) -> None:
-        """Account for a batch that left the queue: acknowledged, or dropped for ``reason``."""
-        count = batch.count
-        with self.lock:
-            self.queued_events -= count
-            self.queued_bytes -= batch.nbytes - count  # nbytes counts the newlines too
-            self.resolved += count
-            if sent:
-                self.sent += count
-                self.bytes_sent += batch.nbytes
-            else:
-                self.dropped[reason] += count
-                self.dropped_after_queue += count
-            self._add(counts)
+    def held_bytes(self) -> int:
+        """Bytes of memory it holds (queued and in flight)."""
+        return self._queued_bytes
 
-    def note(self, error: str = "", **counts: int) -> None:
-        """Add to the request counters, and remember the last error."""
-        with self.lock:
-            if error:
-                self.last_error = error
-            self._add(counts)
+    def set_allowance(self, max_bytes: int) -> None:
+        """The bytes it may hold, set by the process's memory budget."""
+        self._allowance = max_bytes  # an int store: atomic, read once per offer
 
-    def _add(self, counts: Mapping[str, int]) -> None:
-        for name, value in counts.items():
-            setattr(self, name, getattr(self, name) + value)
+    def note_error(self, error: str) -> None:
+        """Remember a failure that is not about one batch."""
+        with self._lock:
+            self._last_error = error
 
-    def abandon(self, reason: str) -> int:
-        """Drop everything still queued (at exit, when the budget ran out); return the count."""
-        self.cut()
-        count = 0
-        while self.batches:
-            batch = self.batches.popleft()
-            count += batch.count
-            self.resolve(batch, sent=False, reason=reason)
-        self.in_flight = 0
-        return count
+    def last_error(self) -> str:
+        """The last failure's text."""
+        return self._last_error
 
     def after_fork_in_child(self) -> None:
-        """Forget the parent's queue and counters: the parent still sends its events."""
+        """Forget the parent's queue and counters (the parent still sends its events), and
+        the lock, which another thread of the parent may have held at fork.
+        """
         self._reset()
 
     def stats(self) -> DeliveryStats:
         """A consistent snapshot of the counters."""
-        with self.lock:
-            dropped = dict(self.dropped)
+        with self._lock:
+            dropped = dict(self._dropped)
+            in_flight = self._in_flight.count if self._in_flight else 0
+            queued = self._queued_events + len(self._deferred)
             return DeliveryStats(
-                emitted=self.sent + sum(dropped.values()) + self.queued_events,
-                sent=self.sent,
+                emitted=self._sent + sum(dropped.values()) + queued,
+                sent=self._sent,
                 dropped=sum(dropped.values()),
                 dropped_by_reason=dropped,
-                queued=self.queued_events - self.in_flight,
-                in_flight=self.in_flight,
-                quarantined=self.quarantined,
-                truncated=self.truncated,
-                requests=self.requests,
-                retries=self.retries,
-                bytes_sent=self.bytes_sent,
-                wire_bytes_sent=self.wire_bytes_sent,
-                queued_bytes=self.queued_bytes,
-                last_error=self.last_error,
+                queued=queued - in_flight,
+                in_flight=in_flight,
+                quarantined=self._quarantined,
+                truncated=self._truncated,
+                requests=self._requests,
+                retries=self._retries,
+                bytes_sent=self._bytes_sent,
+                wire_bytes_sent=self._wire_bytes_sent,
+                queued_bytes=self._queued_bytes,
+                last_error=self._last_error,
             )

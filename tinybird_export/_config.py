@@ -9,6 +9,7 @@ validated here, at construction, with an error that names the setting and its en
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import ipaddress
 import math
@@ -16,7 +17,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 DEFAULT_HOST: Final = "https://api.tinybird.co"
 _MIB: Final = 1024 * 1024
@@ -30,6 +31,72 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
+class CommonSettings(TypedDict, total=False):
+    """The settings every producer takes (the README's table); strings are parsed."""
+
+    token: str | None
+    host: str | None
+    enabled: bool | str | None
+    wait: bool | str | None
+    flush_interval: float | str | None
+    batch_max_rows: int | str | None
+    batch_max_bytes: int | str | None
+    queue_max_events: int | str | None
+    queue_max_bytes: int | str | None
+    max_event_bytes: int | str | None
+    compression: str | None
+    connect_timeout: float | str | None
+    timeout: float | str | None
+    flush_timeout: float | str | None
+    exit_timeout: float | str | None
+    background: bool | str | None
+    ca_bundle: str | None
+    allow_http: bool | str | None
+    before_send: BeforeSend | str | None
+
+
+class HandlerSettings(CommonSettings, total=False):
+    """``TinybirdHandler``'s settings: the common ones and how log records are mapped."""
+
+    service: str | None
+    fields: Mapping[str, Any] | str | None
+    extras: str | None
+
+
+class EventsSettings(CommonSettings, total=False):
+    """``TinybirdEvents``' settings: the common ones and static ``fields``."""
+
+    fields: Mapping[str, Any] | str | None
+
+
+class ExporterSettings(CommonSettings, total=False):
+    """The OpenTelemetry exporters' settings: the common ones and the ``shape``."""
+
+    shape: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """What takes the settings: its name in errors and the settings that apply to it."""
+
+    label: str
+    settings: frozenset[str]
+
+
+def kind(label: str, settings: type[CommonSettings]) -> Kind:
+    """The ``Kind`` whose settings are the keys of a settings TypedDict."""
+    return Kind(label, frozenset(settings.__optional_keys__) | {"datasource"})  # type: ignore[attr-defined]
+
+
+# Why a setting that exists elsewhere does not apply, for the error that refuses it.
+_NOT_HERE: Final = {
+    "service": "set it on the OpenTelemetry resource (OTEL_SERVICE_NAME), or in fields",
+    "fields": "it only applies to TinybirdHandler and TinybirdEvents",
+    "extras": "it only applies to log records: other events are sent as given",
+    "shape": "it only applies to the OpenTelemetry exporters",
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -67,42 +134,44 @@ class TinybirdConfig:
     before_send: BeforeSend | None = None
     shape: str = "flat"
 
-    @property
-    def read_timeout(self) -> float:
-        """The read timeout for one request: ``wait=true`` answers can take ~25 s."""
-        return max(self.timeout, 60.0) if self.wait else self.timeout
-
     @classmethod
     def resolve(
         cls,
+        arguments: Mapping[str, Any] | None = None,
         *,
+        kind: Kind | None = None,
         datasource_env: str = "TINYBIRD_DATASOURCE",
-        default_datasource: str | None = None,
+        default_datasource: Callable[[Mapping[str, Any]], str] | None = None,
         environ: Mapping[str, str] | None = None,
-        **arguments: Any,
     ) -> TinybirdConfig:
-        """Resolve every setting: argument, then environment variable, then default.
+        """Resolve every setting that applies to ``kind``: argument, then environment
+        variable, then default.
 
         Args:
+            arguments: Setting values, as Python values or strings; ``None`` means unset.
+            kind: What takes the settings (the others are refused as arguments and their
+                environment variables ignored); every setting when omitted.
             datasource_env: The env var that names the data source (the span exporter
                 reads its own so that shapes never mix in one data source).
-            default_datasource: Used when neither argument nor env var names one.
+            default_datasource: The data source when neither argument nor env var names
+                one, from the other resolved values.
             environ: The environment to read; ``os.environ`` when omitted.
-            **arguments: Setting values, as Python values or strings; ``None`` means unset.
 
         Raises:
             ValueError: A value is missing or invalid; the message names the setting, its
                 environment variable and the fix.
-            TypeError: An argument is not a known setting.
+            TypeError: An argument is not a setting of ``kind``; the message suggests the
+                nearest name, or says why it does not apply.
         """
+        kind = kind or _EVERY_SETTING
+        arguments = arguments or {}
+        _check_names(kind, arguments)
         env = os.environ if environ is None else environ
-        unknown = set(arguments) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            names = ", ".join(sorted(unknown))
-            raise TypeError(f"tinybird-export: unknown setting(s) {names}; see the README table")
         env_names = {**_ENV_NAMES, "datasource": datasource_env}
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
+            if field.name not in kind.settings:
+                continue
             raw = arguments.get(field.name)
             if raw is None:
                 raw = env.get(env_names[field.name]) or None
@@ -111,7 +180,7 @@ class TinybirdConfig:
             parse: Callable[[Any, _Setting], Any] = _PARSERS.get(field.name, _parse_str)
             values[field.name] = parse(raw, _Setting(field.name, env_names[field.name]))
         if "datasource" not in values and default_datasource is not None:
-            values["datasource"] = default_datasource
+            values["datasource"] = default_datasource(values)
         config = cls(**{"datasource": "", **values})
         config._validate(_Setting("datasource", datasource_env))
         return config
@@ -138,6 +207,11 @@ class TinybirdConfig:
                 "is smaller than batch_max_bytes", "the queue must hold at least one batch"
             )
         _check_host(self.host, self.allow_http)
+
+
+_EVERY_SETTING: Final = Kind(
+    "TinybirdConfig", frozenset(f.name for f in dataclasses.fields(TinybirdConfig))
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,10 +256,35 @@ def _setting(name: str) -> _Setting:
     return _Setting(name, _ENV_NAMES[name])
 
 
+def _check_names(kind: Kind, arguments: Mapping[str, Any]) -> None:
+    known = {field.name for field in dataclasses.fields(TinybirdConfig)}
+    for name in sorted(arguments):
+        if name in kind.settings or (name in known and arguments[name] is None):
+            continue
+        if name in known:
+            raise TypeError(
+                f"tinybird-export: setting {name!r} does not apply to {kind.label}: "
+                f"{_NOT_HERE.get(name, 'remove it')}."
+            )
+        close = difflib.get_close_matches(name, sorted(kind.settings), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "see the README's table"
+        raise TypeError(f"tinybird-export: {kind.label} has no setting {name!r}: {hint}")
+
+
 def _parse_str(raw: Any, setting: _Setting) -> str:
     if not isinstance(raw, str):
         raise setting.error(f"must be a string, got {type(raw).__name__}", "pass text")
     return raw.strip()
+
+
+def parse_bool(raw: Any, name: str, env: str) -> bool:
+    """The package's one boolean parser (settings, integrations): true/false, 1/0,
+    yes/no, on/off, or a bool.
+
+    Raises:
+        ValueError: Naming ``name`` and ``env``.
+    """
+    return _parse_bool(raw, _Setting(name, env))
 
 
 def _parse_bool(raw: Any, setting: _Setting) -> bool:

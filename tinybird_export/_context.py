@@ -12,6 +12,8 @@ import os
 import time
 from typing import Any, Final
 
+from tinybird_export._config import parse_bool
+
 ACCESS_LOGGER: Final = "tinybird_export.access"
 """Per-request access events are logged here (opt-in); it propagates like any logger."""
 
@@ -49,7 +51,12 @@ def log_access(method: str, route: str, status: int, started: float, href: str) 
 
 
 def env_flag(name: str, setting: Any) -> bool:
-    """A boolean integration option: the explicit setting, else ``TINYBIRD_<name>``."""
-    if setting is not None:
-        return bool(setting)
-    return os.environ.get(f"TINYBIRD_{name}", "").strip().lower() in ("1", "true", "yes", "on")
+    """A boolean integration option: the explicit setting, else ``TINYBIRD_<name>``, else
+    false; strings are parsed like every boolean setting (``"false"`` is false).
+
+    Raises:
+        ValueError: The value is not a boolean; the message names the option.
+    """
+    env = f"TINYBIRD_{name}"
+    raw = setting if setting is not None else os.environ.get(env, "").strip() or False
+    return parse_bool(raw, env, env)

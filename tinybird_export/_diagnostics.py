@@ -11,7 +11,8 @@ import sys
 import threading
 
 _said: set[str] = set()
-_said_lock = threading.Lock()
+# Re-entrant: a signal handler that logs may interrupt this thread inside say_once.
+_said_lock = threading.RLock()
 
 
 def say(message: str) -> None:
@@ -32,3 +33,9 @@ def say_once(key: str, message: str) -> None:
             return
         _said.add(key)
     say(message)
+
+
+def after_fork_in_child() -> None:
+    """A new lock: another thread of the parent may have held it at fork."""
+    global _said_lock  # noqa: PLW0603 - the parent's lock object may be held forever
+    _said_lock = threading.RLock()

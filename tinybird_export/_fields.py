@@ -89,6 +89,3 @@ def current_trace_ids() -> tuple[str, str]:
     if not context.is_valid:
         return "", ""
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
-
-
-os.register_at_fork(after_in_child=event_ids.reset)

@@ -10,10 +10,12 @@ import logging
 import time
 from typing import Any
 
-from tinybird_export import _diagnostics, _lifecycle, _worker
-from tinybird_export._channel import Channel, DeliveryStats
+from tinybird_export import _diagnostics, _exit
+from tinybird_export._channel import Channel, DeliveryStats, Limits
 from tinybird_export._config import TinybirdConfig
 from tinybird_export._line_encoder import encode_event, safe_str
+from tinybird_export._process import PROCESS, report_undelivered
+from tinybird_export._worker import Worker
 
 
 class Producer:
@@ -28,16 +30,17 @@ class Producer:
         self.config = config
         self.channel = Channel(
             config.datasource,
+            config.host,
             wait=config.wait,
-            limits={
-                "queue_max_events": config.queue_max_events,
-                "queue_max_bytes": config.queue_max_bytes,
-                "batch_max_rows": config.batch_max_rows,
-                "batch_max_bytes": config.batch_max_bytes,
-                "flush_interval": config.flush_interval,
-            },
+            limits=Limits(
+                queue_max_events=config.queue_max_events,
+                queue_max_bytes=config.queue_max_bytes,
+                batch_max_rows=config.batch_max_rows,
+                batch_max_bytes=config.batch_max_bytes,
+                flush_interval=config.flush_interval,
+            ),
         )
-        self.worker: _worker.Worker | None = None
+        self.worker: Worker | None = None
         if config.enabled and not config.token:
             _diagnostics.say_once(
                 "no-token",
@@ -46,8 +49,8 @@ class Producer:
                 "them, or TINYBIRD_ENABLED=false to disable it quietly.",
             )
         elif config.enabled:
-            self.worker = _worker.attach(config, self.channel)
-            _lifecycle.check_uwsgi()
+            self.worker = PROCESS.attach(config, self.channel)
+            _exit.check_uwsgi()
         self._before_send = config.before_send
         self.has_before_send = config.before_send is not None
         self.max_event_bytes = config.max_event_bytes
@@ -72,8 +75,8 @@ class Producer:
             channel.refuse("disabled" if worker is None else "closed")
         elif line is None:
             channel.refuse("too_large")
-        elif channel.offer(line, truncated=truncated):
-            worker.notify()
+        elif channel.offer(line, truncated):
+            worker.notify(channel)
 
     def _run_before_send(self, event: dict[str, Any]) -> dict[str, Any] | None:
         try:
@@ -99,33 +102,36 @@ class Producer:
         worker, channel = self.worker, self.channel
         if worker is None:
             return channel.empty()
-        with channel.lock:
-            target = channel.accepted()
-            drops = channel.dropped_after_queue
-            channel.flush_target = max(channel.flush_target, target)
+        mark = channel.request_flush()
         if _holds_logging_lock():
-            worker.wake.set()
-            return channel.resolved >= target and channel.dropped_after_queue == drops
+            worker.notify(channel)
+            return channel.reached(mark) and not channel.lost_since(mark)
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
-        done = worker.wait_until(lambda: channel.resolved >= target, time.monotonic() + wait)
-        return done and channel.dropped_after_queue == drops
+        done = worker.wait_until(lambda: channel.reached(mark), time.monotonic() + wait)
+        return done and not channel.lost_since(mark)
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush within ``timeout`` (default ``flush_timeout``) and detach; idempotent."""
+        """Flush within ``timeout`` (default ``flush_timeout``) and detach; idempotent.
+
+        What is still queued then is sent in the background until that deadline, and then
+        given up (counted as ``close_timeout``).
+        """
         worker, channel = self.worker, self.channel
         if channel.closed:
             return
-        channel.closed = True
+        wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
+        channel.close(time.monotonic() + wait)
         if worker is None:
             return
-        self.flush(timeout)
+        PROCESS.budget.rebalance()
+        self.flush(wait)
         if channel.empty():
-            _worker.detach(worker, channel)
-        elif worker.exit_deadline is not None:
-            _lifecycle.report_undelivered([channel], "at exit (logged after the exit drain)")
-            _worker.detach(worker, channel)
+            PROCESS.detach(worker, channel)
+        elif PROCESS.exiting():
+            report_undelivered([channel], "at exit (logged after the exit drain)")
+            PROCESS.detach(worker, channel)
         else:
-            worker.notify()  # the worker sends the rest, then detaches the channel
+            worker.notify(channel)  # the worker sends the rest, then detaches the channel
 
     def stats(self) -> DeliveryStats:
         """A snapshot of this producer's counters."""

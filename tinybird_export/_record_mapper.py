@@ -7,10 +7,8 @@ fragment, one ``orjson.dumps`` per record, and no imports of optional packages.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
-import weakref
 from collections.abc import Mapping
 from itertools import islice
 from typing import Any, Final
@@ -85,7 +83,6 @@ class RecordMapper:
         self._flat = extras in ("both", "flat")
         self._attributes = extras in ("both", "attributes")
         self._callsites: dict[tuple[Any, ...], bytes] = {}
-        _mappers.add(self)
 
     def __call__(self, record: logging.LogRecord) -> dict[str, Any]:
         """Build the event for ``record`` as a dict (for ``before_send`` and repairs)."""
@@ -167,13 +164,23 @@ class RecordMapper:
         }
 
     def _callsite(self, record: logging.LogRecord) -> bytes:
-        """The encoded constant fields as ``,"level":...}``, cached per call site, logger,
-        level and thread.
+        """The encoded constant fields as ``,"level":...}``, cached by their values.
 
-        The cache is cleared after fork (``process`` changes) and when it grows past
-        ``_CALLSITE_CACHE_SIZE`` entries.
+        The key holds every record attribute the fragment is made of, so two records share a
+        fragment only when it is right for both: a QueueListener's records from several
+        processes, or a forked child, each get their own ``process``. The cache is cleared
+        when it grows past ``_CALLSITE_CACHE_SIZE`` entries.
         """
-        key = (record.pathname, record.lineno, record.name, record.levelno, record.threadName)
+        key = (
+            record.pathname,
+            record.lineno,
+            record.funcName,
+            record.module,
+            record.name,
+            record.levelname,
+            record.process,
+            record.threadName,
+        )
         fragment = self._callsites.get(key)
         if fragment is None:
             fragment = b"," + encode(self._constant_fields(record))[1:]
@@ -181,21 +188,6 @@ class RecordMapper:
                 self._callsites.clear()
             self._callsites[key] = fragment
         return fragment
-
-    def after_fork_in_child(self) -> None:
-        """The cached fragments carry the parent's ``process``."""
-        self._callsites = {}
-
-
-_mappers: weakref.WeakSet[RecordMapper] = weakref.WeakSet()
-
-
-def _reset_mappers_in_child() -> None:
-    for mapper in _mappers:
-        mapper.after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reset_mappers_in_child)
 
 
 def _dumps(value: Any) -> bytes:
@@ -252,9 +244,11 @@ def _exception_text(record: logging.LogRecord) -> str:
     return text
 
 
-def plain_event(event: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of an application's own event with ``timestamp`` and ``event_id`` filled in."""
-    copy = dict(event)
+def plain_event(event: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of an application's own event with the static ``fields`` (the event's own
+    keys win), and ``timestamp`` and ``event_id`` filled in when absent.
+    """
+    copy = {**fields, **event} if fields else dict(event)
     if "timestamp" not in copy:
         copy["timestamp"] = format_timestamp(time.time())
     if "event_id" not in copy:

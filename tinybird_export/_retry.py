@@ -60,6 +60,14 @@ def backoff(attempt: int) -> float:
     return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
 
 
+def delay(status: int | None, headers: Mapping[str, str], failures: int) -> float:
+    """How long a data source pauses after a retryable answer, its ``failures``-th in a row
+    (counting from 0): the server's ``Retry-After`` for 429 and 503, else ``backoff``.
+    """
+    wait = server_delay(headers) if status in (429, 503) else None
+    return backoff(failures) if wait is None else wait
+
+
 def server_delay(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """The wait a 429/503 asks for: ``Retry-After`` (seconds or HTTP-date), else
     ``X-RateLimit-Reset`` (seconds from now), capped at five minutes; ``None`` if absent.

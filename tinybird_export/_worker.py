@@ -1,209 +1,345 @@
-"""The background worker: batches channels' lines and sends them, one request at a time.
+"""The senders of one Events API host: a lane per data source, supervised threads.
 
-One worker (one daemon thread, one connection pool) serves every channel that sends to the
-same host with the same token and transport settings. It sleeps on an ``Event`` and wakes
-when a channel's queue goes from empty to non-empty (arming its ``flush_interval`` timer),
-when a batch fills, on ``flush()``, and at exit; it never polls.
+One worker (up to ``MAX_SENDERS`` daemon threads, one connection pool) serves every channel
+that sends to the same host with the same token and transport settings. Its channels are
+grouped in *lanes*, one per data source: a lane has at most one request in flight, so each
+data source's requests stay in order, and a lane that hangs or is paused for a retry holds
+up no other. A second thread starts only when a lane has work while every thread is busy
+with another lane, so a process with one data source runs one thread.
 
-A batch that fails with a retryable answer stays at the head of its channel and its data
-source is paused (backoff, or the server's ``Retry-After``); other data sources keep
-flowing. The same sending code runs on the caller's thread when there is no worker thread
-(``background=False``, or a process where threads cannot start), within the caller's
-deadline.
+Threads sleep on a ``SimpleQueue`` (whose ``put`` is safe in a signal handler, unlike
+``Event.set``) and wake when a channel's queue gets its first line (arming the interval
+timer), when a batch fills, on ``flush()`` and at exit; they never poll. The loop is
+supervised: an unexpected exception is reported once on stderr, its batch dropped and
+counted as ``error``, and the loop goes on; a thread that dies anyway is replaced by the
+next enqueue or flush. When no thread runs (``background=False``, or during exit) the same
+code sends on the calling thread, within its deadline.
+
+A failed batch stays at the head of its channel and its lane is paused (backoff, or the
+server's ``Retry-After``); the policy itself is ``_retry``'s.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tinybird_export import _diagnostics, _retry
 from tinybird_export._channel import Batch, Channel
 from tinybird_export._client import Attempt, EventsClient
 from tinybird_export._config import TinybirdConfig
 
-THREAD_NAME: Final = "tinybird-export-worker"
+if TYPE_CHECKING:
+    from tinybird_export._process import Process
 
-# Threads that are sending right now (the worker's, or a caller inside a synchronous
-# flush). Records they create (urllib3's debug logs, a warning inside a send) are dropped
-# by the handler before it takes any lock: the recursion guard of peers.md §3 row 6.
-sending_threads: set[int] = set()
+THREAD_NAME: Final = "tinybird-export-worker"
+MAX_SENDERS: Final = 4
+"""Concurrent requests per host at most (each to a different data source)."""
+_POLL: Final = 0.05
+"""How often a waiting flush or drain re-checks for lines queued by a signal handler."""
+
+
+class Lane:
+    """The channels of one data source: one request in flight at a time, in order."""
+
+    def __init__(self, datasource: str) -> None:
+        self.datasource = datasource
+        self.channels: list[Channel] = []
+        self.busy = False  # claimed by a sender
+        self.paused_until = 0.0
+        self.rotation = 0
+
+    def reset(self) -> None:
+        self.busy = False
+        self.paused_until = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Claim:
+    lane: Lane
+    channel: Channel
+    batch: Batch
 
 
 class Worker:
-    """Sends the lines of its channels to one Events API host."""
+    """Sends the lines of its channels to one Events API host.
 
-    def __init__(self, config: TinybirdConfig) -> None:
+    Args:
+        config: The settings of the first producer (host, token and transport are shared
+            by every producer on this worker).
+        process: The owner of process-wide state (exit deadline, sending threads).
+    """
+
+    def __init__(self, config: TinybirdConfig, process: Process) -> None:
         self.host = config.host
+        self.exit_timeout = config.exit_timeout
         self.background = config.background
         self._config = config
-        self.client = EventsClient(config)
-        self.channels: list[Channel] = []  # replaced, never mutated: iteration is safe
-        self.exit_deadline: float | None = None
-        self._reset_sync()
+        self._process = process
+        self._lanes: dict[str, Lane] = {}
+        self._rotation = 0  # which lane a claim looks at first: fairness between lanes
+        self._reset()
 
     def __repr__(self) -> str:
-        return f"<Worker {self.host} channels={len(self.channels)}>"
+        return f"<Worker {self.host} lanes={len(self._lanes)}>"
 
-    def _reset_sync(self) -> None:
-        self.wake = threading.Event()
-        self.progress = threading.Condition(threading.Lock())
-        self.send_lock = threading.Lock()
-        self._start_lock = threading.Lock()
-        self.thread: threading.Thread | None = None
-        self.pid = os.getpid()
-        self.paused_until: dict[str, float] = {}
-        self.draining = False
-        self.stopping = False
-        self._rotation = 0
+    def _reset(self) -> None:
+        self._lock = threading.RLock()  # lanes, claims and the thread counts
+        self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._progress = threading.Condition(threading.RLock())
+        self._client = EventsClient(self._config)
+        self._senders = 0  # threads running _run
+        self._idle = 0  # of which waiting for work
+        self._starting = False
+        self._stopping = False
 
     def after_fork_in_child(self) -> None:
-        """New locks, pool and (lazily) thread; the parent's queues are forgotten."""
-        self._reset_sync()
-        self.client = EventsClient(self._config)  # the parent's sockets stay the parent's
-        for channel in self.channels:
-            channel.after_fork_in_child()
+        """New locks, pool and (lazily) threads; the parent's queues are forgotten."""
+        self._reset()
+        for lane in self._lanes.values():
+            lane.reset()
+            for channel in lane.channels:
+                channel.after_fork_in_child()
 
-    # -- waking and starting -----------------------------------------------------------
+    # -- channels (called by the process owner) -----------------------------------------
 
-    def notify(self) -> None:
-        """Wake the worker, starting its thread on first use (never during exit)."""
-        if self.thread is None and self.background and self.exit_deadline is None:
-            self._start()
-        self.wake.set()
+    def add(self, channel: Channel) -> None:
+        """Serve ``channel`` in its data source's lane."""
+        with self._lock:
+            lane = self._lanes.get(channel.datasource)
+            if lane is None:
+                lane = self._lanes[channel.datasource] = Lane(channel.datasource)
+            lane.channels = [*lane.channels, channel]
 
-    def _start(self) -> None:
-        with self._start_lock:
-            if self.thread is not None:
-                return
-            thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
-            try:
-                thread.start()
-            except RuntimeError:  # "can't create new thread at interpreter shutdown"
-                return
-            self.thread = thread
+    def remove(self, channel: Channel) -> bool:
+        """Stop serving ``channel``; whether any channel is left."""
+        with self._lock:
+            lane = self._lanes.get(channel.datasource)
+            if lane is not None:
+                lane.channels = [c for c in lane.channels if c is not channel]
+                if not lane.channels:
+                    del self._lanes[channel.datasource]  # a sender holding it finishes alone
+            return bool(self._lanes)
 
-    def thread_alive(self) -> bool:
-        """Whether a worker thread of this process is running."""
-        return self.thread is not None and self.pid == os.getpid() and self.thread.is_alive()
+    def channels(self) -> list[Channel]:
+        """Every channel it serves."""
+        with self._lock:
+            return [c for lane in self._lanes.values() for c in lane.channels]
 
-    # -- the loop ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Let the threads end (the last one closes the pool)."""
+        with self._lock:
+            self._stopping = True
+            senders = self._senders
+        for _ in range(senders):
+            self._wakeups.put(None)
+        if not senders:
+            self._client.close()
+
+    # -- waking and starting (the caller's thread) --------------------------------------
+
+    def notify(self, channel: Channel) -> None:
+        """Wake a thread for ``channel``, starting one if none can take its lane."""
+        if not self.background:
+            return  # flush() sends on the caller's thread
+        self._wakeups.put(None)
+        if self._needs_sender(channel):
+            self._start_sender()
+
+    def _can_start(self) -> bool:
+        return self.background and not self._stopping and not self._process.exiting()
+
+    def _needs_sender(self, channel: Channel) -> bool:
+        # Unlocked reads: a stale answer costs one thread more, or one enqueue later.
+        if not self._can_start():
+            return False
+        if self._senders == 0:
+            return True
+        if self._idle or self._senders >= MAX_SENDERS:
+            return False
+        lane = self._lanes.get(channel.datasource)
+        return lane is not None and not lane.busy
+
+    def _start_sender(self) -> None:
+        with self._lock:
+            if self._starting or self._senders >= MAX_SENDERS:
+                return  # _starting: a signal handler interrupted Thread.start on this thread
+            self._starting = True
+            self._senders += 1
+        try:
+            threading.Thread(target=self._run, name=THREAD_NAME, daemon=True).start()
+        except RuntimeError:  # "can't create new thread at interpreter shutdown"
+            with self._lock:
+                self._senders -= 1
+        finally:
+            self._starting = False
+
+    # -- the threads' loop ----------------------------------------------------------------
 
     def _run(self) -> None:
         ident = threading.get_ident()
-        sending_threads.add(ident)
+        self._process.sending_threads.add(ident)
         try:
-            while not self.stopping:
-                self.wake.clear()
-                channel, wait_for = self._pick(time.monotonic())
-                if channel is not None:
-                    with self.send_lock:
-                        self._send_head(channel)
+            while not self._stopping:
+                try:
+                    self._step()
+                except Exception as exc:  # noqa: BLE001 - supervised: report, go on
+                    _report_internal_error(exc, "")
+        finally:
+            self._process.sending_threads.discard(ident)
+            with self._lock:
+                self._senders -= 1
+                last = self._stopping and self._senders == 0
+            if last:
+                self._client.close()
+
+    def _step(self) -> None:
+        claim = self._claim(time.monotonic())
+        if isinstance(claim, _Claim):
+            if self._idle:  # another lane may be due too: let an idle thread look
+                self._wakeups.put(None)
+            self._send(claim, None)
+            return
+        with self._lock:
+            self._idle += 1
+        try:
+            timeout = None if claim is None else max(claim - time.monotonic(), 0.001)
+            try:
+                self._wakeups.get(timeout=timeout)
+                while True:  # one wake-up is enough: the loop looks at every lane
+                    self._wakeups.get_nowait()
+            except queue.Empty:
+                pass
+        finally:
+            with self._lock:
+                self._idle -= 1
+
+    def _claim(self, now: float) -> _Claim | float | None:
+        """The next due batch, claimed with its lane; else when one may be due.
+
+        The worker's lock is never held while a channel's lock is taken: a signal handler
+        that drains on a thread inside ``offer`` must not wait for a sender that waits for
+        that channel.
+        """
+        finished: list[Channel] = []
+        wait_until: float | None = None
+        draining = self._process.exiting()
+        with self._lock:
+            lanes = list(self._lanes.values())
+            start = self._rotation
+        for offset in range(len(lanes)):
+            lane = lanes[(start + offset) % len(lanes)]
+            for channel in lane.channels:  # closed ones: done, given up, or their deadline
+                deadline = channel.close_deadline()
+                if deadline is not None and (channel.empty() or now >= deadline):
+                    finished.append(channel)
+                elif deadline is not None:
+                    wait_until = _earliest(wait_until, deadline)
+            with self._lock:
+                if lane.busy:
                     continue
-                self._reap()
-                if not self.stopping:
-                    self.wake.wait(wait_for)
-        finally:
-            sending_threads.discard(ident)
-            if self.stopping:
-                self.client.close()
+                if lane.paused_until > now:
+                    wait_until = _earliest(wait_until, lane.paused_until)
+                    continue
+                lane.busy = True
+            got = self._take(lane, now, draining, finished)
+            if isinstance(got, _Claim):
+                with self._lock:
+                    self._rotation = (start + offset + 1) % len(lanes)  # fairness
+                self._finish(finished)
+                return got
+            with self._lock:
+                lane.busy = False
+            if got is not None:
+                wait_until = _earliest(wait_until, got)
+        self._finish(finished)
+        return wait_until
 
-    def _pick(self, now: float) -> tuple[Channel | None, float | None]:
-        """The next channel with a batch ready to send, else how long until one may be."""
-        wait_for: float | None = None
-        channels = self.channels
-        count = len(channels)
-        for offset in range(count):
-            channel = channels[(self._rotation + offset) % count]
-            how = channel.due(now, self.draining)
-            if how:
-                channel.cut(how)
-            if channel.batches:
-                ready_at = self.paused_until.get(channel.datasource, 0.0)
-                if ready_at <= now:
-                    self._rotation = (self._rotation + offset + 1) % count  # fairness
-                    return channel, None
-            elif channel.pending_count():
-                ready_at = channel.pending_since + channel.flush_interval
-            else:
+    @staticmethod
+    def _take(lane: Lane, now: float, draining: bool, skip: list[Channel]) -> _Claim | float | None:
+        """A batch from one of the lane's channels, in turn; else when one may be due."""
+        wait_until: float | None = None
+        channels = lane.channels
+        for index in range(len(channels)):
+            channel = channels[(lane.rotation + index) % len(channels)]
+            if channel in skip:
                 continue
-            delay = max(ready_at - now, 0.001)
-            wait_for = delay if wait_for is None else min(wait_for, delay)
-        return None, wait_for
+            got = channel.take(now, channel.limits.flush_interval, draining)
+            if isinstance(got, Batch):
+                lane.rotation = (lane.rotation + index + 1) % len(channels)
+                return _Claim(lane, channel, got)
+            if got is not None:
+                wait_until = _earliest(wait_until, got)
+        return wait_until
 
-    def _reap(self) -> None:
-        for channel in self.channels:
-            if channel.closed and channel.empty():
-                detach(self, channel)
+    def _finish(self, channels: list[Channel]) -> None:
+        """Detach closed channels that are empty, or past their close deadline."""
+        for channel in channels:
+            lost = channel.abandon("close_timeout")
+            if lost:
+                _diagnostics.say(
+                    f"{lost} event(s) of a closed producer for {channel.datasource!r} were not "
+                    f"delivered by its close deadline ({channel.last_error() or 'no answer'}); "
+                    "counted as 'close_timeout'."
+                )
+            self._process.detach(self, channel)
+            self._notify_progress()
 
-    # -- sending -----------------------------------------------------------------------
+    # -- sending ---------------------------------------------------------------------------
 
-    def _send_head(self, channel: Channel) -> None:
-        """Send the head batch of ``channel`` once (caller holds ``send_lock``)."""
-        batch = channel.batches[0]
-        channel.in_flight = batch.count
+    def _send(self, claim: _Claim, deadline: float | None) -> None:
+        """One attempt for a claimed batch, on this thread; releases the claim."""
+        lane, channel, batch = claim.lane, claim.channel, claim.batch
         try:
-            attempt = self.client.post(
-                channel.datasource,
-                batch.body,
-                wait=channel.wait,
-                read_timeout=self._read_timeout(channel),
+            limits = (deadline, self._process.exit_deadline(), channel.close_deadline())
+            cap = min((d for d in limits if d is not None), default=float("inf"))
+            timeout = max(self._config.timeout, 60.0) if channel.wait else self._config.timeout
+            timeout = min(timeout, cap - time.monotonic())
+            attempt = self._client.post(
+                channel.datasource, batch.body, wait=channel.wait, read_timeout=timeout
             )
+            self._apply(lane, channel, batch, attempt)
+        except Exception as exc:  # noqa: BLE001 - a bug is not a transport error: drop it
+            channel.dropped(batch, "error", f"internal error: {exc!r}", requested=False)
+            _report_internal_error(exc, f"{batch.count} event(s) for {lane.datasource!r}")
         finally:
-            channel.in_flight = 0
-        if channel.batches and channel.batches[0] is batch:  # not abandoned at exit meanwhile
-            self._apply(channel, batch, attempt)
-        with self.progress:
-            self.progress.notify_all()
+            channel.unclaim(batch)  # a no-op unless a BaseException ended the attempt
+            with self._lock:
+                lane.busy = False
+            if channel.closed:
+                self._process.budget.rebalance()
+            self._notify_progress()
 
-    def _read_timeout(self, channel: Channel) -> float:
-        timeout = max(self._config.timeout, 60.0) if channel.wait else self._config.timeout
-        if self.exit_deadline is not None:
-            timeout = min(timeout, self.exit_deadline - time.monotonic())
-        return timeout
-
-    def _apply(self, channel: Channel, batch: Batch, attempt: Attempt) -> None:
-        retries = int(batch.attempts > 0)
-        batch.attempts += 1
+    def _apply(self, lane: Lane, channel: Channel, batch: Batch, attempt: Attempt) -> None:
         outcome = _retry.classify(attempt.status)
         if outcome is _retry.Outcome.RETRY:
-            self._pause(channel.datasource, attempt, batch.attempts)
-            channel.note(_describe(self.host, attempt), requests=1, retries=retries)
-            return
-        channel.batches.popleft()
-        if outcome is _retry.Outcome.SENT:
-            channel.resolve(
-                batch,
-                sent=True,
-                requests=1,
-                retries=retries,
-                quarantined=attempt.quarantined_rows,
-                wire_bytes_sent=attempt.wire_bytes,
-            )
+            delay = _retry.delay(attempt.status, attempt.headers, batch.attempts)
+            lane.paused_until = time.monotonic() + delay
+            channel.retry(batch, _describe(self.host, attempt))
+        elif outcome is _retry.Outcome.SENT:
+            channel.sent(batch, quarantined=attempt.quarantined_rows, wire_bytes=attempt.wire_bytes)
             if attempt.quarantined_rows:
                 _diagnostics.say_once(
                     f"quarantine:{channel.datasource}",
                     f"{attempt.quarantined_rows} row(s) sent to {channel.datasource!r} did not "
                     f"fit its schema and went to {channel.datasource}_quarantine; they are not "
-                    "retried (stats()['quarantined'] counts them).",
+                    "retried (stats().quarantined counts them).",
                 )
         elif outcome is _retry.Outcome.SPLIT and batch.count > 1:
-            first, second = batch.halves()
-            channel.batches.appendleft(second)
-            channel.batches.appendleft(first)
-            channel.note(requests=1, retries=retries)
+            channel.split(batch)
         else:
-            self._drop(channel, batch, attempt, retries)
+            self._drop(channel, batch, attempt)
 
-    def _drop(self, channel: Channel, batch: Batch, attempt: Attempt, retries: int) -> None:
+    def _drop(self, channel: Channel, batch: Batch, attempt: Attempt) -> None:
         status = attempt.status or 0
         reason = "too_large" if status == 413 else f"http_{status}"
         error = _describe(self.host, attempt)
-        channel.note(error)
-        channel.resolve(batch, sent=False, reason=reason, requests=1, retries=retries)
+        channel.dropped(batch, reason, error, requested=True)
         hint = (
             "a single event exceeds the request cap (lower max_event_bytes)"
             if status == 413
@@ -213,62 +349,73 @@ class Worker:
             f"drop:{channel.datasource}:{status}",
             f"{error} for data source {channel.datasource!r}: {hint}. "
             f"Dropped {batch.count} event(s) without retrying; later batches are "
-            f"dropped the same way and counted in stats()['dropped_by_reason'][{reason!r}].",
+            f"dropped the same way and counted in stats().dropped_by_reason[{reason!r}].",
         )
 
-    def _pause(self, datasource: str, attempt: Attempt, attempts: int) -> None:
-        delay = None
-        if attempt.status in (429, 503):
-            delay = _retry.server_delay(attempt.headers)
-        if delay is None:
-            delay = _retry.backoff(attempts - 1)
-        self.paused_until[datasource] = time.monotonic() + delay
+    def _notify_progress(self) -> None:
+        with self._progress:
+            self._progress.notify_all()
 
-    # -- flush and drain ---------------------------------------------------------------
+    # -- flush and drain (the caller's or the exiting thread) ---------------------------
 
     def wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
-        """Have everything sent until ``done()`` or ``deadline``: by the worker thread when
-        one runs, else on this thread. Never starts a thread.
+        """Have everything sent until ``done()`` or ``deadline``: by the threads when they
+        run (a dead one is replaced first), else on this thread.
         """
-        if self.exit_deadline is not None:
-            deadline = min(deadline, self.exit_deadline)
-        if self.thread_alive():
-            self.wake.set()
-            with self.progress:
-                while not done():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self.progress.wait(remaining)
-            return True
-        return self._send_here(done, deadline)
+        exit_deadline = self._process.exit_deadline()
+        if exit_deadline is not None:
+            deadline = min(deadline, exit_deadline)
+        if self._senders == 0 and self._can_start():
+            self._start_sender()
+        if not self._senders:
+            return self._send_here(done, deadline)
+        self._wakeups.put(None)
+        with self._progress:
+            while not done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._progress.wait(min(remaining, _POLL))
+        return True
+
+    def hurry(self) -> None:
+        """Make every queued event due now (a flush of every channel)."""
+        for channel in self.channels():
+            channel.request_flush()
+        for _ in range(max(self._senders, 1)):
+            self._wakeups.put(None)
+
+    def drain(self, deadline: float) -> None:
+        """Send everything queued until ``deadline``, sending on this thread too when no
+        thread can take a due lane (none runs, or every one is busy with another).
+        """
+        self._send_here(lambda: all(c.empty() for c in self.channels()), deadline)
 
     def _send_here(self, done: Callable[[], bool], deadline: float) -> bool:
         ident = threading.get_ident()
-        if not self.send_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
-            return done()
-        sending_threads.add(ident)
+        sending = self._process.sending_threads
+        outer = ident in sending  # a signal handler on a sending thread
+        sending.add(ident)
         try:
             while not done():
                 now = time.monotonic()
                 if now >= deadline:
                     return False
-                channel, wait_for = self._pick(now)
-                if channel is not None:
-                    self._send_head(channel)
-                elif wait_for is None:
-                    return done()
-                else:  # a data source is paused for a retry: an interruptible wait
-                    self.wake.wait(min(wait_for, deadline - now))
+                claim = self._claim(now)
+                if isinstance(claim, _Claim):
+                    self._send(claim, deadline)
+                    continue
+                wait = deadline - now if claim is None else min(claim, deadline) - now
+                with self._progress:  # another thread's progress, or a queued line
+                    self._progress.wait(min(max(wait, 0.001), _POLL))
             return True
         finally:
-            sending_threads.discard(ident)
-            self.send_lock.release()
+            if not outer:
+                sending.discard(ident)
 
-    def drain(self, deadline: float) -> None:
-        """Send everything queued, including lines queued meanwhile, until ``deadline``."""
-        self.draining = True
-        self.wait_until(lambda: all(c.empty() for c in self.channels), deadline)
+
+def _earliest(current: float | None, candidate: float) -> float:
+    return candidate if current is None else min(current, candidate)
 
 
 def _describe(host: str, attempt: Attempt) -> str:
@@ -278,74 +425,13 @@ def _describe(host: str, attempt: Attempt) -> str:
     return f"{host} answered {attempt.status}{text}"
 
 
-# -- the registry of workers -----------------------------------------------------------
-
-_registry_lock = threading.Lock()
-workers: dict[tuple[object, ...], Worker] = {}
-
-
-def _key(config: TinybirdConfig) -> tuple[object, ...]:
-    return (
-        config.host,
-        config.token,
-        config.compression,
-        config.connect_timeout,
-        config.timeout,
-        config.ca_bundle,
-        config.background,
+def _report_internal_error(exc: Exception, lost: str) -> None:
+    """Say once per kind of error where it happened; the loop goes on."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    dropped = f"; {lost} dropped, counted as 'error'" if lost else ""
+    _diagnostics.say_once(
+        f"internal:{type(exc).__name__}{where}",
+        f"internal error in the sender ({type(exc).__name__}: {exc}{where}){dropped}. "
+        "Sending goes on; please report this.",
     )
-
-
-def attach(config: TinybirdConfig, channel: Channel) -> Worker:
-    """The shared worker for ``config``'s host, token and transport, with ``channel`` added."""
-    key = _key(config)
-    with _registry_lock:
-        worker = workers.get(key)
-        if worker is None:
-            worker = workers[key] = Worker(config)
-        worker.channels = [*worker.channels, channel]
-    return worker
-
-
-def detach(worker: Worker, channel: Channel) -> None:
-    """Remove ``channel``; the worker stops when its last channel is gone."""
-    with _registry_lock:
-        worker.channels = [c for c in worker.channels if c is not channel]
-        if worker.channels:
-            return
-        worker.stopping = True
-        for key, value in list(workers.items()):
-            if value is worker:
-                del workers[key]
-    worker.wake.set()
-    if worker.thread is None:
-        worker.client.close()
-
-
-def _before_fork() -> None:
-    _registry_lock.acquire()
-    for worker in workers.values():
-        for channel in worker.channels:
-            channel.lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    for worker in workers.values():
-        for channel in worker.channels:
-            channel.lock.release()
-    _registry_lock.release()
-
-
-def _after_fork_in_child() -> None:
-    global _registry_lock  # noqa: PLW0603 - the parent's lock object may be held forever
-    _registry_lock = threading.Lock()
-    sending_threads.clear()
-    for worker in workers.values():
-        worker.after_fork_in_child()
-
-
-os.register_at_fork(
-    before=_before_fork,
-    after_in_parent=_after_fork_in_parent,
-    after_in_child=_after_fork_in_child,
-)

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinybird_export._channel import DeliveryStats
-from tinybird_export._config import TinybirdConfig
+from tinybird_export._config import EventsSettings, TinybirdConfig, kind
 from tinybird_export._producer import Producer
 from tinybird_export._record_mapper import plain_event
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = ["TinybirdEvents"]
+
+_KIND = kind("TinybirdEvents", EventsSettings)
 
 
 class TinybirdEvents:
     """Sends plain dicts to a data source, with the handler's batching and guarantees.
 
-    ``send`` copies the event, fills in ``timestamp`` (UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``)
-    and ``event_id`` when absent, encodes it and queues it; it never blocks or does I/O.
-    Settings are those of ``TinybirdHandler`` (same arguments, same environment variables).
+    ``send`` copies the event, adds the static ``fields`` (the event's own keys win), fills
+    in ``timestamp`` (UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``) and ``event_id`` when absent,
+    encodes it and queues it; it never blocks or does I/O. Settings are the handler's
+    (same arguments, same environment variables) but for the log-record ones, ``service``
+    and ``extras``, which are refused.
 
     Example::
 
@@ -26,14 +33,9 @@ class TinybirdEvents:
         events.send({"href": "https://shop.example/", "event": "page_view"})
     """
 
-    def __init__(
-        self,
-        datasource: str | None = None,
-        token: str | None = None,
-        host: str | None = None,
-        **settings: Any,
-    ) -> None:
-        config = TinybirdConfig.resolve(datasource=datasource, token=token, host=host, **settings)
+    def __init__(self, datasource: str | None = None, **settings: Unpack[EventsSettings]) -> None:
+        config = TinybirdConfig.resolve({"datasource": datasource, **settings}, kind=_KIND)
+        self._fields = dict(config.fields)
         self._producer = Producer(config, "TinybirdEvents")
 
     def __repr__(self) -> str:
@@ -48,7 +50,7 @@ class TinybirdEvents:
         """
         if not isinstance(event, Mapping):
             raise TypeError(f"TinybirdEvents.send takes a mapping, not {type(event).__name__}")
-        self._producer.put(plain_event(event))
+        self._producer.put(plain_event(event, self._fields))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event sent before the call is acknowledged, or ``timeout``.

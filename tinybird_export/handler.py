@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tinybird_export._channel import DeliveryStats
-from tinybird_export._config import TinybirdConfig
+from tinybird_export._config import HandlerSettings, TinybirdConfig, kind
+from tinybird_export._process import PROCESS
 from tinybird_export._producer import Producer
 from tinybird_export._record_mapper import RecordMapper
-from tinybird_export._worker import sending_threads
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["TinybirdHandler"]
 
 _get_ident = threading.get_ident
+_sending_threads = PROCESS.sending_threads
+_KIND = kind("TinybirdHandler", HandlerSettings)
 
 
 class TinybirdHandler(logging.Handler):
@@ -28,29 +33,32 @@ class TinybirdHandler(logging.Handler):
 
     Args:
         datasource: Data source to append to (``TINYBIRD_DATASOURCE``); required.
-        token: Token with ``DATASOURCE:APPEND`` (``TINYBIRD_TOKEN``). Without one the handler
-            disables itself and says so once on stderr.
-        host: API base URL (``TINYBIRD_HOST``), default ``https://api.tinybird.co``.
         level: The handler's level, as for any handler.
-        **settings: Every other setting of the README's configuration table (``wait``,
-            ``flush_interval``, ``service``, ``fields``, ``extras``, batch and queue
-            limits, timeouts, ``compression``, ``before_send``...).
+        **settings: The settings of the README's configuration table, keyword-only:
+            ``token`` (``TINYBIRD_TOKEN``; without one the handler disables itself and says
+            so once on stderr), ``host``, ``wait``, ``flush_interval``, ``service``,
+            ``fields``, ``extras``, batch and queue limits, timeouts, ``compression``,
+            ``before_send``...
 
     Raises:
         ValueError: A setting is missing or invalid; the message names it and its env var.
+        TypeError: An unknown setting (the message suggests the nearest name), or one that
+            does not apply to a handler.
     """
 
     def __init__(
         self,
         datasource: str | None = None,
-        token: str | None = None,
-        host: str | None = None,
+        *,
         level: int | str = logging.NOTSET,
-        **settings: Any,
+        **settings: Unpack[HandlerSettings],
     ) -> None:
+        # Settings first: a handler that fails here must not be registered with logging
+        # (logging.shutdown would flush a half-built handler at exit).
+        config = TinybirdConfig.resolve({"datasource": datasource, **settings}, kind=_KIND)
+        mapper = RecordMapper(config.service, config.fields, config.extras)
         super().__init__(level)
-        config = TinybirdConfig.resolve(datasource=datasource, token=token, host=host, **settings)
-        self._mapper = RecordMapper(config.service, config.fields, config.extras)
+        self._mapper = mapper
         self._producer = Producer(config, "TinybirdHandler")
 
     def __repr__(self) -> str:
@@ -65,7 +73,7 @@ class TinybirdHandler(logging.Handler):
         it. Records created by a thread that is sending (our worker, urllib3 inside a send)
         are dropped here, before any lock, so the handler never feeds on itself.
         """
-        if _get_ident() in sending_threads:
+        if _get_ident() in _sending_threads:
             return False
         if not self.filters:  # the usual case, kept to one check
             self.emit(record)

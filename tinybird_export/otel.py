@@ -7,19 +7,20 @@ Both put events through the same producer and shared worker as ``TinybirdHandler
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from tinybird_export._channel import DeliveryStats
-from tinybird_export._config import TinybirdConfig
+from tinybird_export._config import ExporterSettings, TinybirdConfig, kind
 from tinybird_export._otel_mapper import log_to_flat, log_to_otel, span_to_flat, span_to_otel
 from tinybird_export._producer import Producer
-from tinybird_export._worker import sending_threads
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 try:  # opentelemetry-sdk >= 1.39 renamed the logs exporter interface
     from opentelemetry.sdk._logs.export import LogRecordExporter as _LogExporterBase
@@ -40,14 +41,16 @@ class _Exporter:
         datasource_env: str,
         defaults: dict[str, str],
         converters: dict[str, Callable[[Any], dict[str, Any]]],
-        settings: dict[str, Any],
+        settings: Mapping[str, Any],
     ) -> None:
-        shape = TinybirdConfig.resolve(datasource="x", shape=settings.get("shape")).shape
         config = TinybirdConfig.resolve(
-            datasource_env=datasource_env, default_datasource=defaults[shape], **settings
+            settings,
+            kind=kind(label, ExporterSettings),
+            datasource_env=datasource_env,
+            default_datasource=lambda values: defaults[values.get("shape", "flat")],
         )
         self._producer = Producer(config, label)
-        self._convert = converters[shape]
+        self._convert = converters[config.shape]
         self._lock = threading.Lock()
         self._is_shutdown = False
 
@@ -93,10 +96,11 @@ class TinybirdSpanExporter(_Exporter, SpanExporter):
         datasource: Data source (``TINYBIRD_TRACES_DATASOURCE``).
         shape: ``flat`` (default) or ``otel`` (Tinybird's OpenTelemetry template),
             ``TINYBIRD_OTEL_SHAPE``.
-        **settings: Any other setting of the README's table.
+        **settings: Any other setting of the README's table, keyword-only (``service``,
+            ``fields`` and ``extras`` do not apply: spans carry their resource).
     """
 
-    def __init__(self, datasource: str | None = None, **settings: Any) -> None:
+    def __init__(self, datasource: str | None = None, **settings: Unpack[ExporterSettings]) -> None:
         super().__init__(
             "TinybirdSpanExporter",
             "TINYBIRD_TRACES_DATASOURCE",
@@ -116,12 +120,11 @@ class TinybirdLogExporter(_Exporter, _LogExporterBase):
 
     Same rules as ``TinybirdSpanExporter``; the data source is ``TINYBIRD_LOGS_DATASOURCE``,
     default ``logs`` (flat shape, the handler's log event schema) or ``otel_logs`` (``otel``).
-    Records that urllib3 produces while this package sends are never exported: a filter on
-    urllib3's loggers drops them before any handler (OpenTelemetry's ``LoggingHandler``
-    included) sees them, so a failing endpoint cannot feed back into itself.
+    Records that urllib3 produces while this package sends are never exported (see
+    ``_process``'s recursion guard), so a failing endpoint cannot feed back into itself.
     """
 
-    def __init__(self, datasource: str | None = None, **settings: Any) -> None:
+    def __init__(self, datasource: str | None = None, **settings: Unpack[ExporterSettings]) -> None:
         super().__init__(
             "TinybirdLogExporter",
             "TINYBIRD_LOGS_DATASOURCE",
@@ -129,35 +132,7 @@ class TinybirdLogExporter(_Exporter, _LogExporterBase):
             {"flat": log_to_flat, "otel": log_to_otel},
             {"datasource": datasource, **settings},
         )
-        _guard_urllib3_loggers()
 
     def export(self, batch: Sequence[Any]) -> Any:
         """Convert and queue the log records (no I/O); FAILURE after shutdown."""
         return _LogResult.SUCCESS if self._put_all(batch) else _LogResult.FAILURE
-
-
-class _DropOwnSends(logging.Filter):
-    """Drops records created on a thread that is sending for this package."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return threading.get_ident() not in sending_threads
-
-
-_URLLIB3_LOGGERS = (
-    "urllib3",
-    "urllib3.connectionpool",
-    "urllib3.connection",
-    "urllib3.poolmanager",
-    "urllib3.response",
-    "urllib3.util.retry",
-)
-_drop_own_sends = _DropOwnSends()
-
-
-def _guard_urllib3_loggers() -> None:
-    # Logger filters run in Logger.handle, before any handler: they protect handlers we do
-    # not own. Adding a filter changes neither levels nor propagation of urllib3's loggers.
-    for name in _URLLIB3_LOGGERS:
-        logger = logging.getLogger(name)
-        if _drop_own_sends not in logger.filters:
-            logger.addFilter(_drop_own_sends)

@@ -1,0 +1,426 @@
+"""The runtime's integrity: right fields, a supervised worker, one memory budget per process,
+fork and exit without deadlocks or double counting, data sources that do not wait on each
+other, and honest configuration. Each test reproduces a defect found in review."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import run_python
+from tests.test_exit import PRELUDE, child_env, closed_port_url
+from tinybird_export import TinybirdEvents, TinybirdHandler, _retry
+from tinybird_export._record_mapper import RecordMapper
+from tinybird_export.testing import EventsServer, Reply
+
+
+class TestCallSiteCache:
+    def test_records_from_other_processes_keep_their_own_fields(
+        self, server: EventsServer, tmp_path: Path
+    ) -> None:
+        """spawn children log through QueueHandler into a QueueListener(TinybirdHandler)."""
+        result = run_python(
+            """
+            import logging, logging.handlers, multiprocessing, os
+            from tinybird_export import TinybirdHandler
+
+            def child(queue):
+                log = logging.getLogger("app")
+                log.addHandler(logging.handlers.QueueHandler(queue))
+                log.setLevel(logging.INFO)
+                log.info("from the child")  # one call site, three processes
+
+            if __name__ == "__main__":
+                ctx = multiprocessing.get_context("spawn")
+                queue = ctx.Queue()
+                handler = TinybirdHandler()
+                listener = logging.handlers.QueueListener(queue, handler)
+                listener.start()
+                procs = [ctx.Process(target=child, args=(queue,)) for _ in range(3)]
+                for p in procs: p.start()
+                for p in procs: p.join(30)
+                listener.stop()
+                print(sorted(p.pid for p in procs), handler.flush(10))
+        """,
+            child_env(server),
+            script=tmp_path / "spawned.py",
+        )
+        assert result.returncode == 0, result.stderr
+        pids_text, ok = result.stdout.strip().rsplit(" ", 1)
+        assert ok == "True"
+        assert sorted(e["process"] for e in server.events()) == eval(pids_text)
+
+    _text = st.text(max_size=8)
+
+    @settings(
+        derandomize=True,
+        deadline=None,
+        max_examples=150,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(
+        records=st.lists(
+            st.fixed_dictionaries(
+                {
+                    "levelname": _text,
+                    "name": _text,
+                    "module": _text,
+                    "funcName": _text,
+                    "process": st.integers(0, 2**22),
+                    "processName": _text,
+                    "thread": st.integers(0, 2**40),
+                    "threadName": _text,
+                    "msg": _text,
+                }
+            ),
+            min_size=2,
+            max_size=4,
+        )
+    )
+    def test_fast_path_matches_dict_path_whatever_varies(
+        self, records: list[dict[str, Any]]
+    ) -> None:
+        """Every LogRecord attribute varied on one call site (same path and line)."""
+        mapper = RecordMapper("svc", {"env": "prod"}, "both")
+        for values in records:
+            record = logging.LogRecord("base", logging.INFO, "/app/views.py", 12, "m", (), None)
+            record.__dict__.update(values)
+            record.created = 1_700_000_000.25
+            line, truncated = mapper.encode(record, 1 << 20)
+            expected = mapper(record)
+            import orjson
+
+            event = orjson.loads(line)  # type: ignore[arg-type]
+            # event_id is drawn per call; everything else must be the record's own.
+            event.pop("event_id")
+            expected.pop("event_id")
+            assert event == expected
+            assert not truncated
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
+    """Make ``module.name`` raise RuntimeError on its first call (a bug inside the loop)."""
+    original = getattr(module, name)
+    calls: list[int] = []
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected bug")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, broken)
+    return calls
+
+
+class TestSupervisedWorker:
+    def test_an_iteration_that_raises_is_reported_once_and_the_loop_goes_on(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        fail_once(monkeypatch, _retry, "classify")
+        handler = make_handler(flush_interval=0.05)
+        logger.addHandler(handler)
+        logger.info("lost to the bug")
+        assert server.wait_for(lambda: server.request_count >= 1, 10)
+        logger.info("after the bug")  # no explicit flush: the interval must still work
+        assert server.wait_for(lambda: "after the bug" in str(server.events()), 10)
+        err = capsys.readouterr().err
+        assert err.count("injected bug") == 1, err
+        stats = handler.stats()
+        assert stats.dropped_by_reason.get("error") == 1
+        assert stats.emitted == stats.sent + stats.dropped + stats.queued + stats.in_flight
+
+    def test_a_bug_in_the_send_is_dropped_as_error_not_retried(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        from tinybird_export import _client
+
+        fail_once(monkeypatch, _client, "_gzip")
+        handler = make_handler()
+        logger.addHandler(handler)
+        logger.info("hit by the bug")
+        assert handler.flush(5) is False
+        logger.info("sent")
+        assert handler.flush(5)
+        assert [e["event"] for e in server.events()] == ["sent"]
+        stats = handler.stats()
+        assert stats.dropped_by_reason == {"error": 1}
+        assert stats.retries == 0
+        assert "injected bug" in capsys.readouterr().err
+
+    @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+    def test_a_dead_worker_thread_is_restarted_by_the_next_enqueue(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A BaseException that escapes the loop ends the thread; the next enqueue starts
+        another, and the batch it held is sent, not lost."""
+        original = _retry.classify
+        calls: list[int] = []
+
+        def exits_once(status: int | None) -> _retry.Outcome:
+            calls.append(1)
+            if len(calls) == 1:
+                raise SystemExit  # ends a thread quietly
+            return original(status)
+
+        monkeypatch.setattr(_retry, "classify", exits_once)
+        handler = make_handler(flush_interval=0.05)
+        logger.addHandler(handler)
+        logger.info("first")
+        worker = handler._producer.worker
+        assert server.wait_for(lambda: server.request_count >= 1, 10)
+        assert wait_until(lambda: worker._senders == 0)  # the thread is gone
+        logger.info("second")
+        assert server.wait_for(lambda: len(server.events()) == 3, 10)
+        # The first request's answer was lost with the thread, so its batch went again.
+        assert [e["event"] for e in server.events()] == ["first", "first", "second"]
+        assert handler.flush(10)
+        stats = handler.stats()
+        assert (stats.sent, stats.dropped, stats.queued) == (2, 0, 0)
+
+
+def wait_until(predicate: Any, timeout: float = 10) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout``: for state no event announces."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class TestMemoryBudget:
+    def test_dictconfig_reloads_during_an_outage_share_one_budget(self) -> None:
+        result = run_python(
+            """
+            import logging, logging.config
+            from tinybird_export import TinybirdHandler
+            cfg = {"version": 1,
+                   "handlers": {"tb": {"class": "tinybird_export.TinybirdHandler",
+                                       "queue_max_bytes": 2 * 1024 * 1024,
+                                       "batch_max_bytes": 1024 * 1024,
+                                       "flush_timeout": 0.3, "exit_timeout": 0.5}},
+                   "root": {"handlers": ["tb"], "level": "INFO"}}
+            handlers = []
+            for reload in range(5):
+                logging.config.dictConfig(cfg)
+                handlers.append(logging.getLogger().handlers[0])
+                for i in range(4000):
+                    logging.info("%s", "x" * 900)
+            held = sum(h.stats().queued_bytes for h in handlers)
+            print(held)
+        """,
+            {
+                "TINYBIRD_HOST": closed_port_url(),
+                "TINYBIRD_TOKEN": "t",
+                "TINYBIRD_DATASOURCE": "app_logs",
+            },
+        )
+        assert result.returncode == 0, result.stderr
+        assert int(result.stdout) <= 2 * 1024 * 1024
+        # One report line, one entry for the one data source and host.
+        lines = [line for line in result.stderr.splitlines() if "not delivered" in line]
+        assert len(lines) == 1, result.stderr
+        assert lines[0].count("'app_logs'") == 1, lines[0]
+
+    def test_a_closed_handlers_queue_is_given_up_at_its_deadline(
+        self, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        handler = make_handler(host=closed_port_url(), flush_timeout=0.2)
+        logger.addHandler(handler)
+        logger.info("x")
+        handler.close()
+        assert wait_until(lambda: handler.stats().queued == 0)  # given up by the worker
+        stats = handler.stats()
+        assert stats.dropped_by_reason == {"close_timeout": 1}
+        assert stats.queued == stats.in_flight == 0
+
+
+class TestForkAndExit:
+    def test_a_before_fork_hook_that_logs_does_not_deadlock(self, server: EventsServer) -> None:
+        result = run_python(
+            """
+            import logging, os
+            log = logging.getLogger("app"); log.propagate = False; log.setLevel(logging.INFO)
+            os.register_at_fork(before=lambda: log.info("about to fork"))
+            from tinybird_export import TinybirdHandler
+            handler = TinybirdHandler(flush_interval=60)
+            log.addHandler(handler)
+            log.info("parent")
+            pid = os.fork()
+            if pid == 0:
+                log.info("child")
+                os._exit(0 if handler.flush(10) else 3)
+            _, status = os.waitpid(pid, 0)
+            print(os.waitstatus_to_exitcode(status), handler.flush(10))
+        """,
+            child_env(server),
+            timeout=30,
+        )
+        assert result.stdout.split() == ["0", "True"], result.stderr
+        assert sorted(e["event"] for e in server.events()) == ["about to fork", "child", "parent"]
+
+    @pytest.mark.parametrize("delay", [0.44, 0.47, 0.5, 0.53])
+    def test_exit_while_the_last_answer_arrives_counts_each_event_once(
+        self, server: EventsServer, delay: float
+    ) -> None:
+        """The answer comes back right as the exit budget runs out."""
+        server.respond(Reply(delay=delay))
+        result = run_python(
+            """
+            import atexit, logging
+            # Registered before the package's own exit drain, so it runs after it.
+            atexit.register(lambda: print(handler.stats().dropped, handler.stats().sent))
+            from tinybird_export import TinybirdHandler
+            log = logging.getLogger("app"); log.propagate = False; log.setLevel(logging.INFO)
+            handler = TinybirdHandler(exit_timeout=0.5, flush_interval=60)
+            log.addHandler(handler)
+            for i in range(100):
+                log.info("n %d", i)
+        """,
+            child_env(server),
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        dropped, sent = map(int, result.stdout.split())
+        assert dropped + sent == 100
+        lost = re.search(r"(\d+) event\(s\) not delivered", result.stderr)
+        assert (int(lost.group(1)) if lost else 0) == dropped
+
+    def test_sigterm_drains_before_a_previous_handler_that_exits(
+        self, server: EventsServer
+    ) -> None:
+        code = (
+            PRELUDE
+            + """
+            import signal
+            from tinybird_export import install_sigterm_handler
+            signal.signal(signal.SIGTERM, lambda s, f: os._exit(7))  # a framework's hard stop
+            install_sigterm_handler()
+            log.addHandler(TinybirdHandler(flush_interval=60))
+            for i in range(100):
+                log.info("n %d", i)
+            print("ready", flush=True)
+            threading.Event().wait(60)
+        """
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            env={**os.environ, **child_env(server)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 7, err
+        assert len(server.events()) == 100
+
+
+class TestIndependentDataSources:
+    def test_a_hanging_data_source_does_not_hold_up_another(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        server.script(Reply(hang=True))  # the first request: data source A's
+        slow = make_handler(datasource="slow_a", timeout=30, flush_interval=0.2)
+        fast = make_handler(datasource="fast_b", timeout=30, flush_interval=0.2)
+        logger.addHandler(slow)
+        logger.info("a")
+        assert server.wait_for(lambda: server.arrivals >= 1, 10)
+        logger.removeHandler(slow)
+        logger.addHandler(fast)
+        started = time.monotonic()
+        logger.info("b")
+        try:
+            assert server.wait_for(lambda: len(server.events("fast_b")) == 1, 0.2 + 1.0)
+            assert time.monotonic() - started <= 1.2 + 0.5
+        finally:
+            server.release()
+        assert slow.flush(10)
+
+
+class TestHonestConfiguration:
+    def test_events_apply_static_fields(self, server: EventsServer, make_events: Any) -> None:
+        events = make_events(fields={"environment": "prod"})
+        events.send({"event": "page_view", "environment": "mine"})
+        events.send({"event": "click"})
+        assert events.flush(10)
+        assert [e["environment"] for e in server.events()] == ["mine", "prod"]
+
+    @pytest.mark.parametrize(("name", "value"), [("service", "shop"), ("extras", "flat")])
+    def test_settings_that_do_not_apply_are_refused(self, name: str, value: str) -> None:
+        with pytest.raises(TypeError, match=f"{name}.*TinybirdEvents"):
+            TinybirdEvents(datasource="x", token="t", **{name: value})
+
+    def test_handler_refuses_the_otel_shape(self) -> None:
+        with pytest.raises(TypeError, match="shape"):
+            TinybirdHandler(datasource="x", token="t", shape="otel")  # type: ignore[call-arg]
+
+    def test_unknown_setting_suggests_the_nearest_name(self) -> None:
+        with pytest.raises(TypeError, match="did you mean 'datasource'"):
+            TinybirdHandler(datasorce="x", token="t")  # type: ignore[call-arg]
+
+    @pytest.mark.parametrize(("text", "expected"), [("false", False), ("0", False), ("yes", True)])
+    def test_integration_flags_parse_booleans(self, text: str, expected: bool) -> None:
+        from tinybird_export._context import env_flag
+
+        assert env_flag("ACCESS_EVENTS", text) is expected
+
+    def test_a_failed_construction_in_dictconfig_leaves_nothing_behind(self) -> None:
+        result = run_python("""
+            import logging.config
+            try:
+                logging.config.dictConfig({"version": 1, "handlers": {"tb": {
+                    "class": "tinybird_export.TinybirdHandler", "datasource": "x",
+                    "token": "t", "flush_interval": "soon"}}})
+            except ValueError as exc:
+                print("refused:", "flush_interval" in str(exc.__cause__))
+        """)
+        assert result.stdout.strip() == "refused: True"
+        assert result.returncode == 0
+        assert result.stderr == ""
+
+    def test_the_quarantine_hint_can_be_followed(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        server.respond(Reply(quarantine=1))
+        handler = make_handler(datasource="hinted")
+        logger.addHandler(handler)
+        logger.info("x")
+        assert handler.flush(10)
+        err = capsys.readouterr().err
+        expressions = re.findall(r"stats\(\)[.\[][^ ;,]*[\w\]]", err)
+        assert expressions, err
+        for expression in expressions:
+            assert eval("handler." + expression, {"handler": handler}) == 1

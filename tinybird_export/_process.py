@@ -1,0 +1,229 @@
+"""The one owner of what is process-wide: workers, sending threads, exit, fork, memory.
+
+``PROCESS`` holds the registry of workers (one per host, token and transport), the set of
+threads that are sending (the recursion guard), the exit deadline, the memory budget, and
+every hook into the interpreter: one ``atexit`` drain, one fork hook that resets the
+child's state in a fixed order, and multiprocessing's finalizer. No other module changes
+this state; they call its methods.
+
+Exit: ``atexit`` runs hooks last-registered-first, and this module registers after
+``logging`` was imported, so the drain runs before ``logging.shutdown`` closes handlers.
+The drain runs on the exiting thread (the worker threads, if alive, keep sending meanwhile)
+and never starts a thread (peers.md §3 row 5: OpenTelemetry's thread-at-shutdown bug).
+
+Fork: no lock of this package is held across ``fork()``: a ``before`` hook registered by
+the application (which may log) can then never deadlock on one. The child forgets the
+parent's queues (the parent sends them), builds new locks, pools and threads lazily, and
+redraws its event-id prefix.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Final
+
+from tinybird_export import _diagnostics, _fields
+from tinybird_export._budget import MemoryBudget
+from tinybird_export._channel import Channel
+from tinybird_export._config import TinybirdConfig
+from tinybird_export._worker import Worker
+
+# Every logger urllib3 creates a record on (logging.getLogger(__name__) in its modules).
+_URLLIB3_LOGGERS: Final = (
+    "urllib3",
+    "urllib3.connectionpool",
+    "urllib3.connection",
+    "urllib3.poolmanager",
+    "urllib3.response",
+    "urllib3.util.retry",
+    "urllib3.contrib.pyopenssl",
+    "urllib3.http2.connection",
+)
+
+
+class Process:
+    """Process-wide state and its hooks; one instance, ``PROCESS``."""
+
+    def __init__(self) -> None:
+        self.sending_threads: set[int] = set()
+        """Threads sending right now: records they create are dropped by the handler."""
+        self.budget = MemoryBudget()
+        self._workers: dict[tuple[object, ...], Worker] = {}
+        self._reset_locks()
+        self._exit_deadline: float | None = None
+        self._multiprocessing_hooked = False
+        self._finalizer_pid = 0
+
+    def _reset_locks(self) -> None:
+        # Re-entrant: a signal handler that logs may run while this thread holds it.
+        self._lock = threading.RLock()
+
+    # -- the registry of workers ---------------------------------------------------------
+
+    def attach(self, config: TinybirdConfig, channel: Channel) -> Worker:
+        """The shared worker for ``config``'s host, token and transport, with ``channel``."""
+        key = (
+            config.host,
+            config.token,
+            config.compression,
+            config.connect_timeout,
+            config.timeout,
+            config.ca_bundle,
+            config.background,
+        )
+        with self._lock:
+            worker = self._workers.get(key)
+            if worker is None:
+                worker = self._workers[key] = Worker(config, self)
+            worker.add(channel)
+            self.budget.add(channel)
+        self._hook_multiprocessing()
+        self._guard_urllib3_loggers()
+        return worker
+
+    def detach(self, worker: Worker, channel: Channel) -> None:
+        """Remove ``channel``; the worker stops when its last channel is gone."""
+        with self._lock:
+            self.budget.remove(channel)
+            if worker.remove(channel):
+                return
+            self._workers = {k: w for k, w in self._workers.items() if w is not worker}
+        worker.stop()
+
+    def workers(self) -> list[Worker]:
+        """The workers of this process."""
+        with self._lock:
+            return list(self._workers.values())
+
+    def _guard_urllib3_loggers(self) -> None:
+        """Drop the records that urllib3 creates on a sending thread, before any handler.
+
+        ``TinybirdHandler.handle`` drops records created on a sending thread, but only when
+        it runs on that thread: behind a ``QueueHandler`` it runs on the listener's, and
+        OpenTelemetry's ``LoggingHandler`` is not ours. Logger filters run in the creating
+        thread's ``Logger.handle``, before any handler, and change neither levels nor
+        propagation.
+        """
+        for name in _URLLIB3_LOGGERS:
+            logger = logging.getLogger(name)
+            if self._drop_own_sends not in logger.filters:
+                logger.addFilter(self._drop_own_sends)
+
+    def _drop_own_sends(self, record: logging.LogRecord) -> bool:
+        return threading.get_ident() not in self.sending_threads
+
+    # -- exit ----------------------------------------------------------------------------
+
+    def exit_deadline(self) -> float | None:
+        """When the exit budget runs out, once the process is exiting; else ``None``."""
+        return self._exit_deadline
+
+    def exiting(self) -> bool:
+        """Whether the exit drain has begun (no thread may start then)."""
+        return self._exit_deadline is not None
+
+    def exit(self) -> None:
+        """Send what is queued within the exit budget, then report what could not be sent.
+
+        The first call fixes the deadline (the longest ``exit_timeout`` of the producers);
+        later calls (records logged by later hooks) send within what is left of it.
+        """
+        workers = self.workers()
+        if not workers:
+            return
+        with self._lock:
+            if self._exit_deadline is None:
+                budget = max(w.exit_timeout for w in workers)
+                self._exit_deadline = time.monotonic() + budget
+            deadline = self._exit_deadline
+        self.drain(workers, deadline)
+        budget_text = f"{max(w.exit_timeout for w in workers):g} s"
+        report_undelivered(
+            [c for w in workers for c in w.channels()], f"at exit (exit budget {budget_text})"
+        )
+
+    def flush_all(self, timeout: float) -> None:
+        """Send everything queued now, within ``timeout``, without entering exit (a signal
+        that the application handles, an ASGI lifespan shutdown).
+        """
+        self.drain(self.workers(), time.monotonic() + timeout)
+
+    def drain(self, workers: Iterable[Worker], deadline: float) -> None:
+        """Make every queued event due and wait for the workers until ``deadline``."""
+        workers = list(workers)
+        for worker in workers:
+            worker.hurry()
+        for worker in workers:
+            worker.drain(deadline)
+
+    # -- fork and multiprocessing --------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """Reset the child's state, in this order: locks, ids, workers and their channels,
+        then multiprocessing's hook (its after-fork callbacks run right after this).
+        """
+        _diagnostics.after_fork_in_child()
+        self._reset_locks()
+        self.budget.after_fork_in_child()
+        _fields.event_ids.reset()
+        self.sending_threads.clear()
+        self._exit_deadline = None
+        for worker in self._workers.values():
+            worker.after_fork_in_child()
+        self.budget.rebalance()
+        if self._workers:  # a multiprocessing child bootstraps next: drain at its end
+            self._hook_multiprocessing()
+
+    def _hook_multiprocessing(self) -> None:
+        """Multiprocessing's children end with ``os._exit``, skipping ``atexit``: drain in a
+        finalizer there (registered only when multiprocessing is in use).
+        """
+        util = sys.modules.get("multiprocessing.util")
+        if util is None:
+            return
+        with self._lock:
+            if not self._multiprocessing_hooked:
+                # Runs in every child multiprocessing bootstraps after importing us.
+                util.register_after_fork(self, lambda _: self._register_finalizer(util))
+                self._multiprocessing_hooked = True
+            parent = sys.modules["multiprocessing"].parent_process()
+            if parent is not None and self._finalizer_pid != os.getpid():
+                # Imported inside a child (spawn, forkserver): after its after-fork hooks.
+                self._register_finalizer(util)
+
+    def _register_finalizer(self, util: object) -> None:
+        self._finalizer_pid = os.getpid()
+        util.Finalize(None, self.exit, exitpriority=100)  # type: ignore[attr-defined]
+
+
+def report_undelivered(channels: Iterable[Channel], when: str) -> None:
+    """Count what is still queued as dropped (``exit_timeout``) and say so in one line,
+    one entry per data source and host.
+    """
+    lost: dict[tuple[str, str], list[int | str]] = {}
+    for channel in channels:
+        count = channel.abandon("exit_timeout")
+        if count:
+            entry = lost.setdefault((channel.datasource, channel.host), [0, ""])
+            entry[0] = int(entry[0]) + count
+            entry[1] = channel.last_error() or entry[1]
+    if not lost:
+        return
+    total = sum(int(count) for count, _ in lost.values())
+    reasons = "; ".join(
+        f"{count} for {datasource!r} ({error or 'the endpoint did not answer in time'})"
+        for (datasource, _host), (count, error) in lost.items()
+    )
+    _diagnostics.say(f"{total} event(s) not delivered {when}: {reasons}")
+
+
+PROCESS = Process()
+
+atexit.register(PROCESS.exit)
+os.register_at_fork(after_in_child=PROCESS._after_fork_in_child)
