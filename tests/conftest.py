@@ -17,6 +17,27 @@ from tinybird_export import TinybirdEvents, TinybirdHandler, _diagnostics
 from tinybird_export.testing import EventsServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OFFLINE = os.path.join(ROOT, "tests", "offline")
+
+# Nothing leaves the machine: this process and every Python subprocess it starts refuse
+# non-loopback lookups and connections (tests/offline/sitecustomize.py).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [OFFLINE, ROOT, os.environ.get("PYTHONPATH", "")])
+)
+sys.path.insert(0, OFFLINE)
+import sitecustomize  # noqa: E402, F401 - the guard, for this process too
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_the_machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail the run if any process of it tried to reach beyond loopback."""
+    record = tmp_path_factory.mktemp("offline") / "blocked.txt"
+    record.touch()
+    os.environ["OFFLINE_GUARD_LOG"] = str(record)
+    yield
+    attempts = record.read_text()
+    if attempts:
+        pytest.fail(f"the test suite tried to leave the machine:\n{attempts}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

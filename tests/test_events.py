@@ -283,10 +283,15 @@ def test_no_otel_import(server: EventsServer) -> None:
     """The handler imports nothing from OpenTelemetry."""
     from tests.conftest import run_python
 
-    result = run_python("""
+    result = run_python(
+        f"""
         import logging, sys, tinybird_export
-        h = tinybird_export.TinybirdHandler(datasource="x", token="t")
+        h = tinybird_export.TinybirdHandler(
+            datasource="x", token="{server.token}", host="{server.url}"
+        )
         logging.getLogger().addHandler(h); logging.warning("x")
         print(sorted(m for m in sys.modules if m.startswith(("opentelemetry", "django", "flask"))))
-    """)
+    """
+    )
     assert result.stdout.strip() == "[]", result.stderr
+    assert result.stderr == ""

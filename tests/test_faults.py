@@ -253,6 +253,7 @@ class TestOutage:
     ) -> None:
         handler = make_handler(
             host=closed_port_url(),
+            flush_timeout=0.1,
             queue_max_bytes=200_000,
             batch_max_bytes=100_000,
             max_event_bytes=10_000,
@@ -481,7 +482,11 @@ class TestTransport:
             via_proxy.close()
         monkeypatch.setenv("NO_PROXY", "127.0.0.3")
         direct = TinybirdHandler(
-            datasource="direct", host="http://127.0.0.3:9", token=server.token, exit_timeout=0
+            datasource="direct",
+            host="http://127.0.0.3:9",
+            token=server.token,
+            exit_timeout=0,
+            flush_timeout=0.1,
         )
         try:
             logger.addHandler(direct)
@@ -526,7 +531,7 @@ class TestSynchronousMode:
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
         server.respond(Reply(status=503, headers={"Retry-After": "30"}))
-        handler = make_handler(background=False, datasource="sync_slow")
+        handler = make_handler(background=False, datasource="sync_slow", flush_timeout=0.1)
         logger.addHandler(handler)
         logger.info("x")
         started = time.monotonic()

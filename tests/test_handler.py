@@ -280,6 +280,46 @@ class TestFlushAndStats:
         assert handler.stats().dropped_by_reason == {"closed": 1}
 
 
+class TestHandlerContract:
+    def test_a_failing_emit_never_raises_into_the_app_and_is_counted(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        handler = make_handler()
+        logger.addHandler(handler)
+
+        def broken(record: logging.LogRecord, max_bytes: int) -> Any:
+            raise RuntimeError("mapper bug")
+
+        monkeypatch.setattr(handler._mapper, "encode", broken)
+        monkeypatch.setattr(logging, "raiseExceptions", True)  # the default, said aloud
+        logger.info("lost")  # does not raise
+        monkeypatch.undo()
+        logger.info("kept")
+        assert handler.flush(10)
+        assert [e["event"] for e in server.events()] == ["kept"]
+        assert handler.stats().dropped_by_reason == {"error": 1}
+        assert "RuntimeError: mapper bug" in capsys.readouterr().err  # logging's handleError
+
+    def test_handler_filters_drop_and_pass_records(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        handler = make_handler()
+        handler.addFilter(lambda record: "secret" not in record.getMessage())
+        handler.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        logger.info("public")
+        logger.info("a secret")
+        logger.debug("below the handler's level")
+        assert handler.flush(10)
+        assert [e["event"] for e in server.events()] == ["public"]
+        assert handler.stats().emitted == 1
+
+
 class TestSharedWorker:
     def test_same_host_and_token_share_one_worker(
         self, server: EventsServer, make_handler: Any, make_events: Any, logger: logging.Logger

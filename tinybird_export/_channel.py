@@ -16,9 +16,10 @@ moment it is accepted until it is acknowledged or dropped (in-flight and retryin
 included); the byte allowance is set by the process's memory budget (``_budget``).
 
 ``offer`` is safe to call from a signal handler or a ``__del__`` that interrupts the same
-thread inside ``offer``: the lock is re-entrant, and a re-entered call parks its line in a
-deque that the next ``offer`` or ``take`` moves into the queue, instead of changing state
-that the interrupted call is half-way through.
+thread inside ``offer``: the lock is re-entrant, and a call that finds it already held by
+its own thread parks its line in a deque (``append`` is atomic) that the sender's next
+``take`` moves into the queue, instead of changing state that the interrupted call is
+half-way through (or deadlocking on a plain lock, as ``Event.set`` would).
 
 Drop policy when the bound is reached: the newest event is refused (``queue_full``), so
 what is already queued keeps its order and goes out first when the endpoint recovers.
@@ -138,6 +139,10 @@ class Channel:
         self.host = host
         self.wait = wait
         self.limits = limits
+        # Plain attributes: read on every offer, and cheaper than a NamedTuple's fields.
+        self._max_events = limits.queue_max_events
+        self._batch_rows = limits.batch_max_rows
+        self._batch_bytes = limits.batch_max_bytes
         self._reset()
 
     def __repr__(self) -> str:
@@ -146,7 +151,6 @@ class Channel:
     def _reset(self) -> None:
         """Fresh state: at construction, and in a forked child (the parent sends its own)."""
         self._lock = threading.RLock()
-        self._busy = False  # True while a call on the lock's thread is changing state
         self._deferred: collections.deque[tuple[bytes, bool]] = collections.deque()
         self._allowance = self.limits.queue_max_bytes
         self._pending = bytearray()  # the partial batch
@@ -160,7 +164,9 @@ class Channel:
         self._sent = self._quarantined = self._truncated = 0
         self._requests = self._retries = self._bytes_sent = self._wire_bytes_sent = 0
         self._last_error = ""
-        self._closed = False
+        self.closed = False
+        """Whether the producer was closed (read on every offer: a plain attribute, which
+        only ``close`` sets)."""
         self._close_deadline: float | None = None
 
     # -- the caller's side -------------------------------------------------------------
@@ -173,44 +179,66 @@ class Channel:
             line arms its interval timer), a batch was just sealed, or the call re-entered
             one in progress on this thread.
         """
-        with self._lock:
-            if self._busy:  # a signal handler or __del__ interrupted an offer on this thread
-                self._deferred.append((line, truncated))
-                return True
-            self._busy = True
-            try:
-                wake = self._append(line, truncated)
-                while self._deferred:
-                    wake = self._append(*self._deferred.popleft()) or wake
-            finally:
-                self._busy = False
-        return wake
+        lock = self._lock
+        if lock._is_owned():  # type: ignore[attr-defined]  # re-entered: see the docstring
+            self._deferred.append((line, truncated))
+            return True
+        with lock:
+            # The same steps as _append, inlined: this is the caller's hot path.
+            size = len(line)
+            if truncated:
+                self._truncated += 1
+            if (
+                self._queued_events >= self._max_events
+                or self._queued_bytes + size > self._allowance
+            ):
+                self._dropped["queue_full"] += 1
+                return False
+            self._queued_events += 1
+            self._queued_bytes += size
+            wake = False
+            if self._pending_count and len(self._pending) + size >= self._batch_bytes:
+                self._seal()  # this line would take the batch past its byte limit
+                wake = True
+            pending = self._pending
+            pending += line
+            pending += b"\n"
+            count = self._pending_count = self._pending_count + 1
+            if count == 1:  # a new partial batch (also right after a byte-limit seal)
+                self._pending_since = time.monotonic()
+                wake = True
+            if count >= self._batch_rows:
+                self._seal()
+                wake = True
+            return wake
+
+    def _append_deferred(self) -> None:
+        """Queue the lines that re-entered calls parked (caller holds the lock)."""
+        while self._deferred:
+            self._append(*self._deferred.popleft())
 
     def _append(self, line: bytes, truncated: bool) -> bool:
+        """``offer``'s body, for parked lines (caller holds the lock)."""
         size = len(line)
         if truncated:
             self._truncated += 1
-        limits = self.limits
-        if (
-            self._queued_events >= limits.queue_max_events
-            or self._queued_bytes + size > self._allowance
-        ):
+        if self._queued_events >= self._max_events or self._queued_bytes + size > self._allowance:
             self._dropped["queue_full"] += 1
             return False
         self._queued_events += 1
         self._queued_bytes += size
         sealed = False
-        if self._pending_count and len(self._pending) + size >= limits.batch_max_bytes:
-            self._seal()  # this line would take the batch past its byte limit
+        if self._pending_count and len(self._pending) + size >= self._batch_bytes:
+            self._seal()
             sealed = True
         pending = self._pending
         pending += line
         pending += b"\n"
         count = self._pending_count = self._pending_count + 1
-        if count == 1:  # a new partial batch (also right after a byte-limit seal)
+        if count == 1:
             self._pending_since = time.monotonic()
             sealed = True
-        if count >= limits.batch_max_rows:
+        if count >= self._batch_rows:
             self._seal()
             sealed = True
         return sealed
@@ -254,17 +282,16 @@ class Channel:
             The claimed batch (now in flight); else the time at which the partial batch
             becomes due; else ``None`` (nothing queued, or a batch is already in flight).
         """
+        if self._lock._is_owned():  # type: ignore[attr-defined]  # in a signal handler
+            return now + 0.01  # on a thread inside offer: try again later
         with self._lock:
-            if self._busy:  # a signal handler on a thread inside offer: try again later
-                return now + 0.01
-            while self._deferred:
-                self._append(*self._deferred.popleft())
+            self._append_deferred()
             if self._in_flight is not None:
                 return None
             if not self._ready and self._pending_count:
                 due_at = self._pending_since + interval
                 if not (
-                    draining or self._closed or now >= due_at or self._resolved < self._flush_target
+                    draining or self.closed or now >= due_at or self._resolved < self._flush_target
                 ):
                     return due_at
                 self._seal()
@@ -366,13 +393,8 @@ class Channel:
         ``deadline``, then it is given up as ``close_timeout``.
         """
         with self._lock:
-            self._closed = True
+            self.closed = True
             self._close_deadline = deadline
-
-    @property
-    def closed(self) -> bool:
-        """Whether the producer was closed."""
-        return self._closed
 
     def close_deadline(self) -> float | None:
         """Until when a closed channel may send what it holds (``None`` while open)."""

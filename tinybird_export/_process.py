@@ -202,13 +202,15 @@ class Process:
         util.Finalize(None, self.exit, exitpriority=100)  # type: ignore[attr-defined]
 
 
-def report_undelivered(channels: Iterable[Channel], when: str) -> None:
-    """Count what is still queued as dropped (``exit_timeout``) and say so in one line,
-    one entry per data source and host.
+def report_undelivered(
+    channels: Iterable[Channel], when: str, reason: str = "exit_timeout"
+) -> None:
+    """Count what is still queued as dropped for ``reason`` and say so in one line, one
+    entry per data source and host.
     """
     lost: dict[tuple[str, str], list[int | str]] = {}
     for channel in channels:
-        count = channel.abandon("exit_timeout")
+        count = channel.abandon(reason)
         if count:
             entry = lost.setdefault((channel.datasource, channel.host), [0, ""])
             entry[0] = int(entry[0]) + count

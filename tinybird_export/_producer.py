@@ -28,6 +28,7 @@ class Producer:
 
     def __init__(self, config: TinybirdConfig, label: str) -> None:
         self.config = config
+        self.label = label
         self.channel = Channel(
             config.datasource,
             config.host,
@@ -129,6 +130,9 @@ class Producer:
             PROCESS.detach(worker, channel)
         elif PROCESS.exiting():
             report_undelivered([channel], "at exit (logged after the exit drain)")
+            PROCESS.detach(worker, channel)
+        elif not worker.background:  # nothing sends between calls: its deadline is now
+            report_undelivered([channel], f"by {self.label}.close()", "close_timeout")
             PROCESS.detach(worker, channel)
         else:
             worker.notify(channel)  # the worker sends the rest, then detaches the channel

@@ -53,6 +53,11 @@ between ``attributes`` and ``level`` and the static ``fields`` last. Built-ins w
 
 _STANDARD_KEYS: Final = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
 _CALLSITE_CACHE_SIZE: Final = 4096
+# What _head and _callsite read from a record's __dict__.
+_HEAD_ATTRIBUTES: Final = frozenset(
+    {"exc_info", "exc_text", "stack_info", "created"}
+    | {"pathname", "lineno", "funcName", "module", "name", "levelname", "process", "threadName"}
+)
 
 
 class RecordMapper:
@@ -82,37 +87,63 @@ class RecordMapper:
         self._taken = frozenset(LOG_FIELDS) | frozenset(self._fields)
         self._flat = extras in ("both", "flat")
         self._attributes = extras in ("both", "attributes")
-        self._callsites: dict[tuple[Any, ...], bytes] = {}
+        self._callsites: dict[tuple[Any, ...], tuple[str, bytes]] = {}
 
     def __call__(self, record: logging.LogRecord) -> dict[str, Any]:
         """Build the event for ``record`` as a dict (for ``before_send`` and repairs)."""
-        event = self._head(record)
+        state = record.__dict__
+        if not state.keys() >= _HEAD_ATTRIBUTES:  # a record built without LogRecord.__init__
+            state = {**state, **{name: getattr(record, name, None) for name in _HEAD_ATTRIBUTES}}
+        event = self._head(record, state)
         event.update(self._constant_fields(record))
         return event
 
     def encode(self, record: logging.LogRecord, max_bytes: int) -> tuple[bytes | None, bool]:
         """The event for ``record`` as one NDJSON line (see ``encode_event``).
 
-        One ``orjson.dumps`` of what varies, with the cached call-site fragment spliced in
-        place of its closing brace.
+        One ``orjson.dumps`` of what varies, with the fields that are constant per call site
+        spliced in place of its closing brace from a cache. The cache key holds every record
+        attribute the fragment is made of, so two records share a fragment only when it is
+        right for both: a QueueListener's records from several processes, or a forked
+        child's, each get their own ``process``. ``module`` is a new string on every record
+        (logging derives it from the path), so it is compared rather than hashed. Inlined:
+        a call costs more than the lookup.
         """
+        state = record.__dict__
         try:
-            head = _dumps(self._head(record))
+            head = _dumps(self._head(record, state))
+            key = (
+                state["pathname"],
+                state["lineno"],
+                state["funcName"],
+                state["name"],
+                state["levelname"],
+                state["process"],
+                state["threadName"],
+            )
+            cached = self._callsites.get(key)
+            if cached is not None and cached[0] == state["module"]:
+                line = head[:-1] + cached[1]
+            else:
+                line = head[:-1] + self._new_callsite(key, record)
         except TypeError:  # orjson refused a value: the dict path repairs it
             return encode_event(self(record), max_bytes)
-        line = head[:-1] + self._callsite(record)
+        except KeyError:  # a record without the standard attributes in its __dict__
+            return encode_event(self(record), max_bytes)
         if len(line) <= max_bytes:
             return line, False
         return encode_event(self(record), max_bytes)
 
-    def _head(self, record: logging.LogRecord) -> dict[str, Any]:
+    def _head(self, record: logging.LogRecord, state: dict[str, Any]) -> dict[str, Any]:
         """The fields that change with every record, then the extras, in wire order.
 
         The hottest code of the package: helpers are inlined where a call would cost more
-        than the work (measured with ``bench/compare.py``).
+        than the work (measured with ``bench/compare.py``), and the record's attributes are
+        read from its ``__dict__`` (``state``): a subscript costs less than an attribute
+        lookup on a record whose dict took extras.
         """
-        extras = _extras(record.__dict__)
-        if record.exc_info or record.exc_text or record.stack_info:
+        extras = _extras(state)
+        if state["exc_info"] or state["exc_text"] or state["stack_info"]:
             message, exception = _message_and_exception(record)
         else:
             message, exception = _message(record), ""
@@ -125,7 +156,7 @@ class RecordMapper:
         elif type(href) is not str:
             href = safe_str(href)
         event = {
-            "timestamp": format_timestamp(record.created),
+            "timestamp": format_timestamp(state["created"]),
             "event": message,
             "href": href,
             "request_id": request.request_id if request else "",
@@ -163,30 +194,14 @@ class RecordMapper:
             **self._fields,
         }
 
-    def _callsite(self, record: logging.LogRecord) -> bytes:
-        """The encoded constant fields as ``,"level":...}``, cached by their values.
-
-        The key holds every record attribute the fragment is made of, so two records share a
-        fragment only when it is right for both: a QueueListener's records from several
-        processes, or a forked child, each get their own ``process``. The cache is cleared
-        when it grows past ``_CALLSITE_CACHE_SIZE`` entries.
+    def _new_callsite(self, key: tuple[Any, ...], record: logging.LogRecord) -> bytes:
+        """Encode and cache the constant fields as ``,"level":...}``; the cache is cleared
+        past ``_CALLSITE_CACHE_SIZE`` entries.
         """
-        key = (
-            record.pathname,
-            record.lineno,
-            record.funcName,
-            record.module,
-            record.name,
-            record.levelname,
-            record.process,
-            record.threadName,
-        )
-        fragment = self._callsites.get(key)
-        if fragment is None:
-            fragment = b"," + encode(self._constant_fields(record))[1:]
-            if len(self._callsites) >= _CALLSITE_CACHE_SIZE:
-                self._callsites.clear()
-            self._callsites[key] = fragment
+        fragment = b"," + encode(self._constant_fields(record))[1:]
+        if len(self._callsites) >= _CALLSITE_CACHE_SIZE:
+            self._callsites.clear()
+        self._callsites[key] = (record.module, fragment)
         return fragment
 
 
