@@ -84,11 +84,12 @@ class TestRetries:
     @pytest.mark.parametrize(
         ("headers", "expected"),
         [
-            ({"Retry-After": "3"}, 3.0),
-            ({"X-RateLimit-Reset": "2"}, 2.0),
-            ({"Retry-After": "1", "X-RateLimit-Reset": "9"}, 1.0),
-            ({"Retry-After": "soon"}, None),
-            ({"Retry-After": "99999"}, 300.0),
+            ({"retry-after": "3"}, 3.0),
+            ({"x-ratelimit-reset": "2"}, 2.0),
+            ({"retry-after": "1", "x-ratelimit-reset": "9"}, 1.0),
+            ({"retry-after": "soon"}, None),
+            ({"retry-after": "99999"}, 300.0),
+            ({"retry-after": "0.05"}, 0.5),
             ({}, None),
         ],
     )
@@ -98,7 +99,7 @@ class TestRetries:
     def test_retry_after_http_date(self) -> None:
         now = time.time()
         header = email.utils.formatdate(now + 5, usegmt=True)
-        delay = _retry.server_delay({"Retry-After": header}, now=now)
+        delay = _retry.server_delay({"retry-after": header}, now=now)
         assert delay is not None and 3.9 <= delay <= 5.1
 
 
@@ -229,7 +230,7 @@ class TestOutage:
     def test_503_storm_then_recovery_delivers_in_order(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
-        server.script(*[Reply(status=503, headers={"Retry-After": "0.05"})] * 6)
+        server.script(*[Reply(status=503, headers={"Retry-After": "0"})] * 3)
         handler = make_handler(batch_max_rows=50)
         assert log_and_flush(handler, logger, 300)
         assert [e["event"] for e in server.events()] == [f"n {i}" for i in range(300)]

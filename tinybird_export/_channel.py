@@ -34,6 +34,8 @@ import time
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from tinybird_export._line_encoder import REPAIRED, TRUNCATED
+
 
 @dataclasses.dataclass(frozen=True)
 class DeliveryStats:
@@ -49,7 +51,10 @@ class DeliveryStats:
         queued: Events in memory waiting to be sent.
         in_flight: Events in the request under way.
         quarantined: Rows the server put in ``<datasource>_quarantine``.
-        truncated: Events whose long strings were shortened to fit ``max_event_bytes``.
+        truncated: Events whose long strings (or containers) were cut to fit
+            ``max_event_bytes``, with a marker.
+        repaired: Events with values JSON cannot carry, replaced (placeholders naming the
+            type, big integers as strings, escaped lone surrogates).
         requests: HTTP requests made, retries included.
         retries: Requests that were retries of a failed batch.
         bytes_sent: Raw NDJSON bytes acknowledged.
@@ -66,6 +71,7 @@ class DeliveryStats:
     in_flight: int
     quarantined: int
     truncated: int
+    repaired: int
     requests: int
     retries: int
     bytes_sent: int
@@ -151,7 +157,7 @@ class Channel:
     def _reset(self) -> None:
         """Fresh state: at construction, and in a forked child (the parent sends its own)."""
         self._lock = threading.RLock()
-        self._deferred: collections.deque[tuple[bytes, bool]] = collections.deque()
+        self._deferred: collections.deque[tuple[bytes, int]] = collections.deque()
         self._allowance = self.limits.queue_max_bytes
         self._pending = bytearray()  # the partial batch
         self._pending_count = 0
@@ -161,7 +167,7 @@ class Channel:
         self._queued_events = self._queued_bytes = 0
         self._resolved = self._dropped_after_queue = self._flush_target = 0
         self._dropped: collections.Counter[str] = collections.Counter()
-        self._sent = self._quarantined = self._truncated = 0
+        self._sent = self._quarantined = self._truncated = self._repaired = 0
         self._requests = self._retries = self._bytes_sent = self._wire_bytes_sent = 0
         self._last_error = ""
         self.closed = False
@@ -171,7 +177,7 @@ class Channel:
 
     # -- the caller's side -------------------------------------------------------------
 
-    def offer(self, line: bytes, truncated: bool = False) -> bool:
+    def offer(self, line: bytes, flags: int = 0) -> bool:
         """Queue one encoded line, or drop it as ``queue_full``.
 
         Returns:
@@ -181,13 +187,13 @@ class Channel:
         """
         lock = self._lock
         if lock._is_owned():  # type: ignore[attr-defined]  # re-entered: see the docstring
-            self._deferred.append((line, truncated))
+            self._deferred.append((line, flags))
             return True
         with lock:
             # The same steps as _append, inlined: this is the caller's hot path.
             size = len(line)
-            if truncated:
-                self._truncated += 1
+            if flags:
+                self._count_flags(flags)
             if (
                 self._queued_events >= self._max_events
                 or self._queued_bytes + size > self._allowance
@@ -217,11 +223,17 @@ class Channel:
         while self._deferred:
             self._append(*self._deferred.popleft())
 
-    def _append(self, line: bytes, truncated: bool) -> bool:
+    def _count_flags(self, flags: int) -> None:
+        if flags & TRUNCATED:
+            self._truncated += 1
+        if flags & REPAIRED:
+            self._repaired += 1
+
+    def _append(self, line: bytes, flags: int) -> bool:
         """``offer``'s body, for parked lines (caller holds the lock)."""
         size = len(line)
-        if truncated:
-            self._truncated += 1
+        if flags:
+            self._count_flags(flags)
         if self._queued_events >= self._max_events or self._queued_bytes + size > self._allowance:
             self._dropped["queue_full"] += 1
             return False
@@ -442,6 +454,7 @@ class Channel:
                 in_flight=in_flight,
                 quarantined=self._quarantined,
                 truncated=self._truncated,
+                repaired=self._repaired,
                 requests=self._requests,
                 retries=self._retries,
                 bytes_sent=self._bytes_sent,

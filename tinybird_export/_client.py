@@ -7,7 +7,13 @@ The client makes exactly one request and describes the answer as a value (``Atte
 from __future__ import annotations
 
 import dataclasses
+
+# Imported here, on the importing thread, rather than lazily by the first request on a
+# sender thread: a fork() while that thread holds the module's import lock would leave the
+# child's lock held forever (the child's next hostname lookup or TLS handshake hangs).
+import encodings.idna  # noqa: F401 - hostnames are IDNA-encoded by getaddrinfo and ssl
 import http.client
+import time
 import urllib.parse
 import urllib.request
 import zlib
@@ -18,6 +24,7 @@ from typing import Final
 import orjson
 import urllib3
 
+from tinybird_export import _deadline
 from tinybird_export._config import TinybirdConfig
 
 try:
@@ -26,6 +33,8 @@ except metadata.PackageNotFoundError:  # Defensive: running from a source tree
     _VERSION = "0"
 _USER_AGENT: Final = f"tinybird-export/{_VERSION}"
 _MAX_ERROR_TEXT: Final = 500
+# The Events API answers with a few hundred bytes; anything past this is not read.
+_MAX_RESPONSE: Final = 64 * 1024
 TRANSPORT_ERRORS: Final = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 """What a request can fail with on the network: refused, reset, timed out, TLS, protocol."""
 
@@ -51,6 +60,7 @@ class EventsClient:
 
     def __init__(self, config: TinybirdConfig) -> None:
         self._base = config.host.rstrip("/") + "/v0/events"
+        self._token = config.token or ""
         self._headers = {
             "Authorization": f"Bearer {config.token}",
             "Content-Type": "application/x-ndjson",
@@ -66,33 +76,71 @@ class EventsClient:
         return f"<EventsClient {self._base}>"
 
     def post(
-        self, datasource: str, ndjson: bytes | bytearray, *, wait: bool, read_timeout: float
+        self,
+        datasource: str,
+        ndjson: bytes | bytearray,
+        *,
+        wait: bool,
+        read_timeout: float,
+        deadline: float | None = None,
     ) -> Attempt:
         """Send ``ndjson`` (lines ending in newlines) as one request.
 
+        The attempt ends by ``deadline`` (``time.monotonic()``; default: connect timeout
+        plus ``read_timeout`` from now), however slowly the server sends, and reads at most
+        ``_MAX_RESPONSE`` bytes of the answer (the rest is discarded with the connection).
         Network, TLS and protocol failures are answers (``status=None``); anything else is
         a bug, raised for the worker to report (retrying a bug would block the data source
         for good).
         """
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + self._connect_timeout + read_timeout
+        remaining = max(deadline - now, 0.05)
         # Level 1: most of gzip's ratio on NDJSON for a fraction of the CPU; zlib releases
         # the GIL while compressing, so application threads keep running.
         body = _gzip(ndjson) if self._gzip else bytes(ndjson)
         query = {"name": datasource, **({"wait": "true"} if wait else {})}
         url = f"{self._base}?{urllib.parse.urlencode(query)}"
-        timeout = urllib3.Timeout(connect=self._connect_timeout, read=max(read_timeout, 0.05))
+        timeout = urllib3.Timeout(
+            connect=min(self._connect_timeout, remaining), read=min(read_timeout, remaining)
+        )
         try:
-            response = self._pool.request(
-                "POST",
-                url,
-                body=body,
-                headers=self._headers,
-                timeout=timeout,
-                retries=False,
-                redirect=False,
-            )
+            with _deadline.attempt(deadline):
+                response = self._pool.request(
+                    "POST",
+                    url,
+                    body=body,
+                    headers=self._headers,
+                    timeout=timeout,
+                    retries=False,
+                    redirect=False,
+                    preload_content=False,
+                    decode_content=False,
+                )
+                data = _read_bounded(response)
         except TRANSPORT_ERRORS as exc:
-            return Attempt(None, {}, error=_describe(exc), wire_bytes=len(body))
-        return _read(response, len(body))
+            timed_out = isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError)
+            refused = isinstance(exc, urllib3.exceptions.NewConnectionError)
+            if timed_out and not refused and time.monotonic() >= deadline - 0.05:
+                error = f"no complete answer within the attempt's deadline ({deadline - now:.1f} s)"
+            else:
+                error = self.redact(_describe(exc))
+            return Attempt(None, {}, error=error, wire_bytes=len(body))
+        headers = {name.lower(): value for name, value in response.headers.items()}
+        if response.status in (200, 202):
+            successful, quarantined = _rows(data)
+            return Attempt(response.status, headers, successful, quarantined, wire_bytes=len(body))
+        error = self.redact(_error_text(data))
+        return Attempt(response.status, headers, error=error, wire_bytes=len(body))
+
+    def redact(self, text: str) -> str:
+        """``text`` with the token replaced (a server or proxy may quote our headers).
+
+        Tokens shorter than 8 characters are test tokens, not secrets: replacing them
+        would garble the text.
+        """
+        return text.replace(self._token, "<token>") if len(self._token) >= 8 else text
 
     def close(self) -> None:
         """Close the pool's connections."""
@@ -104,14 +152,21 @@ def _gzip(data: bytes | bytearray) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
-def _read(response: urllib3.BaseHTTPResponse, wire_bytes: int) -> Attempt:
-    headers = dict(response.headers.items())
-    status = response.status
-    data = response.data or b""
-    if status in (200, 202):
-        successful, quarantined = _rows(data)
-        return Attempt(status, headers, successful, quarantined, wire_bytes=wire_bytes)
-    return Attempt(status, headers, error=_error_text(data), wire_bytes=wire_bytes)
+def _read_bounded(response: urllib3.BaseHTTPResponse) -> bytes:
+    """At most ``_MAX_RESPONSE`` bytes of the body, as sent (not decompressed: a small
+    compressed answer could expand without bound). A longer body is not read: its
+    connection is closed rather than returned to the pool.
+    """
+    try:
+        data = response.read(_MAX_RESPONSE + 1, decode_content=False)
+    except BaseException:
+        response.close()
+        raise
+    if len(data) > _MAX_RESPONSE:
+        response.close()
+        return data[:_MAX_RESPONSE]
+    response.release_conn()
+    return data
 
 
 def _rows(data: bytes) -> tuple[int | None, int]:
@@ -158,10 +213,15 @@ def _pool_for(config: TinybirdConfig) -> urllib3.PoolManager:
     """A pool honouring ``HTTPS_PROXY``/``HTTP_PROXY`` and ``NO_PROXY`` like the stdlib does."""
     host = urllib.parse.urlsplit(config.host)
     proxy = urllib.request.getproxies().get(host.scheme)
+    # Up to one connection per sender thread (a worker runs up to four at once).
+    manager: urllib3.PoolManager
     if proxy and not urllib.request.proxy_bypass(host.netloc):
-        return urllib3.ProxyManager(
-            proxy, num_pools=2, maxsize=1, cert_reqs="CERT_REQUIRED", ca_certs=config.ca_bundle
+        manager = urllib3.ProxyManager(
+            proxy, num_pools=2, maxsize=4, cert_reqs="CERT_REQUIRED", ca_certs=config.ca_bundle
         )
-    return urllib3.PoolManager(
-        num_pools=2, maxsize=1, cert_reqs="CERT_REQUIRED", ca_certs=config.ca_bundle
-    )
+    else:
+        manager = urllib3.PoolManager(
+            num_pools=2, maxsize=4, cert_reqs="CERT_REQUIRED", ca_certs=config.ca_bundle
+        )
+    manager.pool_classes_by_scheme = _deadline.POOL_CLASSES
+    return manager

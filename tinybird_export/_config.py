@@ -207,6 +207,8 @@ class TinybirdConfig:
                 "is smaller than batch_max_bytes", "the queue must hold at least one batch"
             )
         _check_host(self.host, self.allow_http)
+        if self.token is not None:
+            _check_token(self.token)
 
 
 _EVERY_SETTING: Final = Kind(
@@ -380,6 +382,18 @@ _PARSERS: Final[dict[str, Callable[[Any, _Setting], Any]]] = {
     "before_send": _parse_before_send,
     "shape": _choice(("flat", "otel")),
 }
+
+
+def _check_token(token: str) -> None:
+    """Refuse a token that cannot be an HTTP header value, without echoing any of it: a
+    line break would otherwise fail every request, with the token quoted in the error.
+    """
+    for position, char in enumerate(token, 1):
+        if not "!" <= char <= "~":
+            raise _setting("token").error(
+                f"has a space, line break or other unexpected character at position {position}",
+                "copy the token again, without quotes, spaces or line breaks",
+            )
 
 
 def _check_host(host: str, allow_http: bool) -> None:

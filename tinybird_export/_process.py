@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -57,6 +58,8 @@ class Process:
         self._workers: dict[tuple[object, ...], Worker] = {}
         self._reset_locks()
         self._exit_deadline: float | None = None
+        self._exiting_thread: int | None = None  # the thread running exit()
+        self._deferred_signal = 0
         self._multiprocessing_hooked = False
         self._finalizer_pid = 0
 
@@ -137,16 +140,42 @@ class Process:
         workers = self.workers()
         if not workers:
             return
+        deadline = self._begin_exit(workers)
+        with self._lock:
+            outer, self._exiting_thread = self._exiting_thread, threading.get_ident()
+        try:
+            self.drain(workers, deadline)
+            budget_text = f"{max(w.exit_timeout for w in workers):g} s"
+            report_undelivered(
+                [c for w in workers for c in w.channels()], f"at exit (exit budget {budget_text})"
+            )
+        finally:
+            self._exiting_thread = outer
+        if outer is None and self._deferred_signal:
+            self._die_by(self._deferred_signal)
+
+    def _begin_exit(self, workers: list[Worker]) -> float:
         with self._lock:
             if self._exit_deadline is None:
-                budget = max(w.exit_timeout for w in workers)
+                budget = max((w.exit_timeout for w in workers), default=0.0)
                 self._exit_deadline = time.monotonic() + budget
-            deadline = self._exit_deadline
-        self.drain(workers, deadline)
-        budget_text = f"{max(w.exit_timeout for w in workers):g} s"
-        report_undelivered(
-            [c for w in workers for c in w.channels()], f"at exit (exit budget {budget_text})"
-        )
+            return self._exit_deadline
+
+    def cap_at_exit(self, timeout: float) -> float:
+        """``timeout``, bounded by what is left of the exit budget once the process exits.
+
+        The exit begins with the first of: this package's ``atexit`` drain, or a call made
+        on the main thread after it finished (``atexit`` hooks registered after the package
+        was imported run before its drain: OpenTelemetry's providers pass ~30 s into each
+        exporter's ``shutdown`` there).
+        """
+        if self._exit_deadline is None:
+            main = threading.main_thread()
+            if threading.current_thread() is not main or main.is_alive():
+                return timeout
+            self._begin_exit(self.workers())
+        remaining = self._exit_deadline - time.monotonic()  # type: ignore[operator]
+        return max(0.0, min(timeout, remaining))
 
     def flush_all(self, timeout: float) -> None:
         """Send everything queued now, within ``timeout``, without entering exit (a signal
@@ -174,6 +203,8 @@ class Process:
         _fields.event_ids.reset()
         self.sending_threads.clear()
         self._exit_deadline = None
+        self._exiting_thread = None
+        self._deferred_signal = 0
         for worker in self._workers.values():
             worker.after_fork_in_child()
         self.budget.rebalance()
@@ -192,14 +223,44 @@ class Process:
                 # Runs in every child multiprocessing bootstraps after importing us.
                 util.register_after_fork(self, lambda _: self._register_finalizer(util))
                 self._multiprocessing_hooked = True
-            parent = sys.modules["multiprocessing"].parent_process()
-            if parent is not None and self._finalizer_pid != os.getpid():
-                # Imported inside a child (spawn, forkserver): after its after-fork hooks.
+            multiprocessing = sys.modules["multiprocessing"]
+            in_child = multiprocessing.parent_process() is not None
+            # spawn and forkserver children import the main module before bootstrapping
+            # (_inheriting), and run no after-fork callbacks: register directly there, and
+            # in any child that imports the package after bootstrapping.
+            spawning = getattr(multiprocessing.current_process(), "_inheriting", False)
+            if (in_child or spawning) and self._finalizer_pid != os.getpid():
                 self._register_finalizer(util)
 
     def _register_finalizer(self, util: object) -> None:
         self._finalizer_pid = os.getpid()
         util.Finalize(None, self.exit, exitpriority=100)  # type: ignore[attr-defined]
+        self._drain_on_sigterm()
+
+    def _drain_on_sigterm(self) -> None:
+        """Multiprocessing stops its children with SIGTERM (``Pool.terminate()``, which
+        ``with Pool() as pool`` calls on exit), whose default action skips every hook: in a
+        child that left SIGTERM at its default, drain first, then die by the signal as
+        before (same exit status for the parent).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may install a handler
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, self._on_sigterm_in_child)
+
+    def _on_sigterm_in_child(self, signum: int, _frame: object) -> None:
+        if self._exiting_thread == threading.get_ident():
+            # The signal interrupted this thread's own exit drain (a finalizer): let it
+            # finish, then die by the signal.
+            self._deferred_signal = signum
+            return
+        self.exit()
+        self._die_by(signum)
+
+    @staticmethod
+    def _die_by(signum: int) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
 
 def report_undelivered(

@@ -7,6 +7,7 @@ waiting); ``flush``, ``close`` and ``stats`` are the per-producer controls.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -24,11 +25,17 @@ class Producer:
     Args:
         config: The resolved settings.
         label: What to call the owner in diagnostics ("TinybirdHandler").
+        flushed_by_logging: Whether ``logging.shutdown`` flushes it at exit (a handler), so
+            that events queued after the exit drain still go out in one batch; other
+            producers send such late events on the calling thread.
     """
 
-    def __init__(self, config: TinybirdConfig, label: str) -> None:
+    def __init__(
+        self, config: TinybirdConfig, label: str, *, flushed_by_logging: bool = False
+    ) -> None:
         self.config = config
         self.label = label
+        self._sends_late = not flushed_by_logging
         self.channel = Channel(
             config.datasource,
             config.host,
@@ -68,18 +75,41 @@ class Producer:
             event = hooked
         self.offer(*encode_event(event, self.max_event_bytes))
 
-    def offer(self, line: bytes | None, truncated: bool = False) -> None:
-        """Queue one encoded line (``None``: too large even when truncated)."""
+    def offer(self, line: bytes | None, flags: int = 0) -> None:
+        """Queue one encoded line (``None``: too large even when truncated), with
+        ``encode_event``'s flags.
+        """
         channel = self.channel
         worker = self.worker
         if worker is None or channel.closed:
             channel.refuse("disabled" if worker is None else "closed")
         elif line is None:
             channel.refuse("too_large")
-        elif channel.offer(line, truncated):
+        elif channel.offer(line, flags):
             worker.notify(channel)
+            if self._sends_late and PROCESS.exiting() and not self.flush():
+                # After the exit drain (a later atexit hook, a __del__) nothing would send
+                # it any more: it was sent now, within what is left of the budget, or is
+                # counted and reported here.
+                report_undelivered([channel], "at exit (sent after the exit drain)")
+
+    def refuse_unreadable(self, event: object, exc: Exception) -> None:
+        """Count an event that raised when read (its mapping, not a value inside)."""
+        self.channel.refuse("unreadable")
+        _diagnostics.say_once(
+            f"unreadable:{type(event).__qualname__}",
+            f"{self.label} could not read an event of type {type(event).__qualname__} "
+            f"({type(exc).__name__}: {safe_str(exc)[:200]}); it was dropped (counted as "
+            "'unreadable').",
+        )
 
     def _run_before_send(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        # Records the hook logs are dropped (counted as 'recursion' by the handler that
+        # gets them): a hook that logs would otherwise multiply every call.
+        ident = threading.get_ident()
+        sending = PROCESS.sending_threads
+        outer = ident in sending
+        sending.add(ident)
         try:
             result = self._before_send(event)  # type: ignore[misc]
         except Exception as exc:  # noqa: BLE001 - drop rather than send unredacted
@@ -90,6 +120,9 @@ class Producer:
                 "was dropped (counted as 'before_send_error').",
             )
             return None
+        finally:
+            if not outer:
+                sending.discard(ident)
         if result is None:
             self.channel.refuse("before_send")
         return result
@@ -108,6 +141,7 @@ class Producer:
             worker.notify(channel)
             return channel.reached(mark) and not channel.lost_since(mark)
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
+        wait = PROCESS.cap_at_exit(wait)
         done = worker.wait_until(lambda: channel.reached(mark), time.monotonic() + wait)
         return done and not channel.lost_since(mark)
 
@@ -121,6 +155,7 @@ class Producer:
         if channel.closed:
             return
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
+        wait = PROCESS.cap_at_exit(wait)
         channel.close(time.monotonic() + wait)
         if worker is None:
             return

@@ -98,7 +98,7 @@ class RecordMapper:
         event.update(self._constant_fields(record))
         return event
 
-    def encode(self, record: logging.LogRecord, max_bytes: int) -> tuple[bytes | None, bool]:
+    def encode(self, record: logging.LogRecord, max_bytes: int) -> tuple[bytes | None, int]:
         """The event for ``record`` as one NDJSON line (see ``encode_event``).
 
         One ``orjson.dumps`` of what varies, with the fields that are constant per call site
@@ -131,7 +131,7 @@ class RecordMapper:
         except KeyError:  # a record without the standard attributes in its __dict__
             return encode_event(self(record), max_bytes)
         if len(line) <= max_bytes:
-            return line, False
+            return line, 0
         return encode_event(self(record), max_bytes)
 
     def _head(self, record: logging.LogRecord, state: dict[str, Any]) -> dict[str, Any]:

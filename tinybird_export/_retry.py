@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import math
 import random
 import time
 from collections.abc import Mapping
 from typing import Final
 
-RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, 500, 502, 503, 504})
+# 520-524 are what a CDN in front of an API answers when it could not get an answer from
+# the origin (Cloudflare's "5xx errors" troubleshooting pages: unknown error, web server
+# down, connection timed out, origin unreachable, a timeout after connecting): transient,
+# and at worst a 524 duplicates rows the origin took, as a read timeout does (event_id).
+RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 _BACKOFF_BASE: Final = 0.5
 _BACKOFF_CAP: Final = 30.0
-# A bogus header must not park a data source for hours; Tinybird's windows are seconds.
+# A bogus header must not park a data source for hours (Tinybird's windows are seconds),
+# nor make a tight loop of a retry ("0", a date in the past).
 _RATE_LIMIT_CAP: Final = 300.0
+_RATE_LIMIT_FLOOR: Final = _BACKOFF_BASE
 
 REGION_HOSTS: Final = (
     "https://api.tinybird.co, https://api.us-east.tinybird.co, "
@@ -70,26 +77,33 @@ def delay(status: int | None, headers: Mapping[str, str], failures: int) -> floa
 
 def server_delay(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """The wait a 429/503 asks for: ``Retry-After`` (seconds or HTTP-date), else
-    ``X-RateLimit-Reset`` (seconds from now), capped at five minutes; ``None`` if absent.
+    ``X-RateLimit-Reset`` (seconds from now), kept between half a second and five minutes;
+    ``None`` if absent or not a finite number or date.
+
+    Args:
+        headers: The answer's headers, names in lower case (HTTP/2 proxies send them so).
+        now: The epoch time that an HTTP-date is relative to.
     """
-    for name in ("Retry-After", "X-RateLimit-Reset"):
+    for name in ("retry-after", "x-ratelimit-reset"):
         value = headers.get(name)
         if value is None:
             continue
         delay = _parse_delay(value.strip(), time.time() if now is None else now)
         if delay is not None:
-            return min(max(delay, 0.0), _RATE_LIMIT_CAP)
+            return min(max(delay, _RATE_LIMIT_FLOOR), _RATE_LIMIT_CAP)
     return None
 
 
 def _parse_delay(value: str, now: float) -> float | None:
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # float() also takes "nan" and "inf": neither is a wait
+        return seconds if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return when.timestamp() - now
 

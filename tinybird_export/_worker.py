@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -296,17 +297,27 @@ class Worker:
         """One attempt for a claimed batch, on this thread; releases the claim."""
         lane, channel, batch = claim.lane, claim.channel, claim.batch
         try:
-            limits = (deadline, self._process.exit_deadline(), channel.close_deadline())
-            cap = min((d for d in limits if d is not None), default=float("inf"))
+            # wait=true answers can take ~25 s (events-api docs): 60 s for those.
             timeout = max(self._config.timeout, 60.0) if channel.wait else self._config.timeout
-            timeout = min(timeout, cap - time.monotonic())
+            # The attempt's total deadline: its own budget, capped by the caller's (a
+            # synchronous flush), the exit budget and a closed channel's deadline.
+            limits = (deadline, self._process.exit_deadline(), channel.close_deadline())
+            cap = time.monotonic() + self._config.connect_timeout + timeout
+            cap = min([cap, *(d for d in limits if d is not None)])
             attempt = self._client.post(
-                channel.datasource, batch.body, wait=channel.wait, read_timeout=timeout
+                channel.datasource,
+                batch.body,
+                wait=channel.wait,
+                read_timeout=timeout,
+                deadline=cap,
             )
             self._apply(lane, channel, batch, attempt)
         except Exception as exc:  # noqa: BLE001 - a bug is not a transport error: drop it
-            channel.dropped(batch, "error", f"internal error: {exc!r}", requested=False)
-            _report_internal_error(exc, f"{batch.count} event(s) for {lane.datasource!r}")
+            error = self._client.redact(f"internal error: {exc!r}")
+            channel.dropped(batch, "error", error, requested=False)
+            _report_internal_error(
+                exc, f"{batch.count} event(s) for {lane.datasource!r}", self._client.redact
+            )
         finally:
             channel.unclaim(batch)  # a no-op unless a BaseException ended the attempt
             with self._lock:
@@ -425,13 +436,23 @@ def _describe(host: str, attempt: Attempt) -> str:
     return f"{host} answered {attempt.status}{text}"
 
 
-def _report_internal_error(exc: Exception, lost: str) -> None:
-    """Say once per kind of error where it happened; the loop goes on."""
+def _report_internal_error(exc: Exception, lost: str, redact: Callable[[str], str] = str) -> None:
+    """Say once per kind of error where it happened, and what to do; the loop goes on."""
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
     dropped = f"; {lost} dropped, counted as 'error'" if lost else ""
+    if isinstance(exc, RecursionError) and "gevent" in sys.modules:
+        # gevent's ssl patching applied after ssl was imported (gunicorn --preload with
+        # gevent workers) recurses in SSLContext: gevent's docs say patch first.
+        advice = (
+            " gevent monkey-patched ssl after it was imported: call "
+            "gevent.monkey.patch_all() before anything else is imported (first line of "
+            "gunicorn.conf.py, or drop --preload)."
+        )
+    else:
+        advice = " Sending goes on; please report this."
     _diagnostics.say_once(
         f"internal:{type(exc).__name__}{where}",
-        f"internal error in the sender ({type(exc).__name__}: {exc}{where}){dropped}. "
-        "Sending goes on; please report this.",
+        redact(f"internal error in the sender ({type(exc).__name__}: {exc}{where}){dropped}.")
+        + advice,
     )

@@ -50,7 +50,12 @@ class TinybirdEvents:
         """
         if not isinstance(event, Mapping):
             raise TypeError(f"TinybirdEvents.send takes a mapping, not {type(event).__name__}")
-        self._producer.put(plain_event(event, self._fields))
+        try:
+            copy = plain_event(event, self._fields)
+        except Exception as exc:  # noqa: BLE001 - a mapping that raises when read
+            self._producer.refuse_unreadable(event, exc)
+            return
+        self._producer.put(copy)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event sent before the call is acknowledged, or ``timeout``.

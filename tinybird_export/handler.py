@@ -59,7 +59,7 @@ class TinybirdHandler(logging.Handler):
         mapper = RecordMapper(config.service, config.fields, config.extras)
         super().__init__(level)
         self._mapper = mapper
-        self._producer = Producer(config, "TinybirdHandler")
+        self._producer = Producer(config, "TinybirdHandler", flushed_by_logging=True)
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
@@ -74,6 +74,7 @@ class TinybirdHandler(logging.Handler):
         are dropped here, before any lock, so the handler never feeds on itself.
         """
         if _get_ident() in _sending_threads:
+            self._producer.channel.refuse("recursion")
             return False
         if not self.filters:  # the usual case, kept to one check
             self.emit(record)
@@ -92,8 +93,8 @@ class TinybirdHandler(logging.Handler):
             if producer.has_before_send:
                 producer.put(self._mapper(record))
             else:
-                line, truncated = self._mapper.encode(record, producer.max_event_bytes)
-                producer.offer(line, truncated)
+                line, flags = self._mapper.encode(record, producer.max_event_bytes)
+                producer.offer(line, flags)
         except Exception:  # noqa: BLE001 - logging's contract: never raise into the app
             self._producer.channel.refuse("error")  # counted, never silently lost
             self.handleError(record)

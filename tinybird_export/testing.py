@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import http.server
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -34,6 +35,7 @@ from typing import Any
 import orjson
 
 from tinybird_export import _ingest_body
+from tinybird_export._hostile import hostile_answer as _hostile_answer
 
 __all__ = ["EventsServer", "ReceivedRequest", "Reply"]
 
@@ -42,14 +44,24 @@ __all__ = ["EventsServer", "ReceivedRequest", "Reply"]
 class Reply:
     """How the server answers one request.
 
+    The hostile ones (``body_size``, ``endless``, ``content_length``, ``trickle``,
+    ``trickle_body``) keep writing until the client goes away or the server stops, then
+    close the connection.
+
     Attributes:
         status: HTTP status; 200/202 answer with a Tinybird success body.
-        headers: Extra response headers (``Retry-After``, ``X-RateLimit-Reset``...).
+        headers: Extra response headers, sent as spelled (``retry-after: nan`` too).
         body: Response body; by default Tinybird's JSON for the status.
         delay: Seconds to wait before answering.
         hang: Accept the request and never answer (until ``release()`` or ``stop()``).
         reset: Close the connection with a TCP reset instead of answering.
         quarantine: For 200/202, how many of the rows to report as quarantined.
+        body_size: Answer with a body of this many bytes instead (a huge one).
+        endless: Answer with a chunked body that never ends.
+        content_length: Announce this ``Content-Length``, whatever is sent (a lie).
+        trickle: Seconds between the bytes of the status line and headers (slowloris).
+        trickle_body: Seconds between the bytes of the body.
+        echo_headers: The body quotes the request's headers (as some proxies' errors do).
     """
 
     status: int = 202
@@ -59,6 +71,23 @@ class Reply:
     hang: bool = False
     reset: bool = False
     quarantine: int = 0
+    body_size: int = 0
+    endless: bool = False
+    content_length: int | None = None
+    trickle: float = 0.0
+    trickle_body: float = 0.0
+    echo_headers: bool = False
+
+    @property
+    def hostile(self) -> bool:
+        """Whether it needs the raw writer (``_hostile_answer``)."""
+        return bool(
+            self.body_size
+            or self.endless
+            or self.content_length is not None
+            or self.trickle
+            or self.trickle_body
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +123,8 @@ class EventsServer:
         port: Port to listen on; 0 for a free one.
         max_body_bytes: Request cap; larger bodies get 413 (Tinybird Free: 10 MB).
         record: Keep each request (``False`` only counts, for benchmarks).
+        tls: Serve HTTPS with this server-side context (``url`` is then
+            ``https://localhost:port``).
     """
 
     def __init__(
@@ -103,8 +134,11 @@ class EventsServer:
         *,
         max_body_bytes: int = 10 * 1000 * 1000,
         record: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.token = token
+        self.tls = tls
+        self.stopping = threading.Event()
         self.max_body_bytes = max_body_bytes
         self.record = record
         self._lock = threading.Condition()
@@ -118,12 +152,15 @@ class EventsServer:
         self.request_count = 0
         self._httpd = _HTTPServer(("127.0.0.1", port), _Handler)
         self._httpd.events_server = self
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         """The base URL to use as ``host``."""
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        port = self._httpd.server_address[1]
+        return f"https://localhost:{port}" if self.tls else f"http://127.0.0.1:{port}"
 
     def start(self) -> EventsServer:
         """Serve in a background thread."""
@@ -135,6 +172,7 @@ class EventsServer:
 
     def stop(self) -> None:
         """Stop serving, release hanging requests and close the socket."""
+        self.stopping.set()
         self._released.set()
         self._httpd.shutdown()
         self._httpd.server_close()
@@ -225,8 +263,10 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """Quiet about clients that went away (a timed-out client, a reset)."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        """Quiet about clients that went away (a timed-out client, a reset, a TLS client
+        that gave up).
+        """
+        if not isinstance(sys.exc_info()[1], ConnectionError | ssl.SSLError | TimeoutError):
             super().handle_error(request, client_address)
 
     events_server: EventsServer
@@ -283,7 +323,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reset()
             return
         owner._store(request, rows)
-        self._answer(status, payload, reply.headers)
+        if reply.echo_headers:
+            payload = {"error": f"rejected request with headers {dict(self.headers.items())}"}
+        if reply.hostile:
+            self.close_connection = True
+            _hostile_answer(self, owner, status, reply)
+        else:
+            self._answer(status, payload, reply.headers)
 
     def _evaluate(
         self, owner: EventsServer, path: str, query: Mapping[str, str], raw: bytes, reply: Reply
