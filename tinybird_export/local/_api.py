@@ -280,24 +280,30 @@ def _truncate(state: State, request: Request, args: dict[str, str]) -> Response:
     return Response.json(200, {})
 
 
-def _delete(state: State, request: Request, args: dict[str, str]) -> Response:
-    """``DELETE /v0/datasources/{name}`` removes it; ``POST .../delete`` too (the local
-    server has no delete-by-condition: without a condition every row goes).
-    """
-    condition = request.form().get("delete_condition")
-    if condition and condition.strip() not in ("1", "true", "1=1"):
-        return Response.error(
-            400, "deleting rows by condition is not supported locally: truncate instead"
-        )
+def _drop(state: State, request: Request, args: dict[str, str]) -> Response:
     try:
-        if request.method == "DELETE":
-            state.engine.drop(args["name"])
-        else:
-            state.engine.truncate(args["name"])
+        state.engine.drop(args["name"])
     except UnknownDataSource:
         return Response.error(404, f'Data Source "{args["name"]}" does not exist')
-    job = state.add_job(args["name"], 0, 0, kind="delete_data")
-    return Response.json(200, {**job, "job": job})
+    return Response(204)
+
+
+def _delete_rows(state: State, request: Request, args: dict[str, str]) -> Response:
+    form = request.form()
+    condition = (form.get("delete_condition") or "").strip()
+    if not condition:
+        return Response.error(400, "'delete_condition' is required: the rows to delete")
+    dry_run = form.get("dry_run") == "true"
+    try:
+        matched = state.engine.delete_rows(args["name"], condition, dry_run=dry_run)
+    except UnknownDataSource:
+        return Response.error(404, f'Data Source "{args["name"]}" does not exist')
+    except QueryError as exc:
+        return Response.error(exc.status, f"[Error] {exc}")
+    if dry_run:
+        return Response.json(200, {"rows_to_be_deleted": matched})
+    job = state.add_job(args["name"], 0, 0, kind="delete_data", rows_affected=matched)
+    return Response.json(200, {**job, "job": job, "delete_id": job["id"]})
 
 
 def _alter(state: State, request: Request, args: dict[str, str]) -> Response:
@@ -353,8 +359,8 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     ("POST", re.compile(r"/v0/datasources/?"), _post_datasources),
     ("GET", re.compile(r"/v0/datasources/(?P<name>\w+)(?P<ext>\.datasource)?"), _datasource),
     ("POST", re.compile(r"/v0/datasources/(?P<name>\w+)/truncate/?"), _truncate),
-    ("POST", re.compile(r"/v[01]/datasources/(?P<name>\w+)/delete/?"), _delete),
-    ("DELETE", re.compile(r"/v0/datasources/(?P<name>\w+)/?"), _delete),
+    ("POST", re.compile(r"/v[01]/datasources/(?P<name>\w+)/delete/?"), _delete_rows),
+    ("DELETE", re.compile(r"/v0/datasources/(?P<name>\w+)/?"), _drop),
     ("POST", re.compile(r"/v0/datasources/(?P<name>\w+)/alter/?"), _alter),
     ("GET", re.compile(r"/v0/sql/?"), _sql),
     ("POST", re.compile(r"/v0/sql/?"), _sql),

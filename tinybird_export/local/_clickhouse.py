@@ -273,6 +273,22 @@ class ClickHouseEngine:
                 raise UnknownDataSource(name)
             self._drop(name)
 
+    def delete_rows(self, name: str, condition: str, *, dry_run: bool = False) -> int:
+        """Delete the rows where ``condition`` holds (checked as read-only SQL first).
+
+        Raises:
+            QueryError: The condition is invalid, or reads files or the network.
+        """
+        if name not in self.infos:
+            raise UnknownDataSource(name)
+        counted = self.query(f"SELECT count() FROM `{name}` WHERE {condition} FORMAT JSONCompact")  # noqa: S608
+        matched = int(orjson.loads(counted.body)["data"][0][0])
+        if matched and not dry_run:
+            with self._lock:
+                self._writer.query(f"DELETE FROM `{name}` WHERE {condition}")  # noqa: S608
+                self.infos[name].updated_at = now_text()
+        return matched
+
     def _drop(self, name: str) -> None:
         self._writer.query(f"DROP TABLE IF EXISTS `{name}`")
         self._writer.query(f"DROP TABLE IF EXISTS `{name}_quarantine`")

@@ -125,6 +125,9 @@ class Engine(Protocol):
     def drop(self, name: str) -> None:
         """Remove ``name`` and its quarantine."""
 
+    def delete_rows(self, name: str, condition: str, *, dry_run: bool = False) -> int:
+        """Delete the rows of ``name`` where ``condition`` holds; how many matched."""
+
     def close(self) -> None:
         """Release the database."""
 

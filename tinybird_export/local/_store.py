@@ -201,6 +201,23 @@ class Store:
                 raise UnknownDataSource(name)
             self._drop(name)
 
+    def delete_rows(self, name: str, condition: str, *, dry_run: bool = False) -> int:
+        """Delete the rows where ``condition`` holds (read through the read-only path first).
+
+        Raises:
+            QueryError: The condition is invalid.
+        """
+        if name not in self.infos:
+            raise UnknownDataSource(name)
+        result = self.query(f'SELECT rowid FROM "{name}" WHERE {condition} FORMAT JSONEachRow')  # noqa: S608
+        rowids = [orjson.loads(line)["rowid"] for line in result.body.splitlines()]
+        if rowids and not dry_run:
+            with self._lock:
+                delete = f'DELETE FROM "{name}" WHERE rowid = ?'  # noqa: S608 - a catalog name
+                self._db.executemany(delete, [(r,) for r in rowids])
+                self.infos[name].updated_at = now_text()
+        return len(rowids)
+
     def _drop(self, name: str) -> None:
         self._db.execute(f'DROP TABLE IF EXISTS "{name}"')
         self._db.execute(f'DROP TABLE IF EXISTS "{name}_quarantine"')
