@@ -188,7 +188,7 @@ class ClickHouseEngine:
         now = now_text()[:19]
         with self._lock:
             if name not in self.infos:
-                self._create(DataFile(name, guess_columns(rows[:GUESS_SAMPLE])))
+                self._create(DataFile(name, guess_columns(rows[:GUESS_SAMPLE], name)))
             columns = self.infos[name].columns
             good: list[bytes] = []
             kept: list[dict[str, Any]] = []

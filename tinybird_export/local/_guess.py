@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tinybird_export.local._datafile import DatafileError
 from tinybird_export.local._schema import DATE, DATETIME, Column, parse_type
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -28,14 +29,18 @@ _INT256 = (-(2**255), 2**255 - 1)
 _MAX_DEPTH = 4  # deeper objects are kept whole, as JSON text in a String column
 
 
-def guess_columns(rows: Iterable[Mapping[str, Any]]) -> list[Column]:
+def guess_columns(rows: Iterable[Mapping[str, Any]], name: str = "") -> list[Column]:
     """Columns for a new data source from its first rows.
 
     Args:
         rows: The sample (the first request's first rows).
+        name: The data source, for the error message.
 
     Returns:
         One column per leaf path, in first-seen order.
+
+    Raises:
+        DatafileError: No sampled row has a field (a table needs a column).
     """
     rows = list(rows)
     values: dict[tuple[str, ...], list[Any]] = {}
@@ -66,6 +71,11 @@ def guess_columns(rows: Iterable[Mapping[str, Any]]) -> list[Column]:
                 bool(default_sql),
                 default_sql,
             )
+        )
+    if not columns:
+        raise DatafileError(
+            f"cannot create data source {name!r} from rows without fields: send rows with at "
+            "least one field, or declare it in a .datasource file (--datasources)"
         )
     return columns
 

@@ -142,7 +142,7 @@ class Store:
         now = now_text()[:19]
         with self._lock:
             if name not in self.infos:
-                self._create(DataFile(name, guess_columns(rows[:GUESS_SAMPLE])))
+                self._create(DataFile(name, guess_columns(rows[:GUESS_SAMPLE], name)))
             columns = self.infos[name].columns
             for row in rows:
                 try:
