@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from local_helpers import ENGINES, EVENT, ndjson, post, sql
 
 from tinybird_export import TinybirdEvents, TinybirdHandler
-from tinybird_export.local import DATASOURCES_DIR, LocalServer
+from tinybird_export.local import LocalServer
 
 
 @pytest.fixture(params=ENGINES)
@@ -169,7 +169,7 @@ class TestGuessing:
         ]
         assert post(local, "tb_logs", ndjson(*lines))[1]["quarantined_rows"] == 0
         later = [{"message": "d"}, {"message": "e", "extra": {"cart_id": "not a number"}}]
-        status, body = post(local, "tb_logs", ndjson(*later))
+        _, body = post(local, "tb_logs", ndjson(*later))
         assert body["successful_rows"] == 1  # a key seen later with another kind: quarantine
 
     @settings(
