@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from local_helpers import ENGINES, needs_clickhouse, ndjson, post, raw_sql, sql
+from local_helpers import ENGINES, ndjson, needs_clickhouse, post, raw_sql, sql
 
 from tinybird_export.local import LocalServer
 
