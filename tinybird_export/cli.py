@@ -13,6 +13,7 @@ import orjson
 import urllib3
 
 from tinybird_export.local import DEFAULT_PORT
+from tinybird_export.local._main import HelpFormatter
 
 __all__ = ["main", "query", "render", "sql_main"]
 
@@ -58,7 +59,7 @@ def sql_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="tinybird-export sql",
         description="Run a query through /v0/sql, wrapped as tb sql wraps it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("query", help='the SQL, e.g. "select count() from simple_events"')
     parser.add_argument(

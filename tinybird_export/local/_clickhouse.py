@@ -169,12 +169,24 @@ class ClickHouseEngine:
         try:
             self._writer.query(_create_table(datafile))
         except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors
-            raise DatafileError(
-                f"{datafile.name}.datasource: ClickHouse refused the table: {_reason(exc)}"
-            ) from None
+            raise self._datafile_error(datafile, exc) from None
         now = now_text()
         self.infos[datafile.name] = DataSourceInfo(datafile, now, now)
         self._save()
+
+    def _datafile_error(self, datafile: DataFile, exc: Exception) -> DatafileError:
+        """Which column ClickHouse refused (file, line, type), else its whole reason."""
+        source = datafile.source or f"data source {datafile.name!r}"
+        for column in datafile.columns:
+            try:
+                self._writer.query(f"SELECT defaultValueOfTypeName('{column.type.name}')")
+            except Exception as refused:  # noqa: BLE001 - chDB raises plain RuntimeErrors
+                where = f"{source}:{column.line}" if column.line else source
+                return DatafileError(
+                    f"{where}: column {column.name!r} has type {column.type.name!r}, which "
+                    f"ClickHouse refuses: {_reason(refused)}"
+                )
+        return DatafileError(f"{source}: ClickHouse refused the table: {_reason(exc)}")
 
     def ingest(self, name: str, rows: list[dict[str, Any]], *, create: bool) -> tuple[int, int]:
         """Insert ``rows``; those that do not fit go to ``<name>_quarantine``.
@@ -398,7 +410,8 @@ def _reason(exc: Exception) -> str:
     """ClickHouse's message without the ``Code: N. DB::Exception:`` prefix and version."""
     text = str(exc).strip()
     text = re.sub(r"^(Code: \d+\. DB::Exception: )+", "", text)
-    return re.sub(r"\s*\(version [^)]*\)", "", text).strip()
+    text = re.sub(r"\s*\(version [^)]*\)", "", text)
+    return re.sub(r":? In scope .*?(?=\. \(|\Z)", "", text, flags=re.DOTALL).strip()
 
 
 def _column_of(exc: Exception) -> str:

@@ -34,6 +34,7 @@ class DataFile:
     columns: list[Column]
     description: str = ""
     engine: dict[str, str] = dataclasses.field(default_factory=dict)
+    source: str = ""  # the file it was read from, for error messages
 
 
 def parse_datasource(
@@ -62,7 +63,7 @@ def parse_datafile(text: str, filename: str, *, lenient: bool = False) -> DataFi
         DatafileError: Naming ``filename``, the line and what is wrong.
     """
     lines = text.splitlines()
-    result = DataFile(Path(filename).stem, [])
+    result = DataFile(Path(filename).stem, [], source=filename)
     index, found_schema = 0, False
     while index < len(lines):
         line = lines[index]
@@ -123,8 +124,9 @@ def _column(line: str, filename: str, number: int, lenient: bool) -> Column:
     except UnsupportedType:
         raise DatafileError(
             f"{filename}:{number}: column {name!r} has type {type_text!r}, which the SQLite "
-            "engine does not support (install tinybird-export[local] and use --engine "
-            "clickhouse for every ClickHouse type)"
+            "engine does not know (it checks String, UUID, [U]Int8-256, Float32/64, Bool, "
+            "Date, DateTime, DateTime64 and Nullable, LowCardinality, Array, Map of them; the "
+            "ClickHouse engine, pip install 'tinybird-export[local]', takes every type)"
         ) from None
     rest = rest[end:].strip()
     jsonpath = f"$.{name}"
@@ -137,9 +139,11 @@ def _column(line: str, filename: str, number: int, lenient: bool) -> Column:
     if default_match is None:
         if rest:
             raise DatafileError(f"{filename}:{number}: cannot read {rest!r} after the type")
-        return Column(name, column_type, path_of(jsonpath), jsonpath=jsonpath)
+        return Column(name, column_type, path_of(jsonpath), jsonpath=jsonpath, line=number)
     expr = default_match.group(1).strip()
-    return Column(name, column_type, path_of(jsonpath), _literal(expr), True, expr, jsonpath)
+    return Column(
+        name, column_type, path_of(jsonpath), _literal(expr), True, expr, jsonpath, number
+    )
 
 
 def _literal(expr: str) -> Any:

@@ -16,6 +16,15 @@ that Tinybird's CLIs and SDKs use. The package's own data sources (app_logs, sim
 traces, logs, otel_logs, otel_traces) are declared from the start."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except where there is none to show (flags, computed ones)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``tinybird-export local`` options, each with its default."""
     from tinybird_export.local import DEFAULT_PORT, default_data_path  # noqa: PLC0415
@@ -23,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(
         prog="tinybird-export local",
         description=_DESCRIPTION,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     options.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     options.add_argument(
@@ -50,18 +59,19 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="a directory (or one file) of .datasource files to declare, on top of the "
-        "package's own",
+        "package's own (default: none)",
     )
     options.add_argument(
         "--no-package-datasources",
         action="store_true",
-        help="do not declare the package's own data sources (app_logs, simple_events, ...)",
+        help="do not declare the package's own data sources (app_logs, simple_events, ...); "
+        "default: declared",
     )
     options.add_argument(
         "--strict",
         action="store_true",
         help="refuse unknown data sources with 404, as Forward workspaces do, instead of "
-        "creating them with a guessed schema (Classic workspaces)",
+        "creating them with a guessed schema (Classic workspaces); default: off",
     )
     return options
 

@@ -66,6 +66,7 @@ class Column:
     has_default: bool = False
     default_sql: str = ""
     jsonpath: str = ""
+    line: int = 0  # where a .datasource file declares it, for error messages
 
     @property
     def json_path(self) -> str:
