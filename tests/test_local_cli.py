@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_helpers import ENGINES, EVENT, needs_clickhouse, ndjson, post
+from local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post
 
 from tinybird_export.cli import main as cli_main
 from tinybird_export.local import LocalServer, spawn
