@@ -26,11 +26,11 @@ from typing import Any
 
 import orjson
 
+from tinybird_export.local import _rows
 from tinybird_export.local._datafile import DataFile, DatafileError
 from tinybird_export.local._engine import (
     CONTENT_TYPES,
     GUESS_SAMPLE,
-    MISSING,
     QUARANTINE_EXTRA,
     DataSourceInfo,
     QueryError,
@@ -39,13 +39,12 @@ from tinybird_export.local._engine import (
     RowError,
     UnknownDataSource,
     check_name,
-    lookup,
     now_text,
     quarantine_row,
     split_format,
 )
 from tinybird_export.local._guess import guess_columns
-from tinybird_export.local._schema import CheckError, Column
+from tinybird_export.local._schema import Column
 
 _META = "tinybird-export.json"
 _SETTINGS = "session_timezone=UTC&output_format_json_quote_64bit_integers=0"
@@ -202,41 +201,60 @@ class ClickHouseEngine:
             if name not in self.infos:
                 self._create(DataFile(name, guess_columns(rows[:GUESS_SAMPLE], name)))
             columns = self.infos[name].columns
-            good: list[bytes] = []
-            kept: list[dict[str, Any]] = []
-            bad: list[dict[str, Any]] = []
-            for row in rows:
-                try:
-                    good.append(orjson.dumps(_record(columns, row)))
-                except RowError as exc:
-                    bad.append(quarantine_row(columns, row, exc, now))
-                else:
-                    kept.append(row)
-            refused = self._insert(name, good)
-            for index, reason in refused:
-                bad.append(quarantine_row(columns, kept[index], reason, now))
+            ok, bad = self._insert_rows(name, columns, rows, now)
             if bad:
                 self._quarantine(name, columns, bad)
             self.infos[name].updated_at = now_text()
-        return len(good) - len(refused), len(bad)
+        return ok, len(bad)
+
+    def _insert_rows(
+        self, name: str, columns: list[Column], rows: list[dict[str, Any]], now: str
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Insert what fits; the quarantine rows for the rest."""
+        values = _rows.columnar(columns, rows)
+        if values is not None:
+            names = ", ".join(f"`{c.name}`" for c in columns)
+            try:
+                self._send(f"INSERT INTO `{name}` ({names})", "JSONCompactColumns", values)
+            except Exception:  # noqa: BLE001, S110 - ClickHouse refused a row: find it below
+                pass
+            else:
+                return len(rows), []
+        records: list[dict[str, Any]] = []
+        kept: list[dict[str, Any]] = []
+        bad: list[dict[str, Any]] = []
+        for row in rows:
+            try:
+                records.append(_rows.record(columns, row))
+            except RowError as exc:
+                bad.append(quarantine_row(columns, row, exc, now))
+            else:
+                kept.append(row)
+        refused = self._insert(name, records)
+        for index, reason in refused:
+            bad.append(quarantine_row(columns, kept[index], reason, now))
+        return len(records) - len(refused), bad
+
+    def _send(self, insert: str, fmt: str, payload: Any) -> None:
+        inserter = self._writer.send_insert(insert, fmt)
+        with inserter:
+            inserter.append(orjson.dumps(payload))
+            inserter.finish()
 
     def _insert(
-        self, table: str, lines: list[bytes], offset: int = 0
+        self, table: str, records: list[dict[str, Any]], offset: int = 0
     ) -> list[tuple[int, RowError]]:
-        """Insert NDJSON ``lines``; the rows ClickHouse refuses, found by halving."""
-        if not lines:
+        """Insert ``records``; the ones ClickHouse refuses, found by halving."""
+        if not records:
             return []
         try:
-            inserter = self._writer.send_insert(f"INSERT INTO `{table}`", "JSONEachRow")
-            with inserter:
-                inserter.append(b"\n".join(lines))
-                inserter.finish()
+            self._send(f"INSERT INTO `{table}`", "JSONEachRow", records)
         except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors
-            if len(lines) == 1:
+            if len(records) == 1:
                 return [(offset, RowError(_column_of(exc), _reason(exc)))]
-            half = len(lines) // 2
-            return self._insert(table, lines[:half], offset) + self._insert(
-                table, lines[half:], offset + half
+            half = len(records) // 2
+            return self._insert(table, records[:half], offset) + self._insert(
+                table, records[half:], offset + half
             )
         return []
 
@@ -249,10 +267,7 @@ class ClickHouseEngine:
             "`c__import_id` Nullable(String), `insertion_date` DateTime, `row` String) "
             "ENGINE = MergeTree ORDER BY tuple()"
         )
-        inserter = self._writer.send_insert(f"INSERT INTO `{table}`", "JSONEachRow")
-        with inserter:
-            inserter.append(b"\n".join(orjson.dumps(r) for r in rows))
-            inserter.finish()
+        self._send(f"INSERT INTO `{table}`", "JSONEachRow", rows)
 
     def datasources(self) -> list[DataSourceInfo]:
         """Every data source, with ClickHouse's row and byte counts."""
@@ -368,24 +383,6 @@ _READ_ONLY = (
     "the local server is read-only: /v0/sql runs SELECT queries only (send rows to "
     "/v0/events or the Data Sources API)"
 )
-
-
-def _record(columns: list[Column], row: dict[str, Any]) -> dict[str, Any]:
-    record: dict[str, Any] = {}
-    for column in columns:
-        value = lookup(column, row)
-        if value is MISSING or (value is None and column.has_default):
-            if column.has_default:
-                continue  # ClickHouse evaluates the DEFAULT expression
-            if column.type.nullable:
-                record[column.name] = None
-                continue
-            raise RowError(column.name, "missing, and the column has no DEFAULT")
-        try:
-            record[column.name] = column.type.convert(value)
-        except CheckError as exc:
-            raise RowError(column.name, str(exc)) from None
-    return record
 
 
 def _create_table(datafile: DataFile) -> str:

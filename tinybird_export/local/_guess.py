@@ -123,8 +123,10 @@ def _unify(values: list[Any]) -> str:
     if kinds == {"array"}:
         items = [item for v in values if v is not None for item in v]
         inner = _unify(items)
-        if any(item is None for item in items) and not inner.startswith(("Array", "Map")):
-            inner = f"Nullable({inner})"
+        if any(item is None for item in items):
+            # ClickHouse has no Nullable(Array) or Nullable(Map): such items become text.
+            nested = inner.startswith(("Array", "Map"))
+            inner = "Nullable(String)" if nested else f"Nullable({inner})"
         return f"Array({inner})"
     if kinds == {"object"} and all(v == {} for v in values if v is not None):
         return "Map(String, String)"

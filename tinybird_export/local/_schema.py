@@ -120,8 +120,8 @@ def parse_type(text: str, *, lenient: bool = False) -> ColumnType:
     if outer in _INT_RANGES and not inner:
         return ColumnType(text, _integer(*_INT_RANGES[outer]), zero=0)
     simple = {
-        "String": ColumnType(text, _string, zero=""),
-        "UUID": ColumnType(text, _string, zero="00000000-0000-0000-0000-000000000000"),
+        "String": ColumnType(text, convert_string, zero=""),
+        "UUID": ColumnType(text, convert_string, zero="00000000-0000-0000-0000-000000000000"),
         "Float32": ColumnType(text, _float, zero=0.0),
         "Float64": ColumnType(text, _float, zero=0.0),
         "Bool": ColumnType(text, _bool, zero=False),
@@ -188,7 +188,7 @@ def _unchecked(value: Any) -> Any:
     return value
 
 
-def _string(value: Any) -> str:
+def convert_string(value: Any) -> str:
     # ClickHouse reads a JSON number, boolean, object or array into a String column as its
     # JSON text (input_format_json_read_{numbers,bools,objects,arrays}_as_strings, on by
     # default); only null needs a Nullable column.
