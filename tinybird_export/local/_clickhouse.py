@@ -77,6 +77,7 @@ _TABLE_FUNCTIONS = frozenset(
 _DENIED_FUNCTIONS = frozenset({"file", "catboostevaluate", "evalmlmodel"})
 _FUNCTION = re.compile(r"^(\s*)Function (\w+)")
 _CODE = re.compile(r"Code: (\d+)\.")
+_CHECKED_MAX = 1024
 _open_path: list[str] = []  # chDB serves one data path per process
 
 
@@ -114,6 +115,7 @@ class ClickHouseEngine:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self.infos: dict[str, DataSourceInfo] = {}
+        self._checked: dict[str, None] = {}  # queries that passed the read-only check
         self.token = "p.local." + os.urandom(16).hex()
         self._load()
 
@@ -340,6 +342,10 @@ class ClickHouseEngine:
             return QueryResult(answer.bytes(), CONTENT_TYPES[fmt])
 
     def _check_read_only(self, text: str) -> None:
+        # The verdict depends on the text alone: repeated queries (dashboards, tb sql's
+        # retries) skip the extra round trip.
+        if text in self._checked:
+            return
         try:
             tree = self._reader.query(f"EXPLAIN AST {text}", "TSVRaw").bytes().decode()
         except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors
@@ -358,6 +364,9 @@ class ClickHouseEngine:
                 table_function and function not in _TABLE_FUNCTIONS
             ):
                 raise ReadOnlyError(f"{_READ_ONLY}; {match.group(2)}() is not allowed")
+        if len(self._checked) >= _CHECKED_MAX:
+            self._checked.pop(next(iter(self._checked)))
+        self._checked[text] = None
 
     def _error(self, exc: Exception) -> QueryError:
         reason = _reason(exc)
