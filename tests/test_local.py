@@ -16,7 +16,7 @@ import pytest
 import urllib3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from local_helpers import ENGINES, EVENT, ndjson, post, sql
+from local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post, sql
 
 from tinybird_export import TinybirdEvents, TinybirdHandler
 from tinybird_export.local import LocalServer
@@ -340,3 +340,22 @@ class TestPersistence:
         if engine == "clickhouse":
             meta = path / "tinybird-export.json"
             assert meta.stat().st_mode & 0o077 == 0 or sys.platform == "win32"
+
+
+@needs_clickhouse
+@pytest.mark.parametrize("wait", ["true", "false"])
+def test_a_row_clickhouse_refuses_is_quarantined_alone(tmp_path: Path, wait: str) -> None:
+    """A type the local checks do not know (Enum8) is ClickHouse's to check: the batch is
+    halved until the refused row is alone, whether inserted at once or deferred (wait=false).
+    """
+    (tmp_path / "e.datasource").write_text(
+        "SCHEMA >\n    `v` Enum8('a' = 1, 'b' = 2) `json:$.v`,\n    `n` Int32 `json:$.n`\n"
+    )
+    with LocalServer(datasources=tmp_path, engine="clickhouse") as local:
+        rows = [{"v": "a", "n": i} for i in range(10)] + [{"v": "zzz", "n": 99}]
+        status, body = post(local, "e", ndjson(*rows), wait=wait)
+        if wait == "true":
+            assert (status, body) == (200, {"successful_rows": 10, "quarantined_rows": 1})
+        assert sql(local, "select count() c from e")["data"] == [{"c": 10}]
+        quarantined = sql(local, "select n, c__error from e_quarantine")["data"]
+        assert [q["n"] for q in quarantined] == ["99"] and "zzz" in str(quarantined[0])

@@ -18,6 +18,7 @@ the data, which SQL cannot read.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import threading
@@ -78,6 +79,8 @@ _DENIED_FUNCTIONS = frozenset({"file", "catboostevaluate", "evalmlmodel"})
 _FUNCTION = re.compile(r"^(\s*)Function (\w+)")
 _CODE = re.compile(r"Code: (\d+)\.")
 _CHECKED_MAX = 1024
+_FLUSH_ROWS = 10_000
+_FLUSH_SECONDS = 0.2
 _open_path: list[str] = []  # chDB serves one data path per process
 
 
@@ -116,8 +119,15 @@ class ClickHouseEngine:
         self._read_lock = threading.Lock()
         self.infos: dict[str, DataSourceInfo] = {}
         self._checked: dict[str, None] = {}  # queries that passed the read-only check
+        self._pending: dict[str, list[tuple[list[list[Any]], list[dict[str, Any]]]]] = {}
+        self._pending_rows = 0
+        self._closing = threading.Event()
         self.token = "p.local." + os.urandom(16).hex()
         self._load()
+        self._flusher = threading.Thread(
+            target=self._flush_loop, name="tinybird-export-local-flush", daemon=True
+        )
+        self._flusher.start()
 
     def _load(self) -> None:
         if self._meta_path is None or not self._meta_path.exists():
@@ -189,8 +199,19 @@ class ClickHouseEngine:
                 )
         return DatafileError(f"{source}: ClickHouse refused the table: {_reason(exc)}")
 
-    def ingest(self, name: str, rows: list[dict[str, Any]], *, create: bool) -> tuple[int, int]:
+    def ingest(
+        self, name: str, rows: list[dict[str, Any]], *, create: bool, wait: bool = True
+    ) -> tuple[int, int]:
         """Insert ``rows``; those that do not fit go to ``<name>_quarantine``.
+
+        Args:
+            name: The data source.
+            rows: The rows.
+            create: Create a missing data source with a guessed schema.
+            wait: Insert before answering. Otherwise a batch whose rows all fit may wait in
+                memory (at most ``_FLUSH_SECONDS``, or until ``_FLUSH_ROWS`` rows, or the next
+                read, which always sees it): one ClickHouse insert costs milliseconds
+                whatever its size, so small batches are merged as Tinybird's Events API does.
 
         Raises:
             UnknownDataSource: ``name`` does not exist and ``create`` is false.
@@ -203,11 +224,49 @@ class ClickHouseEngine:
             if name not in self.infos:
                 self._create(DataFile(name, guess_columns(rows[:GUESS_SAMPLE], name)))
             columns = self.infos[name].columns
+            if not wait:
+                values = _rows.columnar(columns, rows)
+                if values is not None:
+                    self._pending.setdefault(name, []).append((values, rows))
+                    self._pending_rows += len(rows)
+                    if self._pending_rows >= _FLUSH_ROWS:
+                        self._flush()
+                    self.infos[name].updated_at = now_text()
+                    return len(rows), 0
             ok, bad = self._insert_rows(name, columns, rows, now)
             if bad:
                 self._quarantine(name, columns, bad)
             self.infos[name].updated_at = now_text()
         return ok, len(bad)
+
+    def flush(self) -> None:
+        """Insert the batches waiting in memory."""
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending, self._pending, self._pending_rows = self._pending, {}, 0
+        for name, chunks in pending.items():
+            if name not in self.infos:
+                continue
+            columns = self.infos[name].columns
+            merged = [
+                list(itertools.chain.from_iterable(values[i] for values, _ in chunks))
+                for i in range(len(columns))
+            ]
+            names = ", ".join(f"`{c.name}`" for c in columns)
+            try:
+                self._send(f"INSERT INTO `{name}` ({names})", "JSONCompactColumns", merged)
+            except Exception:  # noqa: BLE001 - a row ClickHouse refuses: quarantine it alone
+                now = now_text()[:19]
+                for _, rows in chunks:
+                    _, bad = self._insert_rows(name, columns, rows, now)
+                    if bad:
+                        self._quarantine(name, columns, bad)
+
+    def _flush_loop(self) -> None:
+        while not self._closing.wait(_FLUSH_SECONDS):
+            self.flush()
 
     def _insert_rows(
         self, name: str, columns: list[Column], rows: list[dict[str, Any]], now: str
@@ -274,6 +333,7 @@ class ClickHouseEngine:
     def datasources(self) -> list[DataSourceInfo]:
         """Every data source, with ClickHouse's row and byte counts."""
         with self._lock:
+            self._flush()
             answer = self._writer.query(
                 "SELECT name, total_rows, total_bytes FROM system.tables "
                 "WHERE database = currentDatabase()",
@@ -290,6 +350,7 @@ class ClickHouseEngine:
         with self._lock:
             if name not in self.infos:
                 raise UnknownDataSource(name)
+            self._flush()
             self._writer.query(f"TRUNCATE TABLE `{name}`")
             self._writer.query(f"DROP TABLE IF EXISTS `{name}_quarantine`")
             self.infos[name].updated_at = now_text()
@@ -319,6 +380,7 @@ class ClickHouseEngine:
         return matched
 
     def _drop(self, name: str) -> None:
+        self._flush()
         self._writer.query(f"DROP TABLE IF EXISTS `{name}`")
         self._writer.query(f"DROP TABLE IF EXISTS `{name}_quarantine`")
         del self.infos[name]
@@ -333,6 +395,7 @@ class ClickHouseEngine:
             ReadOnlyError: The query would write, or read files or the network.
         """
         text, fmt = split_format(sql)
+        self.flush()  # a read sees every write answered before it
         with self._read_lock:
             self._check_read_only(text)
             try:
@@ -379,8 +442,11 @@ class ClickHouseEngine:
         return QueryError(reason)
 
     def close(self) -> None:
-        """Close both connections (an in-memory database is dropped)."""
+        """Insert what waits, close both connections (an in-memory database is dropped)."""
+        self._closing.set()
+        self._flusher.join(10)
         with self._lock, self._read_lock:
+            self._flush()
             if self._memory:
                 self._writer.query(f"DROP DATABASE IF EXISTS {self._database}")
             self._reader.close()

@@ -110,8 +110,12 @@ class Engine(Protocol):
     def declare(self, datafile: DataFile, *, replace: bool = False) -> bool:
         """Create a data source (kept when it exists, unless ``replace``); True if created."""
 
-    def ingest(self, name: str, rows: list[dict[str, Any]], *, create: bool) -> tuple[int, int]:
-        """Insert ``rows``; ``(successful_rows, quarantined_rows)``."""
+    def ingest(
+        self, name: str, rows: list[dict[str, Any]], *, create: bool, wait: bool = True
+    ) -> tuple[int, int]:
+        """Insert ``rows``; ``(successful_rows, quarantined_rows)``. Without ``wait`` the
+        insert may be deferred (never past the next read).
+        """
 
     def query(self, sql: str) -> QueryResult:
         """Run one read-only query."""

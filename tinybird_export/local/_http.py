@@ -108,7 +108,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 request.body, self.headers.get("Content-Encoding"), state.max_body_bytes
             )
             rows = _ndjson.parse_rows(body)
-            ok, quarantined = state.engine.ingest(name, rows, create=not state.strict)
+            wait = request.query.get("wait") == "true"
+            ok, quarantined = state.engine.ingest(name, rows, create=not state.strict, wait=wait)
         except _ndjson.BodyError as exc:
             return Response.error(exc.status, str(exc))
         except InvalidName as exc:
@@ -121,7 +122,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 f"Data Source '{name}' not found: deploy it first (strict mode refuses unknown "
                 "data sources, as Forward workspaces do)",
             )
-        status = 200 if request.query.get("wait") == "true" else 202
+        status = 200 if wait else 202
         return Response.json(status, {"successful_rows": ok, "quarantined_rows": quarantined})
 
     def _answer(self, response: Response) -> None:

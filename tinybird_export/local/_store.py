@@ -125,8 +125,11 @@ class Store:
         )
         self.infos[datafile.name] = info
 
-    def ingest(self, name: str, rows: list[dict[str, Any]], *, create: bool) -> tuple[int, int]:
-        """Insert ``rows``; those that do not fit go to quarantine.
+    def ingest(
+        self, name: str, rows: list[dict[str, Any]], *, create: bool, wait: bool = True
+    ) -> tuple[int, int]:
+        """Insert ``rows`` (before answering, whatever ``wait``); those that do not fit go to
+        quarantine.
 
         Returns:
             ``(successful_rows, quarantined_rows)``.
