@@ -20,28 +20,24 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import threading
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from tinybird_export.local import _rows
+from tinybird_export.local import _chsql, _rows
 from tinybird_export.local._datafile import DataFile, DatafileError
 from tinybird_export.local._engine import (
     CONTENT_TYPES,
     GUESS_SAMPLE,
-    QUARANTINE_EXTRA,
     DataSourceInfo,
     QueryError,
     QueryResult,
     ReadOnlyError,
-    RowError,
     UnknownDataSource,
     check_name,
     now_text,
-    quarantine_row,
     split_format,
 )
 from tinybird_export.local._guess import guess_columns
@@ -50,38 +46,10 @@ from tinybird_export.local._schema import Column
 _META = "tinybird-export.json"
 _SETTINGS = "session_timezone=UTC&output_format_json_quote_64bit_integers=0"
 _WRITE_SETTINGS = "date_time_input_format=best_effort&input_format_skip_unknown_fields=1"
-_ROOTS = (
-    "SelectWithUnionQuery",
-    "SelectQuery",
-    "ShowTables",
-    "ShowColumns",
-    "DescribeQuery",
-    "Explain",
-    "ExistsTableQuery",
-    "ShowCreateTableQuery",
-)
-_TABLE_FUNCTIONS = frozenset(
-    {
-        "numbers",
-        "numbers_mt",
-        "generaterandom",
-        "values",
-        "view",
-        "null",
-        "merge",
-        "generate_series",
-        "generateseries",
-        "zeros",
-        "zeros_mt",
-    }
-)
-_DENIED_FUNCTIONS = frozenset({"file", "catboostevaluate", "evalmlmodel"})
-_FUNCTION = re.compile(r"^(\s*)Function (\w+)")
-_CODE = re.compile(r"Code: (\d+)\.")
 _CHECKED_MAX = 1024
 _FLUSH_ROWS = 10_000
 _FLUSH_SECONDS = 0.2
-_open_path: list[str] = []  # chDB serves one data path per process
+_open: dict[str, int] = {}  # chDB serves one data path per process: how many engines use it
 
 
 class ClickHouseEngine:
@@ -98,10 +66,11 @@ class ClickHouseEngine:
 
         self._memory = data == ":memory:"
         path = ":memory:" if self._memory else str(Path(data).resolve())
-        if _open_path and _open_path[0] != path:
+        other = next((p for p in _open if p != path), None)
+        if other is not None:
             raise RuntimeError(
-                f"chDB already serves {_open_path[0]} in this process and can serve one data "
-                f"path at a time: stop that server first, or use --engine sqlite for {data}"
+                f"chDB already serves {other} in this process and can serve one data path at "
+                f"a time: stop that server first, or use --engine sqlite for {data}"
             )
         self._meta_path: Path | None = None
         if not self._memory:
@@ -109,7 +78,8 @@ class ClickHouseEngine:
             self._meta_path = Path(path) / _META
         self._writer = state.connect(f"{path}?{_SETTINGS}&{_WRITE_SETTINGS}")
         self._reader = state.connect(f"{path}?readonly=1&{_SETTINGS}")
-        _open_path[:] = [path]
+        _open[path] = _open.get(path, 0) + 1
+        self._path = path
         self._database = f"tb_local_{os.urandom(4).hex()}" if self._memory else "default"
         if self._memory:
             self._writer.query(f"CREATE DATABASE {self._database}")
@@ -133,33 +103,11 @@ class ClickHouseEngine:
         if self._meta_path is None or not self._meta_path.exists():
             self._save()
             return
-        meta = orjson.loads(self._meta_path.read_bytes())
-        self.token = meta["token"]
-        for name, stored in meta["datasources"].items():
-            columns = [Column.from_json(c, lenient=True) for c in stored["columns"]]
-            datafile = DataFile(name, columns, stored["description"], stored["engine"])
-            self.infos[name] = DataSourceInfo(datafile, stored["created_at"], stored["updated_at"])
+        self.token, self.infos = _chsql.load_meta(self._meta_path)
 
     def _save(self) -> None:
-        if self._meta_path is None:
-            return
-        meta = {
-            "token": self.token,
-            "datasources": {
-                name: {
-                    "columns": [c.to_json() for c in info.columns],
-                    "description": info.datafile.description,
-                    "engine": info.datafile.engine,
-                    "created_at": info.created_at,
-                    "updated_at": info.updated_at,
-                }
-                for name, info in self.infos.items()
-            },
-        }
-        temporary = self._meta_path.with_suffix(".tmp")
-        temporary.write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-        temporary.chmod(0o600)  # it holds the token
-        temporary.replace(self._meta_path)
+        if self._meta_path is not None:
+            _chsql.save_meta(self._meta_path, self.token, self.infos)
 
     def declare(self, datafile: DataFile, *, replace: bool = False) -> bool:
         """Create a data source's table (kept if it exists, unless ``replace``).
@@ -178,7 +126,7 @@ class ClickHouseEngine:
 
     def _create(self, datafile: DataFile) -> None:
         try:
-            self._writer.query(_create_table(datafile))
+            self._writer.query(_chsql.create_table(datafile))
         except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors
             raise self._datafile_error(datafile, exc) from None
         now = now_text()
@@ -195,9 +143,9 @@ class ClickHouseEngine:
                 where = f"{source}:{column.line}" if column.line else source
                 return DatafileError(
                     f"{where}: column {column.name!r} has type {column.type.name!r}, which "
-                    f"ClickHouse refuses: {_reason(refused)}"
+                    f"ClickHouse refuses: {_chsql.reason(refused)}"
                 )
-        return DatafileError(f"{source}: ClickHouse refused the table: {_reason(exc)}")
+        return DatafileError(f"{source}: ClickHouse refused the table: {_chsql.reason(exc)}")
 
     def ingest(
         self, name: str, rows: list[dict[str, Any]], *, create: bool, wait: bool = True
@@ -271,64 +219,13 @@ class ClickHouseEngine:
     def _insert_rows(
         self, name: str, columns: list[Column], rows: list[dict[str, Any]], now: str
     ) -> tuple[int, list[dict[str, Any]]]:
-        """Insert what fits; the quarantine rows for the rest."""
-        values = _rows.columnar(columns, rows)
-        if values is not None:
-            names = ", ".join(f"`{c.name}`" for c in columns)
-            try:
-                self._send(f"INSERT INTO `{name}` ({names})", "JSONCompactColumns", values)
-            except Exception:  # noqa: BLE001, S110 - ClickHouse refused a row: find it below
-                pass
-            else:
-                return len(rows), []
-        records: list[dict[str, Any]] = []
-        kept: list[dict[str, Any]] = []
-        bad: list[dict[str, Any]] = []
-        for row in rows:
-            try:
-                records.append(_rows.record(columns, row))
-            except RowError as exc:
-                bad.append(quarantine_row(columns, row, exc, now))
-            else:
-                kept.append(row)
-        refused = self._insert(name, records)
-        for index, reason in refused:
-            bad.append(quarantine_row(columns, kept[index], reason, now))
-        return len(records) - len(refused), bad
+        return _rows.insert(self._writer, name, columns, rows, now)
 
     def _send(self, insert: str, fmt: str, payload: Any) -> None:
-        inserter = self._writer.send_insert(insert, fmt)
-        with inserter:
-            inserter.append(orjson.dumps(payload))
-            inserter.finish()
-
-    def _insert(
-        self, table: str, records: list[dict[str, Any]], offset: int = 0
-    ) -> list[tuple[int, RowError]]:
-        """Insert ``records``; the ones ClickHouse refuses, found by halving."""
-        if not records:
-            return []
-        try:
-            self._send(f"INSERT INTO `{table}`", "JSONEachRow", records)
-        except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors
-            if len(records) == 1:
-                return [(offset, RowError(_column_of(exc), _reason(exc)))]
-            half = len(records) // 2
-            return self._insert(table, records[:half], offset) + self._insert(
-                table, records[half:], offset + half
-            )
-        return []
+        _rows.send(self._writer, insert, fmt, payload)
 
     def _quarantine(self, name: str, columns: list[Column], rows: list[dict[str, Any]]) -> None:
-        table = f"{name}_quarantine"
-        kept = [f"`{c.name}` Nullable(String)" for c in columns if c.name not in QUARANTINE_EXTRA]
-        self._writer.query(
-            f"CREATE TABLE IF NOT EXISTS `{table}` ({', '.join(kept)}, "
-            "`c__error_column` Array(String), `c__error` Array(String), "
-            "`c__import_id` Nullable(String), `insertion_date` DateTime, `row` String) "
-            "ENGINE = MergeTree ORDER BY tuple()"
-        )
-        self._send(f"INSERT INTO `{table}`", "JSONEachRow", rows)
+        _rows.quarantine(self._writer, name, columns, rows)
 
     def datasources(self) -> list[DataSourceInfo]:
         """Every data source, with ClickHouse's row and byte counts."""
@@ -413,33 +310,15 @@ class ClickHouseEngine:
             tree = self._reader.query(f"EXPLAIN AST {text}", "TSVRaw").bytes().decode()
         except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors
             raise self._error(exc) from None
-        lines = tree.splitlines()
-        root = lines[0].split()[0] if lines else ""
-        if root not in _ROOTS:
-            raise ReadOnlyError(_READ_ONLY)
-        for number, line in enumerate(lines):
-            match = _FUNCTION.match(line)
-            if match is None:
-                continue
-            function = match.group(2).lower()
-            table_function = number > 0 and lines[number - 1].strip().startswith("TableExpression")
-            if function in _DENIED_FUNCTIONS or (
-                table_function and function not in _TABLE_FUNCTIONS
-            ):
-                raise ReadOnlyError(f"{_READ_ONLY}; {match.group(2)}() is not allowed")
+        refusal = _chsql.refusal(tree)
+        if refusal:
+            raise ReadOnlyError(refusal)
         if len(self._checked) >= _CHECKED_MAX:
             self._checked.pop(next(iter(self._checked)))
         self._checked[text] = None
 
     def _error(self, exc: Exception) -> QueryError:
-        reason = _reason(exc)
-        code = _CODE.search(str(exc))
-        if code and code.group(1) == "164":
-            return ReadOnlyError(_READ_ONLY)
-        if code and code.group(1) == "60":
-            existing = ", ".join(sorted(self.infos)) or "none yet (send events first)"
-            return QueryError(f"{reason}. Data sources: {existing}")
-        return QueryError(reason)
+        return _chsql.query_error(exc, sorted(self.infos))
 
     def close(self) -> None:
         """Insert what waits, close both connections (an in-memory database is dropped)."""
@@ -451,41 +330,6 @@ class ClickHouseEngine:
                 self._writer.query(f"DROP DATABASE IF EXISTS {self._database}")
             self._reader.close()
             self._writer.close()
-            _open_path.clear()
-
-
-_READ_ONLY = (
-    "the local server is read-only: /v0/sql runs SELECT queries only (send rows to "
-    "/v0/events or the Data Sources API)"
-)
-
-
-def _create_table(datafile: DataFile) -> str:
-    definitions = []
-    for column in datafile.columns:
-        default = f" DEFAULT {column.default_sql}" if column.default_sql else ""
-        definitions.append(f"`{column.name}` {column.type.name}{default}")
-    engine = datafile.engine
-    name = engine.get("ENGINE", "MergeTree")
-    arguments = engine.get("ENGINE_VER", "") if name == "ReplacingMergeTree" else ""
-    clauses = [f"ENGINE = {name}({arguments})"]
-    if engine.get("ENGINE_PARTITION_KEY"):
-        clauses.append(f"PARTITION BY {engine['ENGINE_PARTITION_KEY']}")
-    clauses.append(f"ORDER BY ({engine.get('ENGINE_SORTING_KEY') or 'tuple()'})")
-    if engine.get("ENGINE_TTL"):
-        clauses.append(f"TTL {engine['ENGINE_TTL']}")
-    clauses.append("SETTINGS allow_nullable_key = 1")
-    return f"CREATE TABLE `{datafile.name}` ({', '.join(definitions)}) {' '.join(clauses)}"
-
-
-def _reason(exc: Exception) -> str:
-    """ClickHouse's message without the ``Code: N. DB::Exception:`` prefix and version."""
-    text = str(exc).strip()
-    text = re.sub(r"^(Code: \d+\. DB::Exception: )+", "", text)
-    text = re.sub(r"\s*\(version [^)]*\)", "", text)
-    return re.sub(r":? In scope .*?(?=\. \(|\Z)", "", text, flags=re.DOTALL).strip()
-
-
-def _column_of(exc: Exception) -> str:
-    match = re.search(r"column '?`?(\w+)`?'?", str(exc))
-    return match.group(1) if match else ""
+            _open[self._path] -= 1
+            if not _open[self._path]:
+                del _open[self._path]

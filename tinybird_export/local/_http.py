@@ -12,13 +12,13 @@ import urllib.parse
 from typing import Any
 
 from tinybird_export import _ndjson
-from tinybird_export.local import _api, _forward
+from tinybird_export.local import _api, _forward, _workspace
 from tinybird_export.local._api import State
 from tinybird_export.local._datafile import DatafileError
 from tinybird_export.local._engine import InvalidName, UnknownDataSource
 from tinybird_export.local._request import Request, Response
 
-_ROUTES = [*_api.ROUTES, *_forward.ROUTES]
+_ROUTES = [*_workspace.ROUTES, *_api.ROUTES, *_forward.ROUTES]
 
 
 class HTTPServer(http.server.ThreadingHTTPServer):

@@ -19,11 +19,10 @@ from typing import Any
 
 import orjson
 
-from tinybird_export.local import _render
+from tinybird_export.local import _render, _sqlite
 from tinybird_export.local._datafile import DataFile
 from tinybird_export.local._engine import (
     GUESS_SAMPLE,
-    MISSING,
     DataSourceInfo,
     QueryError,
     QueryResult,
@@ -31,33 +30,12 @@ from tinybird_export.local._engine import (
     RowError,
     UnknownDataSource,
     check_name,
-    lookup,
     now_text,
     quarantine_row,
     split_format,
 )
 from tinybird_export.local._guess import guess_columns
-from tinybird_export.local._schema import CheckError, Column
-
-_READ_ACTIONS = frozenset(
-    getattr(sqlite3, name, code)
-    for name, code in (
-        ("SQLITE_SELECT", 21),
-        ("SQLITE_READ", 20),
-        ("SQLITE_FUNCTION", 31),
-        ("SQLITE_RECURSIVE", 33),
-    )
-)
-_READ = getattr(sqlite3, "SQLITE_READ", 20)
-# ClickHouse spellings used in Tinybird's docs, rewritten to SQLite's.
-_SPELLINGS = (
-    (re.compile(r"\bcount\(\s*\)", re.I), "count(*)"),
-    (re.compile(r"\buniq(Exact)?\(", re.I), "count(DISTINCT "),
-    (re.compile(r"\btoDate\(", re.I), "date("),
-    (re.compile(r"\bnow\(\s*\)", re.I), "datetime('now')"),
-    (re.compile(r"\btoStartOfMinute\(", re.I), "strftime('%Y-%m-%d %H:%M:00', "),
-    (re.compile(r"\btoStartOfHour\(", re.I), "strftime('%Y-%m-%d %H:00:00', "),
-)
+from tinybird_export.local._schema import Column
 
 
 class Store:
@@ -87,7 +65,7 @@ class Store:
             )
             for name, stored in self._db.execute("SELECT name, columns FROM _tb_catalog"):
                 if not name.endswith("_quarantine"):  # older catalogs listed them
-                    self.infos[name] = _info_from_json(name, orjson.loads(stored))
+                    self.infos[name] = _sqlite.info_from_json(name, orjson.loads(stored))
             self.token = self._token()
 
     @property
@@ -115,13 +93,13 @@ class Store:
             return True
 
     def _create(self, datafile: DataFile) -> None:
-        definition = ", ".join(f'"{c.name}" {_affinity(c)}' for c in datafile.columns)
+        definition = ", ".join(f'"{c.name}" {_sqlite.affinity(c)}' for c in datafile.columns)
         self._db.execute(f'CREATE TABLE IF NOT EXISTS "{datafile.name}" ({definition})')
         now = now_text()
         info = DataSourceInfo(datafile, now, now)
         self._db.execute(
             "INSERT OR REPLACE INTO _tb_catalog VALUES (?, ?)",
-            (datafile.name, orjson.dumps(_info_to_json(info)).decode()),
+            (datafile.name, orjson.dumps(_sqlite.info_to_json(info)).decode()),
         )
         self.infos[datafile.name] = info
 
@@ -149,7 +127,7 @@ class Store:
             columns = self.infos[name].columns
             for row in rows:
                 try:
-                    good.append(tuple(_value(column, row, now) for column in columns))
+                    good.append(tuple(_sqlite.value(column, row, now) for column in columns))
                 except RowError as exc:
                     bad.append(quarantine_row(columns, row, exc, now))
             self._db.execute("BEGIN")
@@ -240,11 +218,11 @@ class Store:
                 f"FORMAT {fmt} needs the ClickHouse engine (tinybird-export[local]); the SQLite "
                 f"engine writes {', '.join(_render.FORMATS)}"
             )
-        for pattern, replacement in _SPELLINGS:
+        for pattern, replacement in _sqlite.SPELLINGS:
             text = pattern.sub(replacement, text)
         started = time.perf_counter()
         with self._lock:
-            self._db.set_authorizer(_read_only)
+            self._db.set_authorizer(_sqlite.read_only)
             try:
                 cursor = self._db.execute(text)
                 rows = cursor.fetchall()
@@ -257,7 +235,7 @@ class Store:
         # SQLite names a column by its (rewritten) expression; ClickHouse says count().
         names = [d[0].replace("count(*)", "count()") for d in cursor.description or ()]
         types = self._types(names, rows, text)
-        data = [[_output(v, t) for v, t in zip(row, types, strict=True)] for row in rows]
+        data = [[_sqlite.output(v, t) for v, t in zip(row, types, strict=True)] for row in rows]
         return _render.render(fmt, names, types, data, time.perf_counter() - started)
 
     def _error(self, exc: sqlite3.DatabaseError) -> QueryError:
@@ -290,83 +268,10 @@ class Store:
             elif re.fullmatch(r"count\(.*\)", name, re.I):
                 types.append("UInt64")
             else:
-                types.append(_value_type(row[index] for row in rows))
+                types.append(_sqlite.value_type(row[index] for row in rows))
         return types
 
     def close(self) -> None:
         """Close the database."""
         with self._lock:
             self._db.close()
-
-
-def _info_to_json(info: DataSourceInfo) -> dict[str, Any]:
-    return {
-        "columns": [c.to_json() for c in info.columns],
-        "description": info.datafile.description,
-        "engine": info.datafile.engine,
-        "created_at": info.created_at,
-    }
-
-
-def _info_from_json(name: str, stored: Any) -> DataSourceInfo:
-    if isinstance(stored, list):  # the first catalog format: the columns alone
-        stored = {"columns": stored}
-    created = stored.get("created_at") or now_text()
-    columns = [Column.from_json(c) for c in stored["columns"]]
-    datafile = DataFile(name, columns, stored.get("description", ""), stored.get("engine", {}))
-    return DataSourceInfo(datafile, created, created)
-
-
-def _value(column: Column, row: dict[str, Any], now: str) -> Any:
-    value = lookup(column, row)
-    if value is MISSING or (value is None and column.has_default):
-        if column.has_default:
-            value = now if column.default == "now" else column.default
-            return orjson.dumps(value).decode() if column.type.container else value
-        if column.type.nullable:
-            return None
-        raise RowError(column.name, "missing, and the column has no DEFAULT")
-    try:
-        converted = column.type.convert(value)
-    except CheckError as exc:
-        raise RowError(column.name, str(exc)) from None
-    if column.type.container:
-        return orjson.dumps(converted, default=str).decode()
-    return converted
-
-
-def _affinity(column: Column) -> str:
-    base = re.sub(r"^(Nullable|LowCardinality)\((.*)\)$", r"\2", column.type.name)
-    base = re.sub(r"^(Nullable|LowCardinality)\((.*)\)$", r"\2", base)
-    if re.match(r"U?Int(8|16|32)$|Int64$|Bool$", base):
-        return "INTEGER"  # UInt64 and wider may not fit SQLite's 64-bit integers: TEXT
-    if base.startswith("Float"):
-        return "REAL"
-    return "TEXT"
-
-
-def _output(value: Any, type_name: str) -> Any:
-    if isinstance(value, str) and type_name.startswith(("Array", "Map", "Nullable(Array")):
-        return orjson.loads(value)
-    if type_name == "Bool" and isinstance(value, int):
-        return bool(value)
-    if isinstance(value, str) and re.match(r"(Nullable\()?U?Int\d+", type_name):
-        return int(value) if re.fullmatch(r"-?\d+", value) else value
-    return value
-
-
-def _value_type(values: Any) -> str:
-    kinds = {type(v) for v in values if v is not None}
-    if kinds == {int}:
-        return "Int64"
-    if kinds <= {int, float} and kinds:
-        return "Float64"
-    return "String"
-
-
-def _read_only(action: int, arg1: str | None, *_: Any) -> int:
-    if action not in _READ_ACTIONS:
-        return sqlite3.SQLITE_DENY
-    if action == _READ and arg1 and arg1.startswith(("_tb_", "sqlite_")):
-        return sqlite3.SQLITE_DENY  # the catalog holds the token
-    return sqlite3.SQLITE_OK
