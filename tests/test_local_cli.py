@@ -262,3 +262,17 @@ def test_env_of_spawned_server_has_no_token_in_repr() -> None:
     with spawn(":memory:", "--engine", "sqlite") as local:
         assert local.token not in repr(local)
         assert os.environ.get("TINYBIRD_TOKEN") != local.token
+
+
+def test_the_banner_warns_when_other_machines_can_reach_the_server() -> None:
+    from tinybird_export.local._main import banner
+
+    exposed = LocalServer(host="0.0.0.0")  # bound, never started: nothing is served
+    try:
+        assert "warning:" in banner(exposed, ":memory:") and "/tokens" in banner(
+            exposed, ":memory:"
+        )
+    finally:
+        exposed.stop()
+    with LocalServer() as local:
+        assert "warning:" not in banner(local, ":memory:")

@@ -10,6 +10,7 @@ or the SQLite engine (no dependency). ``LocalServer`` runs one in-process (tests
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -121,6 +122,15 @@ class LocalServer:
         self.strict = strict
         self._httpd.state = State(self.store, strict, max_body_bytes)
         self._thread: threading.Thread | None = None
+
+    @property
+    def loopback(self) -> bool:
+        """Whether only this machine can reach the server."""
+        host = str(self._httpd.server_address[0])
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host == "localhost"
 
     @property
     def url(self) -> str:

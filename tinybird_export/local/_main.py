@@ -140,9 +140,16 @@ def banner(server: object, data: str) -> str:
         if server.strict
         else "off: an unknown data source is created with a guessed schema (--strict refuses)"
     )
+    exposed = []
+    if not server.loopback:
+        exposed = [
+            f"  warning:      {server.url} is reachable from other machines, and GET /tokens "
+            "answers the token without auth (as Tinybird Local's does)"
+        ]
     return "\n".join(
         [
             f"tinybird-export local: serving the Events API at {server.url}",
+            *exposed,
             f"  engine:       {engine}",
             f"  data:         {data}",
             f"  data sources: {', '.join(server.declared) or 'none declared'}",
