@@ -359,3 +359,28 @@ def test_a_row_clickhouse_refuses_is_quarantined_alone(tmp_path: Path, wait: str
         assert sql(local, "select count() c from e")["data"] == [{"c": 10}]
         quarantined = sql(local, "select n, c__error from e_quarantine")["data"]
         assert [q["n"] for q in quarantined] == ["99"] and "zzz" in str(quarantined[0])
+
+
+@needs_clickhouse
+def test_engine_settings_make_real_clickhouse_tables(tmp_path: Path) -> None:
+    """ENGINE, ENGINE_VER, ENGINE_SORTING_KEY and ENGINE_SETTINGS behave as in Tinybird."""
+    (tmp_path / "users.datasource").write_text(
+        "SCHEMA >\n"
+        "    `id` UInt32 `json:$.id`,\n"
+        "    `name` String `json:$.name`,\n"
+        "    `v` UInt64 `json:$.v`\n\n"
+        'ENGINE "ReplacingMergeTree"\n'
+        'ENGINE_SORTING_KEY "id"\n'
+        'ENGINE_VER "v"\n'
+        'ENGINE_SETTINGS "index_granularity = 1024"\n'
+    )
+    with LocalServer(datasources=tmp_path, engine="clickhouse") as local:
+        rows = [{"id": 1, "name": "old", "v": 1}, {"id": 1, "name": "new", "v": 2}]
+        assert post(local, "users", ndjson(*rows), wait="true")[1]["quarantined_rows"] == 0
+        assert sql(local, "select name from users FINAL")["data"] == [{"name": "new"}]
+        engine = sql(
+            local,
+            "select engine, sorting_key from system.tables "
+            "where database = currentDatabase() and name = 'users'",
+        )
+        assert engine["data"] == [{"engine": "ReplacingMergeTree", "sorting_key": "(id)"}]

@@ -55,14 +55,23 @@ def create_table(datafile: DataFile) -> str:
         definitions.append(f"`{column.name}` {column.type.name}{default}")
     engine = datafile.engine
     name = engine.get("ENGINE", "MergeTree")
-    arguments = engine.get("ENGINE_VER", "") if name == "ReplacingMergeTree" else ""
+    # The engine arguments, from the keys Tinybird's datasource files use
+    # (https://tinybird.co/docs/v2/datafiles/datasource-files).
+    arguments = {
+        "ReplacingMergeTree": engine.get("ENGINE_VER", ""),
+        "CollapsingMergeTree": engine.get("ENGINE_SIGN", ""),
+        "VersionedCollapsingMergeTree": ", ".join(
+            v for v in (engine.get("ENGINE_SIGN"), engine.get("ENGINE_VERSION")) if v
+        ),
+    }.get(name, "")
     clauses = [f"ENGINE = {name}({arguments})"]
     if engine.get("ENGINE_PARTITION_KEY"):
         clauses.append(f"PARTITION BY {engine['ENGINE_PARTITION_KEY']}")
     clauses.append(f"ORDER BY ({engine.get('ENGINE_SORTING_KEY') or 'tuple()'})")
     if engine.get("ENGINE_TTL"):
         clauses.append(f"TTL {engine['ENGINE_TTL']}")
-    clauses.append("SETTINGS allow_nullable_key = 1")
+    settings = ", ".join(filter(None, ["allow_nullable_key = 1", engine.get("ENGINE_SETTINGS")]))
+    clauses.append(f"SETTINGS {settings}")
     return f"CREATE TABLE `{datafile.name}` ({', '.join(definitions)}) {' '.join(clauses)}"
 
 

@@ -19,7 +19,15 @@ from tinybird_export.local._schema import Column, UnsupportedType, parse_type, p
 
 _COLUMN_LINE = re.compile(r"`?(?P<name>\w+)`?\s+(?P<rest>.+?),?\s*\Z")
 _SETTING = re.compile(r"(?P<key>[A-Z_]+)\s+(?P<value>.*)\Z")
-ENGINE_KEYS = ("ENGINE_PARTITION_KEY", "ENGINE_SORTING_KEY", "ENGINE_TTL", "ENGINE_VER")
+ENGINE_KEYS = (
+    "ENGINE_PARTITION_KEY",
+    "ENGINE_SORTING_KEY",
+    "ENGINE_TTL",
+    "ENGINE_VER",
+    "ENGINE_SIGN",
+    "ENGINE_VERSION",
+    "ENGINE_SETTINGS",
+)
 
 
 class DatafileError(ValueError):

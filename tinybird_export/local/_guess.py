@@ -5,13 +5,15 @@ chosen from *all* the values seen at a path in the sample, never from the first 
 path missing (or null) in any sampled row is never a required column.
 
 Nested objects become one column per leaf, read with a JSONPath (``obj.k`` → column
-``obj_k`` with ``json:$.obj.k``), as Tinybird's NDJSON guide describes for nested records
-(https://www.tinybird.co/docs/guides/ingest/ingest-ndjson-data: "schema=event_name String
-`json:$.event.name`"). Arrays are ``Array(T)`` and JSON numbers ClickHouse integer or float
-types, as in Tinybird's datasource files reference
-(https://www.tinybird.co/docs/forward/dev-reference/datafiles/datasource-files). Where the
-docs say nothing (mixed kinds at one path), the column is ``String``, which takes any value as
-its JSON text, as ClickHouse's JSON input does.
+``obj_k`` with ``json:$.obj.k``), as Tinybird's NDJSON guide maps nested records to columns
+(https://www.tinybird.co/docs/guides/ingest/ingest-ndjson-data, its ``event_name`` column read
+from ``$.event.name``). Tinybird documents no rule for numbers and arrays, so those follow
+ClickHouse's own JSON schema inference, which Tinybird runs on
+(https://clickhouse.com/docs/integrations/data-formats/json/inference): integers are
+``Int64``, a float among them makes ``Float64``, an array's type unifies all its items
+(``[1, 2.5]`` is ``Array(Float64)``). Where neither says anything (mixed kinds at one path),
+the column is ``String``, which takes any value as its JSON text, as ClickHouse's JSON input
+does; a wider integer type is chosen when the values need it (``UInt64``, then ``Int256``).
 """
 
 from __future__ import annotations
