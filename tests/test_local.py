@@ -384,3 +384,15 @@ def test_engine_settings_make_real_clickhouse_tables(tmp_path: Path) -> None:
             "where database = currentDatabase() and name = 'users'",
         )
         assert engine["data"] == [{"engine": "ReplacingMergeTree", "sorting_key": "(id)"}]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_wide_integers_sort_as_numbers(engine: str, tmp_path: Path) -> None:
+    (tmp_path / "n.datasource").write_text("SCHEMA >\n    `d` UInt64 `json:$.d`\n")
+    with LocalServer(datasources=tmp_path, engine=engine) as local:
+        post(local, "n", ndjson({"d": 1200000}, {"d": 950000}, {"d": 2**64 - 1}))
+        assert sql(local, "select d from n order by d")["data"] == [
+            {"d": 950000},
+            {"d": 1200000},
+            {"d": 2**64 - 1},
+        ]

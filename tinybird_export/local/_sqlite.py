@@ -75,7 +75,11 @@ def affinity(column: Column) -> str:
     base = re.sub(r"^(Nullable|LowCardinality)\((.*)\)$", r"\2", column.type.name)
     base = re.sub(r"^(Nullable|LowCardinality)\((.*)\)$", r"\2", base)
     if re.match(r"U?Int(8|16|32)$|Int64$|Bool$", base):
-        return "INTEGER"  # UInt64 and wider may not fit SQLite's 64-bit integers: TEXT
+        return "INTEGER"
+    if re.match(r"U?Int(64|128|256)$", base):
+        # Values past SQLite's 64-bit integers arrive as text: no affinity keeps the others
+        # integers (so they sort as numbers) and those text (INTEGER would make them REAL).
+        return "BLOB"
     if base.startswith("Float"):
         return "REAL"
     return "TEXT"
