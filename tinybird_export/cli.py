@@ -1,9 +1,10 @@
-"""The ``tinybird-export`` command: ``local`` (serve a local Events API) and ``sql``."""
+"""The ``tinybird-export`` command: ``local`` (serve a local Tinybird) and ``sql``."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
 import io
 import os
 import sys
@@ -12,74 +13,137 @@ import orjson
 import urllib3
 
 from tinybird_export.local import DEFAULT_PORT
-from tinybird_export.local import main as local_main
+from tinybird_export.local._main import HelpFormatter
 
-__all__ = ["main", "sql_main"]
+__all__ = ["main", "query", "render", "sql_main"]
+
+_DESCRIPTION = """\
+Stream Python logs, events and traces to the Tinybird Events API. This command runs a local
+Tinybird (local) and queries one, or Tinybird itself (sql)."""
+
+
+class SQLError(RuntimeError):
+    """A query that the server refused, or no server to ask."""
 
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``tinybird-export local ...`` and ``tinybird-export sql ...``."""
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "local":
+        from tinybird_export.local import main as local_main  # noqa: PLC0415
+
         return local_main(args[1:])
     if args and args[0] == "sql":
         return sql_main(args[1:])
-    print("usage: tinybird-export {local,sql} ...  (--help on each)", file=sys.stderr)
+    parser = argparse.ArgumentParser(prog="tinybird-export", description=_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(title="commands", metavar="{local,sql}")
+    commands.add_parser("local", help="serve a local Tinybird (Events API, SQL, Data Sources)")
+    commands.add_parser("sql", help="run a query, like tb sql (--help for its options)")
+    if not args:
+        parser.print_help(sys.stderr)
+        return 2
+    parser.parse_args(args)  # --help, --version, or an error naming the unknown command
     return 2
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tinybird-export")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def sql_main(argv: list[str]) -> int:
     """``tinybird-export sql "select count() from simple_events"``, like ``tb sql``."""
-    parser = argparse.ArgumentParser(prog="tinybird-export sql")
-    parser.add_argument("query")
+    parser = argparse.ArgumentParser(
+        prog="tinybird-export sql",
+        description="Run a query through /v0/sql, wrapped as tb sql wraps it.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("query", help='the SQL, e.g. "select count() from simple_events"')
     parser.add_argument(
         "--host",
         default=os.environ.get("TINYBIRD_HOST"),
-        help=f"default: TINYBIRD_HOST, else http://127.0.0.1:{DEFAULT_PORT}",
+        help=f"the server (default: TINYBIRD_HOST, else http://127.0.0.1:{DEFAULT_PORT})",
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get("TINYBIRD_TOKEN"),
-        help="default: TINYBIRD_TOKEN, else the local server's /tokens",
+        default=None,
+        help="a token with read access (default: TINYBIRD_TOKEN, else the local server's "
+        "GET /tokens)",
     )
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    parser.add_argument("--rows-limit", type=int, default=100)
+    parser.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="output format"
+    )
+    parser.add_argument(
+        "--rows-limit", type=int, default=100, help="most rows to print (as tb sql's)"
+    )
     options = parser.parse_args(argv)
     host = (options.host or f"http://127.0.0.1:{DEFAULT_PORT}").rstrip("/")
     try:
-        token = options.token or _local_token(host)
-        result = query(host, token, options.query, options.rows_limit)
-    except (urllib3.exceptions.HTTPError, RuntimeError) as exc:
+        token = options.token or os.environ.get("TINYBIRD_TOKEN") or _local_token(host)
+        result = query(host, token, options.query, options.rows_limit + 1)
+    except SQLError as exc:
         print(f"tinybird-export sql: {exc}", file=sys.stderr)
         return 1
+    data = result.get("data")
+    if isinstance(data, list) and len(data) > options.rows_limit:
+        result["data"] = data[: options.rows_limit]
+        print(
+            f"tinybird-export sql: showing the first {options.rows_limit} rows; more matched "
+            "(raise --rows-limit to see more)",
+            file=sys.stderr,
+        )
     sys.stdout.write(render(result, options.format))
     return 0
 
 
 def query(host: str, token: str, sql: str, rows_limit: int = 100) -> dict[str, object]:
-    """Run ``sql`` through ``/v0/sql`` the way ``tb sql`` wraps it; the JSON result."""
+    """Run ``sql`` through ``/v0/sql`` the way ``tb sql`` wraps it; the JSON result.
+
+    Raises:
+        SQLError: No server at ``host`` (with how to start one), or the server refused the
+            query (with its message).
+    """
     # The user's own query to their own server: wrapped as tb sql does, not an injection.
     inner = sql.strip().rstrip(";")
     wrapped = f"SELECT * FROM ({inner}) LIMIT {rows_limit} FORMAT JSON"  # noqa: S608
-    response = urllib3.request(
+    response = _request(
+        host,
         "POST",
-        f"{host}/v0/sql",
+        "/v0/sql",
         body=wrapped.encode(),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"},
         timeout=30,
-        retries=False,
     )
-    body = orjson.loads(response.data or b"{}")
+    try:
+        body = orjson.loads(response.data or b"{}")
+    except orjson.JSONDecodeError:
+        body = {"error": response.data.decode("utf-8", "replace")[:500]}
     if response.status != 200:
-        raise RuntimeError(f"HTTP {response.status}: {body.get('error', body)}")
+        message = body.get("error", body) if isinstance(body, dict) else body
+        raise SQLError(f"HTTP {response.status}: {message}")
     return body  # type: ignore[no-any-return]
 
 
+def _request(host: str, method: str, path: str, **kwargs: object) -> urllib3.BaseHTTPResponse:
+    try:
+        return urllib3.request(method, f"{host}{path}", retries=False, **kwargs)  # type: ignore[arg-type]
+    except urllib3.exceptions.HTTPError as exc:
+        raise SQLError(
+            f"no server answers at {host} ({type(exc).__name__}). Start one with "
+            "`tinybird-export local` (in another terminal), or set TINYBIRD_HOST (and "
+            "TINYBIRD_TOKEN) to your Tinybird host, or pass --host"
+        ) from None
+
+
 def _local_token(host: str) -> str:
-    response = urllib3.request("GET", f"{host}/tokens", timeout=5, retries=False)
+    response = _request(host, "GET", "/tokens", timeout=5)
     if response.status != 200:
-        raise RuntimeError(
-            f"no token: set TINYBIRD_TOKEN (GET {host}/tokens answered {response.status})"
+        raise SQLError(
+            f"no token: set TINYBIRD_TOKEN or pass --token (GET {host}/tokens answered "
+            f"{response.status}, so this is not a local server)"
         )
     return str(orjson.loads(response.data)["workspace_admin_token"])
 

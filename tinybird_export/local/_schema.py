@@ -1,16 +1,20 @@
-"""Column types, value checks, schema guessing and ``.datasource`` files for the local server.
+"""Column types and value checks for the local server, shared by both engines.
 
-Each ClickHouse type the local server supports becomes a ``ColumnType`` that checks a JSON
-value and converts it to what SQLite stores. The rules follow how Tinybird ingests NDJSON
-(events-api docs, "Schema"): a value of the wrong type sends the row to quarantine.
+Each ClickHouse type the local server checks becomes a ``ColumnType`` whose ``convert`` turns
+a JSON value into its canonical form (UTC text for date-times, lists and dicts for arrays and
+maps) or raises ``CheckError``, which sends the row to quarantine as Tinybird does. The
+engines then store the canonical value (SQLite as text/JSON; ClickHouse parses it with its own
+types). A type this module does not know is still accepted by the ClickHouse engine, which
+then checks values itself (``ColumnType.checked`` is false).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -20,15 +24,19 @@ _INT_RANGES = {
     for sign in ("", "U")
     for bits in (8, 16, 32, 64, 128, 256)
 }
-_DATETIME = re.compile(
+DATETIME = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)?\Z"
 )
-_DATE = re.compile(r"\d{4}-\d\d-\d\d\Z")
+DATE = re.compile(r"\d{4}-\d\d-\d\d\Z")
 _valid_seconds: dict[str, str] = {}  # "YYYY-MM-DD HH:MM:SS" strings already validated
 
 
 class CheckError(ValueError):
     """A value that does not fit its column."""
+
+
+class UnsupportedType(ValueError):
+    """A column type the engine cannot store."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,88 +47,156 @@ class ColumnType:
     convert: Callable[[Any], Any]
     nullable: bool = False
     zero: Any = None
+    checked: bool = True
+    container: bool = False  # Array or Map: SQLite stores it as JSON text
 
 
 @dataclasses.dataclass(frozen=True)
 class Column:
-    """One column of a data source: name, type, JSONPath and optional DEFAULT."""
+    """One column of a data source: name, type, JSONPath and optional DEFAULT.
+
+    ``default`` is the DEFAULT's value as the SQLite engine stores it (``"now"`` for
+    ``now()``); ``default_sql`` the expression itself, which the ClickHouse engine evaluates.
+    """
 
     name: str
     type: ColumnType
     path: tuple[str, ...]
     default: Any = None
     has_default: bool = False
+    default_sql: str = ""
+    jsonpath: str = ""
+    line: int = 0  # where a .datasource file declares it, for error messages
+
+    @property
+    def json_path(self) -> str:
+        """The JSONPath as a datafile writes it (``$.tags[:]`` for arrays)."""
+        return self.jsonpath or "$." + ".".join(self.path)
 
     def to_json(self) -> dict[str, Any]:
         """The column as stored in the server's catalog."""
         return {
             "name": self.name,
             "type": self.type.name,
-            "jsonpath": "$." + ".".join(self.path),
+            "jsonpath": self.json_path,
             "default": self.default,
             "has_default": self.has_default,
+            "default_sql": self.default_sql,
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Column:
+    def from_json(cls, data: Mapping[str, Any], *, lenient: bool = False) -> Column:
         """Inverse of :meth:`to_json`."""
+        jsonpath = data["jsonpath"]
         return cls(
             data["name"],
-            parse_type(data["type"]),
-            tuple(data["jsonpath"][2:].split(".")),
+            parse_type(data["type"], lenient=lenient),
+            path_of(jsonpath),
             data["default"],
             data["has_default"],
+            data.get("default_sql", ""),
+            jsonpath,
         )
 
 
-def parse_type(text: str) -> ColumnType:
-    """A ``ColumnType`` for a ClickHouse type name such as ``Array(Nullable(Int32))``."""
+def path_of(jsonpath: str) -> tuple[str, ...]:
+    """``$.a.b[:]`` → ``("a", "b")``."""
+    return tuple(jsonpath.removeprefix("$").lstrip(".").replace("[:]", "").split("."))
+
+
+def parse_type(text: str, *, lenient: bool = False) -> ColumnType:
+    """A ``ColumnType`` for a ClickHouse type name such as ``Array(Nullable(Int32))``.
+
+    Args:
+        text: The type.
+        lenient: Accept types this module cannot check (the ClickHouse engine checks them).
+
+    Raises:
+        UnsupportedType: An unknown type, unless ``lenient``.
+    """
     text = text.strip()
     outer, _, inner = text.partition("(")
     inner = inner[:-1] if inner.endswith(")") else inner
-    if outer in _INT_RANGES:
+    if outer in _INT_RANGES and not inner:
         return ColumnType(text, _integer(*_INT_RANGES[outer]), zero=0)
     simple = {
-        "String": ColumnType(text, _string, zero=""),
-        "UUID": ColumnType(text, _string, zero="00000000-0000-0000-0000-000000000000"),
+        "String": ColumnType(text, convert_string, zero=""),
+        "UUID": ColumnType(text, convert_string, zero="00000000-0000-0000-0000-000000000000"),
         "Float32": ColumnType(text, _float, zero=0.0),
         "Float64": ColumnType(text, _float, zero=0.0),
-        "Bool": ColumnType(text, _bool, zero=0),
+        "Bool": ColumnType(text, _bool, zero=False),
         "Date": ColumnType(text, _date, zero="1970-01-01"),
         "DateTime": ColumnType(text, _datetime(0), zero="1970-01-01 00:00:00"),
     }
-    if outer in simple and (outer != "DateTime" or not inner):
+    if outer in simple and not inner:
         return simple[outer]
-    if outer in ("DateTime", "DateTime64"):
-        precision = int(inner.split(",")[0]) if inner.split(",")[0].strip().isdigit() else 3
-        return ColumnType(text, _datetime(precision), zero="1970-01-01 00:00:00")
-    if outer == "Nullable":
-        base = parse_type(inner)
-        return ColumnType(text, lambda v: None if v is None else base.convert(v), nullable=True)
-    if outer == "LowCardinality":
-        base = parse_type(inner)
-        return ColumnType(text, base.convert, base.nullable, base.zero)
-    if outer == "Array":
-        return ColumnType(text, _array(parse_type(inner)), zero="[]")
-    if outer == "Map":
-        key, value = _split_args(inner)
-        return ColumnType(text, _map(parse_type(key), parse_type(value)), zero="{}")
-    raise ValueError(f"unsupported column type {text!r}")
+    try:
+        if outer in ("DateTime", "DateTime64"):
+            first = inner.split(",")[0].strip()
+            precision = int(first) if first.isdigit() else (3 if outer == "DateTime64" else 0)
+            if outer == "DateTime" and first and not first.startswith("'"):
+                raise UnsupportedType(f"unsupported column type {text!r}")
+            return ColumnType(text, _datetime(precision), zero="1970-01-01 00:00:00")
+        if outer == "Nullable":
+            base = parse_type(inner, lenient=lenient)
+            return ColumnType(
+                text,
+                lambda v: None if v is None else base.convert(v),
+                nullable=True,
+                checked=base.checked,
+            )
+        if outer == "LowCardinality":
+            base = parse_type(inner, lenient=lenient)
+            return dataclasses.replace(base, name=text)
+        if outer == "Array":
+            item = parse_type(inner, lenient=lenient)
+            return ColumnType(text, _array(item), zero=[], checked=item.checked, container=True)
+        if outer == "Map":
+            key, value = split_args(inner)
+            key_type, value_type = (
+                parse_type(key, lenient=lenient),
+                parse_type(value, lenient=lenient),
+            )
+            return ColumnType(
+                text,
+                _map(key_type, value_type),
+                zero={},
+                checked=key_type.checked and value_type.checked,
+                container=True,
+            )
+    except UnsupportedType:
+        if not lenient:
+            raise
+    if lenient:
+        return ColumnType(text, _unchecked, checked=False)
+    raise UnsupportedType(f"unsupported column type {text!r}")
 
 
-def _split_args(inner: str) -> tuple[str, str]:
+def split_args(inner: str) -> tuple[str, str]:
+    """``String, Array(UInt8)`` → ``("String", "Array(UInt8)")``."""
     depth = 0
     for index, char in enumerate(inner):
         depth += {"(": 1, ")": -1}.get(char, 0)
         if char == "," and depth == 0:
             return inner[:index].strip(), inner[index + 1 :].strip()
-    raise ValueError(f"expected two type arguments in {inner!r}")
+    raise UnsupportedType(f"expected two type arguments in {inner!r}")
 
 
-def _string(value: Any) -> str:
-    if isinstance(value, str):
+def _unchecked(value: Any) -> Any:
+    if value is None:
+        raise CheckError("null in a column that is not Nullable")
+    return value
+
+
+def convert_string(value: Any) -> str:
+    # ClickHouse reads a JSON number, boolean, object or array into a String column as its
+    # JSON text (input_format_json_read_{numbers,bools,objects,arrays}_as_strings, on by
+    # default); only null needs a Nullable column.
+    if type(value) is str:
         return value
-    raise CheckError(f"expected a string, got {_kind(value)}")
+    if value is None:
+        raise CheckError("null in a String column that is not Nullable")
+    return json_text(value)
 
 
 def _integer(low: int, high: int) -> Callable[[Any], int]:
@@ -147,21 +223,21 @@ def _float(value: Any) -> float:
     return float(value)
 
 
-def _bool(value: Any) -> int:
+def _bool(value: Any) -> bool:
     if isinstance(value, bool) or value in (0, 1):
-        return int(value)
+        return bool(value)
     raise CheckError(f"expected a boolean, got {_kind(value)}")
 
 
 def _date(value: Any) -> str:
-    if isinstance(value, str) and _DATE.match(value):
+    if isinstance(value, str) and DATE.match(value):
         return value
     raise CheckError(f"expected a date YYYY-MM-DD, got {_kind(value)}")
 
 
 def _datetime(precision: int) -> Callable[[Any], str]:
     """Accepts ``YYYY-MM-DD HH:MM:SS[.f]`` and RFC 3339 (``T``, ``Z`` or offset), as
-    ClickHouse's best-effort parsing does, and epoch seconds; stores UTC text.
+    ClickHouse's best-effort parsing does, and epoch seconds; returns UTC text.
     """
 
     def convert(value: Any) -> str:
@@ -175,9 +251,12 @@ def _datetime(precision: int) -> Callable[[Any], str]:
             ):
                 return f"{prefix}.{rest[1:].ljust(9, '0')[:precision]}" if precision else prefix
         if isinstance(value, int | float) and not isinstance(value, bool):
-            moment = datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+            try:
+                moment = datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+            except (OverflowError, OSError, ValueError) as exc:
+                raise CheckError(f"epoch {value} is out of range: {exc}") from None
             return _format(moment.replace(tzinfo=None), moment.microsecond * 1000, precision)
-        match = _DATETIME.match(value) if isinstance(value, str) else None
+        match = DATETIME.match(value) if isinstance(value, str) else None
         if match is None:
             raise CheckError(f"expected a DateTime string, got {_kind(value)}")
         year, month, day, hour, minute, second, fraction, zone = match.groups()
@@ -185,12 +264,12 @@ def _datetime(precision: int) -> Callable[[Any], str]:
             moment = datetime.datetime(
                 int(year), int(month), int(day), int(hour), int(minute), int(second)
             )
-        except ValueError as exc:
+            if zone and zone != "Z":
+                sign = 1 if zone[0] == "+" else -1
+                hours, minutes = int(zone[1:3]), int(zone[-2:])
+                moment -= sign * datetime.timedelta(hours=hours, minutes=minutes)
+        except (ValueError, OverflowError) as exc:
             raise CheckError(str(exc)) from None
-        if zone and zone != "Z":
-            sign = 1 if zone[0] == "+" else -1
-            hours, minutes = int(zone[1:3]), int(zone[-2:])
-            moment -= sign * datetime.timedelta(hours=hours, minutes=minutes)
         nanos = int((fraction or "0").ljust(9, "0"))
         if not zone and value[10] == " " and len(_valid_seconds) < 100_000:
             _valid_seconds[value[:19]] = value[:19]
@@ -200,93 +279,38 @@ def _datetime(precision: int) -> Callable[[Any], str]:
 
 
 def _format(moment: datetime.datetime, nanos: int, precision: int) -> str:
-    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    text = f"{moment.year:04d}-{moment:%m-%d %H:%M:%S}"
     return f"{text}.{str(nanos).zfill(9)[:precision]}" if precision else text
 
 
-def _array(item: ColumnType) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
+def _array(item: ColumnType) -> Callable[[Any], list[Any]]:
+    convert_item = item.convert
+
+    def convert(value: Any) -> list[Any]:
         if not isinstance(value, list):
             raise CheckError(f"expected an array, got {_kind(value)}")
-        return orjson.dumps([_nested(item, v) for v in value]).decode()
+        return [convert_item(v) for v in value]
 
     return convert
 
 
-def _map(key: ColumnType, value_type: ColumnType) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
+def _map(key: ColumnType, value_type: ColumnType) -> Callable[[Any], dict[Any, Any]]:
+    def convert(value: Any) -> dict[Any, Any]:
         if not isinstance(value, dict):
             raise CheckError(f"expected an object, got {_kind(value)}")
-        converted = {key.convert(k): _nested(value_type, v) for k, v in value.items()}
-        return orjson.dumps(converted).decode()
+        return {key.convert(k): value_type.convert(v) for k, v in value.items()}
 
     return convert
 
 
-def _nested(column_type: ColumnType, value: Any) -> Any:
-    """An element of a container: nested arrays and maps stay JSON values, not JSON text."""
-    converted = column_type.convert(value)
-    if column_type.name.startswith(("Array", "Map")):
-        return orjson.loads(converted)
-    return converted
+def json_text(value: Any) -> str:
+    """Compact JSON text of a parsed JSON value (integers of any size)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an integer beyond 64 bits
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _kind(value: Any) -> str:
-    text = orjson.dumps(value).decode()
+    text = json_text(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-# -- schema guessing ---------------------------------------------------------------------
-
-
-def guess_columns(rows: Iterable[Mapping[str, Any]]) -> list[Column]:
-    """Columns for a new data source from its first rows (Classic workspaces' behaviour).
-
-    One column per top-level key, in first-seen order: strings that parse as a DateTime are
-    ``DateTime64(6)`` (``DateTime`` without fraction), other strings ``String``, booleans
-    ``Bool``, integers ``Int64``, other numbers ``Float64``, arrays ``Array(T)`` of their first
-    element's type, objects ``Map(String, String)`` when every value is a string, else
-    ``String``. A key absent from some sampled rows, or null in one, makes the column
-    ``Nullable``.
-    """
-    rows = list(rows)
-    order: dict[str, str] = {}
-    for row in rows:
-        for key, value in row.items():
-            if key not in order or order[key] == "null":
-                order[key] = _guess(value)
-    columns = []
-    for key, guessed in order.items():
-        present = all(key in row and row[key] is not None for row in rows)
-        type_name = "String" if guessed == "null" else guessed
-        if not present and not type_name.startswith(("Array", "Map")):
-            type_name = f"Nullable({type_name})"
-        columns.append(Column(_column_name(key), parse_type(type_name), (key,)))
-    return columns
-
-
-def _guess(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "Bool"
-    if isinstance(value, int):
-        return "Int64"
-    if isinstance(value, float):
-        return "Float64"
-    if isinstance(value, str):
-        match = _DATETIME.match(value)
-        if match:
-            return "DateTime64(6)" if match.group(7) else "DateTime"
-        return "String"
-    if isinstance(value, list):
-        inner = _guess(value[0]) if value else "String"
-        return f"Array({'String' if inner in ('null', 'Map(String, String)') else inner})"
-    if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
-        return "Map(String, String)"
-    return "String"
-
-
-def _column_name(key: str) -> str:
-    name = re.sub(r"\W", "_", key) or "_"
-    return name if not name[0].isdigit() else "_" + name

@@ -1,0 +1,71 @@
+"""Shared by the local-server tests: the engines to run on, and HTTP helpers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+import urllib3
+
+from tinybird_export.cli import query
+from tinybird_export.local import LocalServer
+from tinybird_export.local._engine import clickhouse_available
+
+ENGINES = [
+    "sqlite",
+    pytest.param(
+        "clickhouse",
+        marks=pytest.mark.skipif(
+            not clickhouse_available(), reason="chDB not installed (pip install -e '.[local]')"
+        ),
+    ),
+]
+needs_clickhouse = pytest.mark.skipif(
+    not clickhouse_available(), reason="chDB not installed (pip install -e '.[local]')"
+)
+EVENT = {"timestamp": "2024-06-23 16:00:00.000", "href": "https://x/", "event": "page_view"}
+
+
+def post(
+    server: LocalServer, name: str | None, body: bytes, token: str | None = None, **params: str
+) -> tuple[int, dict[str, Any]]:
+    """POST /v0/events; the status and the JSON answer."""
+    fields = {"name": name, **params} if name is not None else dict(params)
+    query_string = "&".join(f"{k}={v}" for k, v in fields.items())
+    headers = {"Authorization": f"Bearer {token or server.token}"}
+    if body[:2] == b"\x1f\x8b":
+        headers["Content-Encoding"] = "gzip"
+    response = urllib3.request(
+        "POST", f"{server.url}/v0/events?{query_string}", body=body, headers=headers, retries=False
+    )
+    return response.status, orjson.loads(response.data)
+
+
+def ndjson(*rows: dict[str, Any]) -> bytes:
+    """Rows as an NDJSON body (integers of any size)."""
+    return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+
+
+def sql(server: LocalServer, text: str) -> dict[str, Any]:
+    """The JSON answer of ``text``, wrapped as ``tb sql`` wraps it."""
+    return query(server.url, server.token, text)
+
+
+def raw_sql(server: LocalServer, text: str, method: str = "GET") -> urllib3.BaseHTTPResponse:
+    """``/v0/sql`` with ``text`` as is (no wrapping)."""
+    headers = {"Authorization": f"Bearer {server.token}"}
+    if method == "GET":
+        return urllib3.request(
+            "GET", f"{server.url}/v0/sql", fields={"q": text}, headers=headers, retries=False
+        )
+    return urllib3.request(
+        "POST", f"{server.url}/v0/sql", body=text.encode(), headers=headers, retries=False
+    )
+
+
+def api(server: LocalServer, method: str, path: str, **kwargs: Any) -> urllib3.BaseHTTPResponse:
+    """A Tinybird API call with the server's token as a Bearer header."""
+    headers = {"Authorization": f"Bearer {server.token}", **kwargs.pop("headers", {})}
+    return urllib3.request(method, f"{server.url}{path}", headers=headers, retries=False, **kwargs)

@@ -1,0 +1,166 @@
+"""``tinybird-export local``: options, the start-up banner and clear answers to bad input."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+
+from tinybird_export.local._datafile import DatafileError
+from tinybird_export.local._engine import ENGINES, EngineUnavailable, resolve_engine
+
+_DESCRIPTION = """\
+A local Tinybird on this machine, no account and no Docker: the Events API (POST /v0/events),
+read-only SQL (/v0/sql) and the workspace, Data Sources, jobs and Forward build/deploy routes
+that Tinybird's CLIs and SDKs use. The package's own data sources (app_logs, simple_events,
+traces, logs, otel_logs, otel_traces) are declared from the start."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except where there is none to show (flags, computed ones)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``tinybird-export local`` options, each with its default."""
+    from tinybird_export.local import DEFAULT_PORT, default_data_path  # noqa: PLC0415
+
+    options = argparse.ArgumentParser(
+        prog="tinybird-export local",
+        description=_DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    options.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    options.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="port to listen on (Tinybird Local's too); 0 picks a free one",
+    )
+    options.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="storage and SQL: clickhouse (chDB, pip install 'tinybird-export[local]'), sqlite "
+        "(no dependency), auto = clickhouse when chDB is installed",
+    )
+    options.add_argument(
+        "--data",
+        default=None,
+        help="where data is kept: an SQLite file or a ClickHouse directory, or :memory: "
+        f"(default {default_data_path('sqlite')} or {default_data_path('clickhouse')})",
+    )
+    options.add_argument(
+        "--datasources",
+        default=None,
+        metavar="PATH",
+        help="a directory (or one file) of .datasource files to declare, on top of the "
+        "package's own (default: none)",
+    )
+    options.add_argument(
+        "--no-package-datasources",
+        action="store_true",
+        help="do not declare the package's own data sources (app_logs, simple_events, ...); "
+        "default: declared",
+    )
+    options.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse unknown data sources with 404, as Forward workspaces do, instead of "
+        "creating them with a guessed schema (Classic workspaces); default: off",
+    )
+    return options
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, start the server, print the banner and serve until interrupted."""
+    from tinybird_export.local import LocalServer, default_data_path  # noqa: PLC0415
+
+    options = parser().parse_args(argv)
+    try:
+        engine = resolve_engine(options.engine)
+    except EngineUnavailable as exc:
+        return _fail(str(exc))
+    if options.datasources == "package":  # the older spelling: now always declared
+        options.datasources = None
+    data = options.data or str(default_data_path(engine))
+    try:
+        server = LocalServer(
+            data,
+            host=options.host,
+            port=options.port,
+            datasources=options.datasources,
+            strict=options.strict,
+            engine=engine,
+            package_datasources=not options.no_package_datasources,
+        )
+    except DatafileError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return _fail(
+                f"port {options.port} on {options.host} is already in use: another "
+                "tinybird-export local, or Tinybird Local (its Docker container also listens "
+                "on 7181)? Stop it, or pick another port with --port (0 picks a free one)"
+            )
+        return _fail(f"cannot serve on {options.host}:{options.port}: {exc.strerror or exc}")
+    except RuntimeError as exc:
+        return _fail(str(exc))
+    print(banner(server, data), flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def banner(server: object, data: str) -> str:
+    """What the server prints on start: URL, engine, data, data sources, strict mode, and
+    ``export`` lines to paste.
+    """
+    from tinybird_export.local import LocalServer  # noqa: PLC0415
+
+    if not isinstance(server, LocalServer):
+        raise TypeError("banner() takes a LocalServer")
+    if server.engine_name == "clickhouse":
+        engine = "ClickHouse (chDB): ClickHouse's own SQL"
+    else:
+        engine = (
+            "SQLite: a few ClickHouse spellings (pip install 'tinybird-export[local]' for "
+            "ClickHouse's own SQL)"
+        )
+    strict = (
+        "on: unknown data sources get 404, as in Forward workspaces"
+        if server.strict
+        else "off: an unknown data source is created with a guessed schema (--strict refuses)"
+    )
+    exposed = []
+    if not server.loopback:
+        exposed = [
+            f"  warning:      {server.url} is reachable from other machines, and GET /tokens "
+            "answers the token without auth (as Tinybird Local's does)"
+        ]
+    return "\n".join(
+        [
+            f"tinybird-export local: serving the Events API at {server.url}",
+            *exposed,
+            f"  engine:       {engine}",
+            f"  data:         {data}",
+            f"  data sources: {', '.join(server.declared) or 'none declared'}",
+            f"  strict mode:  {strict}",
+            "",
+            f"export TINYBIRD_HOST={server.url}",
+            f"export TINYBIRD_TOKEN={server.token}",
+        ]
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"tinybird-export local: {message}", file=sys.stderr)
+    return 2

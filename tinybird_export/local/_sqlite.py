@@ -1,0 +1,112 @@
+"""The SQLite engine's helpers: ClickHouse spellings, the read-only authorizer, how values
+are stored and read back, and the catalog's JSON.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from typing import Any
+
+import orjson
+
+from tinybird_export.local._datafile import DataFile
+from tinybird_export.local._engine import MISSING, DataSourceInfo, RowError, lookup, now_text
+from tinybird_export.local._schema import CheckError, Column
+
+_READ_ACTIONS = frozenset(
+    getattr(sqlite3, name, code)
+    for name, code in (
+        ("SQLITE_SELECT", 21),
+        ("SQLITE_READ", 20),
+        ("SQLITE_FUNCTION", 31),
+        ("SQLITE_RECURSIVE", 33),
+    )
+)
+_READ = getattr(sqlite3, "SQLITE_READ", 20)
+# ClickHouse spellings used in Tinybird's docs, rewritten to SQLite's.
+SPELLINGS = (
+    (re.compile(r"\bcount\(\s*\)", re.I), "count(*)"),
+    (re.compile(r"\buniq(Exact)?\(", re.I), "count(DISTINCT "),
+    (re.compile(r"\btoDate\(", re.I), "date("),
+    (re.compile(r"\bnow\(\s*\)", re.I), "datetime('now')"),
+    (re.compile(r"\btoStartOfMinute\(", re.I), "strftime('%Y-%m-%d %H:%M:00', "),
+    (re.compile(r"\btoStartOfHour\(", re.I), "strftime('%Y-%m-%d %H:00:00', "),
+)
+
+
+def info_to_json(info: DataSourceInfo) -> dict[str, Any]:
+    return {
+        "columns": [c.to_json() for c in info.columns],
+        "description": info.datafile.description,
+        "engine": info.datafile.engine,
+        "created_at": info.created_at,
+    }
+
+
+def info_from_json(name: str, stored: Any) -> DataSourceInfo:
+    if isinstance(stored, list):  # the first catalog format: the columns alone
+        stored = {"columns": stored}
+    created = stored.get("created_at") or now_text()
+    columns = [Column.from_json(c) for c in stored["columns"]]
+    datafile = DataFile(name, columns, stored.get("description", ""), stored.get("engine", {}))
+    return DataSourceInfo(datafile, created, created)
+
+
+def value(column: Column, row: dict[str, Any], now: str) -> Any:
+    value = lookup(column, row)
+    if value is MISSING or (value is None and column.has_default):
+        if column.has_default:
+            value = now if column.default == "now" else column.default
+            return orjson.dumps(value).decode() if column.type.container else value
+        if column.type.nullable:
+            return None
+        raise RowError(column.name, "missing, and the column has no DEFAULT")
+    try:
+        converted = column.type.convert(value)
+    except CheckError as exc:
+        raise RowError(column.name, str(exc)) from None
+    if column.type.container:
+        return orjson.dumps(converted, default=str).decode()
+    return converted
+
+
+def affinity(column: Column) -> str:
+    base = re.sub(r"^(Nullable|LowCardinality)\((.*)\)$", r"\2", column.type.name)
+    base = re.sub(r"^(Nullable|LowCardinality)\((.*)\)$", r"\2", base)
+    if re.match(r"U?Int(8|16|32)$|Int64$|Bool$", base):
+        return "INTEGER"
+    if re.match(r"U?Int(64|128|256)$", base):
+        # Values past SQLite's 64-bit integers arrive as text: no affinity keeps the others
+        # integers (so they sort as numbers) and those text (INTEGER would make them REAL).
+        return "BLOB"
+    if base.startswith("Float"):
+        return "REAL"
+    return "TEXT"
+
+
+def output(value: Any, type_name: str) -> Any:
+    if isinstance(value, str) and type_name.startswith(("Array", "Map", "Nullable(Array")):
+        return orjson.loads(value)
+    if type_name == "Bool" and isinstance(value, int):
+        return bool(value)
+    if isinstance(value, str) and re.match(r"(Nullable\()?U?Int\d+", type_name):
+        return int(value) if re.fullmatch(r"-?\d+", value) else value
+    return value
+
+
+def value_type(values: Any) -> str:
+    kinds = {type(v) for v in values if v is not None}
+    if kinds == {int}:
+        return "Int64"
+    if kinds <= {int, float} and kinds:
+        return "Float64"
+    return "String"
+
+
+def read_only(action: int, arg1: str | None, *_: Any) -> int:
+    if action not in _READ_ACTIONS:
+        return sqlite3.SQLITE_DENY
+    if action == _READ and arg1 and arg1.startswith(("_tb_", "sqlite_")):
+        return sqlite3.SQLITE_DENY  # the catalog holds the token
+    return sqlite3.SQLITE_OK

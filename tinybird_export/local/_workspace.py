@@ -1,0 +1,90 @@
+"""The workspace and token routes. There is one workspace: those that clients create
+(``tb --local`` makes one per project, tinybird-sdk one per directory) are names for it, and
+every token the server hands out is its one token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from tinybird_export.local._api import USER_EMAIL, WORKSPACE, Handler, State
+from tinybird_export.local._request import Request, Response
+
+
+def workspace_id(name: str) -> str:
+    """A stable id for a workspace name."""
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def _workspace(state: State, request: Request, args: dict[str, str]) -> Response:
+    return Response.json(
+        200,
+        {
+            "id": workspace_id(WORKSPACE),
+            "name": WORKSPACE,
+            "user_email": USER_EMAIL,
+            "user_id": workspace_id(USER_EMAIL),
+            "scope": "admin",
+            "role": "admin",
+            "plan": "dev",
+            "is_branch": False,
+            "main": None,
+            "releases": [],
+        },
+    )
+
+
+def _user_workspaces(state: State, request: Request, args: dict[str, str]) -> Response:
+    if args.get("version") == "v1":
+        # tinybird-sdk builds LocalWorkspace(**entry): exactly id, name and token.
+        entries: list[dict[str, Any]] = [
+            {"id": workspace_id(n), "name": n, "token": state.token} for n in state.workspaces
+        ]
+        return Response.json(200, {"organization_id": None, "workspaces": entries})
+    entries = [
+        {"id": workspace_id(n), "name": n, "role": "admin", "plan": "dev", "is_branch": False}
+        for n in state.workspaces
+    ]
+    return Response.json(
+        200, {"id": workspace_id(USER_EMAIL), "email": USER_EMAIL, "workspaces": entries}
+    )
+
+
+def _create_workspace(state: State, request: Request, args: dict[str, str]) -> Response:
+    name = request.form().get("name") or ""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return Response.error(400, f"invalid workspace name {name!r}")
+    with state.lock:
+        if name not in state.workspaces:
+            state.workspaces.append(name)
+    return Response.json(200, {"id": workspace_id(name), "name": name, "token": state.token})
+
+
+def _delete_workspace(state: State, request: Request, args: dict[str, str]) -> Response:
+    with state.lock:
+        state.workspaces[:] = [
+            n for n in state.workspaces if n == WORKSPACE or workspace_id(n) != args["id"]
+        ]
+    return Response.json(200, {})
+
+
+def _tokens(state: State, request: Request, args: dict[str, str]) -> Response:
+    entry = {
+        "id": workspace_id("admin token"),
+        "name": "admin token",
+        "token": state.token,
+        "scopes": [{"type": "ADMIN"}],
+        "description": "the local server's one token",
+    }
+    return Response.json(200, {"tokens": [entry]})
+
+
+ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
+    ("GET", re.compile(r"/v[01]/workspace/?"), _workspace),
+    ("GET", re.compile(r"/(?P<version>v[01])/user/workspaces/?"), _user_workspaces),
+    ("POST", re.compile(r"/v[01]/workspaces/?"), _create_workspace),
+    ("DELETE", re.compile(r"/v[01]/workspaces/(?P<id>\w+)/?"), _delete_workspace),
+    ("GET", re.compile(r"/v0/tokens/?"), _tokens),
+]
