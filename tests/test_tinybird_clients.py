@@ -5,7 +5,7 @@ conflict), against a real server subprocess on 127.0.0.1.
 The venvs are ``.venv-tb-classic``, ``.venv-tb-forward`` and ``.venv-tb-sdk`` in the directory
 ``TINYBIRD_CLIENT_VENVS`` names (default: the repository root); ``.ci/run`` creates them. A
 missing one skips its tests with the command that makes it. Nothing leaves the machine: the
-clients run with ``tests/clients/sitecustomize.py`` on ``PYTHONPATH`` (it refuses every
+clients run with ``tests/offline/sitecustomize.py`` on ``PYTHONPATH`` (it refuses every
 non-loopback lookup and connection) and with their own opt-outs set.
 """
 
@@ -26,7 +26,7 @@ from tinybird_export.local._engine import clickhouse_available
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = Path(os.environ.get("TINYBIRD_CLIENT_VENVS") or ROOT)
-GUARD = Path(__file__).resolve().parent / "clients"
+GUARD = Path(__file__).resolve().parent / "offline"
 PACKAGES = {"classic": "tinybird-cli", "forward": "tinybird", "sdk": "tinybird-sdk"}
 ENGINE = "clickhouse" if clickhouse_available() else "sqlite"
 
@@ -70,6 +70,8 @@ def client_env(home: Path, **extra: str) -> dict[str, str]:
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "PYTHONPATH": str(GUARD),
+        # Their start-up checks are expected to try the network: blocked, not recorded.
+        "OFFLINE_GUARD_LOG": "",
         "PYTHONDONTWRITEBYTECODE": "1",
         "TB_VERSION_WARNING": "0",
         "TB_CLI_TELEMETRY_OPTOUT": "1",
