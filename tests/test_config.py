@@ -60,7 +60,7 @@ class TestErrors:
             ({"datasource": "x", "flush_interval": "-1"}, ("'flush_interval'", "at least")),
             ({"datasource": "x", "wait": "maybe"}, ("'wait'", "TINYBIRD_WAIT", "true or false")),
             ({"datasource": "x", "compression": "zip"}, ("'compression'", "gzip")),
-            ({"datasource": "x", "batch_max_bytes": 20_000_000}, ("'batch_max_bytes'", "10 MB")),
+            ({"datasource": "x", "batch_max_bytes": 200_000_000}, ("'batch_max_bytes'", "100 MB")),
             (
                 {"datasource": "x", "before_send": "no.such:thing"},
                 ("'before_send'", "TINYBIRD_BEFORE_SEND"),

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from tinybird_export._backpressure import DISPLACES_FROM, enough_below, thin
 from tinybird_export._line_encoder import REPAIRED, TRUNCATED
 
 
@@ -48,6 +50,8 @@ class DeliveryStats:
         sent: Rows the server acknowledged (202/200), quarantined rows included.
         dropped: Events given up, in total; ``dropped_by_reason`` breaks it down.
         dropped_by_reason: Drop counts by reason (``queue_full``, ``http_403``...).
+        dropped_by_level: The ``queue_full`` drops of log records, by level name: the
+            severity-aware policy drops lower levels first (``_backpressure``).
         queued: Events in memory waiting to be sent.
         in_flight: Events in the request under way.
         quarantined: Rows the server put in ``<datasource>_quarantine``.
@@ -61,12 +65,15 @@ class DeliveryStats:
         wire_bytes_sent: Bytes put on the wire for acknowledged batches (after gzip).
         queued_bytes: Raw bytes held in memory (queued and in flight).
         last_error: The last failure, as text ("" if none); never contains the token.
+        send_interval: How long a partial batch waits now: ``flush_interval``, or longer
+            while the server's rate limit paces this data source (``_pacing``).
     """
 
     emitted: int
     sent: int
     dropped: int
     dropped_by_reason: Mapping[str, int]
+    dropped_by_level: Mapping[str, int]
     queued: int
     in_flight: int
     quarantined: int
@@ -78,6 +85,7 @@ class DeliveryStats:
     wire_bytes_sent: int
     queued_bytes: int
     last_error: str
+    send_interval: float = 0.0
 
 
 class Limits(NamedTuple):
@@ -97,11 +105,14 @@ class Batch:
     Attributes:
         body: The request body before compression.
         count: How many lines (events) it holds.
+        levels: Each line's logging level (one byte per line, 0 for unlevelled events),
+            for the severity-aware drop policy.
         attempts: Requests made for it so far.
     """
 
     body: bytes | bytearray
     count: int
+    levels: bytes | bytearray = b""
     attempts: int = 0
 
     @property
@@ -118,9 +129,10 @@ class Batch:
         if cut == len(body) - 1:  # the middle fell inside the last line
             cut = body.rfind(b"\n", 0, len(body) // 2)
         first = body[: cut + 1]
-        first_count = first.count(b"\n")
-        second = Batch(body[cut + 1 :], self.count - first_count, self.attempts)
-        return Batch(first, first_count, self.attempts), second
+        n = first.count(b"\n")
+        levels = self.levels
+        second = Batch(body[cut + 1 :], self.count - n, levels[n:], self.attempts)
+        return Batch(first, n, levels[:n], self.attempts), second
 
 
 class FlushMark(NamedTuple):
@@ -128,6 +140,13 @@ class FlushMark(NamedTuple):
 
     target: int
     drops: int
+
+
+def _level_byte(level: object) -> int:
+    """A record's level as one byte: 0 when it has none (``makeLogRecord``), at most 255."""
+    if isinstance(level, int) and not isinstance(level, bool):
+        return min(max(level, 0), 255)
+    return 0
 
 
 class Channel:
@@ -157,9 +176,10 @@ class Channel:
     def _reset(self) -> None:
         """Fresh state: at construction, and in a forked child (the parent sends its own)."""
         self._lock = threading.RLock()
-        self._deferred: collections.deque[tuple[bytes, int]] = collections.deque()
+        self._deferred: collections.deque[tuple[bytes, int, int]] = collections.deque()
         self._allowance = self.limits.queue_max_bytes
         self._pending = bytearray()  # the partial batch
+        self._pending_levels = bytearray()  # its lines' levels
         self._pending_count = 0
         self._pending_since = 0.0
         self._ready: collections.deque[Batch] = collections.deque()  # sealed, not yet sent
@@ -167,6 +187,7 @@ class Channel:
         self._queued_events = self._queued_bytes = 0
         self._resolved = self._dropped_after_queue = self._flush_target = 0
         self._dropped: collections.Counter[str] = collections.Counter()
+        self._dropped_levels: collections.Counter[int] = collections.Counter()
         self._sent = self._quarantined = self._truncated = self._repaired = 0
         self._requests = self._retries = self._bytes_sent = self._wire_bytes_sent = 0
         self._last_error = ""
@@ -177,8 +198,14 @@ class Channel:
 
     # -- the caller's side -------------------------------------------------------------
 
-    def offer(self, line: bytes, flags: int = 0) -> bool:
-        """Queue one encoded line, or drop it as ``queue_full``.
+    def offer(self, line: bytes, flags: int = 0, level: int = 0) -> bool:
+        """Queue one encoded line, or drop it as ``queue_full`` (see ``_make_room`` for
+        the lines that a record of ``level`` WARNING or higher may displace instead).
+
+        Args:
+            line: The encoded event.
+            flags: ``encode_event``'s flags (truncated, repaired), counted.
+            level: The record's logging level (0 for unlevelled events).
 
         Returns:
             True when the worker should be woken: the queue had no partial batch (this
@@ -187,18 +214,20 @@ class Channel:
         """
         lock = self._lock
         if lock._is_owned():  # type: ignore[attr-defined]  # re-entered: see the docstring
-            self._deferred.append((line, flags))
+            self._deferred.append((line, flags, level))
             return True
         with lock:
-            # The same steps as _append, inlined: this is the caller's hot path.
+            # The same steps as _append, inlined: this is the caller's hot path. Nothing
+            # below may raise once the counters start to change.
             size = len(line)
+            if level.__class__ is not int or not 0 <= level <= 255:
+                level = _level_byte(level)
             if flags:
                 self._count_flags(flags)
             if (
                 self._queued_events >= self._max_events
                 or self._queued_bytes + size > self._allowance
-            ):
-                self._dropped["queue_full"] += 1
+            ) and not self._make_room(size, level):
                 return False
             self._queued_events += 1
             self._queued_bytes += size
@@ -209,6 +238,7 @@ class Channel:
             pending = self._pending
             pending += line
             pending += b"\n"
+            self._pending_levels.append(level)
             count = self._pending_count = self._pending_count + 1
             if count == 1:  # a new partial batch (also right after a byte-limit seal)
                 self._pending_since = time.monotonic()
@@ -229,13 +259,16 @@ class Channel:
         if flags & REPAIRED:
             self._repaired += 1
 
-    def _append(self, line: bytes, flags: int) -> bool:
+    def _append(self, line: bytes, flags: int, level: int) -> bool:
         """``offer``'s body, for parked lines (caller holds the lock)."""
         size = len(line)
+        if level.__class__ is not int or not 0 <= level <= 255:
+            level = _level_byte(level)
         if flags:
             self._count_flags(flags)
-        if self._queued_events >= self._max_events or self._queued_bytes + size > self._allowance:
-            self._dropped["queue_full"] += 1
+        if (
+            self._queued_events >= self._max_events or self._queued_bytes + size > self._allowance
+        ) and not self._make_room(size, level):
             return False
         self._queued_events += 1
         self._queued_bytes += size
@@ -246,6 +279,7 @@ class Channel:
         pending = self._pending
         pending += line
         pending += b"\n"
+        self._pending_levels.append(level)
         count = self._pending_count = self._pending_count + 1
         if count == 1:
             self._pending_since = time.monotonic()
@@ -256,9 +290,66 @@ class Channel:
         return sealed
 
     def _seal(self) -> None:
-        self._ready.append(Batch(self._pending, self._pending_count))
+        self._ready.append(Batch(self._pending, self._pending_count, self._pending_levels))
         self._pending = bytearray()
+        self._pending_levels = bytearray()
         self._pending_count = 0
+
+    def _make_room(self, size: int, level: int) -> bool:
+        """At the bound: a WARNING-or-higher line displaces queued lines of lower levels,
+        oldest first, never the batch in flight; else it is dropped as ``queue_full``.
+        Each dropped line is counted by its level (caller holds the lock).
+        """
+        if level >= DISPLACES_FROM:
+            need_events = self._queued_events + 1 - self._max_events
+            need_bytes = self._queued_bytes + size - self._allowance
+            freed = self._displace(level, need_bytes, need_events)
+            if freed is not None:
+                return True
+        self._dropped["queue_full"] += 1
+        if level:
+            self._dropped_levels[level] += 1
+        return False
+
+    def _displace(self, level: int, need_bytes: int, need_events: int) -> int | None:
+        """Drop lines below ``level`` until the needs are met (with slack, so that the next
+        warnings find room too); the events freed, or ``None`` if there are not enough.
+        """
+        batches: list[Batch] = list(self._ready)
+        if self._pending_count:
+            batches.append(Batch(self._pending, self._pending_count, self._pending_levels))
+        # Slack (1/64 of the bound that is reached): the next warnings find room without
+        # thinning a batch each (a pass over its lines, on the caller's thread).
+        want_bytes = need_bytes + self._allowance // 64 if need_bytes > 0 else 0
+        want_events = need_events + self._max_events // 64 if need_events > 0 else 0
+        if not enough_below(batches, level, max(need_bytes, 0), max(need_events, 0)):
+            return None
+        freed_events = 0
+        for index, batch in enumerate(batches):
+            if want_bytes <= 0 and want_events <= 0:
+                break
+            thinned = thin(batch, level, want_bytes, want_events)
+            if thinned is None:
+                continue
+            kept, dropped_levels, freed_bytes = thinned
+            count = batch.count - kept.count
+            want_bytes -= freed_bytes
+            want_events -= count
+            freed_events += count
+            self._queued_events -= count
+            self._queued_bytes -= freed_bytes
+            self._resolved += count
+            self._dropped["queue_full"] += count
+            self._dropped_after_queue += count
+            dropped_levels.pop(0, None)  # unlevelled events: counted by reason only
+            self._dropped_levels.update(dropped_levels)
+            if index < len(self._ready):
+                self._ready[index] = kept
+            else:
+                self._pending, self._pending_levels = bytearray(kept.body), bytearray(kept.levels)
+                self._pending_count = kept.count
+        self._ready = collections.deque(b for b in self._ready if b.count)
+        return freed_events
 
     def refuse(self, reason: str) -> None:
         """Count an event dropped before it could be queued."""
@@ -450,6 +541,10 @@ class Channel:
                 sent=self._sent,
                 dropped=sum(dropped.values()),
                 dropped_by_reason=dropped,
+                dropped_by_level={
+                    logging.getLevelName(level): count
+                    for level, count in sorted(self._dropped_levels.items())
+                },
                 queued=queued - in_flight,
                 in_flight=in_flight,
                 quarantined=self._quarantined,
@@ -461,4 +556,5 @@ class Channel:
                 wire_bytes_sent=self._wire_bytes_sent,
                 queued_bytes=self._queued_bytes,
                 last_error=self._last_error,
+                send_interval=self.limits.flush_interval,
             )

@@ -21,9 +21,10 @@ from typing import Any, Final, TypedDict
 
 DEFAULT_HOST: Final = "https://api.tinybird.co"
 _MIB: Final = 1024 * 1024
-# Tinybird rejects requests over 10 MB on the Free plan with 413 (events-api docs,
-# "Limits"); whether raw or compressed bytes count is undocumented, so raw bytes stay under.
-_REQUEST_CAP: Final = 10 * 1000 * 1000
+# Tinybird rejects requests over 10 MB on the Free plan, 100 MB on paid Forward plans, with
+# 413 (events-api docs, "Limits"); whether raw or compressed bytes count is undocumented,
+# so raw bytes stay under. The default batch (4 MiB) is safe for Free.
+_REQUEST_CAP: Final = 100 * 1000 * 1000
 _EXTRAS_MODES: Final = ("both", "flat", "attributes", "none")
 _COMPRESSIONS: Final = ("gzip", "none")
 _DATASOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -41,6 +42,7 @@ class CommonSettings(TypedDict, total=False):
     enabled: bool | str | None
     wait: bool | str | None
     flush_interval: float | str | None
+    adaptive: bool | str | None
     batch_max_rows: int | str | None
     batch_max_bytes: int | str | None
     queue_max_events: int | str | None
@@ -113,6 +115,7 @@ class TinybirdConfig:
     enabled: bool = True
     wait: bool = False
     flush_interval: float = 1.0
+    adaptive: bool = True
     service: str = ""
     fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     extras: str = "both"
@@ -195,8 +198,9 @@ class TinybirdConfig:
             )
         if self.batch_max_bytes > _REQUEST_CAP:
             raise _setting("batch_max_bytes").error(
-                f"{self.batch_max_bytes} exceeds the Events API's 10 MB request cap",
-                "use at most 10000000",
+                f"{self.batch_max_bytes} exceeds the Events API's request cap (100 MB on paid "
+                "plans, 10 MB on Free)",
+                "use at most 100000000 (10000000 on the Free plan)",
             )
         if self.max_event_bytes > self.batch_max_bytes:
             raise _setting("max_event_bytes").error(
@@ -233,6 +237,7 @@ _ENV_NAMES: Final = {
     "enabled": "TINYBIRD_ENABLED",
     "wait": "TINYBIRD_WAIT",
     "flush_interval": "TINYBIRD_FLUSH_INTERVAL",
+    "adaptive": "TINYBIRD_ADAPTIVE",
     "service": "OTEL_SERVICE_NAME",
     "fields": "TINYBIRD_FIELDS",
     "extras": "TINYBIRD_EXTRAS",
@@ -366,6 +371,7 @@ _PARSERS: Final[dict[str, Callable[[Any, _Setting], Any]]] = {
     "wait": _parse_bool,
     "background": _parse_bool,
     "allow_http": _parse_bool,
+    "adaptive": _parse_bool,
     "flush_interval": _number(float, 0.01),
     "batch_max_rows": _number(int, 1),
     "batch_max_bytes": _number(int, 1024),

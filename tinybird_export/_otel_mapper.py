@@ -203,6 +203,16 @@ def _log_parts(item: Any) -> tuple[Any, Any, Any]:
     return record, resource, _scope(item)
 
 
+def severity_level(item: Any) -> int:
+    """The logging level of an OpenTelemetry log record's severity number: 1-4 TRACE and
+    5-8 DEBUG are DEBUG, 9-12 INFO, 13-16 WARN WARNING, 17-20 ERROR, 21-24 FATAL CRITICAL
+    (the logs data model's ranges); 0 when it has none.
+    """
+    severity = getattr(item.log_record, "severity_number", None)
+    number = getattr(severity, "value", 0) or 0
+    return 0 if number <= 0 else min(max((number - 1) // 4, 1) * 10, 50)
+
+
 def _body(record: Any) -> str:
     body = record.body
     return body if isinstance(body, str) else ("" if body is None else to_text(body))

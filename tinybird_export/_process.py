@@ -79,6 +79,7 @@ class Process:
             config.timeout,
             config.ca_bundle,
             config.background,
+            config.adaptive,
         )
         with self._lock:
             worker = self._workers.get(key)

@@ -6,6 +6,7 @@ waiting); ``flush``, ``close`` and ``stats`` are the per-producer controls.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -63,7 +64,7 @@ class Producer:
         self.has_before_send = config.before_send is not None
         self.max_event_bytes = config.max_event_bytes
 
-    def put(self, event: dict[str, Any]) -> None:
+    def put(self, event: dict[str, Any], level: int = 0) -> None:
         """Queue one event on the caller's thread: hook, encode, append.
 
         Never blocks; bad data is repaired, truncated or dropped and counted, not raised.
@@ -73,11 +74,12 @@ class Producer:
             if hooked is None:
                 return
             event = hooked
-        self.offer(*encode_event(event, self.max_event_bytes))
+        line, flags = encode_event(event, self.max_event_bytes)
+        self.offer(line, flags, level)
 
-    def offer(self, line: bytes | None, flags: int = 0) -> None:
+    def offer(self, line: bytes | None, flags: int = 0, level: int = 0) -> None:
         """Queue one encoded line (``None``: too large even when truncated), with
-        ``encode_event``'s flags.
+        ``encode_event``'s flags and the record's logging level (0: none).
         """
         channel = self.channel
         worker = self.worker
@@ -85,7 +87,7 @@ class Producer:
             channel.refuse("disabled" if worker is None else "closed")
         elif line is None:
             channel.refuse("too_large")
-        elif channel.offer(line, flags):
+        elif channel.offer(line, flags, level):
             worker.notify(channel)
             if self._sends_late and PROCESS.exiting() and not self.flush():
                 # After the exit drain (a later atexit hook, a __del__) nothing would send
@@ -174,7 +176,11 @@ class Producer:
 
     def stats(self) -> DeliveryStats:
         """A snapshot of this producer's counters."""
-        return self.channel.stats()
+        stats = self.channel.stats()
+        if self.worker is None:
+            return stats
+        interval = self.worker.send_interval(self.channel.datasource, stats.send_interval)
+        return dataclasses.replace(stats, send_interval=interval)
 
 
 def _holds_logging_lock() -> bool:

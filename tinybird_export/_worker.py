@@ -34,6 +34,7 @@ from tinybird_export import _diagnostics, _retry
 from tinybird_export._channel import Batch, Channel
 from tinybird_export._client import Attempt, EventsClient
 from tinybird_export._config import TinybirdConfig
+from tinybird_export._pacing import Pacing
 
 if TYPE_CHECKING:
     from tinybird_export._process import Process
@@ -46,18 +47,22 @@ _POLL: Final = 0.05
 
 
 class Lane:
-    """The channels of one data source: one request in flight at a time, in order."""
+    """The channels of one data source: one request in flight at a time, in order, paced
+    by the server's rate-limit signals (``_pacing``).
+    """
 
-    def __init__(self, datasource: str) -> None:
+    def __init__(self, datasource: str, flush_interval: float, adaptive: bool) -> None:
         self.datasource = datasource
         self.channels: list[Channel] = []
         self.busy = False  # claimed by a sender
         self.paused_until = 0.0
         self.rotation = 0
+        self.pacing = Pacing(flush_interval, adaptive)
 
     def reset(self) -> None:
         self.busy = False
         self.paused_until = 0.0
+        self.pacing = Pacing(self.pacing.base, self.pacing.enabled)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +85,7 @@ class Worker:
         self.host = config.host
         self.exit_timeout = config.exit_timeout
         self.background = config.background
+        self._adaptive = config.adaptive
         self._config = config
         self._process = process
         self._lanes: dict[str, Lane] = {}
@@ -114,7 +120,8 @@ class Worker:
         with self._lock:
             lane = self._lanes.get(channel.datasource)
             if lane is None:
-                lane = self._lanes[channel.datasource] = Lane(channel.datasource)
+                lane = Lane(channel.datasource, channel.limits.flush_interval, self._adaptive)
+                self._lanes[channel.datasource] = lane
             lane.channels = [*lane.channels, channel]
 
     def remove(self, channel: Channel) -> bool:
@@ -126,6 +133,13 @@ class Worker:
                 if not lane.channels:
                     del self._lanes[channel.datasource]  # a sender holding it finishes alone
             return bool(self._lanes)
+
+    def send_interval(self, datasource: str, flush_interval: float) -> float:
+        """How long a partial batch of ``datasource`` waits now: ``flush_interval``, or
+        longer while the server's rate limit paces it.
+        """
+        lane = self._lanes.get(datasource)
+        return flush_interval if lane is None else lane.pacing.interval(flush_interval)
 
     def channels(self) -> list[Channel]:
         """Every channel it serves."""
@@ -244,8 +258,13 @@ class Worker:
             with self._lock:
                 if lane.busy:
                     continue
-                if lane.paused_until > now:
-                    wait_until = _earliest(wait_until, lane.paused_until)
+                # Paused for a retry, or paced by the rate limit (not at exit: the budget
+                # is short, and a 429 still pauses through Retry-After).
+                ready_at = lane.paused_until
+                if not draining:
+                    ready_at = max(ready_at, lane.pacing.not_before())
+                if ready_at > now:
+                    wait_until = _earliest(wait_until, ready_at)
                     continue
                 lane.busy = True
             got = self._take(lane, now, draining, finished)
@@ -270,7 +289,7 @@ class Worker:
             channel = channels[(lane.rotation + index) % len(channels)]
             if channel in skip:
                 continue
-            got = channel.take(now, channel.limits.flush_interval, draining)
+            got = channel.take(now, lane.pacing.interval(channel.limits.flush_interval), draining)
             if isinstance(got, Batch):
                 lane.rotation = (lane.rotation + index + 1) % len(channels)
                 return _Claim(lane, channel, got)
@@ -304,6 +323,7 @@ class Worker:
             limits = (deadline, self._process.exit_deadline(), channel.close_deadline())
             cap = time.monotonic() + self._config.connect_timeout + timeout
             cap = min([cap, *(d for d in limits if d is not None)])
+            lane.pacing.started(time.monotonic())
             attempt = self._client.post(
                 channel.datasource,
                 batch.body,
@@ -311,6 +331,7 @@ class Worker:
                 read_timeout=timeout,
                 deadline=cap,
             )
+            lane.pacing.answered(attempt.status, attempt.headers)
             self._apply(lane, channel, batch, attempt)
         except Exception as exc:  # noqa: BLE001 - a bug is not a transport error: drop it
             error = self._client.redact(f"internal error: {exc!r}")

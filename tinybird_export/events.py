@@ -41,9 +41,16 @@ class TinybirdEvents:
     def __repr__(self) -> str:
         return f"<TinybirdEvents {self._producer.config.datasource}>"
 
-    def send(self, event: Mapping[str, Any]) -> None:
+    def send(self, event: Mapping[str, Any], *, level: int = 0) -> None:
         """Queue one event. Bad values are repaired, oversized ones truncated or dropped and
         counted; nothing is raised to the caller for bad data.
+
+        Args:
+            event: The event's fields.
+            level: A logging level for the event's priority when the memory bound is
+                reached: WARNING or higher displaces queued events of lower levels (the
+                README's drop policy). 0, the default, is the plain policy: the newest
+                event is dropped.
 
         Raises:
             TypeError: ``event`` is not a mapping (a programming error, not bad data).
@@ -55,7 +62,7 @@ class TinybirdEvents:
         except Exception as exc:  # noqa: BLE001 - a mapping that raises when read
             self._producer.refuse_unreadable(event, exc)
             return
-        self._producer.put(copy)
+        self._producer.put(copy, level)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event sent before the call is acknowledged, or ``timeout``.

@@ -91,10 +91,10 @@ class TinybirdHandler(logging.Handler):
         try:
             producer = self._producer
             if producer.has_before_send:
-                producer.put(self._mapper(record))
+                producer.put(self._mapper(record), record.levelno)
             else:
                 line, flags = self._mapper.encode(record, producer.max_event_bytes)
-                producer.offer(line, flags)
+                producer.offer(line, flags, record.levelno)
         except Exception:  # noqa: BLE001 - logging's contract: never raise into the app
             self._producer.channel.refuse("error")  # counted, never silently lost
             self.handleError(record)

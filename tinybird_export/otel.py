@@ -16,7 +16,13 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import ExporterSettings, TinybirdConfig, kind
-from tinybird_export._otel_mapper import log_to_flat, log_to_otel, span_to_flat, span_to_otel
+from tinybird_export._otel_mapper import (
+    log_to_flat,
+    log_to_otel,
+    severity_level,
+    span_to_flat,
+    span_to_otel,
+)
 from tinybird_export._producer import Producer
 
 if TYPE_CHECKING:
@@ -57,12 +63,18 @@ class _Exporter:
     def _put_all(self, items: Sequence[Any]) -> bool:
         if self._is_shutdown:
             return False
+        level = self._level
         for item in items:
             try:
-                self._producer.put(self._convert(item))
+                self._producer.put(self._convert(item), level(item))
             except Exception:  # noqa: BLE001 - one bad item must not fail the batch
                 self._producer.channel.refuse("error")
         return True
+
+    @staticmethod
+    def _level(item: Any) -> int:
+        """The backpressure priority: none for spans (the plain drop policy)."""
+        return 0
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Wait until everything exported so far is acknowledged, or the deadline."""
@@ -136,3 +148,8 @@ class TinybirdLogExporter(_Exporter, _LogExporterBase):
     def export(self, batch: Sequence[Any]) -> Any:
         """Convert and queue the log records (no I/O); FAILURE after shutdown."""
         return _LogResult.SUCCESS if self._put_all(batch) else _LogResult.FAILURE
+
+    @staticmethod
+    def _level(item: Any) -> int:
+        """A log record's severity as a logging level, for the severity-aware drop policy."""
+        return severity_level(item)

@@ -36,6 +36,7 @@ import orjson
 
 from tinybird_export import _ingest_body
 from tinybird_export._hostile import hostile_answer as _hostile_answer
+from tinybird_export._rate_limit import TokenBuckets
 
 __all__ = ["EventsServer", "ReceivedRequest", "Reply"]
 
@@ -125,6 +126,9 @@ class EventsServer:
         record: Keep each request (``False`` only counts, for benchmarks).
         tls: Serve HTTPS with this server-side context (``url`` is then
             ``https://localhost:port``).
+        rate_limit: Accept this many requests per second per data source (a token bucket,
+            bursts up to the same number), answering 429 with ``Retry-After`` beyond it;
+            every answer carries the ``X-RateLimit-*`` headers. ``None``: no limit.
     """
 
     def __init__(
@@ -135,8 +139,10 @@ class EventsServer:
         max_body_bytes: int = 10 * 1000 * 1000,
         record: bool = True,
         tls: ssl.SSLContext | None = None,
+        rate_limit: float | None = None,
     ) -> None:
         self.token = token
+        self.buckets = TokenBuckets(rate_limit) if rate_limit else None
         self.tls = tls
         self.stopping = threading.Event()
         self.max_body_bytes = max_body_bytes
@@ -309,6 +315,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         reply = owner._next_reply()
         owner._arrived()
+        self.limit_headers: dict[str, str] = {}
         status, payload, body, rows = self._evaluate(owner, parts.path, query, raw, reply)
         request = ReceivedRequest(
             "POST", parts.path, query, dict(self.headers.items()), raw, body, status, received_at
@@ -323,13 +330,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reset()
             return
         owner._store(request, rows)
+        headers = {**self.limit_headers, **reply.headers}
         if reply.echo_headers:
             payload = {"error": f"rejected request with headers {dict(self.headers.items())}"}
         if reply.hostile:
             self.close_connection = True
             _hostile_answer(self, owner, status, reply)
         else:
-            self._answer(status, payload, reply.headers)
+            self._answer(status, payload, headers)
 
     def _evaluate(
         self, owner: EventsServer, path: str, query: Mapping[str, str], raw: bytes, reply: Reply
@@ -352,6 +360,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
         except _ingest_body.BodyError as exc:
             return exc.status, {"error": str(exc)}, raw, 0
+        if owner.buckets is not None:
+            accepted, self.limit_headers = owner.buckets.take(query["name"])
+            if not accepted:
+                return 429, {"error": "too many requests"}, body, 0
         if reply.status not in (200, 202):
             return reply.status, reply.body or {"error": f"scripted {reply.status}"}, body, rows
         status = 200 if query.get("wait") == "true" else 202
@@ -382,9 +394,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default="test-token")
     parser.add_argument("--no-record", action="store_true", help="count rows only")
+    parser.add_argument(
+        "--rate-limit", type=float, help="requests/s per data source (429 beyond it)"
+    )
     options = parser.parse_args(argv)
-    server = EventsServer(options.token, options.port, record=not options.no_record).start()
+    server = EventsServer(
+        options.token, options.port, record=not options.no_record, rate_limit=options.rate_limit
+    ).start()
     print(server.url, flush=True)
+    print(f"token: {options.token}", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -1,0 +1,232 @@
+"""A fleet under one rate limit: pacing that reacts to 429 and to a low X-RateLimit-Remaining
+and recovers, and backpressure that keeps the errors. Not timed: bench/fleet.py measures."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import pytest
+
+from tinybird_export._pacing import MAX_SPACING, Pacing
+from tinybird_export.testing import EventsServer, Reply
+
+
+class TestPacing:
+    def test_429_doubles_from_the_interval_and_is_capped(self) -> None:
+        pacing = Pacing(1.0, enabled=True)
+        assert pacing.spacing == 0
+        spacings = []
+        for _ in range(8):
+            pacing.answered(429, {})
+            spacings.append(pacing.spacing)
+        assert spacings[:4] == [1.0, 2.0, 4.0, 8.0]
+        assert max(spacings) == MAX_SPACING
+
+    def test_a_low_remaining_slows_down_before_any_429(self) -> None:
+        pacing = Pacing(1.0, enabled=True)
+        pacing.answered(202, {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "10"})
+        assert pacing.spacing == 1.0
+        pacing.answered(202, {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "10"})
+        assert pacing.spacing == 1.5
+        pacing.answered(202, {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "30"})
+        assert pacing.spacing == 1.5  # between a fifth and a half: hold
+
+    @pytest.mark.parametrize(
+        "headers",
+        [{}, {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "90"}],
+        ids=["no headers", "room to spare"],
+    )
+    def test_recovery_is_additive_back_to_no_pacing(self, headers: dict[str, str]) -> None:
+        pacing = Pacing(1.0, enabled=True)
+        pacing.answered(429, {})
+        pacing.answered(429, {})
+        steps = 0
+        while pacing.spacing:
+            pacing.answered(202, headers)
+            steps += 1
+        assert steps == 20  # 2 s back to 0 by a tenth of the interval per request
+
+    def test_bogus_headers_and_other_answers_change_nothing(self) -> None:
+        pacing = Pacing(1.0, enabled=True)
+        for headers in (
+            {"x-ratelimit-limit": "nan", "x-ratelimit-remaining": "0"},
+            {"x-ratelimit-limit": "0", "x-ratelimit-remaining": "0"},
+            {"x-ratelimit-limit": "ten", "x-ratelimit-remaining": "0"},
+        ):
+            pacing.answered(202, headers)
+        pacing.answered(503, {})
+        pacing.answered(None, {})
+        assert pacing.spacing == 0
+
+    def test_disabled_never_paces(self) -> None:
+        pacing = Pacing(1.0, enabled=False)
+        pacing.answered(429, {})
+        assert pacing.spacing == 0
+
+
+def log_until_sent(handler: Any, logger: logging.Logger, count: int) -> None:
+    logger.addHandler(handler)
+    for i in range(count):
+        logger.info("n %d", i)
+        assert handler.flush(20)
+
+
+class TestAdaptiveLanes:
+    def test_429_paces_the_data_source_and_acks_bring_it_back(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        server.script(Reply(status=429, headers={"Retry-After": "0"}))
+        handler = make_handler(datasource="paced", flush_interval=0.1)
+        log_until_sent(handler, logger, 1)
+        assert handler.stats().send_interval == pytest.approx(0.1)  # spacing 0.1 - 0.01
+        server.script(*[Reply(status=429, headers={"Retry-After": "0"})] * 3)
+        log_until_sent(handler, logger, 1)
+        paced = handler.stats().send_interval
+        assert paced > 0.5  # 0.1 doubled on each 429, less one step for the 202
+        log_until_sent(handler, logger, 80)  # acknowledged: 0.01 s less each
+        assert handler.stats().send_interval == pytest.approx(0.1)
+        assert [e["event"] for e in server.events("paced")] == [
+            "n 0",
+            "n 0",
+            *(f"n {i}" for i in range(80)),
+        ]
+
+    def test_a_low_remaining_paces_without_a_429(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        low = {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "3"}
+        server.respond(Reply(headers=low))
+        handler = make_handler(datasource="early", flush_interval=0.05)
+        log_until_sent(handler, logger, 3)
+        assert handler.stats().send_interval > 0.05
+        assert [r.status for r in server.requests] == [202, 202, 202]
+
+    def test_adaptive_false_keeps_todays_behaviour(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        server.script(*[Reply(status=429, headers={"Retry-After": "0"})] * 2)
+        handler = make_handler(datasource="fixed", flush_interval=0.1, adaptive=False)
+        log_until_sent(handler, logger, 1)
+        assert handler.stats().send_interval == 0.1
+
+    def test_one_process_under_a_real_limit_loses_nothing(self, make_handler: Any) -> None:
+        """A token bucket at 5 requests/s against a handler flushing every 10 ms."""
+        with EventsServer(rate_limit=5) as limited:
+            handler = make_handler(host=limited.url, datasource="bucket", flush_interval=0.01)
+            log = logging.getLogger("bucket")
+            log.propagate = False
+            log.addHandler(handler)
+            for i in range(300):
+                log.warning("n %d", i)
+                time.sleep(0.002)  # pacing the producer over ~1 s, not synchronising
+            assert handler.flush(30)
+            log.removeHandler(handler)
+            assert sorted(e["event"] for e in limited.events("bucket")) == sorted(
+                f"n {i}" for i in range(300)
+            )
+            assert handler.stats().dropped == 0
+            assert handler.stats().send_interval > 0.01
+
+
+class TestSeverityBackpressure:
+    def fill(self, handler: Any, logger: logging.Logger, level: int, count: int) -> None:
+        logger.addHandler(handler)
+        for i in range(count):
+            logger.log(level, "%s %04d %s", logging.getLevelName(level), i, "x" * 200)
+
+    def test_errors_displace_lower_levels_during_an_outage(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        server.respond(Reply(status=503))
+        # Small batches: the one in flight (never displaced) is a small part of the bound.
+        handler = make_handler(
+            datasource="outage",
+            queue_max_bytes=60_000,
+            batch_max_bytes=5_000,
+            max_event_bytes=2_000,
+        )
+        self.fill(handler, logger, logging.INFO, 1000)
+        assert handler.stats().dropped_by_reason["queue_full"] > 700  # the bound is reached
+        # About 100 such lines fit in the bound: room for these, not for more INFO.
+        self.fill(handler, logger, logging.WARNING, 40)
+        self.fill(handler, logger, logging.ERROR, 50)
+        stats = handler.stats()
+        assert stats.emitted == stats.sent + stats.dropped + stats.queued + stats.in_flight
+        assert stats.dropped_by_level.get("ERROR", 0) == 0
+        assert stats.dropped_by_level["INFO"] > 0
+        server.respond(Reply())
+        assert handler.flush(30)
+        delivered = [e["level"] for e in server.events("outage")]
+        assert delivered.count("ERROR") == 50
+        assert delivered.count("WARNING") + stats.dropped_by_level.get("WARNING", 0) == 40
+        assert sum(handler.stats().dropped_by_level.values()) == handler.stats().dropped
+
+    def test_with_only_errors_left_the_newest_error_is_dropped(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        server.respond(Reply(status=503))
+        handler = make_handler(
+            datasource="errors",
+            queue_max_bytes=20_000,
+            batch_max_bytes=10_000,
+            max_event_bytes=5_000,
+        )
+        self.fill(handler, logger, logging.ERROR, 200)
+        stats = handler.stats()
+        assert stats.dropped_by_level["ERROR"] == stats.dropped > 0
+        server.respond(Reply())
+        assert handler.flush(30)
+        errors = [e["event"].split()[1] for e in server.events("errors")]
+        assert errors == sorted(errors) and errors[0] == "0000"  # oldest kept, in order
+
+    def test_events_keep_the_plain_policy_unless_given_a_level(
+        self, server: EventsServer, make_events: Any
+    ) -> None:
+        server.respond(Reply(status=503))
+        events = make_events(
+            datasource="plain",
+            queue_max_bytes=20_000,
+            batch_max_bytes=10_000,
+            max_event_bytes=5_000,
+        )
+        for i in range(200):
+            events.send({"event": f"view {i:04d}", "pad": "x" * 200})
+        dropped = events.stats().dropped
+        events.send({"event": "alert", "pad": "x" * 200})  # no level: dropped too
+        assert events.stats().dropped == dropped + 1
+        events.send({"event": "alert", "pad": "x" * 200}, level=logging.ERROR)
+        assert events.stats().dropped > dropped + 1  # views displaced, the alert kept
+        assert events.stats().dropped_by_level == {}  # the views had no level
+        server.respond(Reply())
+        assert events.flush(30)
+        assert [e["event"] for e in server.events("plain")].count("alert") == 1
+
+    def test_the_invariant_holds_throughout(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        rng = random.Random(11)
+        handler = make_handler(
+            datasource="flapping",
+            queue_max_bytes=40_000,
+            batch_max_bytes=8_000,
+            max_event_bytes=5_000,
+            flush_interval=0.01,
+        )
+        logger.addHandler(handler)
+        levels = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+        for step in range(3000):
+            if step % 300 == 0:  # the endpoint flaps
+                server.respond(Reply(status=503) if step % 600 == 0 else Reply())
+            logger.log(rng.choice(levels), "%d %s", step, "y" * rng.randrange(0, 400))
+            if step % 50 == 0:
+                s = handler.stats()
+                assert s.emitted == s.sent + s.dropped + s.queued + s.in_flight, s
+        server.respond(Reply())
+        handler.flush(30)
+        s = handler.stats()
+        assert s.emitted == 3000 == s.sent + s.dropped + s.queued + s.in_flight
+        assert s.queued == s.in_flight == 0
+        assert len(server.events("flapping")) == s.sent
