@@ -418,7 +418,9 @@ class TestUvicorn:
 
     @pytest.mark.parametrize(
         ("how", "workers", "expected_code"),
-        [(signal.SIGTERM, 1, -15), (signal.SIGINT, 1, 0), (signal.SIGTERM, 2, 0)],
+        # SIGINT: uvicorn re-raises it too, as KeyboardInterrupt: a normal exit, through
+        # atexit (status 0; 1 with uvicorn 0.30, from click's "Aborted!"). --workers: the parent's.
+        [(signal.SIGTERM, 1, {-15}), (signal.SIGINT, 1, {0, 1}), (signal.SIGTERM, 2, {0})],
         ids=["sigterm", "sigint", "sigterm-2-workers"],
     )
     def test_with_the_middleware_everything_logged_before_lifespan_shutdown_arrives(
@@ -427,7 +429,7 @@ class TestUvicorn:
         app_dir: Path,
         how: signal.Signals,
         workers: int,
-        expected_code: int,
+        expected_code: set[int],
     ) -> None:
         """uvicorn re-raises SIGTERM after its graceful shutdown (the process dies by it,
         atexit never runs); the lifespan flush has delivered by then.
@@ -438,7 +440,7 @@ class TestUvicorn:
         with uvicorn(uvicorn_cli(*options), env, app_dir, port) as (proc, url):
             send_requests(url, 22)
             code, err = stop(proc, how)
-        assert code == expected_code, err
+        assert code in expected_code, err
         events = server.events()
         ids = sorted(f"r-{i}" for i in range(22))
         started = [e for e in events if e["event"] == "request started" and e["n"] != "-1"]
