@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -330,13 +329,11 @@ if __name__ == "__main__":  # uvicorn.run() from the app's own code
 
 @contextlib.contextmanager
 def uvicorn(
-    command: list[str], env: dict[str, str], cwd: Path, port: int | None = None
+    command: list[str], env: dict[str, str], cwd: Path, workers: int = 1
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """A running uvicorn and its base URL; killed if the test did not stop it.
-
-    With ``port`` (``--workers``: each worker binds its own socket, so port 0 would differ
-    between them), the URL is known and uvicorn is polled until it answers; else it is read
-    from uvicorn's "running on" line.
+    """A running uvicorn and its base URL, once each of its ``workers`` has completed
+    lifespan startup (read from its stderr, so no polling); killed, with any worker, if the
+    test did not stop it.
     """
     proc = subprocess.Popen(
         command,
@@ -345,25 +342,26 @@ def uvicorn(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group: the workers too, for the kill below
     )
     try:
         assert proc.stderr is not None
-        url = f"http://127.0.0.1:{port}" if port else None
+        url = None
+        started = 0
         seen = []
         for line in proc.stderr:  # EOF if uvicorn fails to start
             seen.append(line)
             found = re.search(r"running on (http://\S+)", line)
-            if found:
-                url = url or found.group(1)
+            url = url or (found.group(1) if found else None)
+            started += "Application startup complete." in line
+            if url and started == workers:
                 break
         else:
             pytest.fail("uvicorn did not start:\n" + "".join(seen))
-        if port:
-            wait_until_serving(url)
         yield proc, url
     finally:
         if proc.poll() is None:  # the test failed before stopping it
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate(timeout=30)
         elif proc.stderr is not None:
             proc.stderr.close()
@@ -374,21 +372,6 @@ def stop(proc: subprocess.Popen[str], how: signal.Signals) -> tuple[int, str]:
     proc.send_signal(how)
     _, err = proc.communicate(timeout=60)
     return proc.returncode, err
-
-
-def wait_until_serving(url: str) -> None:
-    """A polling helper with a deadline: uvicorn's workers are starting up."""
-    import urllib3
-
-    pool = urllib3.PoolManager(retries=False, timeout=5)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            pool.request("GET", f"{url}/probe/-1")
-            return
-        except urllib3.exceptions.HTTPError:
-            assert time.monotonic() < deadline, "uvicorn's workers did not start"
-            time.sleep(0.1)
 
 
 def free_port() -> int:
@@ -435,20 +418,21 @@ class TestUvicorn:
         atexit never runs); the lifespan flush has delivered by then.
         """
         env = {**child_env(server), "MIDDLEWARE": "1"}
-        port = free_port() if workers > 1 else None
-        options = ["--workers", str(workers), "--port", str(port)] if port else ["--port", "0"]
-        with uvicorn(uvicorn_cli(*options), env, app_dir, port) as (proc, url):
+        # --workers: port 0 is not shared between the workers, so pick one.
+        port = free_port() if workers > 1 else 0
+        options = ["--port", str(port), "--workers", str(workers)]
+        with uvicorn(uvicorn_cli(*options), env, app_dir, workers) as (proc, url):
             send_requests(url, 22)
             code, err = stop(proc, how)
         assert code in expected_code, err
         events = server.events()
         ids = sorted(f"r-{i}" for i in range(22))
-        started = [e for e in events if e["event"] == "request started" and e["n"] != "-1"]
+        started = [e for e in events if e["event"] == "request started"]
         assert sorted(e["request_id"] for e in started) == ids
         for event in started:
             assert event["href"] == f"{url}/r/{event['n']}"  # its own request, no query
         access = by_logger(events, ACCESS_LOGGER)
-        assert sorted(e["request_id"] for e in access if "probe" not in e["href"]) == ids
+        assert sorted(e["request_id"] for e in access) == ids
         shutdowns = [e for e in events if e["event"] == "shutdown handler ran"]
         assert len(shutdowns) == workers  # the app's own shutdown handler, in each worker
         assert len({e["event_id"] for e in events}) == len(events)
