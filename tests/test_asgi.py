@@ -214,6 +214,8 @@ class TestStarletteTestClient:
             }
             await app(scope, receive, send)
             await app({"type": "http", "headers": [(b"host", b"a b")]}, receive, send)
+            unix = {"type": "http", "path": "/u", "headers": [], "server": ("/run/app.sock", None)}
+            await app(unix, receive, send)
             await app({"type": "lifespan"}, receive, send)
 
         asyncio.run(serve())
@@ -221,7 +223,8 @@ class TestStarletteTestClient:
         raw_requests = [e for e in by_logger(events, "shop") if e["event"] == "raw request"]
         assert raw_requests[0]["href"] == "https://[::1]:8000/odd%3Fpath%23x"
         assert raw_requests[1]["href"] == ""  # no path, no server: empty, never an error
-        assert [e["status"] for e in by_logger(events, ACCESS_LOGGER)] == [204, 204]
+        assert raw_requests[2]["href"] == "/u"  # a Unix socket, no Host header: the path
+        assert [e["status"] for e in by_logger(events, ACCESS_LOGGER)] == [204, 204, 204]
         assert any(e["event"] == "raw app stopping" for e in events)
 
     def test_lifespan_shutdown_delivers_on_trio_too(

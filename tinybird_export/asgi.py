@@ -194,11 +194,11 @@ def _href(scope: Scope, keep_query: bool) -> str:
     netloc = _header(scope, b"host")
     if netloc is None or not _HOST.fullmatch(netloc):
         server = scope.get("server")
-        if server:
+        if server and server[1] is not None:  # (host, port); a Unix socket has no port
             host, port = server[0], server[1]
             if ":" in host and not host.startswith("["):
                 host = f"[{host}]"
-            netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+            netloc = host if port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
         else:
             netloc = None
     href = f"{scheme}://{netloc}{path}" if netloc else path
