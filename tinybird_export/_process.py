@@ -150,7 +150,7 @@ class Process:
 
     def flush_all(self, timeout: float | None = None) -> bool:
         """Send everything queued now, within ``timeout``, without entering exit (a signal
-        that the application handles, an ASGI lifespan shutdown, a Celery child's end).
+        that the application handles, an ASGI lifespan shutdown).
 
         Args:
             timeout: Seconds at most; default the exit budget, the longest ``exit_timeout``
