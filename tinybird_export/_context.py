@@ -1,6 +1,6 @@
-"""The current request, in a context variable: set by the Django and Flask integrations,
-read by the record mapper. Context variables follow threads and asyncio tasks, so
-concurrent requests (threads, async views, ASGI) never see each other's values.
+"""The current request (or task), in a context variable: set by the Django, Flask, ASGI and
+Celery integrations, read by the record mapper. Context variables follow threads and asyncio
+tasks, so concurrent requests (threads, async views, ASGI) never see each other's values.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 
 from tinybird_export._config import parse_bool
@@ -20,10 +21,16 @@ ACCESS_LOGGER: Final = "tinybird_export.access"
 
 @dataclasses.dataclass(frozen=True)
 class RequestContext:
-    """What every log event emitted while serving a request carries."""
+    """What every log event emitted while serving a request (or running a task) carries.
+
+    ``fields`` are added to the event like the record's own extras (which win a clash):
+    the Celery integration's ``task_name`` and ``task_id``. ``None`` for a request, so the
+    caller's path pays one check.
+    """
 
     href: str
     request_id: str
+    fields: Mapping[str, str] | None = None
 
 
 current_request: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(

@@ -178,11 +178,22 @@ class Process:
         remaining = self._exit_deadline - time.monotonic()  # type: ignore[operator]
         return max(0.0, min(timeout, remaining))
 
-    def flush_all(self, timeout: float) -> None:
+    def flush_all(self, timeout: float | None = None) -> bool:
         """Send everything queued now, within ``timeout``, without entering exit (a signal
         that the application handles, an ASGI lifespan shutdown).
+
+        Args:
+            timeout: Seconds at most; default the exit budget, the longest ``exit_timeout``
+                of the producers (as ``exit`` computes it).
+
+        Returns:
+            Whether nothing was left queued or in flight.
         """
-        self.drain(self.workers(), time.monotonic() + timeout)
+        workers = self.workers()
+        if timeout is None:
+            timeout = max((w.exit_timeout for w in workers), default=0.0)
+        self.drain(workers, time.monotonic() + timeout)
+        return all(c.empty() for w in workers for c in w.channels())
 
     def drain(self, workers: Iterable[Worker], deadline: float) -> None:
         """Make every queued event due and wait for the workers until ``deadline``."""

@@ -148,6 +148,8 @@ class RecordMapper:
         else:
             message, exception = _message(record), ""
         request = current_request.get()
+        if request is not None and request.fields:  # a task's context: the record's extras win
+            extras = {**request.fields, **extras}
         trace_id, span_id = current_trace_ids()
         attributes: dict[str, str] = {}
         href = extras.get("href")

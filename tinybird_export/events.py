@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from tinybird_export._async import run_blocking
 from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import EventsSettings, TinybirdConfig, kind
 from tinybird_export._producer import Producer
@@ -75,6 +76,24 @@ class TinybirdEvents:
     def close(self) -> None:
         """Flush within ``flush_timeout`` and stop sending. Idempotent."""
         self._producer.close()
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """``flush(timeout)`` for a coroutine: waits on a thread, never blocking the loop.
+
+        Returns:
+            Whether every event sent before the call was acknowledged in time.
+        """
+        return await run_blocking(lambda: self.flush(timeout))
+
+    async def aclose(self) -> None:
+        """``close()`` for a coroutine: flushes within ``flush_timeout`` on a thread."""
+        await run_blocking(self.close)
+
+    async def __aenter__(self) -> TinybirdEvents:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def stats(self) -> DeliveryStats:
         """A snapshot of this sender's delivery counters."""

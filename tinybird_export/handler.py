@@ -6,6 +6,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from tinybird_export._async import run_blocking
 from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import HandlerSettings, TinybirdConfig, kind
 from tinybird_export._process import PROCESS
@@ -118,6 +119,19 @@ class TinybirdHandler(logging.Handler):
             self._producer.close()
         finally:
             super().close()
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """``flush(timeout)`` for a coroutine: waits on a thread, never blocking the loop.
+
+        Returns:
+            What ``flush`` returns: whether everything emitted before the call was
+            acknowledged within the timeout.
+        """
+        return await run_blocking(lambda: self.flush(timeout))
+
+    async def aclose(self) -> None:
+        """``close()`` for a coroutine: flushes within ``flush_timeout`` on a thread."""
+        await run_blocking(self.close)
 
     def stats(self) -> DeliveryStats:
         """A snapshot of this handler's delivery counters (see ``DeliveryStats``)."""

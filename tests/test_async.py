@@ -1,0 +1,179 @@
+"""asyncio: aflush and aclose wait on a thread, so the event loop keeps running."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tinybird_export import TinybirdEvents, TinybirdHandler
+from tinybird_export._async import run_blocking
+from tinybird_export.testing import EventsServer, Reply
+
+
+async def while_ticking(work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, int]:
+    """Await ``work()`` while a task ticks every 10 ms: its result, the longest gap between
+    two ticks (what a blocked loop would show) and the number of ticks.
+    """
+    ticks: list[float] = []
+    ticking = asyncio.Event()
+
+    async def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            ticking.set()
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(tick())
+    await ticking.wait()  # work starts once the ticker runs
+    try:
+        result = await work()
+    finally:
+        ticker.cancel()
+        ticks.append(time.monotonic())
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+    return result, max(gaps), len(ticks)
+
+
+class TestAflush:
+    def test_aflush_delivers_and_returns_what_flush_returns(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        handler = make_handler(flush_interval=60)
+        logger.addHandler(handler)
+
+        async def main() -> bool:
+            await asyncio.gather(*(asyncio.to_thread(logger.info, "n %d", i) for i in range(50)))
+            for i in range(50, 100):  # from coroutines: enqueueing never waits
+                logger.info("n %d", i)
+            return await handler.aflush(10)
+
+        assert asyncio.run(main()) is True
+        assert sorted(e["event"] for e in server.events()) == sorted(f"n {i}" for i in range(100))
+
+    @pytest.mark.parametrize("producer", ["handler", "events"])
+    def test_the_loop_keeps_running_while_aflush_waits_on_a_hanging_endpoint(
+        self, server: EventsServer, make_handler: Any, make_events: Any, producer: str
+    ) -> None:
+        server.respond(Reply(hang=True))
+        if producer == "handler":
+            sender: TinybirdHandler | TinybirdEvents = make_handler(timeout=30)
+            sender.handle(logging.makeLogRecord({"msg": "stuck"}))
+        else:
+            sender = make_events(timeout=30)
+            sender.send({"event": "stuck"})
+
+        async def main() -> tuple[Any, float, int]:
+            return await while_ticking(lambda: sender.aflush(2.0))
+
+        started = time.monotonic()
+        delivered, longest_gap, ticks = asyncio.run(main())
+        elapsed = time.monotonic() - started
+        assert delivered is False  # nothing acknowledged: the server never answered
+        assert 2.0 <= elapsed < 6, elapsed  # returned by its timeout (generous on 2 cores)
+        assert longest_gap < 1.0, longest_gap  # a blocked loop would show a 2 s gap
+        assert ticks >= 10
+        server.release()
+
+    def test_aclose_does_not_block_the_loop_and_closes(
+        self, server: EventsServer, make_handler: Any, make_events: Any
+    ) -> None:
+        server.respond(Reply(hang=True))
+        handler = make_handler(flush_timeout=2, timeout=30)
+        events = make_events(flush_timeout=2, timeout=30)
+        handler.handle(logging.makeLogRecord({"msg": "stuck"}))
+        events.send({"event": "stuck"})
+
+        async def main() -> tuple[Any, float, int]:
+            return await while_ticking(lambda: asyncio.gather(handler.aclose(), events.aclose()))
+
+        _, longest_gap, _ = asyncio.run(main())
+        assert longest_gap < 1.0, longest_gap  # blocking closes would show 2 s or more
+        events.send({"event": "after close"})
+        assert events.stats().dropped_by_reason.get("closed") == 1
+        server.release()
+
+    def test_async_with_sends_and_closes(self, server: EventsServer) -> None:
+        async def main() -> TinybirdEvents:
+            async with TinybirdEvents(
+                datasource="simple_events", host=server.url, token=server.token, flush_interval=60
+            ) as events:
+                events.send({"event": "page_view"})
+            return events
+
+        events = asyncio.run(main())
+        assert [e["event"] for e in server.events("simple_events")] == ["page_view"]
+        assert events.stats().sent == 1
+
+
+class TestRunBlocking:
+    def test_result_and_exception_come_back_to_the_coroutine(self) -> None:
+        async def main() -> None:
+            assert await run_blocking(threading.get_ident) != threading.get_ident()
+            with pytest.raises(ZeroDivisionError):
+                await run_blocking(lambda: 1 / 0)
+
+        asyncio.run(main())
+
+    def test_a_cancelled_await_leaves_the_call_to_finish_on_its_own(self) -> None:
+        finished = threading.Event()
+        release = threading.Event()
+
+        def slow() -> int:
+            release.wait(10)
+            finished.set()
+            return 1
+
+        async def main() -> None:
+            waiting = asyncio.create_task(run_blocking(slow))
+            await asyncio.sleep(0)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+
+        asyncio.run(main())  # the loop is closed before the call ends
+        release.set()
+        assert finished.wait(10)  # and the thread ended without an error
+
+    def test_on_trio_it_runs_on_a_thread_too(self) -> None:
+        trio = pytest.importorskip("trio")
+
+        async def main() -> int:
+            return await run_blocking(threading.get_ident)
+
+        assert trio.run(main) != threading.get_ident()
+
+    def test_without_a_running_asyncio_loop_it_still_returns(self) -> None:
+        call: Callable[[], int] = lambda: 7  # noqa: E731
+        coroutine = run_blocking(call)
+        with pytest.raises(StopIteration) as stopped:
+            coroutine.send(None)  # driven by hand, as an unknown event loop would
+        assert stopped.value.value == 7
+
+
+def test_asyncio_example_runs_against_the_local_server() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBIRD_")}
+    result = subprocess.run(
+        [sys.executable, str(Path(ROOT) / "examples" / "asyncio_app.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "log events acknowledged: True; page events: 20 sent" in result.stdout
+    assert "select count() from asyncio_logs: 20" in result.stdout
+    assert "select count() from asyncio_events: 20" in result.stdout
+    assert result.stderr == ""
