@@ -68,7 +68,7 @@ class TestRetryAfter:
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, value: str
     ) -> None:
         server.script(*[Reply(status=429, headers={"Retry-After": value})] * 2)
-        handler = make_handler(datasource="ra")
+        handler = make_handler(datasource="ra", flush_interval=0.1)
         logger.addHandler(handler)
         logger.info("x")
         assert handler.flush(15), handler.stats()
@@ -88,7 +88,7 @@ class TestRetryAfter:
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, name: str
     ) -> None:
         server.script(Reply(status=429, headers={name: "1.5"}))
-        handler = make_handler(datasource="case")
+        handler = make_handler(datasource="case", flush_interval=0.1)
         logger.addHandler(handler)
         logger.info("x")
         assert handler.flush(15)
