@@ -43,8 +43,6 @@ from tinybird_export._line_encoder import REPAIRED, TRUNCATED
 class DeliveryStats:
     """A snapshot of one handler's (or sender's, or exporter's) delivery counters.
 
-    Invariant: ``emitted == sent + dropped + queued + in_flight``.
-
     Attributes:
         emitted: Events handed to the pipeline (records that passed the level and filters).
         sent: Rows the server acknowledged (202/200), quarantined rows included.
@@ -67,6 +65,14 @@ class DeliveryStats:
         last_error: The last failure, as text ("" if none); never contains the token.
         send_interval: How long a partial batch waits now: ``flush_interval``, or longer
             while the server's rate limit paces this data source (``_pacing``).
+        spooled: Events of this producer held in the disk spool (``spool_dir``), to be
+            sent when the endpoint recovers, by this process or the next.
+        spool_bytes: Bytes the spool directory holds (every producer's).
+        unspooled: Events sent from the spool by this producer's data source (its own,
+            counted in ``sent`` too, and those another process left).
+        spool_corrupt: Spool files that failed their checksum (moved aside, not sent).
+
+    Invariant: ``emitted == sent + dropped + queued + in_flight + spooled``.
     """
 
     emitted: int
@@ -86,6 +92,10 @@ class DeliveryStats:
     queued_bytes: int
     last_error: str
     send_interval: float = 0.0
+    spooled: int = 0
+    spool_bytes: int = 0
+    unspooled: int = 0
+    spool_corrupt: int = 0
 
 
 class Limits(NamedTuple):
@@ -190,6 +200,7 @@ class Channel:
         self._dropped_levels: collections.Counter[int] = collections.Counter()
         self._sent = self._quarantined = self._truncated = self._repaired = 0
         self._requests = self._retries = self._bytes_sent = self._wire_bytes_sent = 0
+        self._spooled = self._unspooled = 0
         self._last_error = ""
         self.closed = False
         """Whether the producer was closed (read on every offer: a plain attribute, which
@@ -489,6 +500,62 @@ class Channel:
                 self._drop(batch, reason)
             return sum(batch.count for batch in batches)
 
+    # -- the disk spool (a sender, or the exit drain) -------------------------------------
+
+    def take_for_spool(self, everything: bool) -> Batch | None:
+        """Claim the oldest sealed batch to write to the spool (with ``everything``, the
+        partial one too, and the one in flight, whose late answer is then ignored).
+        """
+        with self._lock:
+            self._append_deferred()
+            if self._in_flight is not None:
+                if not everything:
+                    return None
+                # Given up: the spool resends it. A copy, so that whatever its sender
+                # reports later concerns a batch that is no longer in flight (ignored).
+                old = self._in_flight
+                self._ready.appendleft(Batch(old.body, old.count, old.levels, old.attempts))
+                self._in_flight = None
+            if everything and self._pending_count:
+                self._seal()
+            batch = self._in_flight = self._ready.popleft() if self._ready else None
+            return batch
+
+    def spooled(self, batch: Batch) -> None:
+        """``batch`` is on disk: it leaves memory, counted as spooled."""
+        with self._lock:
+            if self._in_flight is not batch:
+                return
+            self._in_flight = None
+            self._queued_events -= batch.count
+            self._queued_bytes -= batch.nbytes - batch.count
+            self._spooled += batch.count
+
+    def unspooled(self, count: int, *, own: bool, sent: bool, reason: str = "") -> None:
+        """``count`` events were sent from the spool (or refused for ``reason``); ``own``:
+        this channel wrote them, so they move from spooled to sent (or dropped).
+        """
+        with self._lock:
+            if sent:
+                self._unspooled += count
+            if not own:
+                return
+            self._spooled -= count
+            self._resolved += count
+            if sent:
+                self._sent += count
+            else:
+                self._dropped[reason] += count
+                self._dropped_after_queue += count
+
+    def spooled_count(self) -> int:
+        """Events of this channel held in the spool."""
+        return self._spooled
+
+    def spill_mark(self) -> int:
+        """Above how many held bytes a failing lane spills to the spool: half the bound."""
+        return self._allowance // 2
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def close(self, deadline: float) -> None:
@@ -537,7 +604,7 @@ class Channel:
             in_flight = self._in_flight.count if self._in_flight else 0
             queued = self._queued_events + len(self._deferred)
             return DeliveryStats(
-                emitted=self._sent + sum(dropped.values()) + queued,
+                emitted=self._sent + sum(dropped.values()) + queued + self._spooled,
                 sent=self._sent,
                 dropped=sum(dropped.values()),
                 dropped_by_reason=dropped,
@@ -557,4 +624,6 @@ class Channel:
                 queued_bytes=self._queued_bytes,
                 last_error=self._last_error,
                 send_interval=self.limits.flush_interval,
+                spooled=self._spooled,
+                unspooled=self._unspooled,
             )

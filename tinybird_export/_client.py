@@ -83,6 +83,7 @@ class EventsClient:
         wait: bool,
         read_timeout: float,
         deadline: float | None = None,
+        gzipped: bytes | None = None,
     ) -> Attempt:
         """Send ``ndjson`` (lines ending in newlines) as one request.
 
@@ -91,7 +92,7 @@ class EventsClient:
         ``_MAX_RESPONSE`` bytes of the answer (the rest is discarded with the connection).
         Network, TLS and protocol failures are answers (``status=None``); anything else is
         a bug, raised for the worker to report (retrying a bug would block the data source
-        for good).
+        for good). ``gzipped``: the body, already compressed (a spool file), sent as is.
         """
         now = time.monotonic()
         if deadline is None:
@@ -99,7 +100,10 @@ class EventsClient:
         remaining = max(deadline - now, 0.05)
         # Level 1: most of gzip's ratio on NDJSON for a fraction of the CPU; zlib releases
         # the GIL while compressing, so application threads keep running.
-        body = _gzip(ndjson) if self._gzip else bytes(ndjson)
+        if gzipped is not None:
+            body = gzipped if self._gzip else zlib.decompress(gzipped, 31)
+        else:
+            body = _gzip(ndjson) if self._gzip else bytes(ndjson)
         query = {"name": datasource, **({"wait": "true"} if wait else {})}
         url = f"{self._base}?{urllib.parse.urlencode(query)}"
         timeout = urllib3.Timeout(

@@ -55,6 +55,8 @@ class CommonSettings(TypedDict, total=False):
     exit_timeout: float | str | None
     background: bool | str | None
     ca_bundle: str | None
+    spool_dir: str | None
+    spool_max_bytes: int | str | None
     allow_http: bool | str | None
     before_send: BeforeSend | str | None
 
@@ -133,6 +135,9 @@ class TinybirdConfig:
     exit_timeout: float = 5.0
     background: bool = True
     ca_bundle: str | None = None
+    spool_dir: str | None = None
+    # 1 GiB: a day of a busy service's logs, compressed, on a disk that has room for it.
+    spool_max_bytes: int = 1024 * _MIB
     allow_http: bool = False
     before_send: BeforeSend | None = None
     shape: str = "flat"
@@ -253,6 +258,8 @@ _ENV_NAMES: Final = {
     "exit_timeout": "TINYBIRD_EXIT_TIMEOUT",
     "background": "TINYBIRD_BACKGROUND",
     "ca_bundle": "TINYBIRD_CA_BUNDLE",
+    "spool_dir": "TINYBIRD_SPOOL_DIR",
+    "spool_max_bytes": "TINYBIRD_SPOOL_MAX_BYTES",
     "allow_http": "TINYBIRD_ALLOW_HTTP",
     "before_send": "TINYBIRD_BEFORE_SEND",
     "shape": "TINYBIRD_OTEL_SHAPE",
@@ -378,6 +385,7 @@ _PARSERS: Final[dict[str, Callable[[Any, _Setting], Any]]] = {
     "queue_max_events": _number(int, 1),
     "queue_max_bytes": _number(int, 1024),
     "max_event_bytes": _number(int, 1024),
+    "spool_max_bytes": _number(int, _MIB),
     "connect_timeout": _number(float, 0.001),
     "timeout": _number(float, 0.001),
     "flush_timeout": _number(float, 0),

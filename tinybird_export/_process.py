@@ -33,6 +33,7 @@ from tinybird_export import _diagnostics, _fields
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
+from tinybird_export._spool import Spool
 from tinybird_export._worker import Worker
 
 # Every logger urllib3 creates a record on (logging.getLogger(__name__) in its modules).
@@ -56,6 +57,7 @@ class Process:
         """Threads sending right now: records they create are dropped by the handler."""
         self.budget = MemoryBudget()
         self._workers: dict[tuple[object, ...], Worker] = {}
+        self._spools: dict[str, Spool] = {}
         self._reset_locks()
         self._exit_deadline: float | None = None
         self._exiting_thread: int | None = None  # the thread running exit()
@@ -80,6 +82,8 @@ class Process:
             config.ca_bundle,
             config.background,
             config.adaptive,
+            config.spool_dir,
+            config.spool_max_bytes,
         )
         with self._lock:
             worker = self._workers.get(key)
@@ -87,6 +91,7 @@ class Process:
                 worker = self._workers[key] = Worker(config, self)
             worker.add(channel)
             self.budget.add(channel)
+        worker.resume_spool(channel)
         self._hook_multiprocessing()
         self._guard_urllib3_loggers()
         return worker
@@ -122,6 +127,16 @@ class Process:
     def _drop_own_sends(self, record: logging.LogRecord) -> bool:
         return threading.get_ident() not in self.sending_threads
 
+    def spool(self, directory: str, max_bytes: int) -> Spool:
+        """The process's one ``Spool`` for ``directory`` (it releases dead processes' claims
+        when it first scans, so there must be only one per process).
+        """
+        with self._lock:
+            spool = self._spools.get(directory)
+            if spool is None:
+                spool = self._spools[directory] = Spool(directory, max_bytes)
+            return spool
+
     # -- exit ----------------------------------------------------------------------------
 
     def exit_deadline(self) -> float | None:
@@ -144,8 +159,10 @@ class Process:
         deadline = self._begin_exit(workers)
         with self._lock:
             outer, self._exiting_thread = self._exiting_thread, threading.get_ident()
+        spooled_before = {id(c): c.spooled_count() for w in workers for c in w.channels()}
         try:
             self.drain(workers, deadline)
+            self._spill_at_exit(workers, spooled_before)
             budget_text = f"{max(w.exit_timeout for w in workers):g} s"
             report_undelivered(
                 [c for w in workers for c in w.channels()], f"at exit (exit budget {budget_text})"
@@ -154,6 +171,30 @@ class Process:
             self._exiting_thread = outer
         if outer is None and self._deferred_signal:
             self._die_by(self._deferred_signal)
+
+    @staticmethod
+    def _spill_at_exit(workers: list[Worker], spooled_before: dict[int, int]) -> None:
+        """What the drain could not send goes to the spool, where there is one (failing
+        lanes spilled during the drain already): say how much, and where.
+        """
+        for worker in workers:
+            worker.spill_remaining()
+            written: dict[str, int] = {}
+            for channel in worker.channels():
+                count = channel.spooled_count() - spooled_before.get(id(channel), 0)
+                if count:
+                    written[channel.datasource] = written.get(channel.datasource, 0) + count
+            if written:
+                per = "; ".join(f"{count} for {name!r}" for name, count in written.items())
+                _diagnostics.say(
+                    f"{sum(written.values())} event(s) not delivered at exit were spooled to "
+                    f"{worker.spool_directory()} ({per}): the next process started with this "
+                    "spool_dir sends them."
+                )
+
+    def known_lanes(self) -> set[tuple[str, str]]:
+        """Every (host, data source) a producer of this process sends to."""
+        return {(w.host, c.datasource) for w in self.workers() for c in w.channels()}
 
     def _begin_exit(self, workers: list[Worker]) -> float:
         with self._lock:
@@ -214,6 +255,7 @@ class Process:
         self.budget.after_fork_in_child()
         _fields.event_ids.reset()
         self.sending_threads.clear()
+        self._spools = {}  # new locks and a fresh scan: workers ask again lazily
         self._exit_deadline = None
         self._exiting_thread = None
         self._deferred_signal = 0

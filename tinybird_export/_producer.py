@@ -180,7 +180,10 @@ class Producer:
         if self.worker is None:
             return stats
         interval = self.worker.send_interval(self.channel.datasource, stats.send_interval)
-        return dataclasses.replace(stats, send_interval=interval)
+        spool_bytes, corrupt = self.worker.spool_counts()
+        return dataclasses.replace(
+            stats, send_interval=interval, spool_bytes=spool_bytes, spool_corrupt=corrupt
+        )
 
 
 def _holds_logging_lock() -> bool:

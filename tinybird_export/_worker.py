@@ -22,6 +22,7 @@ server's ``Retry-After``); the policy itself is ``_retry``'s.
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import sys
 import threading
@@ -35,6 +36,7 @@ from tinybird_export._channel import Batch, Channel
 from tinybird_export._client import Attempt, EventsClient
 from tinybird_export._config import TinybirdConfig
 from tinybird_export._pacing import Pacing
+from tinybird_export._spool import Spool, SpooledBatch
 
 if TYPE_CHECKING:
     from tinybird_export._process import Process
@@ -56,12 +58,15 @@ class Lane:
         self.channels: list[Channel] = []
         self.busy = False  # claimed by a sender
         self.paused_until = 0.0
+        self.failing = False  # the last attempt failed retryably: an outage, for the spool
+        self.failures = 0  # retryable failures in a row of the spool's files
         self.rotation = 0
         self.pacing = Pacing(flush_interval, adaptive)
 
     def reset(self) -> None:
         self.busy = False
         self.paused_until = 0.0
+        self.failing = False
         self.pacing = Pacing(self.pacing.base, self.pacing.enabled)
 
 
@@ -69,7 +74,8 @@ class Lane:
 class _Claim:
     lane: Lane
     channel: Channel
-    batch: Batch
+    batch: Batch | None  # a channel's batch, or
+    spooled: SpooledBatch | None = None  # a spool file (the channel is then its writer's)
 
 
 class Worker:
@@ -100,6 +106,14 @@ class Worker:
         self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._progress = threading.Condition(threading.RLock())
         self._client = EventsClient(self._config)
+        config = self._config
+        self._spool = (
+            self._process.spool(config.spool_dir, config.spool_max_bytes)
+            if config.spool_dir
+            else None
+        )
+        self._created = time.monotonic()
+        self._orphans_reported = False
         self._senders = 0  # threads running _run
         self._idle = 0  # of which waiting for work
         self._starting = False
@@ -258,16 +272,19 @@ class Worker:
             with self._lock:
                 if lane.busy:
                     continue
-                # Paused for a retry, or paced by the rate limit (not at exit: the budget
-                # is short, and a 429 still pauses through Retry-After).
-                ready_at = lane.paused_until
-                if not draining:
-                    ready_at = max(ready_at, lane.pacing.not_before())
-                if ready_at > now:
-                    wait_until = _earliest(wait_until, ready_at)
-                    continue
                 lane.busy = True
-            got = self._take(lane, now, draining, finished)
+            # Paused for a retry, or paced by the rate limit (not at exit: the budget is
+            # short, and a 429 still pauses through Retry-After).
+            ready_at = lane.paused_until
+            if not draining:
+                ready_at = max(ready_at, lane.pacing.not_before())
+            got: _Claim | float | None = None
+            if self._spool is not None:
+                got = self._spool_step(self._spool, lane, draining, ready_at > now)
+            if got is None and ready_at <= now:
+                got = self._take(lane, now, draining, finished)
+            elif got is None:
+                got = ready_at
             if isinstance(got, _Claim):
                 with self._lock:
                     self._rotation = (start + offset + 1) % len(lanes)  # fairness
@@ -279,6 +296,74 @@ class Worker:
                 wait_until = _earliest(wait_until, got)
         self._finish(finished)
         return wait_until
+
+    def _spool_step(self, spool: Spool, lane: Lane, draining: bool, paused: bool) -> _Claim | None:
+        """With a spool (the lane claimed): write the oldest batches to disk while the
+        lane is failing and memory fills (everything at exit), and, once the lane may
+        send, send the spool's files first, oldest first, so that the data source's order
+        holds across memory and disk.
+        """
+        if not self._orphans_reported and time.monotonic() - self._created > 5:
+            self._orphans_reported = True  # every producer of the app exists by now
+            spool.report_unmatched(self._process.known_lanes())
+        backlog = spool.has_pending(self.host, lane.datasource)
+        if lane.failing or backlog:
+            for channel in lane.channels:
+                self._spill(spool, channel, everything=draining and lane.failing)
+        if paused or not backlog:
+            return None
+        spooled = spool.claim(self.host, lane.datasource)
+        if spooled is None:
+            return None
+        writer = next((c for c in lane.channels if spooled.own(id(c))), lane.channels[0])
+        return _Claim(lane, writer, None, spooled)
+
+    def _spill(self, spool: Spool, channel: Channel, *, everything: bool) -> int:
+        """Move the oldest batches of ``channel`` to the spool once it holds half its
+        bound, down to a quarter (``everything``: all of them); the events written.
+        """
+        written = 0
+        # Past half the bound, spill down to a quarter: the caller's next bursts find room.
+        if not everything and channel.held_bytes() <= channel.spill_mark():
+            return 0
+        while everything or channel.held_bytes() > channel.spill_mark() // 2:
+            batch = channel.take_for_spool(everything)
+            if batch is None:
+                break
+            owner = (os.getpid(), id(channel))
+            if not spool.write(batch.body, batch.count, self.host, channel.datasource, owner):
+                channel.unclaim(batch)  # full: memory's drop policy applies
+                break
+            channel.spooled(batch)
+            written += batch.count
+        return written
+
+    def resume_spool(self, channel: Channel) -> None:
+        """A new producer: if the spool holds files for its data source (a previous
+        process's), start sending them now rather than at its first event.
+        """
+        if self._spool is not None and self._spool.has_pending(self.host, channel.datasource):
+            self.notify(channel)
+
+    def spool_directory(self) -> str:
+        """The spool's directory ("" without one)."""
+        return str(self._spool.directory) if self._spool is not None else ""
+
+    def spool_counts(self) -> tuple[int, int]:
+        """(bytes the spool holds, files that failed their check); zeros without one."""
+        spool = self._spool
+        return (spool.held_bytes(), spool.corrupt) if spool is not None else (0, 0)
+
+    def spill_remaining(self) -> None:
+        """At exit, after the drain: write whatever is still queued or in flight to the
+        spool, if there is one.
+        """
+        spool = self._spool
+        if spool is None:
+            return
+        for channel in self.channels():
+            spool.failpoint("exit")  # killed during the exit drain (the tests)
+            self._spill(spool, channel, everything=True)
 
     @staticmethod
     def _take(lane: Lane, now: float, draining: bool, skip: list[Channel]) -> _Claim | float | None:
@@ -298,8 +383,12 @@ class Worker:
         return wait_until
 
     def _finish(self, channels: list[Channel]) -> None:
-        """Detach closed channels that are empty, or past their close deadline."""
+        """Detach closed channels that are empty, or past their close deadline (what they
+        still hold goes to the spool if there is one, else is given up).
+        """
         for channel in channels:
+            if self._spool is not None and not channel.empty():
+                self._spill(self._spool, channel, everything=True)
             lost = channel.abandon("close_timeout")
             if lost:
                 _diagnostics.say(
@@ -314,7 +403,9 @@ class Worker:
 
     def _send(self, claim: _Claim, deadline: float | None) -> None:
         """One attempt for a claimed batch, on this thread; releases the claim."""
-        lane, channel, batch = claim.lane, claim.channel, claim.batch
+        lane, channel, batch, spooled = claim.lane, claim.channel, claim.batch, claim.spooled
+        count = spooled.count if spooled is not None else batch.count  # type: ignore[union-attr]
+        resolved = False
         try:
             # wait=true answers can take ~25 s (events-api docs): 60 s for those.
             timeout = max(self._config.timeout, 60.0) if channel.wait else self._config.timeout
@@ -326,29 +417,72 @@ class Worker:
             lane.pacing.started(time.monotonic())
             attempt = self._client.post(
                 channel.datasource,
-                batch.body,
+                batch.body if batch is not None else b"",
                 wait=channel.wait,
                 read_timeout=timeout,
                 deadline=cap,
+                gzipped=spooled.body if spooled is not None else None,
             )
             lane.pacing.answered(attempt.status, attempt.headers)
-            self._apply(lane, channel, batch, attempt)
+            if spooled is None:
+                self._apply(lane, channel, batch, attempt)  # type: ignore[arg-type]
+            else:
+                self._apply_spooled(self._spool, lane, channel, spooled, attempt)  # type: ignore[arg-type]
+            resolved = True
         except Exception as exc:  # noqa: BLE001 - a bug is not a transport error: drop it
             error = self._client.redact(f"internal error: {exc!r}")
-            channel.dropped(batch, "error", error, requested=False)
+            if spooled is None:
+                channel.dropped(batch, "error", error, requested=False)  # type: ignore[arg-type]
+            else:
+                self._spool.done(spooled)  # type: ignore[union-attr]
+                channel.unspooled(count, own=spooled.own(id(channel)), sent=False, reason="error")
+            resolved = True
             _report_internal_error(
-                exc, f"{batch.count} event(s) for {lane.datasource!r}", self._client.redact
+                exc, f"{count} event(s) for {lane.datasource!r}", self._client.redact
             )
         finally:
-            channel.unclaim(batch)  # a no-op unless a BaseException ended the attempt
+            if batch is not None:
+                channel.unclaim(batch)  # a no-op unless a BaseException ended the attempt
+            elif not resolved:
+                self._spool.release(spooled)  # type: ignore[union-attr,arg-type]
             with self._lock:
                 lane.busy = False
             if channel.closed:
                 self._process.budget.rebalance()
             self._notify_progress()
 
+    def _apply_spooled(
+        self, spool: Spool, lane: Lane, channel: Channel, spooled: SpooledBatch, attempt: Attempt
+    ) -> None:
+        own = spooled.own(id(channel))
+        outcome = _retry.classify(attempt.status)
+        if outcome is _retry.Outcome.RETRY:
+            spool.release(spooled)
+            lane.paused_until = time.monotonic() + _retry.delay(
+                attempt.status, attempt.headers, lane.failures
+            )
+            lane.failing, lane.failures = True, lane.failures + 1
+            channel.note_error(_describe(self.host, attempt))
+            return
+        if outcome is _retry.Outcome.SENT:
+            spool.failpoint("acked")  # killed after the answer, before the file is removed
+        spool.done(spooled)
+        lane.failing, lane.failures = False, 0
+        if outcome is _retry.Outcome.SENT:
+            channel.unspooled(spooled.count, own=own, sent=True)
+            return
+        status = attempt.status or 0
+        channel.unspooled(spooled.count, own=own, sent=False, reason=f"http_{status}")
+        _diagnostics.say_once(
+            f"spool-drop:{lane.datasource}:{status}",
+            f"{_describe(self.host, attempt)} for a spooled batch of {spooled.count} event(s) "
+            f"for {lane.datasource!r}: {_retry.drop_hint(status, lane.datasource, self.host)}. "
+            "Dropped without retrying.",
+        )
+
     def _apply(self, lane: Lane, channel: Channel, batch: Batch, attempt: Attempt) -> None:
         outcome = _retry.classify(attempt.status)
+        lane.failing = outcome is _retry.Outcome.RETRY
         if outcome is _retry.Outcome.RETRY:
             delay = _retry.delay(attempt.status, attempt.headers, batch.attempts)
             lane.paused_until = time.monotonic() + delay

@@ -205,6 +205,13 @@ class EventsServer:
             if reply.hang:
                 self._released.clear()
 
+    def reset(self) -> None:
+        """Forget scripted replies and answer 202 again (between scenarios)."""
+        with self._lock:
+            self._script = []
+            self._default = Reply()
+            self._released.set()
+
     def release(self) -> None:
         """Let hanging requests finish (they answer 202) and answer 202 from now on."""
         with self._lock:
