@@ -1,15 +1,17 @@
-"""Stream web-analytics events to the Tinybird Events API: the screencast's script, rebuilt
-on tinybird-export's plain-event API.
+"""Stream web-analytics events to the Tinybird Events API, as Tinybird's screencast does.
+
+The screencast's script, rebuilt on tinybird-export's plain-event API::
 
     python examples/stream_events.py --duration 10            # embedded local server
     TINYBIRD_TOKEN=... TINYBIRD_HOST=https://api.us-east.tinybird.co \\
         python examples/stream_events.py --sample-size 100 --wait
 
-With ``TINYBIRD_TOKEN`` set it streams to ``TINYBIRD_HOST`` (default
-``https://api.tinybird.co``); without one it starts an embedded local Events API on
-127.0.0.1 and streams there. It prints a live progress line (events/s, requests/s, kB/s)
-and, on Ctrl-C or after ``--duration``, the final throughput and the row count of the data
-source.
+With TINYBIRD_TOKEN set it streams to TINYBIRD_HOST (default https://api.tinybird.co);
+without one it starts an embedded local Events API on 127.0.0.1 (tinybird-export local, in
+its own session, so that Ctrl-C reaches only this script) and streams there. It shows its
+progress (events/s, requests/s, kB/s, the last error) as a live line on a terminal and as
+one line every few seconds otherwise, and on Ctrl-C or after --duration prints the final
+throughput and the data source's row count, then stops the server it started.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import sys
 import time
 
@@ -26,6 +29,7 @@ from tinybird_export.local import SpawnedServer, spawn
 
 PAGES = ("/", "/pricing", "/docs", "/blog/events-api", "/signup", "/cart", "/checkout")
 EVENTS = ("page_view", "page_view", "page_view", "click", "scroll", "signup")
+_LOG_EVERY = 5.0  # seconds between progress lines when not on a terminal
 
 
 def make_event(rng: random.Random) -> dict[str, str]:
@@ -47,7 +51,9 @@ def count_rows(host: str, token: str, datasource: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sample-size", type=int, default=100, help="rows per request")
     parser.add_argument("--wait", action="store_true", help="ask for acknowledged writes")
     parser.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
@@ -63,7 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         local = spawn()
         host, token = local.url, local.token
         print(f"TINYBIRD_TOKEN not set: streaming to an embedded local Events API at {host}")
+    try:
+        return stream(options, host, token)
+    finally:
+        if local is not None:
+            local.stop()
 
+
+def stream(options: argparse.Namespace, host: str, token: str) -> int:
     events = TinybirdEvents(
         datasource=options.datasource,
         host=host,
@@ -72,23 +85,30 @@ def main(argv: list[str] | None = None) -> int:
         batch_max_rows=options.sample_size,
         flush_interval=0.2,
     )
+    live = sys.stdout.isatty()
     rng = random.Random(7)
     started = last = time.monotonic()
     deadline = None if options.duration is None else started + options.duration
+    interrupted = False
     try:
         while deadline is None or time.monotonic() < deadline:
             for _ in range(options.sample_size):
                 events.send(make_event(rng))
             if events.stats().queued > 50 * options.sample_size:
-                events.flush(5)  # keep the demo's backlog small rather than dropping
+                events.flush(1)  # keep the demo's backlog small rather than dropping
             now = time.monotonic()
-            if now - last >= 1.0:
+            if now - last >= (1.0 if live else _LOG_EVERY):
                 last = now
-                print(progress(events, now - started), end="\r", flush=True)
+                print(progress(events, now - started), end="\r" if live else "\n", flush=True)
     except KeyboardInterrupt:
-        pass
-    delivered = events.flush(60)
+        interrupted = True
+    # A second Ctrl-C while the summary is printed ends the script at once.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # After Ctrl-C the summary comes within 2 s: a short last flush, then the count.
+    delivered = events.flush(1.5 if interrupted else 30)
     elapsed = time.monotonic() - started
+    if live:
+        print()
     print(progress(events, elapsed))
     stats = events.stats()
     print(
@@ -98,18 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"select count() from {options.datasource}: {count_rows(host, token, options.datasource)}"
     )
-    events.close()
-    if local is not None:
-        local.stop()
-    return 0 if delivered else 1
+    events.close(0.2 if interrupted else None)
+    return 0 if delivered or interrupted else 1
 
 
 def progress(events: TinybirdEvents, elapsed: float) -> str:
     stats = events.stats()
-    return (
+    line = (
         f"{stats.sent / elapsed:10,.0f} events/s  {stats.requests / elapsed:7.1f} requests/s  "
         f"{stats.wire_bytes_sent / elapsed / 1000:9.1f} kB/s  ({stats.sent:,} sent)"
     )
+    return f"{line}  last error: {stats.last_error[:80]}" if stats.last_error else line
 
 
 if __name__ == "__main__":

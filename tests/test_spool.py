@@ -195,7 +195,7 @@ class TestOutageAndRestart:
         assert spooled > 20_000 and dropped == 0, (spooled, dropped)
         assert grown < (1 << 20) + 40 * (1 << 20), grown  # the memory bound plus a constant
         assert (sent, left, dropped_end) == (30_500, 0, 0), out
-        assert unspooled == spooled
+        assert unspooled >= spooled  # and more were spooled after that first count
         events = [e["event"] for e in server.events() if not e["event"].startswith("warm")]
         assert events == [f"{i:06d} {'x' * 400}" for i in range(30_000)]  # in order
 

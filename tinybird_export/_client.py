@@ -13,6 +13,8 @@ import dataclasses
 # child's lock held forever (the child's next hostname lookup or TLS handshake hangs).
 import encodings.idna  # noqa: F401 - hostnames are IDNA-encoded by getaddrinfo and ssl
 import http.client
+import socket
+import ssl
 import time
 import urllib.parse
 import urllib.request
@@ -49,6 +51,9 @@ class Attempt:
     quarantined_rows: int = 0
     error: str = ""
     wire_bytes: int = 0
+    kind: str = ""
+    """For a transport failure: ``dns``, ``refused``, ``tls``, ``timeout`` or ``connection``
+    (``_retry.failure_hint`` says what each means)."""
 
 
 class EventsClient:
@@ -124,13 +129,12 @@ class EventsClient:
                 )
                 data = _read_bounded(response)
         except TRANSPORT_ERRORS as exc:
-            timed_out = isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError)
-            refused = isinstance(exc, urllib3.exceptions.NewConnectionError)
-            if timed_out and not refused and time.monotonic() >= deadline - 0.05:
+            kind = failure_kind(exc)
+            if kind == "timeout" and time.monotonic() >= deadline - 0.05:
                 error = f"no complete answer within the attempt's deadline ({deadline - now:.1f} s)"
             else:
                 error = self.redact(_describe(exc))
-            return Attempt(None, {}, error=error, wire_bytes=len(body))
+            return Attempt(None, {}, error=error, wire_bytes=len(body), kind=kind)
         headers = {name.lower(): value for name, value in response.headers.items()}
         if response.status in (200, 202):
             successful, quarantined = _rows(data)
@@ -198,6 +202,26 @@ def _error_text(data: bytes) -> str:
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return str(body["error"])[:_MAX_ERROR_TEXT]
     return data.decode("utf-8", "replace").strip()[:_MAX_ERROR_TEXT]
+
+
+def failure_kind(exc: BaseException) -> str:
+    """What kind of transport failure ``exc`` is, for the message that says what to fix."""
+    chain = [exc]
+    while chain[-1].__cause__ or chain[-1].__context__:  # urllib3 wraps the socket's error
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+        if len(chain) > 8:
+            break
+    if any(isinstance(e, urllib3.exceptions.NameResolutionError | socket.gaierror) for e in chain):
+        return "dns"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return "refused"
+    if any(isinstance(e, urllib3.exceptions.SSLError | ssl.SSLError) for e in chain):
+        return "tls"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):  # unreachable, not timed out
+        return "connection"
+    if any(isinstance(e, TimeoutError | urllib3.exceptions.TimeoutError) for e in chain):
+        return "timeout"
+    return "connection"
 
 
 def _describe(exc: Exception) -> str:

@@ -424,6 +424,12 @@ def _check_host(host: str, allow_http: bool) -> None:
         parts.port  # noqa: B018 - urlsplit validates the port lazily
     except ValueError:
         raise setting.error(f"{host!r} has an invalid port", "use scheme://host:port") from None
+    if parts.path.rstrip("/"):
+        base = f"{parts.scheme}://{parts.netloc}"
+        raise setting.error(
+            f"{host!r} has a path ({parts.path})",
+            f"use {base!r}: the package adds /v0/events itself",
+        )
     if parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname):
         raise setting.error(
             f"{host!r} sends the token unencrypted",

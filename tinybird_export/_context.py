@@ -9,11 +9,52 @@ import contextvars
 import dataclasses
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Final
 
 from tinybird_export._config import parse_bool
+
+MESSAGE_OVERRIDE: Final = "tinybird_event"
+"""A record attribute that, when set, is the event's ``event`` instead of the message."""
+
+# The request line in a framework's own access log ("GET /path?query HTTP/1.1"), and
+# credentials in an absolute URL.
+_QUERY = re.compile(r"([A-Z]+ [^ ?\"]*)\?[^ \"]*")
+_CREDENTIALS = re.compile(r"(//)[^/@\s\"]+@")
+
+
+def strip_query(text: str) -> str:
+    """``text`` without the query strings of its request lines, nor URL credentials."""
+    return _CREDENTIALS.sub(r"\1", _QUERY.sub(r"\1", text))
+
+
+class StripQueryFromAccessLines(logging.Filter):
+    """On a framework's access logger (``django.server``, ``werkzeug``, ``uvicorn.access``):
+    the event of each line loses its query string (they carry reset tokens and OAuth
+    codes), as ``href`` does. The record itself is left alone: other handlers, the console
+    included, print it as they always did.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string: the handler repairs it
+            return True
+        stripped = strip_query(message)
+        if stripped != message:
+            setattr(record, MESSAGE_OVERRIDE, stripped)
+        return True
+
+
+def strip_access_lines(*logger_names: str) -> None:
+    """Install ``StripQueryFromAccessLines`` on these loggers, once."""
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, StripQueryFromAccessLines) for f in logger.filters):
+            logger.addFilter(StripQueryFromAccessLines())
+
 
 ACCESS_LOGGER: Final = "tinybird_export.access"
 """Per-request access events are logged here (opt-in); it propagates like any logger."""

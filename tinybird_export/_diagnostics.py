@@ -35,6 +35,16 @@ def say_once(key: str, message: str) -> None:
     say(message)
 
 
+def forget(prefix: str) -> bool:
+    """Let every message whose key starts with ``prefix`` be said again (the situation it
+    described changed); whether there was one.
+    """
+    with _said_lock:
+        keys = {key for key in _said if key.startswith(prefix)}
+        _said.difference_update(keys)
+    return bool(keys)
+
+
 def after_fork_in_child() -> None:
     """A new lock: another thread of the parent may have held it at fork."""
     global _said_lock  # noqa: PLW0603 - the parent's lock object may be held forever

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import orjson
 
-from tinybird_export._context import current_request
+from tinybird_export._context import MESSAGE_OVERRIDE, current_request
 from tinybird_export._fields import HOST, current_trace_ids, event_ids, format_timestamp
 from tinybird_export._line_encoder import OPTIONS, default, encode, encode_event, safe_str, to_text
 
@@ -147,6 +147,8 @@ class RecordMapper:
             message, exception = _message_and_exception(record)
         else:
             message, exception = _message(record), ""
+        if extras and MESSAGE_OVERRIDE in extras:  # a framework's access line, query stripped
+            message = safe_str(extras.pop(MESSAGE_OVERRIDE))
         request = current_request.get()
         if request is not None and request.fields:  # a task's context: the record's extras win
             extras = {**request.fields, **extras}

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import ipaddress
 import math
 import random
 import time
+import urllib.parse
 from collections.abc import Mapping
 from typing import Final
 
@@ -108,6 +110,35 @@ def _parse_delay(value: str, now: float) -> float | None:
     return when.timestamp() - now
 
 
+def failure_hint(status: int | None, kind: str, host: str) -> str:
+    """What a retryable failure most likely means, and what to fix."""
+    if status == 429:
+        return "rate limited: this data source is paced (stats().send_interval)"
+    if status is not None:
+        return "the server is unavailable; retrying with backoff"
+    local = _is_loopback(host)
+    return {
+        "dns": "the host name does not resolve: check TINYBIRD_HOST's spelling (the region "
+        "hosts are listed in the README) and this machine's DNS",
+        "refused": "nothing accepts connections there: check TINYBIRD_HOST's scheme and port"
+        + (", and that the local server runs (tinybird-export local)" if local else ""),
+        "tls": "the TLS handshake failed: check that the host serves https with a certificate "
+        "this machine trusts (ca_bundle / TINYBIRD_CA_BUNDLE for a private CA)",
+        "timeout": "no answer in time: a firewall or proxy may block the host (HTTPS_PROXY, "
+        "NO_PROXY), or it is overloaded",
+    }.get(kind, "the connection failed; retrying with backoff")
+
+
+def _is_loopback(host: str) -> bool:
+    name = urllib.parse.urlsplit(host).hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def drop_hint(status: int, datasource: str, host: str) -> str:
     """What a non-retryable answer most likely means, and what to fix."""
     if 300 <= status < 400:
@@ -117,8 +148,13 @@ def drop_hint(status: int, datasource: str, host: str) -> str:
         401: "the token is missing or malformed (TINYBIRD_TOKEN)",
         403: "the token is invalid or lacks DATASOURCE:APPEND on "
         f"{datasource!r} (or DATASOURCE:CREATE for a new data source)",
-        404: f"the token's workspace is not on {host} (wrong region: the hosts are "
-        f"{REGION_HOSTS}) or the data source {datasource!r} is not deployed",
+        404: (
+            f"the data source {datasource!r} does not exist on this server (a local server "
+            "in strict mode takes only declared data sources: --datasources)"
+            if _is_loopback(host)
+            else f"the token's workspace is not on {host} (wrong region: the hosts are "
+            f"{REGION_HOSTS}) or the data source {datasource!r} is not deployed"
+        ),
         411: "the request had no Content-Length",
         422: "rows were partially written (a materialized view failed); not retried to "
         "avoid duplicates",

@@ -114,6 +114,7 @@ class Worker:
         )
         self._created = time.monotonic()
         self._orphans_reported = False
+        self._failing_since: float | None = None
         self._senders = 0  # threads running _run
         self._idle = 0  # of which waiting for work
         self._starting = False
@@ -457,6 +458,7 @@ class Worker:
         own = spooled.own(id(channel))
         outcome = _retry.classify(attempt.status)
         if outcome is _retry.Outcome.RETRY:
+            self._say_failing(lane, attempt)
             spool.release(spooled)
             lane.paused_until = time.monotonic() + _retry.delay(
                 attempt.status, attempt.headers, lane.failures
@@ -469,6 +471,7 @@ class Worker:
         spool.done(spooled)
         lane.failing, lane.failures = False, 0
         if outcome is _retry.Outcome.SENT:
+            self._say_recovered()
             channel.unspooled(spooled.count, own=own, sent=True)
             return
         status = attempt.status or 0
@@ -487,7 +490,9 @@ class Worker:
             delay = _retry.delay(attempt.status, attempt.headers, batch.attempts)
             lane.paused_until = time.monotonic() + delay
             channel.retry(batch, _describe(self.host, attempt))
+            self._say_failing(lane, attempt)
         elif outcome is _retry.Outcome.SENT:
+            self._say_recovered()
             channel.sent(batch, quarantined=attempt.quarantined_rows, wire_bytes=attempt.wire_bytes)
             if attempt.quarantined_rows:
                 _diagnostics.say_once(
@@ -500,6 +505,35 @@ class Worker:
             channel.split(batch)
         else:
             self._drop(channel, batch, attempt)
+
+    def _say_failing(self, lane: Lane, attempt: Attempt) -> None:
+        """The first failure of a kind is said at once, then not again until the host
+        answers (``_say_recovered``) and fails anew.
+        """
+        if self._process.exiting():
+            return  # the exit report says what could not be delivered, and why
+        kind = attempt.kind if attempt.status is None else f"http_{attempt.status}"
+        where = "" if attempt.status is None else f":{lane.datasource}"
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        kept = "up to the memory bound" + (", then in the spool" if self._spool else "")
+        _diagnostics.say_once(
+            f"failing:{self.host}:{kind}{where}",
+            f"{_describe(self.host, attempt)}: "
+            f"{_retry.failure_hint(attempt.status, attempt.kind, self.host)}. Events are kept "
+            f"({kept}) and retried; this is said again only after a recovery.",
+        )
+
+    def _say_recovered(self) -> None:
+        since = self._failing_since
+        if since is None:
+            return
+        self._failing_since = None
+        if _diagnostics.forget(f"failing:{self.host}:"):
+            _diagnostics.say(
+                f"{self.host} answers again: delivering, after {time.monotonic() - since:.0f} s "
+                "of failures."
+            )
 
     def _drop(self, channel: Channel, batch: Batch, attempt: Attempt) -> None:
         status = attempt.status or 0

@@ -43,6 +43,7 @@ from tinybird_export._context import (
     env_flag,
     log_access,
     request_id,
+    strip_access_lines,
 )
 from tinybird_export._process import PROCESS
 
@@ -99,6 +100,8 @@ class RequestContextMiddleware:
         self._header = header.lower().encode("latin-1") if header else None
         self.access = env_flag("ACCESS_EVENTS", access_events)
         self.keep_query = env_flag("HREF_QUERY", keep_query_string)
+        if not self.keep_query:
+            strip_access_lines("uvicorn.access")  # uvicorn's own request lines
         self.shutdown_timeout = shutdown_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

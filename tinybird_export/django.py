@@ -29,6 +29,7 @@ from tinybird_export._context import (
     env_flag,
     log_access,
     request_id,
+    strip_access_lines,
 )
 
 __all__ = ["RequestContextMiddleware"]
@@ -53,6 +54,8 @@ class RequestContextMiddleware:
         self.header = "HTTP_" + header.upper().replace("-", "_") if header else None
         self.access = env_flag("ACCESS_EVENTS", _setting("ACCESS_EVENTS"))
         self.keep_query = env_flag("HREF_QUERY", _setting("HREF_QUERY"))
+        if not self.keep_query:
+            strip_access_lines("django.server")  # runserver's own request lines
 
     def __call__(self, request: Any) -> Any:
         """Serve ``request`` with its context set (a coroutine under ASGI)."""

@@ -73,9 +73,12 @@ class TinybirdEvents:
         """
         return self._producer.flush(timeout)
 
-    def close(self) -> None:
-        """Flush within ``flush_timeout`` and stop sending. Idempotent."""
-        self._producer.close()
+    def close(self, timeout: float | None = None) -> None:
+        """Flush within ``timeout`` (default ``flush_timeout``) and stop sending; what is
+        still queued is sent in the background until then, then counted as
+        ``close_timeout``. Idempotent.
+        """
+        self._producer.close(timeout)
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """``flush(timeout)`` for a coroutine: waits on a thread, never blocking the loop.

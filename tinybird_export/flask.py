@@ -20,6 +20,7 @@ from tinybird_export._context import (
     env_flag,
     log_access,
     request_id,
+    strip_access_lines,
 )
 
 __all__ = ["init_app"]
@@ -55,6 +56,9 @@ def init_app(
         if keep_query_string is not None
         else app.config.get("TINYBIRD_HREF_QUERY"),
     )
+
+    if not keep_query:
+        strip_access_lines("werkzeug")  # the development server's own request lines
 
     @app.before_request
     def _enter() -> None:

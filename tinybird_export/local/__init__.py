@@ -217,6 +217,9 @@ def spawn(data: str = ":memory:", *extra_args: str) -> SpawnedServer:
         [sys.executable, "-m", "tinybird_export.local", "--port", "0", "--data", data, *extra_args],
         stdout=subprocess.PIPE,
         text=True,
+        # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground process
+        # group) reaches only the script, which stops the server itself when it is done.
+        start_new_session=True,
     )
     found: dict[str, str] = {}
     lines = []
