@@ -83,8 +83,10 @@ class Producer:
         """
         channel = self.channel
         worker = self.worker
-        if worker is None or channel.closed:
-            channel.refuse("disabled" if worker is None else "closed")
+        if worker is None:
+            channel.refuse("disabled")
+        elif channel.closed:
+            self._refuse_closed()
         elif line is None:
             channel.refuse("too_large")
         elif channel.offer(line, flags, level):
@@ -94,6 +96,16 @@ class Producer:
                 # it any more: it was sent now, within what is left of the budget, or is
                 # counted and reported here.
                 report_undelivered([channel], "at exit (sent after the exit drain)")
+
+    def _refuse_closed(self) -> None:
+        self.channel.refuse("closed")
+        _diagnostics.say_once(
+            f"closed:{id(self)}",
+            f"a closed {self.label} for {self.channel.datasource!r} still gets events: they "
+            "are dropped (counted as 'closed'). A later logging configuration closed it (a "
+            "second dictConfig, or uvicorn.run()'s log_config): add the handler in that "
+            "configuration, or pass log_config=None to uvicorn.run().",
+        )
 
     def refuse_unreadable(self, event: object, exc: Exception) -> None:
         """Count an event that raised when read (its mapping, not a value inside)."""

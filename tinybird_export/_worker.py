@@ -103,8 +103,10 @@ class Worker:
 
     def _reset(self) -> None:
         self._lock = threading.RLock()  # lanes, claims and the thread counts
-        self._wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._progress = threading.Condition(threading.RLock())
+        # Made at first use in this process, not here: a forked gunicorn gevent worker
+        # patches threading and queue after the fork hook ran, and waits made before the
+        # patch would block its whole event loop.
+        self._waits: tuple[queue.SimpleQueue[None], threading.Condition] | None = None
         self._client = EventsClient(self._config)
         config = self._config
         self._spool = (
@@ -167,7 +169,7 @@ class Worker:
             self._stopping = True
             senders = self._senders
         for _ in range(senders):
-            self._wakeups.put(None)
+            self._wakeup_queue().put(None)
         if not senders:
             self._client.close()
 
@@ -177,7 +179,7 @@ class Worker:
         """Wake a thread for ``channel``, starting one if none can take its lane."""
         if not self.background:
             return  # flush() sends on the caller's thread
-        self._wakeups.put(None)
+        self._wakeup_queue().put(None)
         if self._needs_sender(channel):
             self._start_sender()
 
@@ -232,7 +234,7 @@ class Worker:
         claim = self._claim(time.monotonic())
         if isinstance(claim, _Claim):
             if self._idle:  # another lane may be due too: let an idle thread look
-                self._wakeups.put(None)
+                self._wakeup_queue().put(None)
             self._send(claim, None)
             return
         with self._lock:
@@ -240,9 +242,9 @@ class Worker:
         try:
             timeout = None if claim is None else max(claim - time.monotonic(), 0.001)
             try:
-                self._wakeups.get(timeout=timeout)
+                self._wakeup_queue().get(timeout=timeout)
                 while True:  # one wake-up is enough: the loop looks at every lane
-                    self._wakeups.get_nowait()
+                    self._wakeup_queue().get_nowait()
             except queue.Empty:
                 pass
         finally:
@@ -552,9 +554,25 @@ class Worker:
             f"dropped the same way and counted in stats().dropped_by_reason[{reason!r}].",
         )
 
+    def _wakeup_queue(self) -> queue.SimpleQueue[None]:
+        return self._wait_primitives()[0]
+
+    def _progress(self) -> threading.Condition:
+        return self._wait_primitives()[1]
+
+    def _wait_primitives(self) -> tuple[queue.SimpleQueue[None], threading.Condition]:
+        waits = self._waits
+        if waits is None:
+            with self._lock:
+                if self._waits is None:
+                    self._waits = (queue.SimpleQueue(), threading.Condition(threading.RLock()))
+                waits = self._waits
+        return waits
+
     def _notify_progress(self) -> None:
-        with self._progress:
-            self._progress.notify_all()
+        progress = self._progress()
+        with progress:
+            progress.notify_all()
 
     # -- flush and drain (the caller's or the exiting thread) ---------------------------
 
@@ -569,13 +587,14 @@ class Worker:
             self._start_sender()
         if not self._senders:
             return self._send_here(done, deadline)
-        self._wakeups.put(None)
-        with self._progress:
+        self._wakeup_queue().put(None)
+        progress = self._progress()
+        with progress:
             while not done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._progress.wait(min(remaining, _POLL))
+                progress.wait(min(remaining, _POLL))
         return True
 
     def hurry(self) -> None:
@@ -583,7 +602,7 @@ class Worker:
         for channel in self.channels():
             channel.request_flush()
         for _ in range(max(self._senders, 1)):
-            self._wakeups.put(None)
+            self._wakeup_queue().put(None)
 
     def drain(self, deadline: float) -> None:
         """Send everything queued until ``deadline``, sending on this thread too when no
@@ -606,8 +625,9 @@ class Worker:
                     self._send(claim, deadline)
                     continue
                 wait = deadline - now if claim is None else min(claim, deadline) - now
-                with self._progress:  # another thread's progress, or a queued line
-                    self._progress.wait(min(max(wait, 0.001), _POLL))
+                progress = self._progress()
+                with progress:  # another thread's progress, or a queued line
+                    progress.wait(min(max(wait, 0.001), _POLL))
             return True
         finally:
             if not outer:
