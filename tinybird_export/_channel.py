@@ -231,25 +231,26 @@ class Channel:
             # The same steps as _append, inlined: this is the caller's hot path. Nothing
             # below may raise once the counters start to change.
             size = len(line)
-            if level.__class__ is not int or not 0 <= level <= 255:
-                level = _level_byte(level)
             if flags:
                 self._count_flags(flags)
             if (
                 self._queued_events >= self._max_events
                 or self._queued_bytes + size > self._allowance
-            ) and not self._make_room(size, level):
+            ) and not self._make_room(size, _level_byte(level)):
                 return False
-            self._queued_events += 1
-            self._queued_bytes += size
             wake = False
             if self._pending_count and len(self._pending) + size >= self._batch_bytes:
                 self._seal()  # this line would take the batch past its byte limit
                 wake = True
+            try:  # first: if the level is not a byte, nothing has changed yet
+                self._pending_levels.append(level)
+            except (TypeError, ValueError):  # None (makeLogRecord), or past 255
+                self._pending_levels.append(_level_byte(level))
+            self._queued_events += 1
+            self._queued_bytes += size
             pending = self._pending
             pending += line
             pending += b"\n"
-            self._pending_levels.append(level)
             count = self._pending_count = self._pending_count + 1
             if count == 1:  # a new partial batch (also right after a byte-limit seal)
                 self._pending_since = time.monotonic()
