@@ -1,4 +1,4 @@
-"""Charts, ``docs/benchmarks.md`` and the README's summary from one ``compare.py`` run.
+"""Charts, ``docs/benchmarks.md`` and ``docs/performance.md``'s summary from one compare.py run.
 
 Everything here renders figures ``_report`` already computed; nothing is measured.
 """
@@ -21,8 +21,8 @@ from _report import (
     runs,
 )
 
-README_BEGIN = "<!-- compare.py summary: generated, do not edit -->"
-README_END = "<!-- end of compare.py summary -->"
+SUMMARY_BEGIN = "<!-- compare.py summary: generated, do not edit -->"
+SUMMARY_END = "<!-- end of compare.py summary -->"
 EXIT_BUDGET = 5.0  # tinybird-export's default exit_timeout, as configured in _peers
 
 
@@ -128,8 +128,8 @@ def throughput_summary(results: dict[str, Any], peer: str, caps: dict[str, Any])
     return f"{rate:,.0f} (flush killed at {caps['throughput']} s in {capped}/{len(done)} runs)"
 
 
-def readme_summary(run: dict[str, Any]) -> str:
-    """The README's table: a few columns of the same run, with its command."""
+def performance_summary(run: dict[str, Any]) -> str:
+    """docs/performance.md's table: a few columns of the same run, with its command."""
     results, caps = run["results"], run["caps"]
     rows = [
         f"`{run['command']}`, {run['rounds']} rounds, {run['machine']['date']}, "
@@ -241,9 +241,13 @@ def write_docs(run: dict[str, Any], root: Path) -> None:
         READING,
     ]
     (docs / "benchmarks.md").write_text("\n".join(text))
-    readme = root / "README.md"
-    content = readme.read_text()
-    start, end = content.index(README_BEGIN), content.index(README_END)
-    readme.write_text(
-        content[: start + len(README_BEGIN)] + "\n" + readme_summary(run) + "\n" + content[end:]
+    performance = docs / "performance.md"
+    content = performance.read_text()
+    start, end = content.index(SUMMARY_BEGIN), content.index(SUMMARY_END)
+    performance.write_text(
+        content[: start + len(SUMMARY_BEGIN)]
+        + "\n"
+        + performance_summary(run)
+        + "\n"
+        + content[end:]
     )

@@ -5,7 +5,7 @@ Usage::
     pip install -e . --group bench          # the peers, the OTLP exporters, matplotlib
     python bench/compare.py                 # 3 rounds of everything; prints the tables
     python bench/compare.py --write-docs    # also docs/benchmarks.md, its charts and the
-                                            # README's summary, from the same figures
+                                            # summary in docs/performance.md, from the same figures
     python bench/compare.py --quick --rounds 1 --peers null,tinybird-export   # smoke (CI)
 
 Every measurement runs in its own process with a hard time cap, and the rounds interleave
@@ -263,7 +263,11 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3, help="runs of each measurement")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
-    parser.add_argument("--write-docs", action="store_true", help="docs/benchmarks.md, README")
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="docs/benchmarks.md, docs/performance.md's summary",
+    )
     parser.add_argument(
         "--from-json", metavar="PATH", help="render a recorded run (docs/benchmarks.json) again"
     )
@@ -298,7 +302,7 @@ def main() -> None:
     print(_report.render(run))
     if options.write_docs:
         _docs.write_docs(run, ROOT)
-        print(f"\nwrote {ROOT / 'docs'} and the README's summary", file=sys.stderr)
+        print(f"\nwrote {ROOT / 'docs'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

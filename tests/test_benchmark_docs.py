@@ -1,4 +1,4 @@
-"""The README's benchmark summary is the one bench/compare.py rendered from its recorded run."""
+"""docs/performance.md's benchmark summary is the one bench/compare.py rendered from its recorded run."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ def report_module(name: str = "_report") -> Any:
         sys.path.remove(str(ROOT / "bench"))
 
 
-def test_readme_summary_is_the_recorded_run() -> None:
+def test_performance_summary_is_the_recorded_run() -> None:
     report = report_module("_docs")
     run = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index(report.README_BEGIN) + len(report.README_BEGIN)
-    end = readme.index(report.README_END)
-    assert readme[start:end].strip() == report.readme_summary(run).strip()
+    text = (ROOT / "docs" / "performance.md").read_text()
+    start = text.index(report.SUMMARY_BEGIN) + len(report.SUMMARY_BEGIN)
+    end = text.index(report.SUMMARY_END)
+    assert text[start:end].strip() == report.performance_summary(run).strip()
     assert run["rounds"] >= 3 and not run["quick"]
 
 

@@ -5,6 +5,7 @@ input, the newcomer's loop, and the package without chDB.
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -226,6 +227,38 @@ def test_the_newcomers_loop_quarantines_nothing(tmp_path: Path) -> None:
             assert out.returncode == 0 and out.stdout.splitlines() == ["c", count], out
         quarantine = command("sql", "select count() from app_logs_quarantine", env=local.env())
         assert quarantine.returncode == 1  # never created: nothing was quarantined
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_readmes_try_it_locally_runs_as_written(engine: str) -> None:
+    """``examples/quickstart.py`` and the README's two ``sql`` lines, against a fresh server
+    of each engine (SQLite is what a plain ``pip install`` gets)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Try it locally") :]
+    section = section[: section.index("\n## ", 1)]
+    queries = [
+        line.removeprefix(".venv/bin/tinybird-export ")
+        for line in section.splitlines()
+        if line.startswith(".venv/bin/tinybird-export sql ")
+    ]
+    assert len(queries) == 2 and ".venv/bin/python examples/quickstart.py" in section
+    with spawn(":memory:", "--engine", engine) as local:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+            env=local.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0 and "acknowledged: True" in done.stdout, done
+        assert "quarantined=0" in done.stdout and "dropped=0" in done.stdout, done.stdout
+        levels = command(*shlex.split(queries[0])[0:2], env=local.env())
+        assert levels.returncode == 0, levels
+        assert "checkout" in levels.stdout and "42" in levels.stdout, levels.stdout
+        assert "payment failed" in levels.stdout and "ERROR" in levels.stdout, levels.stdout
+        counts = command(*shlex.split(queries[1]), env=local.env())
+        assert counts.returncode == 0 and "page_view,1" in counts.stdout, counts
 
 
 def test_without_chdb_the_sqlite_engine_serves(tmp_path: Path) -> None:

@@ -224,3 +224,22 @@ class TestReadme:
             url, token = proc.stdout.readline(), proc.stdout.readline()
             proc.terminate()
         assert url.startswith("http://127.0.0.1:") and token.strip() == "token: abc"
+
+    def test_the_readmes_pytest_example_passes_as_written(self, tmp_path: Path) -> None:
+        """The "Testing your setup" block, run by pytest in a fresh process: the fixture
+        comes from the package's entry point, with no conftest."""
+        text = (Path(ROOT) / "README.md").read_text()
+        blocks = [
+            b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "tinybird_server" in b
+        ]
+        assert len(blocks) == 1
+        (tmp_path / "test_readme_example.py").write_text(blocks[0])
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n0", str(tmp_path)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout

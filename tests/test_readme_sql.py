@@ -1,4 +1,4 @@
-"""Every SQL example in the README runs unchanged on the ClickHouse engine."""
+"""Every SQL example in the README and docs/local.md runs unchanged on the ClickHouse engine."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from local_helpers import ndjson, needs_clickhouse, post
 from tinybird_export.cli import main as cli_main
 from tinybird_export.local import LocalServer
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+# The README and the local server's page, which hold the SQL examples.
+README = "\n".join((ROOT / name).read_text() for name in ("README.md", "docs/local.md"))
 
 
 def examples() -> list[str]:
     """``tinybird-export sql "..."`` commands and inline ``select ...`` spans."""
     found = []
     for line in README.splitlines():
-        if line.startswith("tinybird-export sql "):
+        if line.removeprefix(".venv/bin/").startswith("tinybird-export sql "):
             found.append(shlex.split(line, comments=True)[2])
     found += re.findall(r"`((?:select|SELECT) [^`]+)`", README)
     return list(dict.fromkeys(found))

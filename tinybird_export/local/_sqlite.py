@@ -32,6 +32,11 @@ SPELLINGS = (
     (re.compile(r"\bnow\(\s*\)", re.I), "datetime('now')"),
     (re.compile(r"\btoStartOfMinute\(", re.I), "strftime('%Y-%m-%d %H:%M:00', "),
     (re.compile(r"\btoStartOfHour\(", re.I), "strftime('%Y-%m-%d %H:00:00', "),
+    # A Map column's value by key (``attributes['cart_id']``): maps are stored as JSON text.
+    (
+        re.compile(r"\b([A-Za-z_]\w*)\[\s*'([^'\"\\]*)'\s*\]"),
+        "json_extract(\\1, '$.\"\\2\"')",
+    ),
 )
 
 

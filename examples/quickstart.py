@@ -1,0 +1,33 @@
+"""The README's quickstart: configure logging once, log as usual, read what arrived.
+
+export TINYBIRD_HOST=... TINYBIRD_TOKEN=...   # the lines tinybird-export local prints
+.venv/bin/python examples/quickstart.py
+"""
+
+import logging.config
+
+from tinybird_export import TinybirdEvents
+
+logging.config.dictConfig(
+    {
+        "version": 1,
+        "handlers": {
+            # The token and host come from TINYBIRD_TOKEN and TINYBIRD_HOST.
+            "tinybird": {"class": "tinybird_export.TinybirdHandler", "datasource": "app_logs"}
+        },
+        "root": {"handlers": ["tinybird"], "level": "INFO"},
+    }
+)
+log = logging.getLogger("shop")
+log.info("checkout", extra={"href": "https://shop.example/cart", "cart_id": 42})
+try:
+    {}["card"]
+except KeyError:
+    log.exception("payment failed", extra={"cart_id": 42})
+
+# Your own events (page views, clicks) go through the same pipeline.
+with TinybirdEvents(datasource="simple_events") as events:
+    events.send({"href": "https://shop.example/", "event": "page_view"})
+
+handler = logging.getLogger().handlers[0]
+print("acknowledged:", handler.flush(5), handler.stats())  # type: ignore[attr-defined]
