@@ -128,3 +128,17 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+def run_example(name: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``examples/<name>`` as a newcomer would: no ``TINYBIRD_*`` in the environment, so
+    it starts and queries its own embedded local server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBIRD_")}
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", name)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

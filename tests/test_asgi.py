@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, run_python
+from tests.conftest import run_example, run_python
 from tests.test_exit import child_env
 from tinybird_export import TinybirdHandler
 from tinybird_export._context import ACCESS_LOGGER
@@ -513,15 +513,7 @@ class TestUvicorn:
 
 def test_fastapi_example_runs_against_the_local_server() -> None:
     pytest.importorskip("fastapi")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBIRD_")}
-    result = subprocess.run(
-        [sys.executable, str(Path(ROOT) / "examples" / "fastapi_app.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_example("fastapi_app.py")
     assert result.returncode == 0, result.stderr
     assert "uvicorn ended with -15" in result.stdout
     lines = result.stdout.splitlines()

@@ -5,18 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import run_example
 from tinybird_export import TinybirdEvents, TinybirdHandler
 from tinybird_export._async import run_blocking
 from tinybird_export.testing import EventsServer, Reply
@@ -163,15 +159,7 @@ class TestRunBlocking:
 
 
 def test_asyncio_example_runs_against_the_local_server() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBIRD_")}
-    result = subprocess.run(
-        [sys.executable, str(Path(ROOT) / "examples" / "asyncio_app.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_example("asyncio_app.py")
     assert result.returncode == 0, result.stderr
     assert "log events acknowledged: True; page events: 20 sent" in result.stdout
     assert "select count() from asyncio_logs: 20" in result.stdout

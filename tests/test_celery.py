@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, run_python
+from tests.conftest import run_example, run_python
 from tests.test_exit import child_env
 from tinybird_export._context import RequestContext, current_request
 from tinybird_export.testing import EventsServer
@@ -246,15 +246,7 @@ class TestTaskContext:
 
 @pytest.mark.timeout(150)
 def test_celery_example_runs_against_the_local_server() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBIRD_")}
-    result = subprocess.run(
-        [sys.executable, str(Path(ROOT) / "examples" / "celery_app.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_example("celery_app.py", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "orders [0, 1, 2, 3, 4] charged; worker exited with 0" in result.stdout
     lines = [line for line in result.stdout.splitlines() if "'charged order'" in line]

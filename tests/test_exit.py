@@ -299,6 +299,23 @@ class TestFork:
         )
 
 
+def terminate_when_ready(code: str, server: EventsServer) -> tuple[int, str, str]:
+    """Run ``code`` in a child sending to ``server``, SIGTERM it once it prints ``ready``,
+    and return its exit status, stdout and stderr."""
+    with subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, **child_env(server)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err
+
+
 class TestSigterm:
     @pytest.mark.parametrize("chain", [False, True])
     def test_sigterm_takes_the_exit_path(self, server: EventsServer, chain: bool) -> None:
@@ -318,18 +335,8 @@ class TestSigterm:
             threading.Event().wait(60)
         """.replace("CHAIN", str(chain))
         )
-        with subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            env={**os.environ, **child_env(server)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as proc:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 143, err
+        returncode, out, err = terminate_when_ready(code, server)
+        assert returncode == 143, err
         assert ("previous handler" in out) is chain
         assert len(server.events()) == 100
 

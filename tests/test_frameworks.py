@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import urllib3
 
-from tests.conftest import ROOT, run_python
+from tests.conftest import ROOT, run_example, run_python
 from tests.test_exit import child_env
 from tinybird_export import TinybirdHandler
 from tinybird_export.testing import EventsServer
@@ -134,15 +134,7 @@ class TestFlask:
 
     def test_example_runs_against_the_local_server(self) -> None:
         pytest.importorskip("flask")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBIRD_")}
-        result = subprocess.run(
-            [sys.executable, str(Path(ROOT) / "examples" / "flask_app.py")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_example("flask_app.py")
         assert result.returncode == 0, result.stderr
         assert "'request_id': 'req-grace'" in result.stdout
         assert result.stderr == ""

@@ -5,12 +5,8 @@ other, and honest configuration. Each test reproduces a defect found in review."
 from __future__ import annotations
 
 import logging
-import os
 import re
-import signal
-import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import run_python
-from tests.test_exit import PRELUDE, child_env, closed_port_url
+from tests.test_exit import PRELUDE, child_env, closed_port_url, terminate_when_ready
 from tinybird_export import TinybirdEvents, TinybirdHandler, _retry
 from tinybird_export._record_mapper import RecordMapper
 from tinybird_export.testing import EventsServer, Reply
@@ -368,18 +364,8 @@ class TestForkAndExit:
             threading.Event().wait(60)
         """
         )
-        with subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            env={**os.environ, **child_env(server)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as proc:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 7, err
+        returncode, _, err = terminate_when_ready(code, server)
+        assert returncode == 7, err
         assert len(server.events()) == 100
 
 
