@@ -10,7 +10,7 @@ import pytest
 import urllib3
 
 from tinybird_export.cli import query
-from tinybird_export.local import LocalServer
+from tinybird_export.local import LocalServer, SpawnedServer
 from tinybird_export.local._engine import clickhouse_available
 
 ENGINES = [
@@ -29,7 +29,11 @@ EVENT = {"timestamp": "2024-06-23 16:00:00.000", "href": "https://x/", "event": 
 
 
 def post(
-    server: LocalServer, name: str | None, body: bytes, token: str | None = None, **params: str
+    server: LocalServer | SpawnedServer,
+    name: str | None,
+    body: bytes,
+    token: str | None = None,
+    **params: str,
 ) -> tuple[int, dict[str, Any]]:
     """POST /v0/events; the status and the JSON answer."""
     fields = {"name": name, **params} if name is not None else dict(params)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post
 
 from tinybird_export.cli import main as cli_main
+from tinybird_export.cli import query
 from tinybird_export.local import LocalServer, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,6 +182,30 @@ class TestLocalCommand:
         assert lines[6].startswith("export TINYBIRD_HOST=http://127.0.0.1:")
         assert lines[7].startswith("export TINYBIRD_TOKEN=p.local.")
         assert startup < 5  # includes interpreter start-up on a loaded machine (bench: < 2 s)
+
+    @pytest.mark.timeout(120)
+    @pytest.mark.parametrize("engine", ENGINES)
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+    def test_a_stop_signal_keeps_what_was_acknowledged(
+        self, engine: str, signum: signal.Signals, tmp_path: Path
+    ) -> None:
+        """docker stop, systemd and SpawnedServer.stop() send SIGTERM: the rows answered 202
+        but still held by the engine's write buffer are stored before the process ends."""
+        data = str(tmp_path / "data")
+        server = spawn(data, "--engine", engine)
+        try:
+            rows = [{**EVENT, "event": f"e{i}"} for i in range(100)]
+            assert post(server, "stopped_t", ndjson(*rows)) == (
+                202,
+                {"successful_rows": 100, "quarantined_rows": 0},
+            )
+            server.process.send_signal(signum)
+            assert server.process.wait(60) == 0  # a graceful stop, as after Ctrl-C
+        finally:
+            server.stop()
+        with spawn(data, "--engine", engine) as again:
+            counted = query(again.url, again.token, "select count() n from stopped_t")
+        assert counted["data"] == [{"n": 100}]
 
 
 def test_the_newcomers_loop_quarantines_nothing(tmp_path: Path) -> None:

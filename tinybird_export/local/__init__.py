@@ -185,7 +185,9 @@ class SpawnedServer:
         return {**os.environ, "TINYBIRD_HOST": self.url, "TINYBIRD_TOKEN": self.token}
 
     def stop(self) -> None:
-        """Terminate the server process."""
+        """Stop the server process (SIGTERM, which it takes as Ctrl-C: what it acknowledged is
+        stored before it ends), or kill it after 10 s.
+        """
         self.process.terminate()
         try:
             self.process.wait(10)
