@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import run_python
 from tests.test_exit import child_env
+from tinybird_export import _spool
 from tinybird_export._spool import SUFFIX, Spool
 from tinybird_export.testing import EventsServer, Reply
 
@@ -111,8 +112,74 @@ class TestOnDisk:
         spool = Spool(str(tmp_path), 2 * 1024 * 1024)
         payload = os.urandom(600_000)  # incompressible
         written = [spool.write(payload, 1, HOST, "app_logs", (1, 2)) for _ in range(5)]
-        assert written == [True, True, True, False, False]
+        assert [path is not None for path in written] == [True, True, True, False, False]
         assert spool.held_bytes() <= 2 * 1024 * 1024
+
+    def test_the_bound_counts_what_other_processes_wrote_and_claimed(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """gunicorn workers share one directory: each one's bound is the directory's."""
+        monkeypatch.setattr(_spool, "_LISTING_TTL", 0.0)  # recount at every write
+        mine = Spool(str(tmp_path), 2 * 1024 * 1024)
+        theirs = Spool(str(tmp_path), 2 * 1024 * 1024)  # as another process sees it
+        payload = os.urandom(600_000)
+        assert all(theirs.write(payload, 1, HOST, "app_logs", (1, 2)) for _ in range(3))
+        claimed = theirs.claim(HOST, "app_logs")  # in flight: still on disk
+        assert claimed is not None
+        assert mine.write(payload, 1, HOST, "app_logs", (3, 4)) is None  # the directory is full
+        theirs.done(claimed)
+        assert mine.write(payload, 1, HOST, "app_logs", (3, 4)) is not None
+        assert 0 < mine.held_bytes() <= 2 * 1024 * 1024
+
+    def test_a_directory_that_refuses_fsync_after_the_rename_still_has_the_file(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Reported unwritten, the batch would stay in memory and be written again."""
+        spool = Spool(str(tmp_path), 1 << 20)
+
+        def refuse() -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(spool, "_fsync_directory", refuse)
+        path = spool.write(lines(2), 2, HOST, "app_logs", (1, 2))
+        assert path is not None and path.exists()
+        assert spool.held_bytes() == path.stat().st_size
+
+    def test_a_claim_of_a_file_spooled_long_ago_is_not_taken_by_another_process(
+        self, tmp_path: Path
+    ) -> None:
+        """An outage longer than the stale-claim age: the claim counts from the claim."""
+        spool = Spool(str(tmp_path), 1 << 20)
+        spool.write(lines(1), 1, HOST, "app_logs", (1, 2))
+        (path,) = tmp_path.iterdir()
+        an_hour_ago = time.time() - 3600
+        os.utime(path, (an_hour_ago, an_hour_ago))
+        assert spool.claim(HOST, "app_logs") is not None  # this process sends it
+        result = run_python(
+            f"""
+            from tinybird_export._spool import Spool
+            other = Spool({str(tmp_path)!r}, 1 << 20)  # scans at start
+            print(other.claim({HOST!r}, "app_logs") is None)
+        """
+        )
+        assert result.stdout.strip() == "True", result.stderr
+
+    def test_a_413_splits_a_spooled_batch_in_its_place(self, tmp_path: Path) -> None:
+        spool = Spool(str(tmp_path), 1 << 20)
+        spool.write(lines(5), 5, HOST, "app_logs", (os.getpid(), 7))
+        spool.write(lines(1, 5), 1, HOST, "app_logs", (os.getpid(), 7))
+        big = spool.claim(HOST, "app_logs")
+        assert big is not None and spool.split(big, HOST, "app_logs")
+        spool.done(big)
+        order = []
+        while (got := spool.claim(HOST, "app_logs")) is not None:
+            assert got.own(7)  # the halves keep their writer
+            order.append(gzip.decompress(got.body))
+            spool.done(got)
+        assert order == [lines(2), lines(3, 2), lines(1, 5)]
+        one = spool.write(lines(1), 1, HOST, "app_logs", (1, 2))
+        single = spool.claim(HOST, "app_logs")
+        assert one is not None and single is not None and not spool.split(single, HOST, "app_logs")
 
     def test_files_for_other_hosts_or_data_sources_are_kept_and_reported_once(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -202,6 +269,25 @@ class TestOutageAndRestart:
     def test_a_restart_during_an_outage_delivers_the_old_processes_events(
         self, server: EventsServer, tmp_path: Path
     ) -> None:
+        spool_dir, script = self.spool_during_an_outage(server, tmp_path)
+        up = run_script(script, [spool_dir, "0", "30"], child_env(server))
+        assert up.stdout.strip() == "500", up.stderr
+        assert sorted(e["event"] for e in server.events()) == sorted(f"old {i}" for i in range(500))
+
+    def test_a_spooled_batch_the_server_finds_too_large_is_split_not_dropped(
+        self, server: EventsServer, tmp_path: Path
+    ) -> None:
+        """The new endpoint's cap is under the batch written during the outage: 413."""
+        spool_dir, script = self.spool_during_an_outage(server, tmp_path)
+        server.max_body_bytes = 40_000  # about 150 of these events
+        up = run_script(script, [spool_dir, "0", "30"], child_env(server))
+        assert up.stdout.strip() == "500", up.stderr
+        assert [e["event"] for e in server.events()] == [f"old {i}" for i in range(500)]
+        assert any(r.status == 413 for r in server.requests), "the cap was never hit"
+
+    @staticmethod
+    def spool_during_an_outage(server: EventsServer, tmp_path: Path) -> tuple[str, Path]:
+        """500 events spooled by a process that exits while the endpoint answers 503."""
         script = tmp_path / "app.py"
         script.write_text(
             textwrap.dedent("""
@@ -228,9 +314,7 @@ class TestOutageAndRestart:
         assert exit_seconds < 1 + 1.5, exit_seconds  # not the 5 s exit budget (+ start-up)
         assert server.events() == []
         server.respond(Reply())
-        up = run_script(script, [spool_dir, "0", "30"], child_env(server))
-        assert up.stdout.strip() == "500", up.stderr
-        assert sorted(e["event"] for e in server.events()) == sorted(f"old {i}" for i in range(500))
+        return spool_dir, script
 
 
 def spool_files(directory: Path) -> list[Path]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -159,6 +160,9 @@ def _level_byte(level: object) -> int:
     return 0
 
 
+_serials = itertools.count(1)
+
+
 class Channel:
     """The queue and counters of one producer (see the module docstring for the protocol).
 
@@ -178,6 +182,9 @@ class Channel:
         self._max_events = limits.queue_max_events
         self._batch_rows = limits.batch_max_rows
         self._batch_bytes = limits.batch_max_bytes
+        self.serial = next(_serials)
+        """Unique in this process, unlike ``id()``, which a later channel may reuse: the
+        spool's files name the channel that wrote them."""
         self._reset()
 
     def __repr__(self) -> str:
@@ -492,6 +499,7 @@ class Channel:
         False), so every event is counted exactly once.
         """
         with self._lock:
+            self._append_deferred()  # lines a signal handler logged count too
             if self._pending_count:
                 self._seal()
             batches = [*self._ready, *([self._in_flight] if self._in_flight else [])]
@@ -594,9 +602,12 @@ class Channel:
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's queue and counters (the parent still sends its events), and
-        the lock, which another thread of the parent may have held at fork.
+        the lock, which another thread of the parent may have held at fork. A channel
+        closed in the parent stays closed.
         """
+        closed, deadline = self.closed, self._close_deadline
         self._reset()
+        self.closed, self._close_deadline = closed, deadline  # detached once seen empty
 
     def stats(self) -> DeliveryStats:
         """A consistent snapshot of the counters."""

@@ -94,6 +94,7 @@ class Spool:
         self._listed: dict[tuple[str, str], tuple[float, bool]] = {}
         self._scanned_at = -math.inf
         self._bytes = self._scan()
+        self._counted_at = time.monotonic()
 
     # -- writing (a sender spilling, or the exit drain) -----------------------------------
 
@@ -104,8 +105,15 @@ class Spool:
         host: str,
         datasource: str,
         owner: tuple[int, int],
-    ) -> bool:
-        """Store one batch; ``False`` if the spool is full or the disk refused it."""
+        *,
+        replacing: str = "",
+    ) -> Path | None:
+        """Store one batch: its file, or ``None`` if the spool is full or the disk refused.
+
+        ``replacing`` (a half of a spooled batch) is the file name to use instead of a new
+        one, so that the half keeps the batch's place in the order; the bound does not
+        apply (the halves replace a file already counted).
+        """
         body = _gzip(ndjson)
         header = orjson.dumps(
             {
@@ -119,12 +127,16 @@ class Spool:
             }
         )
         data = header + b"\n" + body
+        if time.monotonic() - self._counted_at > _LISTING_TTL:
+            held = _held_bytes(self.directory)  # other processes write here too
+            with self._lock:
+                self._bytes, self._counted_at = held, time.monotonic()
         with self._lock:
-            if self._bytes + len(data) > self.max_bytes:
-                return False
+            if not replacing and self._bytes + len(data) > self.max_bytes:
+                return None
             self._bytes += len(data)
         serial = f"{os.getpid()}-{next(self._counter)}"
-        name = f"{time.time_ns():020d}-{host_key(host)}-{datasource}-{serial}"
+        name = replacing or f"{time.time_ns():020d}-{host_key(host)}-{datasource}-{serial}"
         final = self.directory / (name + SUFFIX)
         temporary = self.directory / f".tmp-{name}"
         try:
@@ -139,8 +151,6 @@ class Spool:
                 os.close(fd)
             self.failpoint("rename")  # killed with a whole temporary file
             os.rename(temporary, final)
-            self._fsync_directory()
-            self._listed[(host_key(host), datasource)] = (time.monotonic(), True)
         except OSError as exc:
             with self._lock:
                 self._bytes -= len(data)
@@ -150,8 +160,14 @@ class Spool:
                 f"cannot write to the spool {self.directory} ({exc}); batches that cannot be "
                 "sent are kept in memory, then dropped as the memory bound says.",
             )
-            return False
-        return True
+            return None
+        # Renamed: the file is in place, so the batch is written (reporting it unwritten
+        # would keep it in memory too and write it again). A directory that refuses fsync
+        # (some network file systems) only weakens durability across a power loss.
+        with contextlib.suppress(OSError):
+            self._fsync_directory()
+        self._listed[(host_key(host), datasource)] = (time.monotonic(), True)
+        return final
 
     # -- reading (a sender resending) -------------------------------------------------------
 
@@ -177,7 +193,9 @@ class Spool:
         if now - listed_at < _LISTING_TTL:
             return found
         if now - self._scanned_at > _STALE_CLAIM / 10:
-            self._scan()  # release the claims of processes that died since
+            held = self._scan()  # release the claims of processes that died since
+            with self._lock:
+                self._bytes, self._counted_at = held, time.monotonic()
         return bool(self.pending(host, datasource))
 
     def claim(self, host: str, datasource: str) -> SpooledBatch | None:
@@ -186,6 +204,10 @@ class Spool:
             path = self.directory / name
             claimed = self.directory / f"{name}{_CLAIMED}{os.getpid()}"
             try:
+                # A claim's age (for _STALE_CLAIM) counts from now, not from the write: a
+                # rename keeps the mtime, and a file spooled during a long outage would
+                # otherwise look stale to the next scan while it is being sent.
+                os.utime(path)
                 os.rename(path, claimed)
             except FileNotFoundError:  # another process claimed it first
                 continue
@@ -206,7 +228,37 @@ class Spool:
         except FileNotFoundError:
             return
         with self._lock:
-            self._bytes -= size
+            self._bytes = max(0, self._bytes - size)
+
+    def split(self, batch: SpooledBatch, host: str, datasource: str) -> bool:
+        """413 for a claimed file: write its two halves in its place in the order (the
+        caller then removes it); ``False`` if it holds one event or the disk refused.
+        """
+        if batch.count < 2:
+            return False
+        try:
+            lines = zlib.decompress(batch.body, 31).splitlines(keepends=True)
+        except zlib.error:
+            return False
+        middle = len(lines) // 2
+        # "<name>-a" and "<name>-b" sort where the batch did, in order, and so do the
+        # halves of a half.
+        stem = batch.name.removesuffix(SUFFIX)
+        first = self.write(
+            b"".join(lines[:middle]), middle, host, datasource, batch.owner, replacing=stem + "-a"
+        )
+        if first is None:
+            return False
+        second = b"".join(lines[middle:])
+        rest = len(lines) - middle
+        if self.write(second, rest, host, datasource, batch.owner, replacing=stem + "-b"):
+            return True
+        with contextlib.suppress(OSError):  # all or nothing: the caller drops the batch
+            size = first.stat().st_size
+            first.unlink()
+            with self._lock:
+                self._bytes = max(0, self._bytes - size)
+        return False
 
     def release(self, batch: SpooledBatch) -> None:
         """Give a claimed file back (its attempt failed; it is retried later)."""
@@ -270,7 +322,7 @@ class Spool:
         except OSError:
             return
         with self._lock:
-            self._bytes -= size
+            self._bytes = max(0, self._bytes - size)
             self.corrupt += 1
         _diagnostics.say(
             f"spool file {name} failed its check ({exc}): moved to {corrupt}, not sent "
@@ -278,30 +330,25 @@ class Spool:
         )
 
     def _scan(self) -> int:
-        """The bytes held, releasing claims whose process is gone (a crash)."""
+        """The bytes held, releasing claims whose process is gone (a crash) and removing
+        temporary files a crash left (old ones only: another process may be writing one).
+        """
         first_scan = self._scanned_at == -math.inf
         self._scanned_at = time.monotonic()
-        total = 0
         now = time.time()
-        for listed in _listing(self.directory):
-            name = listed
-            if _CLAIMED in listed:
-                original, _, pid = listed.rpartition(_CLAIMED)
-                try:
-                    age = now - (self.directory / listed).stat().st_mtime
+        for name in _listing(self.directory):
+            path = self.directory / name
+            try:
+                age = now - path.stat().st_mtime
+                if _CLAIMED in name:
+                    original, _, pid = name.rpartition(_CLAIMED)
                     if not _alive(int(pid), first_scan) or age > _STALE_CLAIM:
-                        os.rename(self.directory / listed, self.directory / original)
-                        name = original
-                except (OSError, ValueError):
-                    continue
-            if name.endswith(SUFFIX):
-                try:
-                    total += (self.directory / name).stat().st_size
-                except OSError:
-                    continue
-            elif name.startswith(".tmp-"):
-                (self.directory / name).unlink(missing_ok=True)  # a crash while writing
-        return total
+                        os.rename(path, self.directory / original)
+                elif name.startswith(".tmp-") and age > _STALE_CLAIM / 10:
+                    path.unlink()
+            except (OSError, ValueError):
+                continue
+        return _held_bytes(self.directory)
 
     def _fsync_directory(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)
@@ -333,6 +380,19 @@ def _listing(directory: Path) -> list[str]:
         return [entry.name for entry in os.scandir(directory) if entry.is_file()]
     except OSError:
         return []
+
+
+def _held_bytes(directory: Path) -> int:
+    """What the directory's batch files take, claimed ones included (they stay on disk
+    until acknowledged), whichever process wrote them.
+    """
+    total = 0
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.endswith(SUFFIX) or _CLAIMED in entry.name:
+                with contextlib.suppress(OSError):
+                    total += entry.stat().st_size
+    return total
 
 
 def _key_of(name: str) -> tuple[str, str]:

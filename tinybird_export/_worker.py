@@ -45,6 +45,7 @@ THREAD_NAME: Final = "tinybird-export-worker"
 MAX_SENDERS: Final = 4
 """Concurrent requests per host at most (each to a different data source)."""
 _POLL: Final = 0.05
+_SPILL_WAIT: Final = 2.0  # seconds an exit or close spill waits for one under way
 """How often a waiting flush or drain re-checks for lines queued by a signal handler."""
 
 
@@ -103,6 +104,7 @@ class Worker:
 
     def _reset(self) -> None:
         self._lock = threading.RLock()  # lanes, claims and the thread counts
+        self._spilling = threading.Lock()  # held while batches move to the spool
         # Made at first use in this process, not here: a forked gunicorn gevent worker
         # patches threading and queue after the fork hook ran, and waits made before the
         # patch would block its whole event loop.
@@ -318,7 +320,11 @@ class Worker:
         spooled = spool.claim(self.host, lane.datasource)
         if spooled is None:
             return None
-        writer = next((c for c in lane.channels if spooled.own(id(c))), lane.channels[0])
+        channels = list(lane.channels)  # its last channel may be detached meanwhile
+        if not channels:
+            spool.release(spooled)
+            return None
+        writer = next((c for c in channels if spooled.own(c.serial)), channels[0])
         return _Claim(lane, writer, None, spooled)
 
     def _spill(self, spool: Spool, channel: Channel, *, everything: bool) -> int:
@@ -329,16 +335,25 @@ class Worker:
         # Past half the bound, spill down to a quarter: the caller's next bursts find room.
         if not everything and channel.held_bytes() <= channel.spill_mark():
             return 0
-        while everything or channel.held_bytes() > channel.spill_mark() // 2:
-            batch = channel.take_for_spool(everything)
-            if batch is None:
-                break
-            owner = (os.getpid(), id(channel))
-            if not spool.write(batch.body, batch.count, self.host, channel.datasource, owner):
-                channel.unclaim(batch)  # full: memory's drop policy applies
-                break
-            channel.spooled(batch)
-            written += batch.count
+        # One spill at a time: two (the exit drain and a sender, or two senders finishing
+        # one closed channel) would each take the batch the other is writing, and write it
+        # twice. A sender that finds one under way leaves the work to it; "everything"
+        # (exit, a close deadline) waits for it, within a bound, then takes the rest.
+        if not self._spilling.acquire(timeout=_SPILL_WAIT if everything else 0):
+            return 0
+        try:
+            while everything or channel.held_bytes() > channel.spill_mark() // 2:
+                batch = channel.take_for_spool(everything)
+                if batch is None:
+                    break
+                owner = (os.getpid(), channel.serial)
+                if not spool.write(batch.body, batch.count, self.host, channel.datasource, owner):
+                    channel.unclaim(batch)  # full: memory's drop policy applies
+                    break
+                channel.spooled(batch)
+                written += batch.count
+        finally:
+            self._spilling.release()
         return written
 
     def resume_spool(self, channel: Channel) -> None:
@@ -438,7 +453,8 @@ class Worker:
                 channel.dropped(batch, "error", error, requested=False)  # type: ignore[arg-type]
             else:
                 self._spool.done(spooled)  # type: ignore[union-attr]
-                channel.unspooled(count, own=spooled.own(id(channel)), sent=False, reason="error")
+                own = spooled.own(channel.serial)
+                channel.unspooled(count, own=own, sent=False, reason="error")
             resolved = True
             _report_internal_error(
                 exc, f"{count} event(s) for {lane.datasource!r}", self._client.redact
@@ -457,7 +473,7 @@ class Worker:
     def _apply_spooled(
         self, spool: Spool, lane: Lane, channel: Channel, spooled: SpooledBatch, attempt: Attempt
     ) -> None:
-        own = spooled.own(id(channel))
+        own = spooled.own(channel.serial)
         outcome = _retry.classify(attempt.status)
         if outcome is _retry.Outcome.RETRY:
             self._say_failing(lane, attempt)
@@ -467,6 +483,9 @@ class Worker:
             )
             lane.failing, lane.failures = True, lane.failures + 1
             channel.note_error(_describe(self.host, attempt))
+            return
+        if outcome is _retry.Outcome.SPLIT and spool.split(spooled, self.host, lane.datasource):
+            spool.done(spooled)  # as in memory: its halves are sent in its place
             return
         if outcome is _retry.Outcome.SENT:
             spool.failpoint("acked")  # killed after the answer, before the file is removed
