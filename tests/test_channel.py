@@ -138,6 +138,23 @@ def test_an_offer_reentered_on_the_same_thread_is_kept() -> None:
     assert ch.stats().sent == 2
 
 
+def test_abandon_counts_a_line_a_signal_handler_logged() -> None:
+    """At exit, what is given up is counted, the re-entered line too (it was left out)."""
+    ch = channel()
+
+    class Interrupting(bytes):
+        def __len__(self) -> int:
+            if not ch.stats().queued:
+                ch.offer(b"from the signal handler")
+            return super().__len__()
+
+    ch.offer(Interrupting(b"outer"))
+    assert ch.abandon("exit_timeout") == 2
+    stats = ch.stats()
+    assert (stats.queued, stats.dropped_by_reason) == (0, {"exit_timeout": 2})
+    assert ch.empty()
+
+
 def test_budget_takes_what_closed_channels_hold_from_the_open_ones() -> None:
     budget = MemoryBudget()
     old, new = channel(max_bytes=1000), channel(max_bytes=1000)
