@@ -240,10 +240,13 @@ class TestMemoryBudget:
         )
         assert result.returncode == 0, result.stderr
         assert int(result.stdout) <= 2 * 1024 * 1024
-        # One report line, one entry for the one data source and host.
+        # What is lost is reported in one line, one entry for the one data source and host:
+        # at exit, or (on a loaded machine, where a closed handler's 0.3 s deadline may pass
+        # first) at that deadline, and then at exit for what remains.
         lines = [line for line in result.stderr.splitlines() if "not delivered" in line]
-        assert len(lines) == 1, result.stderr
-        assert lines[0].count("'app_logs'") == 1, lines[0]
+        assert 1 <= len(lines) <= 2, result.stderr
+        assert sum("not delivered at exit" in line for line in lines) <= 1, result.stderr
+        assert all(line.count("'app_logs'") == 1 for line in lines), lines
 
     def test_a_closed_handlers_queue_is_given_up_at_its_deadline(
         self, make_handler: Any, logger: logging.Logger
@@ -367,6 +370,49 @@ class TestForkAndExit:
         returncode, _, err = terminate_when_ready(code, server)
         assert returncode == 7, err
         assert len(server.events()) == 100
+
+    @pytest.mark.parametrize("previous", ["none", "framework"])
+    def test_sigterm_inside_an_offer_waits_for_it_then_drains(
+        self, server: EventsServer, previous: str
+    ) -> None:
+        """The signal lands while the main thread holds a channel's lock (1 run in 60 of a
+        tight logging loop): draining there waited out the exit budget and dropped the
+        queue; raising there left the offer half done."""
+        result = run_python(
+            PRELUDE
+            + f"""
+            import signal, time
+            from tinybird_export import install_sigterm_handler
+            if {previous!r} == "framework":
+                signal.signal(signal.SIGTERM, lambda s, f: None)  # a framework's handler
+            install_sigterm_handler()
+            handler = TinybirdHandler(flush_interval=60, exit_timeout=5)
+            log.addHandler(handler)
+            for i in range(1000):
+                log.info("n %d", i)
+
+            class SignalledInside(bytes):  # what a SIGTERM landing inside offer() does
+                def __len__(self):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return super().__len__()
+
+            started = time.monotonic()
+            try:
+                # The channel directly: no public call runs app code inside an offer.
+                handler._producer.channel.offer(SignalledInside(b'{{"event":"inside"}}'))
+                threading.Event().wait(10)  # the re-delivered signal ends the wait
+            except SystemExit:
+                print(f"{{time.monotonic() - started:.2f}}", file=sys.stderr, flush=True)
+                raise
+        """,
+            child_env(server),
+            timeout=60,
+        )
+        assert result.returncode == 143, result.stderr
+        seconds = float(result.stderr.strip().splitlines()[0])
+        assert seconds < 2, result.stderr  # not the 5 s exit budget
+        assert "not delivered" not in result.stderr, result.stderr
+        assert len(server.events()) == 1001
 
 
 class TestIndependentDataSources:

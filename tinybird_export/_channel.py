@@ -579,6 +579,12 @@ class Channel:
         """Until when a closed channel may send what it holds (``None`` while open)."""
         return self._close_deadline
 
+    def held_by_this_thread(self) -> bool:
+        """Whether this thread is inside one of its methods: a signal handler that
+        interrupted an offer (the lock cannot be released until the handler returns).
+        """
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
     def empty(self) -> bool:
         """Nothing queued or in flight."""
         return self._queued_events == 0 and not self._deferred

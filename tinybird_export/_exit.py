@@ -41,7 +41,7 @@ def install_sigterm_handler() -> None:
         return
 
     def on_sigterm(signum: int, frame: FrameType | None) -> Any:
-        if previous is signal.SIG_IGN:
+        if previous is signal.SIG_IGN or PROCESS.redeliver_if_inside_offer(signum):
             return None
         if callable(previous):
             PROCESS.exit()  # the previous handler may never return: deliver first

@@ -36,6 +36,9 @@ from tinybird_export._config import TinybirdConfig
 from tinybird_export._spool import Spool
 from tinybird_export._worker import Worker
 
+_REDELIVER_DELAY: Final = 0.01  # seconds: an offer takes microseconds
+_REDELIVER_MAX: Final = 100  # then drain anyway (a thread stuck inside an offer)
+
 # Every logger urllib3 creates a record on (logging.getLogger(__name__) in its modules).
 _URLLIB3_LOGGERS: Final = (
     "urllib3",
@@ -62,6 +65,7 @@ class Process:
         self._exit_deadline: float | None = None
         self._exiting_thread: int | None = None  # the thread running exit()
         self._deferred_signal = 0
+        self._redelivered = 0  # consecutive re-deliveries of a signal (see redeliver_...)
         self._multiprocessing_hooked = False
         self._finalizer_pid = 0
 
@@ -258,7 +262,7 @@ class Process:
         self._spools = {}  # new locks and a fresh scan: workers ask again lazily
         self._exit_deadline = None
         self._exiting_thread = None
-        self._deferred_signal = 0
+        self._deferred_signal = self._redelivered = 0
         for worker in self._workers.values():
             worker.after_fork_in_child()
         self.budget.rebalance()
@@ -302,7 +306,33 @@ class Process:
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, self._on_sigterm_in_child)
 
+    def redeliver_if_inside_offer(self, signum: int) -> bool:
+        """For a signal handler that would drain: if the signal interrupted this thread
+        inside an offer, holding a channel's lock, deliver it again in 10 ms and return
+        True (the handler then returns, the offer completes, and the signal comes back).
+        Draining there would wait out the exit budget for that lock, and raising there
+        would leave the offer half done. After a second of that, drain anyway.
+        """
+        if self._redelivered >= _REDELIVER_MAX or not any(
+            channel.held_by_this_thread()
+            for worker in self.workers()
+            for channel in worker.channels()
+        ):
+            self._redelivered = 0
+            return False
+        self._redelivered += 1
+        pid = os.getpid()
+
+        def again() -> None:
+            time.sleep(_REDELIVER_DELAY)
+            os.kill(pid, signum)
+
+        threading.Thread(target=again, name="tinybird-export-signal", daemon=True).start()
+        return True
+
     def _on_sigterm_in_child(self, signum: int, _frame: object) -> None:
+        if self.redeliver_if_inside_offer(signum):
+            return
         if self._exiting_thread == threading.get_ident():
             # The signal interrupted this thread's own exit drain (a finalizer): let it
             # finish, then die by the signal.
