@@ -182,6 +182,38 @@ class TestSeverityBackpressure:
         errors = [e["event"].split()[1] for e in server.events("errors")]
         assert errors == sorted(errors) and errors[0] == "0000"  # oldest kept, in order
 
+    def test_an_error_at_a_bound_full_of_errors_costs_what_any_call_costs(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        """An outage during which the app logs only errors: each new one looked for lower
+        lines to displace by splitting the whole queue (8.5 ms a call at 16 MiB)."""
+        server.respond(Reply(status=503))
+        handler = make_handler(
+            datasource="full",
+            queue_max_bytes=4 << 20,
+            batch_max_bytes=64_000,  # many batches wait, as during a long outage
+            max_event_bytes=8_000,
+            flush_interval=60,
+        )
+        logger.addHandler(handler)
+
+        def seconds_per_call() -> float:  # the best of 5 runs of 100 calls
+            runs = []
+            for _ in range(5):
+                started = time.perf_counter()
+                for i in range(100):
+                    logger.error("boom %d %s", i, "x" * 300)
+                runs.append((time.perf_counter() - started) / 100)
+            return min(runs)
+
+        below = seconds_per_call()  # under the bound: the plain cost of a call
+        while not handler.stats().dropped_by_reason.get("queue_full"):
+            self.fill(handler, logger, logging.ERROR, 1000)
+        at_bound = seconds_per_call()
+        assert at_bound < 20 * below, (at_bound, below)  # was about 300 times
+        stats = handler.stats()
+        assert stats.dropped_by_level["ERROR"] == stats.dropped > 0
+
     def test_events_keep_the_plain_policy_unless_given_a_level(
         self, server: EventsServer, make_events: Any
     ) -> None:

@@ -22,18 +22,24 @@ if TYPE_CHECKING:
 DISPLACES_FROM: Final = logging.WARNING
 
 
-def enough_below(batches: Sequence[Batch], level: int, need_bytes: int, need_events: int) -> bool:
-    """Whether the lines below ``level`` in ``batches`` would meet the needs."""
+def shortfall_below(
+    batches: Sequence[Batch], level: int, need_bytes: int, need_events: int
+) -> tuple[int, int] | None:
+    """``None`` when the lines below ``level`` in ``batches`` would meet the needs; else
+    how many events and bytes they hold (all of them: the scan went through the queue).
+    """
     events = nbytes = 0
     for batch in batches:
+        if min(batch.levels, default=255) >= level:
+            continue  # nothing below: skip it at C speed, without splitting its lines
         lines = batch.body.split(b"\n")
         for line, line_level in zip(lines, batch.levels, strict=False):
             if line_level < level:
                 events += 1
                 nbytes += len(line)
                 if events >= need_events and nbytes >= need_bytes:
-                    return True
-    return False
+                    return None
+    return events, nbytes
 
 
 def thin(

@@ -36,7 +36,7 @@ import time
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from tinybird_export._backpressure import DISPLACES_FROM, enough_below, thin
+from tinybird_export._backpressure import DISPLACES_FROM, shortfall_below, thin
 from tinybird_export._line_encoder import REPAIRED, TRUNCATED
 
 
@@ -208,6 +208,7 @@ class Channel:
         self._sent = self._quarantined = self._truncated = self._repaired = 0
         self._requests = self._retries = self._bytes_sent = self._wire_bytes_sent = 0
         self._spooled = self._unspooled = 0
+        self._no_room_below: tuple[tuple[int, int, int], int, int, int] | None = None
         self._last_error = ""
         self.closed = False
         """Whether the producer was closed (read on every offer: a plain attribute, which
@@ -334,6 +335,20 @@ class Channel:
         """Drop lines below ``level`` until the needs are met (with slack, so that the next
         warnings find room too); the events freed, or ``None`` if there are not enough.
         """
+        need_bytes, need_events = max(need_bytes, 0), max(need_events, 0)
+        # During an outage that fills the bound with warnings and errors only, every new
+        # one would scan the whole queue again (milliseconds on the caller's thread). What
+        # the last scan found below its level holds until lines join or leave the queue
+        # (or a batch comes back from flight, which forgets it).
+        state = (self._resolved, self._queued_events, self._spooled)
+        seen = self._no_room_below
+        if (
+            seen is not None
+            and seen[0] == state
+            and level <= seen[1]
+            and (need_events > seen[2] or need_bytes > seen[3])
+        ):
+            return None
         batches: list[Batch] = list(self._ready)
         if self._pending_count:
             batches.append(Batch(self._pending, self._pending_count, self._pending_levels))
@@ -341,7 +356,9 @@ class Channel:
         # thinning a batch each (a pass over its lines, on the caller's thread).
         want_bytes = need_bytes + self._allowance // 64 if need_bytes > 0 else 0
         want_events = need_events + self._max_events // 64 if need_events > 0 else 0
-        if not enough_below(batches, level, max(need_bytes, 0), max(need_events, 0)):
+        short = shortfall_below(batches, level, need_bytes, need_events)
+        if short is not None:
+            self._no_room_below = (state, level, *short)
             return None
         freed_events = 0
         for index, batch in enumerate(batches):
@@ -452,6 +469,7 @@ class Channel:
             if self._in_flight is batch:
                 self._in_flight = None
                 self._ready.appendleft(batch)
+                self._no_room_below = None  # its lines may be displaced again
 
     def unclaim(self, batch: Batch) -> None:
         """Give ``batch`` back without a request (its sender stopped before sending it)."""
@@ -459,6 +477,7 @@ class Channel:
             if self._in_flight is batch:
                 self._in_flight = None
                 self._ready.appendleft(batch)
+                self._no_room_below = None  # its lines may be displaced again
 
     def split(self, batch: Batch) -> None:
         """413: ``batch`` is replaced at the head by its two halves."""
@@ -468,6 +487,7 @@ class Channel:
                 self._in_flight = None
                 first, second = batch.halves()
                 self._ready.extendleft((second, first))
+                self._no_room_below = None  # its lines may be displaced again
 
     def _count_request(self, batch: Batch) -> None:
         self._requests += 1
@@ -524,6 +544,7 @@ class Channel:
                 # reports later concerns a batch that is no longer in flight (ignored).
                 old = self._in_flight
                 self._ready.appendleft(Batch(old.body, old.count, old.levels, old.attempts))
+                self._no_room_below = None  # its lines may be displaced again
                 self._in_flight = None
             if everything and self._pending_count:
                 self._seal()
