@@ -223,7 +223,7 @@ class Worker:
                 try:
                     self._step()
                 except Exception as exc:  # noqa: BLE001 - supervised: report, go on
-                    _report_internal_error(exc, "")
+                    _report_internal_error(exc, "", self._client.redact)
         finally:
             self._process.sending_threads.discard(ident)
             with self._lock:
