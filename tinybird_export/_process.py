@@ -327,7 +327,11 @@ class Process:
             time.sleep(_REDELIVER_DELAY)
             os.kill(pid, signum)
 
-        threading.Thread(target=again, name="tinybird-export-signal", daemon=True).start()
+        try:
+            threading.Thread(target=again, name="tinybird-export-signal", daemon=True).start()
+        except RuntimeError:  # no thread to be had (shutdown, a pids limit): drain now
+            self._redelivered = 0
+            return False
         return True
 
     def _on_sigterm_in_child(self, signum: int, _frame: object) -> None:

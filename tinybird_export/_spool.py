@@ -138,7 +138,7 @@ class Spool:
         serial = f"{os.getpid()}-{next(self._counter)}"
         name = replacing or f"{time.time_ns():020d}-{host_key(host)}-{datasource}-{serial}"
         final = self.directory / (name + SUFFIX)
-        temporary = self.directory / f".tmp-{name}"
+        temporary = self.directory / f".tmp-{name}-{serial}"  # unique, even for a half
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -153,7 +153,7 @@ class Spool:
             os.rename(temporary, final)
         except OSError as exc:
             with self._lock:
-                self._bytes -= len(data)
+                self._bytes = max(0, self._bytes - len(data))
             temporary.unlink(missing_ok=True)
             _diagnostics.say_once(
                 f"spool-write:{self.directory}",
@@ -211,6 +211,13 @@ class Spool:
                 os.rename(path, claimed)
             except FileNotFoundError:  # another process claimed it first
                 continue
+            except OSError as exc:  # not ours to take (another user's file, a read-only mount)
+                _diagnostics.say_once(
+                    f"spool-claim:{self.directory}",
+                    f"cannot claim spool files in {self.directory} ({exc}); they are left "
+                    "for a process that can.",
+                )
+                return None
             try:
                 batch = self._read(claimed, name, host, datasource)
             except SpoolError as exc:

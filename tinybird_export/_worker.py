@@ -45,8 +45,17 @@ THREAD_NAME: Final = "tinybird-export-worker"
 MAX_SENDERS: Final = 4
 """Concurrent requests per host at most (each to a different data source)."""
 _POLL: Final = 0.05
-_SPILL_WAIT: Final = 2.0  # seconds an exit or close spill waits for one under way
 """How often a waiting flush or drain re-checks for lines queued by a signal handler."""
+_SPILL_WAIT: Final = 2.0
+"""Seconds an exit or close spill waits for another one under way on the same channel."""
+
+
+class _Spilling:
+    """Held while one channel's batches move to the spool, and by which thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.thread = 0
 
 
 class Lane:
@@ -104,7 +113,7 @@ class Worker:
 
     def _reset(self) -> None:
         self._lock = threading.RLock()  # lanes, claims and the thread counts
-        self._spilling = threading.Lock()  # held while batches move to the spool
+        self._spilling: dict[int, _Spilling] = {}  # by channel serial: see _spill
         # Made at first use in this process, not here: a forked gunicorn gevent worker
         # patches threading and queue after the fork hook ran, and waits made before the
         # patch would block its whole event loop.
@@ -146,6 +155,7 @@ class Worker:
     def remove(self, channel: Channel) -> bool:
         """Stop serving ``channel``; whether any channel is left."""
         with self._lock:
+            self._spilling.pop(channel.serial, None)
             lane = self._lanes.get(channel.datasource)
             if lane is not None:
                 lane.channels = [c for c in lane.channels if c is not channel]
@@ -284,12 +294,17 @@ class Worker:
             if not draining:
                 ready_at = max(ready_at, lane.pacing.not_before())
             got: _Claim | float | None = None
-            if self._spool is not None:
-                got = self._spool_step(self._spool, lane, draining, ready_at > now)
-            if got is None and ready_at <= now:
-                got = self._take(lane, now, draining, finished)
-            elif got is None:
-                got = ready_at
+            try:
+                if self._spool is not None:
+                    got = self._spool_step(self._spool, lane, draining, ready_at > now)
+                if got is None and ready_at <= now:
+                    got = self._take(lane, now, draining, finished)
+                elif got is None:
+                    got = ready_at
+            except BaseException:
+                with self._lock:  # the supervisor reports it; the lane must not stay claimed
+                    lane.busy = False
+                raise
             if isinstance(got, _Claim):
                 with self._lock:
                     self._rotation = (start + offset + 1) % len(lanes)  # fairness
@@ -335,12 +350,18 @@ class Worker:
         # Past half the bound, spill down to a quarter: the caller's next bursts find room.
         if not everything and channel.held_bytes() <= channel.spill_mark():
             return 0
-        # One spill at a time: two (the exit drain and a sender, or two senders finishing
-        # one closed channel) would each take the batch the other is writing, and write it
-        # twice. A sender that finds one under way leaves the work to it; "everything"
-        # (exit, a close deadline) waits for it, within a bound, then takes the rest.
-        if not self._spilling.acquire(timeout=_SPILL_WAIT if everything else 0):
+        # One spill of a channel at a time: two (the exit drain and a sender, or two senders
+        # finishing one closed channel) would each take the batch the other is writing, and
+        # write it twice. A sender that finds one under way leaves the work to it;
+        # "everything" (exit, a close deadline) waits for it, within a bound, then takes the
+        # rest. On the thread that spills (a signal's exit drain interrupting it): skip.
+        with self._lock:
+            spilling = self._spilling.setdefault(channel.serial, _Spilling())
+        if spilling.thread == threading.get_ident():
             return 0
+        if not spilling.lock.acquire(timeout=_SPILL_WAIT if everything else 0):
+            return 0
+        spilling.thread = threading.get_ident()
         try:
             while everything or channel.held_bytes() > channel.spill_mark() // 2:
                 batch = channel.take_for_spool(everything)
@@ -353,7 +374,8 @@ class Worker:
                 channel.spooled(batch)
                 written += batch.count
         finally:
-            self._spilling.release()
+            spilling.thread = 0
+            spilling.lock.release()
         return written
 
     def resume_spool(self, channel: Channel) -> None:

@@ -6,6 +6,7 @@ import argparse
 import errno
 import signal
 import sys
+import threading
 from types import FrameType
 
 from tinybird_export.local._datafile import DatafileError
@@ -113,30 +114,40 @@ def run(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         return _fail(str(exc))
     print(banner(server, data), flush=True)
-    _stop_gracefully_on(signal.SIGTERM, getattr(signal, "SIGHUP", None))
+    previous: dict[int, object] = {}
     try:
+        previous = _stop_gracefully_on(signal.SIGTERM, getattr(signal, "SIGHUP", None))
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
+        for signum, handler in previous.items():
+            if handler is not None:  # None: installed outside Python, nothing to restore
+                signal.signal(signum, handler)  # type: ignore[arg-type]
     return 0
 
 
-def _stop_gracefully_on(*signals: signal.Signals | None) -> None:
+def _stop_gracefully_on(*signals: signal.Signals | None) -> dict[int, object]:
     """Stop on these signals as on Ctrl-C: the engine inserts the rows it has acknowledged
     but still holds (up to 0.2 s of them) before the process ends. ``docker stop``, systemd,
     ``kill`` and ``SpawnedServer.stop()`` send SIGTERM; closing the terminal sends SIGHUP.
-    A second signal ends the process at once.
-    """
+    A second signal, of either kind, ends the process at once. Only the main thread may
+    install handlers: elsewhere (``run`` called from a thread) nothing is installed.
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        signal.signal(signum, signal.SIG_DFL)
+    Returns:
+        The handlers replaced, to restore.
+    """
+    installed = [signum for signum in signals if signum is not None]
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        for signum in installed:
+            signal.signal(signum, signal.SIG_DFL)
         raise KeyboardInterrupt
 
-    for signum in signals:
-        if signum is not None:
-            signal.signal(signum, stop)
+    return {signum: signal.signal(signum, stop) for signum in installed}
 
 
 def banner(server: object, data: str) -> str:
