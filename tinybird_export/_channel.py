@@ -339,7 +339,7 @@ class Channel:
         # During an outage that fills the bound with warnings and errors only, every new
         # one would scan the whole queue again (milliseconds on the caller's thread). What
         # the last scan found below its level holds until lines join or leave the queue
-        # (or a batch comes back from flight, which forgets it).
+        # (or a batch comes back from flight: _back_from_flight forgets it).
         state = (self._resolved, self._queued_events, self._spooled)
         seen = self._no_room_below
         if (
@@ -467,27 +467,29 @@ class Channel:
             self._last_error = error
             self._count_request(batch)
             if self._in_flight is batch:
-                self._in_flight = None
-                self._ready.appendleft(batch)
-                self._no_room_below = None  # its lines may be displaced again
+                self._back_from_flight(batch)
 
     def unclaim(self, batch: Batch) -> None:
         """Give ``batch`` back without a request (its sender stopped before sending it)."""
         with self._lock:
             if self._in_flight is batch:
-                self._in_flight = None
-                self._ready.appendleft(batch)
-                self._no_room_below = None  # its lines may be displaced again
+                self._back_from_flight(batch)
 
     def split(self, batch: Batch) -> None:
         """413: ``batch`` is replaced at the head by its two halves."""
         with self._lock:
             self._count_request(batch)
             if self._in_flight is batch:
-                self._in_flight = None
-                first, second = batch.halves()
-                self._ready.extendleft((second, first))
-                self._no_room_below = None  # its lines may be displaced again
+                self._back_from_flight(*batch.halves())
+
+    def _back_from_flight(self, *batches: Batch) -> None:
+        """The batch in flight returns to the head of the queue, as ``batches`` (itself, its
+        halves, or a copy), in order. Its lines may be displaced again, so what
+        ``_displace`` remembered finding below a level no longer holds (caller holds the lock).
+        """
+        self._in_flight = None
+        self._ready.extendleft(reversed(batches))
+        self._no_room_below = None
 
     def _count_request(self, batch: Batch) -> None:
         self._requests += 1
@@ -543,9 +545,7 @@ class Channel:
                 # Given up: the spool resends it. A copy, so that whatever its sender
                 # reports later concerns a batch that is no longer in flight (ignored).
                 old = self._in_flight
-                self._ready.appendleft(Batch(old.body, old.count, old.levels, old.attempts))
-                self._no_room_below = None  # its lines may be displaced again
-                self._in_flight = None
+                self._back_from_flight(Batch(old.body, old.count, old.levels, old.attempts))
             if everything and self._pending_count:
                 self._seal()
             batch = self._in_flight = self._ready.popleft() if self._ready else None
