@@ -130,6 +130,19 @@ def run_python(
     )
 
 
+def talk_to_python(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start ``python *args`` with stdin, stdout and stderr piped (text), for a test that
+    drives the child step by step (use it as a context manager)."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        env={**os.environ, **env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_example(name: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``examples/<name>`` as a newcomer would: no ``TINYBIRD_*`` in the environment, so
     it starts and queries its own embedded local server."""

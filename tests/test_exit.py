@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_python
+from tests.conftest import run_python, talk_to_python
 from tinybird_export.testing import EventsServer, Reply
 
 # Indented like the snippets below, so that textwrap.dedent() sees one common margin.
@@ -244,14 +244,7 @@ class TestFork:
             print(handler.flush(10), flush=True)
         """
         )
-        with subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            env={**os.environ, **child_env(server)},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as proc:
+        with talk_to_python(["-c", textwrap.dedent(code)], child_env(server)) as proc:
             self._drive_mid_send_fork(server, proc)
         assert sorted(e["event"] for e in server.events()) == ["child", "parent"]
 

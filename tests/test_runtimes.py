@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_python
+from tests.conftest import run_python, talk_to_python
 from tests.test_exit import child_env
 from tinybird_export.testing import EventsServer, Reply
 
@@ -275,14 +275,7 @@ class TestRecursion:
             listener.stop()
             print(handler.stats().emitted, flush=True)
         """)
-        with subprocess.Popen(
-            [sys.executable, "-c", code],
-            env={**os.environ, **child_env(server)},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as proc:
+        with talk_to_python(["-c", code], child_env(server)) as proc:
             assert proc.stdout is not None and proc.stdin is not None
             assert proc.stdout.readline().strip() == "True"
             settled = server.request_count

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_python
+from tests.conftest import run_python, talk_to_python
 from tests.test_exit import child_env
 from tinybird_export import _spool
 from tinybird_export._spool import SUFFIX, Spool
@@ -243,14 +243,7 @@ class TestOutageAndRestart:
         server.respond(Reply(status=503))
         script = tmp_path / "outage.py"
         script.write_text(OUTAGE_CHILD)
-        with subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path / "spool")],
-            env={**os.environ, **child_env(server)},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as proc:
+        with talk_to_python([str(script), str(tmp_path / "spool")], child_env(server)) as proc:
             assert proc.stdout is not None and proc.stdin is not None
             spooled, dropped, grown = map(int, proc.stdout.readline().split())
             server.respond(Reply())
