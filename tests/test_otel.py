@@ -362,7 +362,7 @@ class TestEntryPointsAndSchemas:
             **child_env(server),
             "OTEL_TRACES_EXPORTER": "tinybird",
             "OTEL_LOGS_EXPORTER": "tinybird",
-            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "tinybird",
             "OTEL_SERVICE_NAME": "otel-example",
             "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED": "true",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
@@ -385,6 +385,12 @@ class TestEntryPointsAndSchemas:
         assert "order placed" in {entry["event"] for entry in logs}
         placed = next(entry for entry in logs if entry["event"] == "order placed")
         assert placed["trace_id"] in {s["trace_id"] for s in spans}
+        (orders,) = server.events("otel_metrics_sum")
+        assert (orders["metric_name"], orders["value"], orders["service_name"]) == (
+            "orders",
+            1,
+            "otel-example",
+        )
 
     @pytest.mark.parametrize(
         ("file", "make_event", "not_stored"),
