@@ -612,6 +612,25 @@ class TestBadData:
         assert "does not know the metric data type Strange (of 'strange')" in err
         assert "could not read a metrics batch (AttributeError" in err
 
+    def test_before_send_sees_each_row_alone(self, server: EventsServer, exporter_for: Any) -> None:
+        """The rows of one scope share their resource and scope maps: a hook that changes
+        one row's map does not change the next row's."""
+        seen: list[str] = []
+
+        def redact(row: dict[str, Any]) -> dict[str, Any] | None:
+            seen.append(row["resource_attributes"].pop("deployment.environment", "gone"))
+            return None if row["metric_attributes"].get("drop") else row
+
+        exporter = exporter_for(server, before_send=redact)
+        points = [number(1, room="a"), number(2, room="b", drop="yes"), number(3, room="c")]
+        exporter.export(metrics_data(Metric("g", None, None, Gauge(points))))
+        assert exporter.force_flush(10_000)
+        assert seen == ["test"] * 3
+        rows = server.events("otel_metrics_gauge")
+        assert [r["value"] for r in rows] == [1, 3]
+        assert all("deployment.environment" not in r["resource_attributes"] for r in rows)
+        assert exporter.stats().dropped_by_reason == {"before_send": 1}
+
     def test_a_huge_attribute_costs_at_most_max_event_bytes(
         self, server: EventsServer, exporter_for: Any
     ) -> None:
@@ -774,6 +793,8 @@ class TestSettings:
             TinybirdMetricExporter(shape="otel")  # type: ignore[call-arg]
         with pytest.raises(TypeError, match="did you mean 'flush_interval'"):
             TinybirdMetricExporter(flush_intervall=1)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="no setting 'datasource': it sends to four"):
+            TinybirdMetricExporter(datasource="metrics")  # type: ignore[call-arg]
 
     def test_entry_point(self) -> None:
         (entry_point,) = importlib.metadata.entry_points(

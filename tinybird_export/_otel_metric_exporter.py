@@ -29,8 +29,8 @@ from tinybird_export._config import (
 from tinybird_export._line_encoder import safe_str
 from tinybird_export._otel_metrics import (
     KINDS,
+    Formats,
     NonFinite,
-    Stamps,
     data_kind,
     metric_points,
     point_row,
@@ -135,6 +135,12 @@ class TinybirdMetricExporter(MetricExporter):
             preferred_temporality=temporality_preference(preferred_temporality),
             preferred_aggregation=aggregation_preference(preferred_aggregation),
         )
+        if "datasource" in settings:
+            raise TypeError(
+                f"tinybird-export: {_LABEL} has no setting 'datasource': it sends to four, "
+                "gauge_datasource, sum_datasource, histogram_datasource and "
+                "exponential_histogram_datasource."
+            )
         datasources = (
             gauge_datasource,
             sum_datasource,
@@ -152,7 +158,7 @@ class TinybirdMetricExporter(MetricExporter):
         }
         self._flush_timeout = self._producers["sum"].config.flush_timeout
         self._started_ns = time.time_ns()
-        self._stamp = Stamps()
+        self._formats = Formats()
         self._lock = threading.Lock()
         self._is_shutdown = False
 
@@ -177,7 +183,7 @@ class TinybirdMetricExporter(MetricExporter):
         return MetricExportResult.SUCCESS
 
     def _put_all(self, metrics_data: MetricsData) -> None:
-        stamp, start_ns = self._stamp, self._started_ns
+        formats, start_ns = self._formats, self._started_ns
         for base, metric in metric_points(metrics_data):
             point_kind = data_kind(metric.data)
             if point_kind is None:
@@ -191,13 +197,15 @@ class TinybirdMetricExporter(MetricExporter):
             for point in metric.data.data_points:
                 try:
                     row = point_row(
-                        point_kind, base, metric.data, point, stamp=stamp, start_ns=start_ns
+                        point_kind, base, metric.data, point, formats=formats, start_ns=start_ns
                     )
                 except NonFinite as exc:
                     self._refuse_non_finite(producer, metric.name, exc.field)
                 except Exception as exc:  # noqa: BLE001 - one bad point must not fail the rest
                     producer.refuse_unreadable(point, exc)
                 else:
+                    if producer.has_before_send:  # the rows of a scope share their maps
+                        row = {k: v.copy() if type(v) is dict else v for k, v in row.items()}
                     producer.put(row)
 
     def _refuse_non_finite(self, producer: Producer, metric: str, field: str) -> None:

@@ -21,7 +21,7 @@ so that every supported SDK works (1.25 has no exemplars and no scope attributes
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from tinybird_export._otel_mapper import rfc3339_nano, scope_fields, service_name, string_map
@@ -36,7 +36,7 @@ _KIND_OF_DATA: Final = {
 }
 
 
-_STAMPS_KEPT: Final = 64
+_SECONDS_KEPT: Final = 64
 
 
 class NonFinite(ValueError):
@@ -47,22 +47,40 @@ class NonFinite(ValueError):
         self.field = field
 
 
-class Stamps:
-    """RFC 3339 texts of nanosecond timestamps, remembering the last few: the points of one
-    collection share their time and, mostly, their start, so most points format none.
+class Formats:
+    """What the rows of one exporter format again and again, remembered: the RFC 3339 text
+    of each second (a collection's points share their time, and a series' start is often in
+    the same second as others'), and a histogram's bounds (the SDK hands every point of an
+    instrument the same tuple).
     """
 
     def __init__(self) -> None:
-        self._last: dict[int, str] = {}
+        self._seconds: dict[int, str] = {}
+        self._bounds: tuple[Any, list[float]] = ((), [])
 
-    def __call__(self, nanos: int) -> str:
-        text = self._last.get(nanos)
-        if text is None:
-            text = rfc3339_nano(nanos)
-            if len(self._last) >= _STAMPS_KEPT:
-                self._last.clear()
-            self._last[nanos] = text
-        return text
+    def stamp(self, nanos: int) -> str:
+        """Go's ``time.RFC3339Nano`` in UTC, as ``rfc3339_nano``."""
+        seconds, rest = divmod(nanos, 1_000_000_000)
+        prefix = self._seconds.get(seconds)
+        if prefix is None:
+            if len(self._seconds) >= _SECONDS_KEPT:
+                self._seconds.clear()
+            prefix = self._seconds[seconds] = rfc3339_nano(seconds * 1_000_000_000)[:-1]
+        return f"{prefix}.{rest:09d}".rstrip("0") + "Z" if rest else prefix + "Z"
+
+    def bounds(self, bounds: Any) -> list[float]:
+        """A histogram's explicit bounds as floats (a fresh list per row).
+
+        Raises:
+            NonFinite: A bound is NaN or infinite.
+        """
+        known, floats = self._bounds
+        if bounds is not known and bounds != known:
+            floats = [float(b) for b in bounds]
+            if not all(map(math.isfinite, floats)):
+                raise NonFinite("explicit_bounds")
+            self._bounds = (bounds, floats)
+        return floats.copy()
 
 
 def data_kind(data: Any) -> str | None:
@@ -99,7 +117,7 @@ def metric_points(metrics_data: Any) -> Iterator[tuple[dict[str, Any], Any]]:
 
 
 def point_row(
-    kind: str, base: dict[str, Any], data: Any, point: Any, *, stamp: Stamps, start_ns: int
+    kind: str, base: dict[str, Any], data: Any, point: Any, *, formats: Formats, start_ns: int
 ) -> dict[str, Any]:
     """One row: ``base`` (from ``metric_points``) and the point's own fields.
 
@@ -108,12 +126,13 @@ def point_row(
         base: What the metric's rows share.
         data: The metric's ``data`` (temporality, monotonicity).
         point: The data point.
-        stamp: Formats timestamps.
+        formats: Formats timestamps and bounds.
         start_ns: The start time of a point that has none (gauges).
 
     Raises:
         NonFinite: A value, sum or bucket bound is NaN or infinite.
     """
+    stamp = formats.stamp
     row = {
         **base,
         "start_timestamp": stamp(point.start_time_unix_nano or start_ns),
@@ -134,9 +153,7 @@ def point_row(
     row["sum"] = _finite(float(point.sum), "sum")
     if kind == "histogram":
         row["bucket_counts"] = list(point.bucket_counts)
-        row["explicit_bounds"] = [
-            _finite(float(b), "explicit_bounds") for b in point.explicit_bounds
-        ]
+        row["explicit_bounds"] = formats.bounds(point.explicit_bounds)
     else:
         row["scale"] = int(point.scale)
         row["zero_count"] = int(point.zero_count)
@@ -160,9 +177,17 @@ def _finite(value: float, field: str) -> float:
     raise NonFinite(field)
 
 
-def _exemplars(exemplars: Any, stamp: Stamps) -> dict[str, list[Any]]:
+def _exemplars(exemplars: Any, stamp: Callable[[int], str]) -> dict[str, list[Any]]:
     """The five parallel exemplar arrays; an exemplar with a non-finite value is left out."""
-    kept = [e for e in exemplars or () if math.isfinite(e.value)]
+    if not exemplars:
+        return {
+            "exemplars_filtered_attributes": [],
+            "exemplars_timestamp": [],
+            "exemplars_value": [],
+            "exemplars_span_id": [],
+            "exemplars_trace_id": [],
+        }
+    kept = [e for e in exemplars if math.isfinite(e.value)]
     return {
         "exemplars_filtered_attributes": [string_map(e.filtered_attributes) for e in kept],
         "exemplars_timestamp": [stamp(e.time_unix_nano) for e in kept],
