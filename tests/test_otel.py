@@ -197,17 +197,26 @@ class TestSpanExporter:
         tracer = tracer_for(exporter)
         with tracer.start_as_current_span("stuck"):
             pass
-        started = time.monotonic()
-        assert exporter.force_flush(200) is False
-        assert time.monotonic() - started < 3
-        started = time.monotonic()
-        exporter.shutdown(300)
-        exporter.shutdown(300)
-        assert time.monotonic() - started < 3
-        before = server.arrivals
-        assert exporter.export([]) is SpanExportResult.FAILURE
-        assert server.arrivals == before
-        server.release()
+        assert_deadlines_honoured(exporter, server, [], SpanExportResult.FAILURE)
+
+
+def assert_deadlines_honoured(
+    exporter: Any, server: EventsServer, batch: Any, failure: Any
+) -> None:
+    """With what ``exporter`` exported stuck on a hanging ``server``: ``force_flush(200)`` and
+    ``shutdown(300)`` (twice) return within their deadlines, and ``export(batch)`` after
+    shutdown is ``failure`` without sending."""
+    started = time.monotonic()
+    assert exporter.force_flush(200) is False
+    assert time.monotonic() - started < 3
+    started = time.monotonic()
+    exporter.shutdown(300)
+    exporter.shutdown(300)
+    assert time.monotonic() - started < 3
+    before = server.arrivals
+    assert exporter.export(batch) is failure
+    assert server.arrivals == before
+    server.release()
 
 
 class TestLogExporter:
