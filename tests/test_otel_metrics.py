@@ -789,6 +789,105 @@ class TestSettings:
         with pytest.raises(TypeError, match="no setting 'datasource': it sends to four"):
             TinybirdMetricExporter(datasource="metrics")  # type: ignore[call-arg]
 
+    def test_the_files_have_the_templates_columns_in_its_order(self) -> None:
+        """tinybirdco/tinybird-otel-template, datasources/otel_metrics_*.datasource."""
+        text_map = "Map(LowCardinality(String), String)"
+        common = [
+            ("ResourceAttributes", text_map, "$.resource_attributes"),
+            ("ResourceSchemaUrl", "String", "$.resource_schema_url"),
+            ("ScopeName", "String", "$.scope_name"),
+            ("ScopeVersion", "String", "$.scope_version"),
+            ("ScopeAttributes", text_map, "$.scope_attributes"),
+            ("ScopeSchemaUrl", "String", "$.scope_schema_url"),
+            ("ServiceName", "String", "$.service_name"),
+            ("MetricName", "LowCardinality(String)", "$.metric_name"),
+            ("MetricDescription", "String", "$.metric_description"),
+            ("MetricUnit", "String", "$.metric_unit"),
+            ("Attributes", text_map, "$.metric_attributes"),
+            ("StartTimeUnix", "DateTime64(9)", "$.start_timestamp"),
+            ("TimeUnix", "DateTime64(9)", "$.timestamp"),
+        ]
+        exemplars = [
+            ("ExemplarsTraceId", "Array(String)", "$.exemplars_trace_id[:]"),
+            ("ExemplarsSpanId", "Array(String)", "$.exemplars_span_id[:]"),
+            ("ExemplarsTimestamp", "Array(DateTime64(9))", "$.exemplars_timestamp[:]"),
+            ("ExemplarsValue", "Array(Float64)", "$.exemplars_value[:]"),
+            (
+                "ExemplarsFilteredAttributes",
+                f"Array({text_map})",
+                "$.exemplars_filtered_attributes[:]",
+            ),
+        ]
+        value = [("Value", "Float64", "$.value"), ("Flags", "UInt8", "$.flags")]
+        temporality = [("AggregationTemporality", "Int32", "$.aggregation_temporality")]
+        tail = [
+            ("Flags", "UInt8", "$.flags"),
+            ("Min", "Nullable(Float64)", "$.min"),
+            ("Max", "Nullable(Float64)", "$.max"),
+            *temporality,
+        ]
+        counts = [("Count", "UInt64", "$.count"), ("Sum", "Float64", "$.sum")]
+        expected = {
+            "gauge": [*value, *exemplars],
+            "sum": [*value, *exemplars, *temporality, ("IsMonotonic", "Bool", "$.is_monotonic")],
+            "histogram": [
+                *counts,
+                ("BucketCounts", "Array(UInt64)", "$.bucket_counts[:]"),
+                ("ExplicitBounds", "Array(Float64)", "$.explicit_bounds[:]"),
+                *exemplars,
+                *tail,
+            ],
+            "exponential_histogram": [
+                *counts,
+                ("Scale", "Int32", "$.scale"),
+                ("ZeroCount", "UInt64", "$.zero_count"),
+                ("PositiveOffset", "Int32", "$.positive_offset"),
+                ("PositiveBucketCounts", "Array(UInt64)", "$.positive_bucket_counts[:]"),
+                ("NegativeOffset", "Int32", "$.negative_offset"),
+                ("NegativeBucketCounts", "Array(UInt64)", "$.negative_bucket_counts[:]"),
+                *exemplars,
+                *tail,
+            ],
+        }
+        for kind, table in TABLES.items():
+            columns = parse_datasource((DATASOURCES_DIR / f"{table}.datasource").read_text())
+            assert [(c.name, c.type.name, c.jsonpath) for c in columns] == common + expected[kind]
+            assert columns[6].default_sql == "'unknown'"
+
+    def test_tinybirds_own_parser_reads_the_four_files(self, tmp_path: Path) -> None:
+        """The files as Tinybird's CLI (``tb``, Forward) reads them before a deploy."""
+        from tests.test_tinybird_clients import client_env, venv_python
+
+        code = (
+            "import json, sys\n"
+            "from tinybird.datafile.parse_datasource import parse_datasource\n"
+            "for path in sys.argv[1:]:\n"
+            "    result = parse_datasource(path)\n"
+            "    node = result.datafile.nodes[0]\n"
+            "    print(json.dumps([[c['name'], f\"Nullable({c['type']})\" if c.get('nullable')\n"
+            "                       else c['type'], c['jsonpath']] for c in node['columns']]\n"
+            "                     + [dict(node['engine']['args']), len(node['indexes']),\n"
+            "                        [str(w) for w in result.warnings]]))\n"
+        )
+        files = [DATASOURCES_DIR / f"{table}.datasource" for table in TABLES.values()]
+        result = subprocess.run(
+            [venv_python("forward"), "-c", code, *map(str, files)],
+            env=client_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        for path, line in zip(files, result.stdout.splitlines(), strict=True):
+            *columns, engine, indexes, warnings = json.loads(line)
+            ours = parse_datasource(path.read_text())
+            assert columns == [[c.name, c.type.name, c.jsonpath] for c in ours], path.name
+            assert engine["sorting_key"] == (
+                "ServiceName, MetricName, Attributes, toUnixTimestamp64Nano(TimeUnix)"
+            )
+            assert (indexes, warnings) == (6, [])
+
     def test_entry_point(self) -> None:
         (entry_point,) = importlib.metadata.entry_points(
             group="opentelemetry_metrics_exporter", name="tinybird"
