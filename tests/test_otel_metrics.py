@@ -780,6 +780,8 @@ class TestSettings:
         assert names(exporter) == ["my_gauges", "my_sums", "otel_metrics_histogram", "my_exp"]
         with pytest.raises(ValueError, match="TINYBIRD_METRICS_HISTOGRAM_DATASOURCE"):
             TinybirdMetricExporter(enabled=False, histogram_datasource="no-dashes")
+        with pytest.raises(ValueError, match="each kind of point needs its own"):
+            TinybirdMetricExporter(enabled=False, gauge_datasource="my_sums")
 
     def test_a_setting_that_does_not_apply_says_why(self) -> None:
         with pytest.raises(TypeError, match="'shape' does not apply to TinybirdMetricExporter"):

@@ -152,6 +152,14 @@ class TinybirdMetricExporter(MetricExporter):
             _resolve(point_kind, datasource, settings)
             for point_kind, datasource in zip(KINDS, datasources, strict=True)
         ]
+        names = [config.datasource for config in configs]
+        if len(set(names)) < len(names):
+            raise ValueError(
+                f"tinybird-export: {_LABEL}'s data sources are {', '.join(names)}: each kind "
+                "of point needs its own (their columns differ); set gauge_datasource, "
+                "sum_datasource, histogram_datasource and exponential_histogram_datasource "
+                "(or TINYBIRD_METRICS_<KIND>_DATASOURCE) to four names."
+            )
         self._producers = {
             point_kind: Producer(config, _LABEL)
             for point_kind, config in zip(KINDS, configs, strict=True)
