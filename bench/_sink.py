@@ -1,9 +1,10 @@
 """One local sink for every peer's wire format, in its own process; it counts, keeps nothing.
 
-NDJSON (tinybird-export, tinybird-python-sdk), OTLP/HTTP protobuf (OpenTelemetry), JSON
-arrays (python-logstash-async) and msgpack (logtail-python). ``GET /`` returns the counters:
-records, requests, raw bytes (after gzip), the wall-clock time of the last arrival, and the
-requests still being counted.
+NDJSON (tinybird-export, tinybird-python-sdk), OTLP/HTTP protobuf (OpenTelemetry: logs, traces
+and metrics, whose records are data points), JSON arrays (python-logstash-async) and msgpack
+(logtail-python). ``GET /`` returns the counters: records, requests, raw bytes (after gzip),
+bytes as they came on the wire (before gunzip), the wall-clock time of the last arrival, and
+the requests still being counted.
 With ``hang`` it reads each request and never answers (until a long timeout).
 """
 
@@ -28,6 +29,7 @@ class Sink(http.server.BaseHTTPRequestHandler):
         "records": 0,
         "requests": 0,
         "bytes": 0,
+        "wire_bytes": 0,
         "last": 0.0,
         "active": 0,  # requests read but not yet counted
     }
@@ -56,6 +58,7 @@ class Sink(http.server.BaseHTTPRequestHandler):
         if self.hang:
             threading.Event().wait(HANG_SECONDS)
             return
+        wire = len(raw)
         if self.headers.get("Content-Encoding") == "gzip":
             raw = gzip.decompress(raw)
         records = count_records(self.path, self.headers.get("Content-Type") or "", raw)
@@ -63,6 +66,7 @@ class Sink(http.server.BaseHTTPRequestHandler):
             self.counts["records"] += records
             self.counts["requests"] += 1
             self.counts["bytes"] += len(raw)
+            self.counts["wire_bytes"] += wire
             self.counts["last"] = time.time()
         body = json.dumps({"successful_rows": records, "quarantined_rows": 0}).encode()
         self._reply(202 if self.path.startswith("/v0/events") else 200, body)
@@ -76,6 +80,19 @@ class Sink(http.server.BaseHTTPRequestHandler):
 
 
 def count_records(path: str, content_type: str, body: bytes) -> int:
+    if path.startswith("/v1/metrics"):
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+            ExportMetricsServiceRequest,
+        )
+
+        request = ExportMetricsServiceRequest()
+        request.ParseFromString(body)
+        return sum(
+            len(getattr(metric, metric.WhichOneof("data")).data_points)
+            for resource in request.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+        )
     if path.startswith(("/v1/logs", "/v1/traces")):
         from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
             ExportLogsServiceRequest,

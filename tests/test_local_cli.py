@@ -178,7 +178,10 @@ class TestLocalCommand:
         banner = "".join(lines)
         assert "serving the Events API at http://127.0.0.1:" in lines[0]
         assert "engine:" in banner and "strict mode:  off" in banner
-        assert "app_logs, logs, otel_logs, otel_traces, simple_events, traces" in banner
+        assert (
+            "app_logs, logs, otel_logs, otel_metrics_exponential_histogram, otel_metrics_gauge, "
+            "otel_metrics_histogram, otel_metrics_sum, otel_traces, simple_events, traces"
+        ) in banner
         assert lines[6].startswith("export TINYBIRD_HOST=http://127.0.0.1:")
         assert lines[7].startswith("export TINYBIRD_TOKEN=p.local.")
         assert startup < 5  # includes interpreter start-up on a loaded machine (bench: < 2 s)

@@ -197,17 +197,26 @@ class TestSpanExporter:
         tracer = tracer_for(exporter)
         with tracer.start_as_current_span("stuck"):
             pass
-        started = time.monotonic()
-        assert exporter.force_flush(200) is False
-        assert time.monotonic() - started < 3
-        started = time.monotonic()
-        exporter.shutdown(300)
-        exporter.shutdown(300)
-        assert time.monotonic() - started < 3
-        before = server.arrivals
-        assert exporter.export([]) is SpanExportResult.FAILURE
-        assert server.arrivals == before
-        server.release()
+        assert_deadlines_honoured(exporter, server, [], SpanExportResult.FAILURE)
+
+
+def assert_deadlines_honoured(
+    exporter: Any, server: EventsServer, batch: Any, failure: Any
+) -> None:
+    """With what ``exporter`` exported stuck on a hanging ``server``: ``force_flush(200)`` and
+    ``shutdown(300)`` (twice) return within their deadlines, and ``export(batch)`` after
+    shutdown is ``failure`` without sending."""
+    started = time.monotonic()
+    assert exporter.force_flush(200) is False
+    assert time.monotonic() - started < 3
+    started = time.monotonic()
+    exporter.shutdown(300)
+    exporter.shutdown(300)
+    assert time.monotonic() - started < 3
+    before = server.arrivals
+    assert exporter.export(batch) is failure
+    assert server.arrivals == before
+    server.release()
 
 
 class TestLogExporter:
@@ -362,7 +371,7 @@ class TestEntryPointsAndSchemas:
             **child_env(server),
             "OTEL_TRACES_EXPORTER": "tinybird",
             "OTEL_LOGS_EXPORTER": "tinybird",
-            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "tinybird",
             "OTEL_SERVICE_NAME": "otel-example",
             "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED": "true",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
@@ -385,6 +394,12 @@ class TestEntryPointsAndSchemas:
         assert "order placed" in {entry["event"] for entry in logs}
         placed = next(entry for entry in logs if entry["event"] == "order placed")
         assert placed["trace_id"] in {s["trace_id"] for s in spans}
+        (orders,) = server.events("otel_metrics_sum")
+        assert (orders["metric_name"], orders["value"], orders["service_name"]) == (
+            "orders",
+            1,
+            "otel-example",
+        )
 
     @pytest.mark.parametrize(
         ("file", "make_event", "not_stored"),

@@ -19,7 +19,8 @@ def test_all_lists_exactly_the_public_names() -> None:
         if inspect.ismodule(getattr(tinybird_export, name))
         or isinstance(getattr(tinybird_export, name), __future__._Feature)
     }
-    lazy = {"TinybirdLogExporter", "TinybirdSpanExporter"}  # imported on first access
+    # Imported on first access.
+    lazy = {"TinybirdLogExporter", "TinybirdMetricExporter", "TinybirdSpanExporter"}
     assert set(tinybird_export.__all__) == (public - not_api) | {"__version__"} | lazy
     assert tinybird_export.__all__ == sorted(tinybird_export.__all__)
 

@@ -20,7 +20,7 @@ def __getattr__(name: str) -> object:
     """The OpenTelemetry exporters, imported on first use: ``import tinybird_export`` (and
     the handler) must not import OpenTelemetry (it needs the ``otel`` extra).
     """
-    if name in ("TinybirdLogExporter", "TinybirdSpanExporter"):
+    if name in ("TinybirdLogExporter", "TinybirdMetricExporter", "TinybirdSpanExporter"):
         from tinybird_export import otel  # noqa: PLC0415
 
         return getattr(otel, name)
@@ -38,6 +38,7 @@ __all__ = [
     "TinybirdEvents",
     "TinybirdHandler",
     "TinybirdLogExporter",
+    "TinybirdMetricExporter",
     "TinybirdSpanExporter",
     "__version__",
     "install_sigterm_handler",

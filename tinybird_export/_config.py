@@ -81,6 +81,20 @@ class ExporterSettings(CommonSettings, total=False):
     shape: str | None
 
 
+class MetricExporterSettings(CommonSettings, total=False):
+    """The metric exporter's settings: the common ones (metrics have one shape, the
+    template's; their four data sources are arguments of their own).
+    """
+
+
+METRICS_DATASOURCE_ENV: Final = {
+    kind: f"TINYBIRD_METRICS_{kind.upper()}_DATASOURCE"
+    for kind in ("gauge", "sum", "histogram", "exponential_histogram")
+}
+"""The metric exporter's data sources: an env var per kind of data point, default
+``otel_metrics_<kind>`` (the template's names)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """What takes the settings: its name in errors and the settings that apply to it."""
@@ -99,7 +113,7 @@ _NOT_HERE: Final = {
     "service": "set it on the OpenTelemetry resource (OTEL_SERVICE_NAME), or in fields",
     "fields": "it only applies to TinybirdHandler and TinybirdEvents",
     "extras": "it only applies to log records: other events are sent as given",
-    "shape": "it only applies to the OpenTelemetry exporters",
+    "shape": "it only applies to the span and log exporters (metrics have the template's)",
 }
 
 

@@ -65,7 +65,8 @@ def _scope(item: Any) -> Any:
     )
 
 
-def _scope_fields(scope: Any, resource: Any) -> dict[str, Any]:
+def scope_fields(scope: Any, resource: Any) -> dict[str, Any]:
+    """The template's resource and scope columns, from an instrumentation scope and a resource."""
     return {
         "resource_schema_url": getattr(resource, "schema_url", "") or "",
         "resource_attributes": resource_map(resource),
@@ -91,7 +92,8 @@ def resource_map(resource: Any) -> dict[str, str]:
     return dict(mapped)  # a copy: a before_send hook may change the event
 
 
-def _service(resource: Any) -> str:
+def service_name(resource: Any) -> str:
+    """The resource's ``service.name`` as text (``""`` without one), from the cache."""
     cached, mapped = _resource_cache
     if cached is not resource:
         resource_map(resource)
@@ -154,7 +156,7 @@ def span_to_flat(span: Any) -> dict[str, Any]:
         "status": _STATUS_NAMES[span.status.status_code.value],
         "status_message": span.status.description or "",
         "duration_ms": (end - start) / 1e6,
-        "service": _service(span.resource),
+        "service": service_name(span.resource),
         "exception": _exception_text(span.events),
         "event_id": event_ids.next(),
         "attributes": string_map(attributes),
@@ -177,7 +179,7 @@ def span_to_otel(span: Any) -> dict[str, Any]:
         "trace_flags": int(context.trace_flags),
         "span_name": span.name,
         "span_kind": _SPAN_KINDS[span.kind.value] if span.kind.value < 5 else "Unspecified",
-        "service_name": _service(span.resource),
+        "service_name": service_name(span.resource),
         "duration": end - start,
         "status_code": _STATUS_CODES[span.status.status_code.value],
         "status_message": span.status.description or "",
@@ -192,7 +194,7 @@ def span_to_otel(span: Any) -> dict[str, Any]:
             for link in links
         ],
         "links_attributes": [string_map(link.attributes) for link in links],
-        **_scope_fields(_scope(span), span.resource),
+        **scope_fields(_scope(span), span.resource),
     }
 
 
@@ -230,9 +232,9 @@ def log_to_otel(item: Any) -> dict[str, Any]:
         "severity_text": record.severity_text or "",
         "severity_number": severity.value if severity is not None else 0,
         "body": _body(record),
-        "service_name": _service(resource),
+        "service_name": service_name(resource),
         "log_attributes": string_map(record.attributes),
-        **_scope_fields(scope, resource),
+        **scope_fields(scope, resource),
     }
 
 
@@ -251,7 +253,7 @@ def log_to_flat(item: Any) -> dict[str, Any]:
         "span_id": _hex(record.span_id, 16),
         "level": record.severity_text or "",
         "logger": getattr(scope, "name", "") or "",
-        "service": _service(resource),
+        "service": service_name(resource),
         "module": "",
         "function": str(
             attributes.get("code.function.name") or attributes.get("code.function") or ""

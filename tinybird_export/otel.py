@@ -1,6 +1,6 @@
-"""OpenTelemetry exporters: spans and log records to the Events API, no Collector needed.
+"""OpenTelemetry exporters: spans, log records and metrics to the Events API, no Collector.
 
-Both put events through the same producer and shared worker as ``TinybirdHandler``:
+All put events through the same producers and shared worker as ``TinybirdHandler``:
 ``export()`` converts and queues (no I/O), so ``SimpleSpanProcessor`` is cheap, and
 ``BatchSpanProcessor`` works too. Needs the ``otel`` extra (``opentelemetry-sdk``).
 """
@@ -23,6 +23,7 @@ from tinybird_export._otel_mapper import (
     span_to_flat,
     span_to_otel,
 )
+from tinybird_export._otel_metric_exporter import TinybirdMetricExporter
 from tinybird_export._producer import Producer
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ except ImportError:  # pragma: no cover - exercised by the lowest supported SDK 
     from opentelemetry.sdk._logs.export import LogExporter as _LogExporterBase  # type: ignore[assignment,unused-ignore]
     from opentelemetry.sdk._logs.export import LogExportResult as _LogResult  # type: ignore[assignment,unused-ignore]
 
-__all__ = ["TinybirdLogExporter", "TinybirdSpanExporter"]
+__all__ = ["TinybirdLogExporter", "TinybirdMetricExporter", "TinybirdSpanExporter"]
 
 
 class _Exporter:

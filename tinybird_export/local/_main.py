@@ -16,7 +16,7 @@ _DESCRIPTION = """\
 A local Tinybird on this machine, no account and no Docker: the Events API (POST /v0/events),
 read-only SQL (/v0/sql) and the workspace, Data Sources, jobs and Forward build/deploy routes
 that Tinybird's CLIs and SDKs use. The package's own data sources (app_logs, simple_events,
-traces, logs, otel_logs, otel_traces) are declared from the start."""
+traces, logs, otel_logs, otel_traces, otel_metrics_*) are declared from the start."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
