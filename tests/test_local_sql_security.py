@@ -78,6 +78,12 @@ OUTSIDE = [
     "select 1 settings max_execution_time = 0",
     "select * from (select 1 settings max_memory_usage = 0)",
     "SET max_execution_time = 0",
+    # SHOW that is not SHOW TABLES, and what reads the server's state
+    "show processlist",
+    "show settings like '%'",
+    "show merges",
+    "show grants",
+    "use system",
     # anything that is not a read
     "KILL QUERY WHERE 1",
     "SYSTEM SHUTDOWN",
@@ -117,6 +123,7 @@ ALLOWED = [
     "describe table app_logs",
     "describe (select 1)",
     "show tables",
+    "show databases",
     "show columns from app_logs",
     "exists table app_logs",
     "show create table app_logs",

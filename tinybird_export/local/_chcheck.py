@@ -81,6 +81,7 @@ _STATEMENTS = {
     "ExistsTableQuery": frozenset({"Identifier"}),
     "ShowCreateTableQuery": frozenset({"Identifier"}),
 }
+_SHOW_TABLES = ("SHOW TABLES", "SHOW FULL TABLES", "SHOW DATABASES")
 _NODES = frozenset(
     {
         "SelectWithUnionQuery",
@@ -220,17 +221,21 @@ def _consistent(node: Node) -> bool:
     return len(node.children) == node.declared and all(_consistent(c) for c in node.children)
 
 
-def refusal(dump: str, database: str) -> str | None:
+def refusal(dump: str, database: str, canonical: str = "") -> str | None:
     """Why the query whose ``EXPLAIN AST`` is ``dump`` may not run, or None.
 
     Args:
         dump: ``EXPLAIN AST`` of the canonical text.
         database: The workspace's database (tables may name it).
+        canonical: The canonical text (``SHOW TABLES`` and ``SHOW SETTINGS``, ``SHOW
+            MERGES``... share one node: only the text tells them apart).
     """
     try:
         root = parse_tree(dump)
     except ReadOnlyError as exc:
         return str(exc)
+    if root.kind == "ShowTables" and not canonical.startswith(_SHOW_TABLES):
+        return READ_ONLY
     return _statement(root) or _walk(root, None, database)
 
 

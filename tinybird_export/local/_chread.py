@@ -102,7 +102,7 @@ class Reads:
             raise
         except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors
             raise self._error(exc) from None
-        refusal = _chcheck.refusal(tree, self._database)
+        refusal = _chcheck.refusal(tree, self._database, text)
         if refusal:
             raise ReadOnlyError(refusal)
         if len(self._checked) >= _CHECKED_MAX:
