@@ -44,6 +44,11 @@ def call(
     )
 
 
+def send_event(url: str, target: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+    """POST one event to ``/v0/events?<target>``."""
+    return call(url, "POST", f"/v0/events?{target}", headers, ndjson(EVENT))
+
+
 def exchange(url: str, head: str, body: bytes = b"", timeout: float = 10) -> tuple[bytes, float]:
     """Send a raw request (``head`` without its final blank line) and read the first
     answer's status line and headers; also how long that took.
@@ -102,14 +107,9 @@ class TestDNSRebinding:
 
     def test_a_rebound_post_writes_nothing(self, either: LocalServer | EventsServer) -> None:
         token = either.token or ""
-        response = call(
-            either.url,
-            "POST",
-            f"/v0/events?name=rebound&token={token}",
-            {"Host": f"attacker.example:{port_of(either.url)}", "Authorization": f"Bearer {token}"},
-            ndjson(EVENT),
-        )
-        assert response.status == 403
+        host = f"attacker.example:{port_of(either.url)}"
+        headers = {"Host": host, "Authorization": f"Bearer {token}"}
+        assert send_event(either.url, f"name=rebound&token={token}", headers).status == 403
         assert stored(either, "rebound") == 0
 
     @pytest.mark.parametrize(
@@ -153,13 +153,7 @@ class TestCrossOrigin:
                 {"Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"},
                 {"Sec-Fetch-Site": "same-site", "Content-Type": "text/plain"},  # another port
             ):
-                response = call(
-                    server.url,
-                    "POST",
-                    f"/v0/events?name=forged&token={server.token}",
-                    headers,
-                    ndjson(EVENT),
-                )
+                response = send_event(server.url, f"name=forged&token={server.token}", headers)
                 assert response.status == 403, headers
                 assert "cross-" in orjson.loads(response.data)["error"]
             assert "forged" not in server.store.infos
@@ -181,13 +175,8 @@ class TestCrossOrigin:
 
     def test_the_events_server_refuses_other_origins_too(self) -> None:
         with EventsServer() as server:
-            response = call(
-                server.url,
-                "POST",
-                "/v0/events?name=forged",
-                {"Origin": FOREIGN, "Authorization": f"Bearer {server.token}"},
-                ndjson(EVENT),
-            )
+            headers = {"Origin": FOREIGN, "Authorization": f"Bearer {server.token}"}
+            response = send_event(server.url, "name=forged", headers)
             assert response.status == 403 and server.events() == []
             assert server.requests[0].status == 403  # recorded, for tests that look
 
@@ -195,23 +184,15 @@ class TestCrossOrigin:
         """The page the server serves itself (the next issue's) calls it with fetch."""
         token = either.token or ""
         own = either.url
-        response = call(
-            either.url,
-            "POST",
-            "/v0/events?name=own",
-            {"Origin": own, "Sec-Fetch-Site": "same-origin", "Authorization": f"Bearer {token}"},
-            ndjson(EVENT),
-        )
-        assert response.status == 202
+        headers = {
+            "Origin": own,
+            "Sec-Fetch-Site": "same-origin",
+            "Authorization": f"Bearer {token}",
+        }
+        assert send_event(either.url, "name=own", headers).status == 202
         other_name = own.replace("127.0.0.1", "localhost")  # same server, another origin
-        response = call(
-            either.url,
-            "POST",
-            "/v0/events?name=own",
-            {"Origin": other_name, "Authorization": f"Bearer {token}"},
-            ndjson(EVENT),
-        )
-        assert response.status == 403
+        headers = {"Origin": other_name, "Authorization": f"Bearer {token}"}
+        assert send_event(either.url, "name=own", headers).status == 403
 
     def test_a_typed_url_is_allowed(self, local: LocalServer) -> None:
         response = call(
@@ -374,22 +355,9 @@ class TestBodies:
                 assert response.status == 413
 
     def test_gzip_members_and_padding_decode_as_gzip_does(self, either: Any) -> None:
-        token = either.token or ""
+        headers = {"Authorization": f"Bearer {either.token or ''}", "Content-Encoding": "gzip"}
         body = gzip.compress(ndjson(EVENT)) + gzip.compress(ndjson(EVENT)) + b"\0" * 8
-        response = call(
-            either.url,
-            "POST",
-            "/v0/events?name=members",
-            {"Authorization": f"Bearer {token}", "Content-Encoding": "gzip"},
-            body,
-        )
-        assert response.status == 202 and orjson.loads(response.data)["successful_rows"] == 2
         many = gzip.compress(b"") * 100
-        response = call(
-            either.url,
-            "POST",
-            "/v0/events?name=members",
-            {"Authorization": f"Bearer {token}", "Content-Encoding": "gzip"},
-            many,
-        )
-        assert response.status == 400
+        answers = [call(either.url, "POST", "/v0/events?name=m", headers, b) for b in (body, many)]
+        assert answers[0].status == 202 and orjson.loads(answers[0].data)["successful_rows"] == 2
+        assert answers[1].status == 400
