@@ -320,7 +320,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         early, length = self._before_body()
         raw = b"" if early else self.rfile.read(length)
-        if parts.path.startswith("/v1/"):  # an OTLP/HTTP sink, for side-by-side benchmarks
+        if parts.path.startswith("/v1/") and early is None:  # an OTLP/HTTP sink (benchmarks)
             owner._store(
                 ReceivedRequest(
                     "POST",
@@ -373,22 +373,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return None if reason is None else (403, {"error": reason})
 
     def _before_body(self) -> tuple[tuple[int, Any] | None, int]:
-        """The token and the size cap, checked on the headers alone (so an unauthenticated
-        or oversized body is never read), and the body's length.
+        """The token, then the size cap, checked on the headers alone (an unauthenticated or
+        oversized body is never read), and the body's announced length.
         """
         owner = self.server.events_server
-        try:
-            length = _ingest_body.declared_length(self.headers, owner.max_body_bytes)
-        except _ingest_body.BodyError as exc:
-            oversized = exc.status == 413
-            return (exc.status, {"error": str(exc)}), (
-                int(self.headers.get("Content-Length") or 0) if oversized else 0
-            )
-        if urllib.parse.urlsplit(self.path).path != "/v0/events":
-            return None, length
-        if owner.token is not None and self.headers.get("Authorization") != f"Bearer {owner.token}":
+        announced = self.headers.get("Content-Length") or "0"
+        length = int(announced) if announced.isdigit() else 0
+        on_events = urllib.parse.urlsplit(self.path).path == "/v0/events"
+        token = self.headers.get("Authorization")
+        if on_events and owner.token is not None and token != f"Bearer {owner.token}":
             return (403, {"error": "invalid authentication token"}), length
-        return None, length
+        try:
+            return None, _ingest_body.declared_length(self.headers, owner.max_body_bytes)
+        except _ingest_body.BodyError as exc:
+            return (exc.status, {"error": str(exc)}), length if exc.status == 413 else 0
 
     def _record_refusal(
         self,
@@ -403,17 +401,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             ReceivedRequest("POST", path, query, headers, b"", b"", refused[0], received_at), 0
         )
         self._answer(*refused, close=True)
-        length = self.headers.get("Content-Length") or "0"
-        _ingest_body.discard(self.rfile, self.connection, int(length) if length.isdigit() else 0)
+        _ingest_body.discard(self.rfile, self.connection, self._before_body()[1])
 
     def _evaluate(
         self, owner: EventsServer, path: str, query: Mapping[str, str], raw: bytes, reply: Reply
     ) -> tuple[int, Any, bytes, int]:
         """Status, response payload, decoded body and row count, as Tinybird would answer."""
-        if path != "/v0/events":
+        if path != "/v0/events":  # (the token was checked before the body was read)
             return 404, {"error": f"unknown path {path}"}, raw, 0
-        if owner.token is not None and self.headers.get("Authorization") != f"Bearer {owner.token}":
-            return 403, {"error": "invalid authentication token"}, raw, 0
         if not query.get("name"):
             return 400, {"error": "name parameter is required"}, raw, 0
         try:
