@@ -84,6 +84,17 @@ class TestMemoryAndResultSize:
             assert status == 400 and "MEMORY_LIMIT_EXCEEDED" in str(body["error"]), body
             assert sql(server, "select 1 x")["data"] == [{"x": 1}]  # still serving
 
+    def test_queries_together_have_a_memory_limit_too(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """max_memory_usage_for_user: what all queries hold at once (here, one is enough)."""
+        monkeypatch.setattr(_limits, "QUERIES_MEMORY_BYTES", 200 * 1024**2)
+        with LocalServer(engine="clickhouse") as server:
+            status, body, _ = timed_sql(
+                server, "select length(groupArray(number)) from numbers(1e8)"
+            )
+            assert status == 400 and "User memory limit exceeded" in str(body["error"]), body
+
     def test_a_huge_result_is_refused(self, bounded: None) -> None:
         with LocalServer(engine="clickhouse") as server:
             status, body, took = timed_sql(server, "select number from numbers(3e8) format JSON")

@@ -4,7 +4,8 @@ Read-only SQL, twice over: ClickHouse's own parser must show a query on ``_chche
 allowlist (one SELECT of known clauses, generator table functions, no ``INTO OUTFILE``, no
 ``file()``), and it runs on a reader opened with ``readonly=1`` (no writes, DDL, SYSTEM,
 settings, or table functions that touch files or the network) and ``_limits``' bounds:
-ClickHouse's own ``max_execution_time``, ``max_memory_usage`` and ``max_result_rows/bytes``.
+ClickHouse's own ``max_execution_time``, ``max_memory_usage`` (and ``_for_user``, for all
+queries together) and ``max_result_rows/bytes``.
 
 Readers are a pool (``_limits.Readers``): queries run side by side, never behind the writer.
 A query is killed (``KILL QUERY``, from a connection of its own, matched by the reader's
@@ -40,6 +41,7 @@ def _read_settings() -> str:
         "readonly=1&allow_introspection_functions=0"
         f"&max_execution_time={_limits.QUERY_SECONDS}&timeout_overflow_mode=throw"
         f"&max_memory_usage={_limits.QUERY_MEMORY_BYTES}"
+        f"&max_memory_usage_for_user={_limits.QUERIES_MEMORY_BYTES}"
         f"&max_result_rows={_limits.RESULT_ROWS}&max_result_bytes={_limits.RESULT_BYTES}"
         "&result_overflow_mode=throw&function_sleep_max_microseconds_per_block=500000"
     )

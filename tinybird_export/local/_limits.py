@@ -22,6 +22,9 @@ QUERY_SECONDS = 10
 """Tinybird's default query time limit (TIMEOUT_EXCEEDED, code 159, after 10 s)."""
 QUERY_MEMORY_BYTES = 2 * 1024**3
 """ClickHouse's ``max_memory_usage`` for one query."""
+QUERIES_MEMORY_BYTES = 3 * 1024**3
+"""ClickHouse's ``max_memory_usage_for_user``: every query running at once (they all run as
+chDB's one user)."""
 RESULT_ROWS = 1_000_000
 RESULT_BYTES = 100 * 1000 * 1000
 """``max_result_rows`` / ``max_result_bytes``: the answer is built in memory, and written as
