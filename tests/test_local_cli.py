@@ -331,10 +331,16 @@ def test_the_banner_warns_when_other_machines_can_reach_the_server() -> None:
 
     exposed = LocalServer(host="0.0.0.0")  # bound, never started: nothing is served
     try:
-        assert "warning:" in banner(exposed, ":memory:") and "/tokens" in banner(
-            exposed, ":memory:"
-        )
+        said = banner(exposed, ":memory:")
+        assert "warning:" in said and "anyone who can reach" in said
+        assert "read and write this workspace" in said
+        assert "GET /tokens answers this machine only (--allow-remote-tokens" in said
     finally:
         exposed.stop()
+    allowed = LocalServer(host="0.0.0.0", allow_remote_tokens=True)
+    try:
+        assert "GET /tokens gives them the token" in banner(allowed, ":memory:")
+    finally:
+        allowed.stop()
     with LocalServer() as local:
         assert "warning:" not in banner(local, ":memory:")

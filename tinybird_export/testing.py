@@ -4,8 +4,10 @@
 checked, gzip bodies, NDJSON validated, ``successful_rows``/``quarantined_rows`` bodies) and
 records what arrives, decoded. It can be scripted to answer any status with any headers, to
 delay, to hang until released, and to reset connections, so that every failure a shipper
-meets can be reproduced on one machine. The ``tinybird_server`` pytest fixture (installed
-with the package) yields a running one.
+meets can be reproduced on one machine. Like ``tinybird-export local`` it answers only
+requests addressed to it (``127.0.0.1``, ``localhost``) and no page from another origin
+(``_http_guard``), and checks the token and the size cap before it reads a body. The
+``tinybird_server`` pytest fixture (installed with the package) yields a running one.
 
 Example::
 
@@ -34,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from tinybird_export import _ingest_body
+from tinybird_export import _http_guard, _ingest_body
 from tinybird_export._hostile import hostile_answer as _hostile_answer
 from tinybird_export._rate_limit import TokenBuckets
 
@@ -295,16 +297,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the tests read the recorded requests instead."""
 
+    def handle_expect_100(self) -> bool:
+        """Refuse before the client sends its body, or let it send."""
+        refused = self._guard() or self._before_body()[0]
+        if refused is not None:
+            self._answer(*refused, close=True)
+            return False
+        return super().handle_expect_100()
+
     def do_GET(self) -> None:
-        self._answer(404, {"error": "not found"})
+        refused = self._guard()
+        self._answer(*(refused or (404, {"error": "not found"})))
 
     def do_POST(self) -> None:
         owner = self.server.events_server
         parts = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(parts.query))
         received_at = time.monotonic()
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if parts.path.startswith("/v1/"):  # an OTLP/HTTP sink, for side-by-side benchmarks
+        guarded = self._guard()
+        if guarded is not None:  # not addressed to it, or another origin: not Tinybird's
+            self._record_refusal(owner, parts.path, query, received_at, guarded)
+            return
+        early, length = self._before_body()
+        raw = b"" if early else self.rfile.read(length)
+        if parts.path.startswith("/v1/") and early is None:  # an OTLP/HTTP sink (benchmarks)
             owner._store(
                 ReceivedRequest(
                     "POST",
@@ -323,7 +339,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         reply = owner._next_reply()
         owner._arrived()
         self.limit_headers: dict[str, str] = {}
-        status, payload, body, rows = self._evaluate(owner, parts.path, query, raw, reply)
+        if early:
+            status, payload, body, rows = (*early, raw, 0)
+        else:
+            status, payload, body, rows = self._evaluate(owner, parts.path, query, raw, reply)
         request = ReceivedRequest(
             "POST", parts.path, query, dict(self.headers.items()), raw, body, status, received_at
         )
@@ -344,16 +363,52 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             _hostile_answer(self, owner, status, reply)
         else:
-            self._answer(status, payload, headers)
+            self._answer(status, payload, headers, close=early is not None)
+        if early is not None:  # the body was not read: drop what still comes, then close
+            _ingest_body.discard(self.rfile, self.connection, length)
+
+    def _guard(self) -> tuple[int, Any] | None:
+        owner = self.server.events_server
+        reason = _http_guard.refusal(self.headers, scheme="https" if owner.tls else "http")
+        return None if reason is None else (403, {"error": reason})
+
+    def _before_body(self) -> tuple[tuple[int, Any] | None, int]:
+        """The token, then the size cap, checked on the headers alone (an unauthenticated or
+        oversized body is never read), and the body's announced length.
+        """
+        owner = self.server.events_server
+        announced = self.headers.get("Content-Length") or "0"
+        length = int(announced) if announced.isdigit() else 0
+        on_events = urllib.parse.urlsplit(self.path).path == "/v0/events"
+        token = self.headers.get("Authorization")
+        if on_events and owner.token is not None and token != f"Bearer {owner.token}":
+            return (403, {"error": "invalid authentication token"}), length
+        try:
+            return None, _ingest_body.declared_length(self.headers, owner.max_body_bytes)
+        except _ingest_body.BodyError as exc:
+            return (exc.status, {"error": str(exc)}), length if exc.status == 413 else 0
+
+    def _record_refusal(
+        self,
+        owner: EventsServer,
+        path: str,
+        query: Mapping[str, str],
+        received_at: float,
+        refused: tuple[int, Any],
+    ) -> None:
+        headers = dict(self.headers.items())
+        owner._store(
+            ReceivedRequest("POST", path, query, headers, b"", b"", refused[0], received_at), 0
+        )
+        self._answer(*refused, close=True)
+        _ingest_body.discard(self.rfile, self.connection, self._before_body()[1])
 
     def _evaluate(
         self, owner: EventsServer, path: str, query: Mapping[str, str], raw: bytes, reply: Reply
     ) -> tuple[int, Any, bytes, int]:
         """Status, response payload, decoded body and row count, as Tinybird would answer."""
-        if path != "/v0/events":
+        if path != "/v0/events":  # (the token was checked before the body was read)
             return 404, {"error": f"unknown path {path}"}, raw, 0
-        if owner.token is not None and self.headers.get("Authorization") != f"Bearer {owner.token}":
-            return 403, {"error": "invalid authentication token"}, raw, 0
         if not query.get("name"):
             return 400, {"error": "name parameter is required"}, raw, 0
         try:
@@ -378,15 +433,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         payload = {"successful_rows": rows - quarantined, "quarantined_rows": quarantined}
         return status, reply.body or payload, body, rows
 
-    def _answer(self, status: int, payload: Any, headers: Mapping[str, str] = {}) -> None:
+    def _answer(
+        self, status: int, payload: Any, headers: Mapping[str, str] = {}, *, close: bool = False
+    ) -> None:
         data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         for name, value in headers.items():
             self.send_header(name, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
+        if close:
+            self.wfile.flush()
 
     def _reset(self) -> None:
         # SO_LINGER with a zero timeout makes close() send RST instead of FIN.

@@ -86,6 +86,8 @@ class LocalServer:
             ``--engine`` default).
         package_datasources: Declare the package's own data sources (``app_logs``,
             ``simple_events``, ``traces``, ``logs``, ``otel_*``).
+        allow_remote_tokens: Answer ``GET /tokens`` to other machines too (by default only
+            clients on this machine get the token from it).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class LocalServer:
         max_body_bytes: int = _MAX_BODY,
         engine: str = "sqlite",
         package_datasources: bool = True,
+        allow_remote_tokens: bool = False,
     ) -> None:
         self.engine_name = resolve_engine(engine)
         declared = declared_datafiles(
@@ -120,7 +123,16 @@ class LocalServer:
         self.declared = sorted(declared)
         self.token = self.store.token
         self.strict = strict
-        self._httpd.state = State(self.store, strict, max_body_bytes)
+        self.allow_remote_tokens = allow_remote_tokens
+        # The name it was told to serve is its own (DNS rebinding checks the Host header).
+        names = frozenset() if host in ("", "0.0.0.0", "::") else {host.lower()}  # noqa: S104
+        self._httpd.state = State(
+            self.store,
+            strict,
+            max_body_bytes,
+            host_names=frozenset(names),
+            allow_remote_tokens=allow_remote_tokens,
+        )
         self._thread: threading.Thread | None = None
 
     @property

@@ -38,6 +38,10 @@ class State:
     engine: Engine
     strict: bool
     max_body_bytes: int
+    host_names: frozenset[str] = frozenset()
+    """Names the server answers to besides loopback ones and IP addresses (``--host``)."""
+    allow_remote_tokens: bool = False
+    """Answer ``GET /tokens`` to other machines too."""
     workspaces: list[str] = dataclasses.field(default_factory=lambda: [WORKSPACE])
     jobs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     deployments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -227,7 +231,9 @@ def _delete_rows(state: State, request: Request, args: dict[str, str]) -> Respon
         return Response.error(400, "'delete_condition' is required: the rows to delete")
     dry_run = form.get("dry_run") == "true"
     try:
-        matched = state.engine.delete_rows(args["name"], condition, dry_run=dry_run)
+        matched = state.engine.delete_rows(
+            args["name"], condition, dry_run=dry_run, cancel=request.cancel
+        )
     except UnknownDataSource:
         return Response.error(404, f'Data Source "{args["name"]}" does not exist')
     except QueryError as exc:
@@ -267,7 +273,7 @@ def _sql(state: State, request: Request, args: dict[str, str]) -> Response:
     if not sql.strip():
         return Response.error(400, "The 'q' parameter is required: the SQL to run")
     try:
-        result = state.engine.query(sql)
+        result = state.engine.query(sql, request.cancel)
     except QueryError as exc:
         return Response.error(exc.status, f"[Error] {exc}")
     return Response(200, result.body, result.content_type)

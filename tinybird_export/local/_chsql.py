@@ -1,5 +1,5 @@
-"""ClickHouse-engine helpers: the read-only verdict on a query's syntax tree, error messages,
-the CREATE TABLE for a ``.datasource`` file, and the catalog file beside the data.
+"""ClickHouse-engine helpers: error messages, the CREATE TABLE for a ``.datasource`` file, and
+the catalog file beside the data (the read-only verdict is ``_chcheck``'s).
 """
 
 from __future__ import annotations
@@ -9,42 +9,16 @@ from pathlib import Path
 
 import orjson
 
+from tinybird_export.local import _limits
+from tinybird_export.local._chcheck import READ_ONLY
 from tinybird_export.local._datafile import DataFile
 from tinybird_export.local._engine import DataSourceInfo, QueryError, ReadOnlyError
 from tinybird_export.local._schema import Column
 
-_ROOTS = (
-    "SelectWithUnionQuery",
-    "SelectQuery",
-    "ShowTables",
-    "ShowColumns",
-    "DescribeQuery",
-    "Explain",
-    "ExistsTableQuery",
-    "ShowCreateTableQuery",
-)
-_TABLE_FUNCTIONS = frozenset(
-    {
-        "numbers",
-        "numbers_mt",
-        "generaterandom",
-        "values",
-        "view",
-        "null",
-        "merge",
-        "generate_series",
-        "generateseries",
-        "zeros",
-        "zeros_mt",
-    }
-)
-_DENIED_FUNCTIONS = frozenset({"file", "catboostevaluate", "evalmlmodel"})
-_FUNCTION = re.compile(r"^(\s*)Function (\w+)")
+SETTINGS = "session_timezone=UTC&output_format_json_quote_64bit_integers=0"
+"""What every connection of the engine shares."""
 _CODE = re.compile(r"Code: (\d+)\.")
-READ_ONLY = (
-    "the local server is read-only: /v0/sql runs SELECT queries only (send rows to "
-    "/v0/events or the Data Sources API)"
-)
+_TIMEOUT, _CANCELLED, _READONLY, _UNKNOWN_TABLE = "159", "394", "164", "60"
 
 
 def create_table(datafile: DataFile) -> str:
@@ -89,38 +63,25 @@ def column_of(exc: Exception) -> str:
     return match.group(1) if match else ""
 
 
-def refusal(tree: str) -> str | None:
-    """Why the query whose ``EXPLAIN AST`` is ``tree`` may not run, or None.
-
-    It must be a SELECT/SHOW/DESCRIBE/EXPLAIN/EXISTS whose table functions are generators,
-    and call no function that reads files: ``readonly=1`` already refuses writes, DDL,
-    SYSTEM, settings and the table functions that read files or the network, but not the
-    scalar ``file()`` (and not KILL).
+def query_error(exc: Exception, datasources: list[str], *, stopping: bool) -> QueryError:
+    """The answer to a query ClickHouse refused: read-only, unknown table, over the time
+    limit (408, as Tinybird), interrupted by the server's stop (503), or its reason.
     """
-    lines = tree.splitlines()
-    root = lines[0].split()[0] if lines else ""
-    if root not in _ROOTS:
-        return READ_ONLY
-    for number, line in enumerate(lines):
-        match = _FUNCTION.match(line)
-        if match is None:
-            continue
-        function = match.group(2).lower()
-        table_function = number > 0 and lines[number - 1].strip().startswith("TableExpression")
-        if function in _DENIED_FUNCTIONS or (table_function and function not in _TABLE_FUNCTIONS):
-            return f"{READ_ONLY}; {match.group(2)}() is not allowed"
-    return None
-
-
-def query_error(exc: Exception, datasources: list[str]) -> QueryError:
-    """The answer to a query ClickHouse refused: read-only, unknown table, or its reason."""
     text = reason(exc)
-    code = _CODE.search(str(exc))
-    if code and code.group(1) == "164":
+    match = _CODE.search(str(exc))
+    code = match.group(1) if match else ""
+    if code == _READONLY and "Cannot modify" in text:
+        return ReadOnlyError(f"{READ_ONLY}; SETTINGS is not allowed (Tinybird refuses it too)")
+    if code == _READONLY:
         return ReadOnlyError(READ_ONLY)
-    if code and code.group(1) == "60":
+    if code == _UNKNOWN_TABLE:
         existing = ", ".join(datasources) or "none yet (send events first)"
         return QueryError(f"{text}. Data sources: {existing}")
+    if code == _TIMEOUT:
+        limit = _limits.QUERY_SECONDS
+        return _limits.QueryTimeout(f"{text} (Tinybird's limit too: {limit} s)")
+    if code == _CANCELLED and stopping:
+        return _limits.ServerStopping()
     return QueryError(text)
 
 

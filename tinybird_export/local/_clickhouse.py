@@ -6,11 +6,8 @@ and ``ENGINE_*`` keys), so ``/v0/sql`` answers are ClickHouse's own: functions, 
 ``_schema.py``, shared with the SQLite engine); a row ClickHouse still refuses is found by
 halving the batch, so a bad row never rejects its batch.
 
-Read-only SQL, twice over: user queries run on their own chDB connection opened with
-``readonly=1`` (no writes, no DDL, no SYSTEM, no settings, no table function that reads a
-file or the network), and before that ClickHouse's own parser (``EXPLAIN AST``) must show a
-SELECT/SHOW/DESCRIBE/EXPLAIN/EXISTS whose table functions are on a short list of generators
-and which calls no function that reads files (``file()``, which ``readonly`` allows).
+``/v0/sql`` runs on the read side (``_chread``): checked against an allowlist read from
+ClickHouse's own parser, on read-only connections bounded in time, memory and result size.
 
 The token and the catalog (JSONPaths, descriptions) live in ``tinybird-export.json`` beside
 the data, which SQL cannot read.
@@ -26,27 +23,24 @@ from typing import Any
 
 import orjson
 
-from tinybird_export.local import _chsql, _rows
+from tinybird_export.local import _chsql, _limits, _rows
+from tinybird_export.local._chread import Reads
 from tinybird_export.local._datafile import DataFile, DatafileError
 from tinybird_export.local._engine import (
-    CONTENT_TYPES,
     GUESS_SAMPLE,
     DataSourceInfo,
     QueryError,
     QueryResult,
-    ReadOnlyError,
     UnknownDataSource,
     check_name,
     now_text,
-    split_format,
 )
 from tinybird_export.local._guess import guess_columns
+from tinybird_export.local._limits import Cancel
 from tinybird_export.local._schema import Column
 
 _META = "tinybird-export.json"
-_SETTINGS = "session_timezone=UTC&output_format_json_quote_64bit_integers=0"
 _WRITE_SETTINGS = "date_time_input_format=best_effort&input_format_skip_unknown_fields=1"
-_CHECKED_MAX = 1024
 _FLUSH_ROWS = 10_000
 _FLUSH_SECONDS = 0.2
 _open: dict[str, int] = {}  # chDB serves one data path per process: how many engines use it
@@ -76,22 +70,20 @@ class ClickHouseEngine:
         if not self._memory:
             os.makedirs(path, exist_ok=True)
             self._meta_path = Path(path) / _META
-        self._writer = state.connect(f"{path}?{_SETTINGS}&{_WRITE_SETTINGS}")
-        self._reader = state.connect(f"{path}?readonly=1&{_SETTINGS}")
+        self._writer = state.connect(f"{path}?{_chsql.SETTINGS}&{_WRITE_SETTINGS}")
         _open[path] = _open.get(path, 0) + 1
         self._path = path
         self._database = f"tb_local_{os.urandom(4).hex()}" if self._memory else "default"
         if self._memory:
             self._writer.query(f"CREATE DATABASE {self._database}")
         self._writer.query(f"USE {self._database}")
-        self._reader.query(f"USE {self._database}")
         self._lock = threading.Lock()
-        self._read_lock = threading.Lock()
         self.infos: dict[str, DataSourceInfo] = {}
-        self._checked: dict[str, None] = {}  # queries that passed the read-only check
+        self._reads = Reads(path, self._database, lambda: sorted(self.infos))
         self._pending: dict[str, list[tuple[list[list[Any]], list[dict[str, Any]]]]] = {}
         self._pending_rows = 0
         self._closing = threading.Event()
+        self._closed = False  # under _lock: nothing is acknowledged after the last flush
         self.token = "p.local." + os.urandom(16).hex()
         self._load()
         self._flusher = threading.Thread(
@@ -169,6 +161,8 @@ class ClickHouseEngine:
             raise UnknownDataSource(name)
         now = now_text()[:19]
         with self._lock:
+            if self._closed:
+                raise _limits.ServerStopping
             if name not in self.infos:
                 self._create(DataFile(name, guess_columns(rows[:GUESS_SAMPLE], name)))
             columns = self.infos[name].columns
@@ -190,7 +184,8 @@ class ClickHouseEngine:
     def flush(self) -> None:
         """Insert the batches waiting in memory."""
         with self._lock:
-            self._flush()
+            if not self._closed:
+                self._flush()
 
     def _flush(self) -> None:
         pending, self._pending, self._pending_rows = self._pending, {}, 0
@@ -260,19 +255,27 @@ class ClickHouseEngine:
                 raise UnknownDataSource(name)
             self._drop(name)
 
-    def delete_rows(self, name: str, condition: str, *, dry_run: bool = False) -> int:
-        """Delete the rows where ``condition`` holds (checked as read-only SQL first).
+    def delete_rows(
+        self, name: str, condition: str, *, dry_run: bool = False, cancel: Cancel | None = None
+    ) -> int:
+        """Delete the rows where ``condition`` holds: counted first through the read-only
+        path, then deleted with the condition as that check spelled it.
 
         Raises:
             QueryError: The condition is invalid, or reads files or the network.
         """
         if name not in self.infos:
             raise UnknownDataSource(name)
-        counted = self.query(f"SELECT count() FROM `{name}` WHERE {condition} FORMAT JSONCompact")  # noqa: S608
+        count = f"SELECT count() FROM `{name}` WHERE {condition}"  # noqa: S608 - checked
+        self.flush()
+        counted, checked = self._reads.read(f"{count} FORMAT JSONCompact", cancel)
         matched = int(orjson.loads(counted.body)["data"][0][0])
+        prefix = f"SELECT count() FROM {name} WHERE "  # noqa: S608 - not run
+        if not checked.startswith(prefix):
+            raise QueryError(f"invalid delete_condition: {condition!r}")
         if matched and not dry_run:
             with self._lock:
-                self._writer.query(f"DELETE FROM `{name}` WHERE {condition}")  # noqa: S608
+                self._writer.query(f"DELETE FROM `{name}` WHERE {checked[len(prefix) :]}")  # noqa: S608
                 self.infos[name].updated_at = now_text()
         return matched
 
@@ -283,52 +286,34 @@ class ClickHouseEngine:
         del self.infos[name]
         self._save()
 
-    def query(self, sql: str) -> QueryResult:
+    def query(self, sql: str, cancel: Cancel | None = None) -> QueryResult:
         """Run one read-only query, in ClickHouse's answer for the asked FORMAT.
+
+        Args:
+            sql: The query.
+            cancel: Interrupts the query when it fires (its client went away).
 
         Raises:
             QueryError: ClickHouse refused the query (its message; unknown tables list the
-                data sources that exist).
+                data sources that exist); 408 past the time limit, 429 when every reader is
+                busy, 503 when the server stops.
             ReadOnlyError: The query would write, or read files or the network.
         """
-        text, fmt = split_format(sql)
         self.flush()  # a read sees every write answered before it
-        with self._read_lock:
-            self._check_read_only(text)
-            try:
-                answer = self._reader.query(text, fmt)
-            except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors
-                raise self._error(exc) from None
-            return QueryResult(answer.bytes(), CONTENT_TYPES[fmt])
-
-    def _check_read_only(self, text: str) -> None:
-        # The verdict depends on the text alone: repeated queries (dashboards, tb sql's
-        # retries) skip the extra round trip.
-        if text in self._checked:
-            return
-        try:
-            tree = self._reader.query(f"EXPLAIN AST {text}", "TSVRaw").bytes().decode()
-        except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors
-            raise self._error(exc) from None
-        refusal = _chsql.refusal(tree)
-        if refusal:
-            raise ReadOnlyError(refusal)
-        if len(self._checked) >= _CHECKED_MAX:
-            self._checked.pop(next(iter(self._checked)))
-        self._checked[text] = None
-
-    def _error(self, exc: Exception) -> QueryError:
-        return _chsql.query_error(exc, sorted(self.infos))
+        return self._reads.read(sql, cancel)[0]
 
     def close(self) -> None:
-        """Insert what waits, close both connections (an in-memory database is dropped)."""
+        """Interrupt the queries running, insert what waits, close every connection (an
+        in-memory database is dropped).
+        """
         self._closing.set()
         self._flusher.join(10)
-        with self._lock, self._read_lock:
+        self._reads.close()
+        with self._lock:
+            self._closed = True
             self._flush()
             if self._memory:
                 self._writer.query(f"DROP DATABASE IF EXISTS {self._database}")
-            self._reader.close()
             self._writer.close()
             _open[self._path] -= 1
             if not _open[self._path]:

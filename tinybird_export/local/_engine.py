@@ -13,10 +13,13 @@ import datetime
 import importlib.util
 import re
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tinybird_export.local._datafile import DataFile
 from tinybird_export.local._schema import CheckError, Column, json_text
+
+if TYPE_CHECKING:
+    from tinybird_export.local._limits import Cancel
 
 VALID_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 """Data source names, as Tinybird accepts them; anything else is refused before SQL."""
@@ -117,8 +120,8 @@ class Engine(Protocol):
         insert may be deferred (never past the next read).
         """
 
-    def query(self, sql: str) -> QueryResult:
-        """Run one read-only query."""
+    def query(self, sql: str, cancel: Cancel | None = None) -> QueryResult:
+        """Run one read-only query, interrupted when ``cancel`` fires."""
 
     def datasources(self) -> list[DataSourceInfo]:
         """Every data source (not the quarantine tables)."""
@@ -129,7 +132,9 @@ class Engine(Protocol):
     def drop(self, name: str) -> None:
         """Remove ``name`` and its quarantine."""
 
-    def delete_rows(self, name: str, condition: str, *, dry_run: bool = False) -> int:
+    def delete_rows(
+        self, name: str, condition: str, *, dry_run: bool = False, cancel: Cancel | None = None
+    ) -> int:
         """Delete the rows of ``name`` where ``condition`` holds; how many matched."""
 
     def close(self) -> None:

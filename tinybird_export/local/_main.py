@@ -37,7 +37,12 @@ def parser() -> argparse.ArgumentParser:
         description=_DESCRIPTION,
         formatter_class=HelpFormatter,
     )
-    options.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    options.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface (or name) to listen on; any but loopback lets other machines read "
+        "and write the workspace",
+    )
     options.add_argument(
         "--port",
         type=int,
@@ -76,6 +81,13 @@ def parser() -> argparse.ArgumentParser:
         help="refuse unknown data sources with 404, as Forward workspaces do, instead of "
         "creating them with a guessed schema (Classic workspaces); default: off",
     )
+    options.add_argument(
+        "--allow-remote-tokens",
+        action="store_true",
+        help="answer GET /tokens (the token, unauthenticated, as Tinybird Local's) to other "
+        "machines too, for tb --local from another machine or a container; default: this "
+        "machine only",
+    )
     return options
 
 
@@ -100,6 +112,7 @@ def run(argv: list[str] | None = None) -> int:
             strict=options.strict,
             engine=engine,
             package_datasources=not options.no_package_datasources,
+            allow_remote_tokens=options.allow_remote_tokens,
         )
     except DatafileError as exc:
         return _fail(str(exc))
@@ -172,9 +185,15 @@ def banner(server: object, data: str) -> str:
     )
     exposed = []
     if not server.loopback:
+        tokens = (
+            "and GET /tokens gives them the token (--allow-remote-tokens)"
+            if server.allow_remote_tokens
+            else "GET /tokens answers this machine only (--allow-remote-tokens for others)"
+        )
         exposed = [
-            f"  warning:      {server.url} is reachable from other machines, and GET /tokens "
-            "answers the token without auth (as Tinybird Local's does)"
+            f"  warning:      anyone who can reach {server.url} can read and write this "
+            "workspace: the token travels unencrypted in every request;",
+            f"                {tokens}",
         ]
     return "\n".join(
         [

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from tinybird_export.local._limits import Cancel
 from tinybird_export.local._schema import Column
 
 
@@ -39,6 +40,8 @@ class Request:
     query: dict[str, str]
     headers: Message
     body: bytes
+    cancel: Cancel = dataclasses.field(default_factory=Cancel)
+    """Fires when the client goes away (set for the routes that run queries)."""
 
     @property
     def content_type(self) -> str:

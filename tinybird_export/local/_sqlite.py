@@ -1,11 +1,10 @@
-"""The SQLite engine's helpers: ClickHouse spellings, the read-only authorizer, how values
-are stored and read back, and the catalog's JSON.
+"""The SQLite engine's helpers: ClickHouse spellings, how values are stored and read back,
+and the catalog's JSON (the read-only side is ``_sqlite_read``).
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
 from typing import Any
 
 import orjson
@@ -14,16 +13,6 @@ from tinybird_export.local._datafile import DataFile
 from tinybird_export.local._engine import MISSING, DataSourceInfo, RowError, lookup, now_text
 from tinybird_export.local._schema import CheckError, Column
 
-_READ_ACTIONS = frozenset(
-    getattr(sqlite3, name, code)
-    for name, code in (
-        ("SQLITE_SELECT", 21),
-        ("SQLITE_READ", 20),
-        ("SQLITE_FUNCTION", 31),
-        ("SQLITE_RECURSIVE", 33),
-    )
-)
-_READ = getattr(sqlite3, "SQLITE_READ", 20)
 # ClickHouse spellings used in Tinybird's docs, rewritten to SQLite's.
 SPELLINGS = (
     (re.compile(r"\bcount\(\s*\)", re.I), "count(*)"),
@@ -107,11 +96,3 @@ def value_type(values: Any) -> str:
     if kinds <= {int, float} and kinds:
         return "Float64"
     return "String"
-
-
-def read_only(action: int, arg1: str | None, *_: Any) -> int:
-    if action not in _READ_ACTIONS:
-        return sqlite3.SQLITE_DENY
-    if action == _READ and arg1 and arg1.startswith(("_tb_", "sqlite_")):
-        return sqlite3.SQLITE_DENY  # the catalog holds the token
-    return sqlite3.SQLITE_OK

@@ -2,24 +2,28 @@
 
 One table per data source (columns as declared or guessed), ``<name>_quarantine`` for rows
 that do not fit, and a catalog that keeps schemas and the local token across restarts. The
-SQL endpoint is read-only by construction: an SQLite authorizer refuses every action but
-reading (so ``insert``/``drop``/``pragma`` fail inside SQLite, whatever their spelling). Its
-SQL is SQLite's, with a few ClickHouse spellings rewritten; the ClickHouse engine
-(``_clickhouse.py``) answers ClickHouse's own.
+SQL endpoint is read-only by construction: queries run on read-only connections whose
+authorizer refuses every action but reading (``_sqlite_read``), so ``insert``/``drop``/
+``pragma`` fail inside SQLite, whatever their spelling. Its SQL is SQLite's, with a few
+ClickHouse spellings rewritten; the ClickHouse engine (``_clickhouse.py``) answers
+ClickHouse's own. The database is always a file in WAL mode, so that readers never block the
+writer: ``:memory:`` is a private temporary file, deleted on close.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 from typing import Any
 
 import orjson
 
-from tinybird_export.local import _render, _sqlite
+from tinybird_export.local import _limits, _render, _sqlite
 from tinybird_export.local._datafile import DataFile
 from tinybird_export.local._engine import (
     GUESS_SAMPLE,
@@ -35,7 +39,9 @@ from tinybird_export.local._engine import (
     split_format,
 )
 from tinybird_export.local._guess import guess_columns
+from tinybird_export.local._limits import Cancel
 from tinybird_export.local._schema import Column
+from tinybird_export.local._sqlite_read import Reader
 
 
 class Store:
@@ -48,14 +54,17 @@ class Store:
     name = "sqlite"
 
     def __init__(self, path: str) -> None:
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._temporary: str | None = None
+        if path == ":memory:":
+            self._temporary = tempfile.mkdtemp(prefix="tinybird-export-local-")
+            path = os.path.join(self._temporary, "local.sqlite3")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        self._closed = False
         self.infos: dict[str, DataSourceInfo] = {}
         with self._lock:
-            if path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS _tb_catalog (name TEXT PRIMARY KEY, columns TEXT)"
@@ -67,6 +76,9 @@ class Store:
                 if not name.endswith("_quarantine"):  # older catalogs listed them
                     self.infos[name] = _sqlite.info_from_json(name, orjson.loads(stored))
             self.token = self._token()
+        self._readers = _limits.Readers(
+            [Reader(path) for _ in range(_limits.READERS)], Reader.interrupt
+        )
 
     @property
     def schemas(self) -> dict[str, list[Column]]:
@@ -122,6 +134,8 @@ class Store:
         bad: list[dict[str, Any]] = []
         now = now_text()[:19]
         with self._lock:
+            if self._closed:
+                raise _limits.ServerStopping
             if name not in self.infos:
                 self._create(DataFile(name, guess_columns(rows[:GUESS_SAMPLE], name)))
             columns = self.infos[name].columns
@@ -182,7 +196,9 @@ class Store:
                 raise UnknownDataSource(name)
             self._drop(name)
 
-    def delete_rows(self, name: str, condition: str, *, dry_run: bool = False) -> int:
+    def delete_rows(
+        self, name: str, condition: str, *, dry_run: bool = False, cancel: Cancel | None = None
+    ) -> int:
         """Delete the rows where ``condition`` holds (read through the read-only path first).
 
         Raises:
@@ -190,8 +206,9 @@ class Store:
         """
         if name not in self.infos:
             raise UnknownDataSource(name)
-        result = self.query(f'SELECT rowid FROM "{name}" WHERE {condition} FORMAT JSONEachRow')  # noqa: S608
-        rowids = [orjson.loads(line)["rowid"] for line in result.body.splitlines()]
+        select = f'SELECT rowid FROM "{name}" WHERE {condition}'  # noqa: S608 - read-only
+        _, found = self._read(select, cancel, limited=False)
+        rowids = [row[0] for row in found]
         if rowids and not dry_run:
             with self._lock:
                 delete = f'DELETE FROM "{name}" WHERE rowid = ?'  # noqa: S608 - a catalog name
@@ -205,11 +222,16 @@ class Store:
         self._db.execute("DELETE FROM _tb_catalog WHERE name = ?", (name,))
         del self.infos[name]
 
-    def query(self, sql: str) -> QueryResult:
+    def query(self, sql: str, cancel: Cancel | None = None) -> QueryResult:
         """Run one read-only query; the answer in the asked FORMAT (JSON by default).
 
+        Args:
+            sql: The query.
+            cancel: Interrupts the query when it fires (its client went away).
+
         Raises:
-            QueryError: The query is invalid or asks for a FORMAT this engine cannot write.
+            QueryError: The query is invalid or asks for a FORMAT this engine cannot write;
+                408 past the time limit, 429 when every reader is busy, 503 on stop.
             ReadOnlyError: The query would write.
         """
         text, fmt = split_format(sql)
@@ -221,22 +243,27 @@ class Store:
         for pattern, replacement in _sqlite.SPELLINGS:
             text = pattern.sub(replacement, text)
         started = time.perf_counter()
-        with self._lock:
-            self._db.set_authorizer(_sqlite.read_only)
+        names, rows = self._read(text, cancel)
+        # SQLite names a column by its (rewritten) expression; ClickHouse says count().
+        names = [name.replace("count(*)", "count()") for name in names]
+        types = self._types(names, rows, text)
+        data = [[_sqlite.output(v, t) for v, t in zip(row, types, strict=True)] for row in rows]
+        return _render.render(fmt, names, types, data, time.perf_counter() - started)
+
+    def _read(
+        self, text: str, cancel: Cancel | None, *, limited: bool = True
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        with self._readers.reader(cancel) as reader:
             try:
-                cursor = self._db.execute(text)
-                rows = cursor.fetchall()
+                return reader.run(text, limited=limited)
+            except QueryError:
+                if self._readers.closed:
+                    raise _limits.ServerStopping from None
+                raise
             except sqlite3.DatabaseError as exc:
                 raise self._error(exc) from None
             except (sqlite3.Error, sqlite3.Warning) as exc:
                 raise QueryError(str(exc)) from None
-            finally:
-                self._db.set_authorizer(None)
-        # SQLite names a column by its (rewritten) expression; ClickHouse says count().
-        names = [d[0].replace("count(*)", "count()") for d in cursor.description or ()]
-        types = self._types(names, rows, text)
-        data = [[_sqlite.output(v, t) for v, t in zip(row, types, strict=True)] for row in rows]
-        return _render.render(fmt, names, types, data, time.perf_counter() - started)
 
     def _error(self, exc: sqlite3.DatabaseError) -> QueryError:
         message = str(exc)
@@ -272,6 +299,11 @@ class Store:
         return types
 
     def close(self) -> None:
-        """Close the database."""
+        """Interrupt the queries running, close the database (a temporary one is deleted)."""
+        for reader in self._readers.close():
+            reader.close()
         with self._lock:
+            self._closed = True
             self._db.close()
+        if self._temporary is not None:
+            shutil.rmtree(self._temporary, ignore_errors=True)

@@ -1,0 +1,219 @@
+"""No request can stop the local server: each query is bounded in time, memory and result
+size, queries run side by side (or get a clear busy answer), a query stops when its client
+goes away, and SIGTERM during a query stops the server at once with every acknowledged row
+stored.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import socket
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import urllib3
+from local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post, raw_sql, sql
+
+from tinybird_export.cli import query
+from tinybird_export.local import LocalServer, _limits, spawn
+
+# A query that never ends on its own, in each engine's SQL.
+ENDLESS = {
+    "clickhouse": "SELECT count() FROM numbers(1e12)",
+    "sqlite": "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c",
+}
+
+
+@pytest.fixture
+def bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2 s time limit (Tinybird's 10 s is a constant; the mechanism is the same)."""
+    monkeypatch.setattr(_limits, "QUERY_SECONDS", 2)
+
+
+@pytest.fixture(params=ENGINES)
+def local(request: pytest.FixtureRequest, bounded: None) -> Iterator[LocalServer]:
+    with LocalServer(engine=str(request.param)) as server:
+        yield server
+
+
+def timed_sql(server: LocalServer, text: str) -> tuple[int, dict[str, object], float]:
+    started = time.monotonic()
+    response = raw_sql(server, text, method="POST")
+    return response.status, orjson.loads(response.data or b"{}"), time.monotonic() - started
+
+
+class TestTimeLimit:
+    def test_a_query_past_the_limit_gets_tinybirds_408(self, local: LocalServer) -> None:
+        status, body, took = timed_sql(local, ENDLESS[local.engine_name])
+        assert status == 408, body
+        assert "TIMEOUT_EXCEEDED" in str(body["error"]) and "Tinybird" in str(body["error"])
+        assert 1.5 < took < 5
+
+    @needs_clickhouse
+    @pytest.mark.timeout(60)
+    def test_the_limit_is_tinybirds_10_s(self) -> None:
+        with spawn(":memory:", "--engine", "clickhouse") as server:
+            started = time.monotonic()
+            response = urllib3.request(
+                "POST",
+                f"{server.url}/v0/sql",
+                body=ENDLESS["clickhouse"].encode(),
+                headers={"Authorization": f"Bearer {server.token}"},
+                timeout=30,
+                retries=False,
+            )
+            took = time.monotonic() - started
+        assert response.status == 408 and 9.5 < took < 15, (response.data, took)
+
+
+@needs_clickhouse
+class TestMemoryAndResultSize:
+    def test_a_query_over_the_memory_limit_is_refused(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(_limits, "QUERY_MEMORY_BYTES", 300 * 1024**2)
+        with LocalServer(engine="clickhouse") as server:
+            status, body, _ = timed_sql(
+                server, "select length(groupArray(number)) from numbers(2e9)"
+            )
+            assert status == 400 and "MEMORY_LIMIT_EXCEEDED" in str(body["error"]), body
+            assert sql(server, "select 1 x")["data"] == [{"x": 1}]  # still serving
+
+    def test_queries_together_have_a_memory_limit_too(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """max_memory_usage_for_user: what all queries hold at once (here, one is enough)."""
+        monkeypatch.setattr(_limits, "QUERIES_MEMORY_BYTES", 200 * 1024**2)
+        with LocalServer(engine="clickhouse") as server:
+            status, body, _ = timed_sql(
+                server, "select length(groupArray(number)) from numbers(1e8)"
+            )
+            assert status == 400 and "User memory limit exceeded" in str(body["error"]), body
+
+    def test_a_huge_result_is_refused(self, bounded: None) -> None:
+        with LocalServer(engine="clickhouse") as server:
+            status, body, took = timed_sql(server, "select number from numbers(3e8) format JSON")
+            assert status == 400 and "TOO_MANY_ROWS_OR_BYTES" in str(body["error"]), body
+            assert took < 2
+
+
+@needs_clickhouse
+def test_a_failed_answer_never_reaches_the_next_query(
+    monkeypatch: pytest.MonkeyPatch, bounded: None
+) -> None:
+    """chDB hands a connection's next query the partial output of a query that failed while
+    writing it: another client's data, unless the reader is replaced."""
+    monkeypatch.setattr(_limits, "READERS", 1)
+    with LocalServer(engine="clickhouse") as server:
+        for failing in ("select number from numbers(3e8) format JSON", ENDLESS["clickhouse"]):
+            assert timed_sql(server, failing)[0] in (400, 408)
+            assert sql(server, "select 1 AS x")["data"] == [{"x": 1}]
+
+
+def test_sqlite_results_are_bounded_too(bounded: None) -> None:
+    with LocalServer(engine="sqlite") as server:
+        many = "with recursive c(x) as (select 1 union all select x + 1 from c where x < 2000000) select x from c"
+        status, body, _ = timed_sql(server, many)
+        assert status == 400 and "TOO_MANY_ROWS_OR_BYTES" in str(body["error"]), body
+        status, body, _ = timed_sql(server, "select length(zeroblob(900000000)) n")
+        assert status == 400 and "too big" in str(body["error"]), body
+
+
+class TestSideBySide:
+    def test_queries_do_not_wait_behind_each_other(self, local: LocalServer) -> None:
+        endless = ENDLESS[local.engine_name]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            started = time.monotonic()
+            slow = [pool.submit(timed_sql, local, endless) for _ in range(2)]
+            time.sleep(0.3)  # both running (not synchronisation: a later start only shortens it)
+            quick = timed_sql(local, "select 1 AS x")
+            ingest_started = time.monotonic()
+            accepted = post(local, "during", ndjson(EVENT), wait="true")
+            ingest_took = time.monotonic() - ingest_started
+            statuses = [f.result()[0] for f in slow]
+            both_took = time.monotonic() - started
+        assert quick[0] == 200 and quick[2] < 1, quick
+        assert accepted[0] == 200 and ingest_took < 1, (accepted, ingest_took)
+        assert statuses == [408, 408]
+        assert both_took < 2 * _limits.QUERY_SECONDS, both_took  # side by side, not in turn
+
+    def test_past_the_readers_the_answer_is_busy(
+        self, monkeypatch: pytest.MonkeyPatch, bounded: None
+    ) -> None:
+        monkeypatch.setattr(_limits, "READERS", 1)
+        monkeypatch.setattr(_limits, "SLOT_WAIT", 0.2)
+        with (
+            LocalServer(engine="sqlite") as server,
+            concurrent.futures.ThreadPoolExecutor(1) as pool,
+        ):
+            running = pool.submit(timed_sql, server, ENDLESS["sqlite"])
+            time.sleep(0.3)
+            status, body, took = timed_sql(server, "select 1")
+            assert status == 429 and "already running" in str(body["error"]) and took < 1
+            assert running.result()[0] == 408
+
+
+class TestClientGone:
+    def test_a_query_stops_when_its_client_leaves(
+        self, monkeypatch: pytest.MonkeyPatch, local: LocalServer
+    ) -> None:
+        """One reader, a 30 s limit: only the cancellation can free the reader in time."""
+        monkeypatch.setattr(_limits, "QUERY_SECONDS", 30)
+        monkeypatch.setattr(_limits, "SLOT_WAIT", 3)
+        monkeypatch.setattr(_limits, "READERS", 1)
+        with LocalServer(engine=local.engine_name) as server:
+            parts = urllib.parse.urlsplit(server.url)
+            body = ENDLESS[server.engine_name].encode()
+            with socket.create_connection((parts.hostname, parts.port)) as leaving:
+                leaving.sendall(
+                    f"POST /v0/sql HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer "
+                    f"{server.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                time.sleep(0.5)  # it runs (a shorter wait only makes the test weaker)
+            started = time.monotonic()
+            status, body_json, _ = timed_sql(server, "select 1 AS x")
+            assert status == 200, body_json
+            assert time.monotonic() - started < 3
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sigterm_during_a_query_stops_at_once_and_keeps_the_acknowledged(
+    engine: str, tmp_path: Path
+) -> None:
+    data = str(tmp_path / "data")
+    server = spawn(data, "--engine", engine)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(
+                urllib3.request,
+                "POST",
+                f"{server.url}/v0/sql",
+                body=ENDLESS[engine].encode(),
+                headers={"Authorization": f"Bearer {server.token}"},
+                retries=False,
+                timeout=30,
+            )
+            time.sleep(0.5)
+            rows = [{**EVENT, "event": f"e{i}"} for i in range(1000)]
+            assert post(server, "kept", ndjson(*rows))[0] == 202
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(10) == 0
+            stopped_in = time.monotonic() - started
+            try:
+                answer = running.result(10)
+                assert answer.status == 503, answer.data
+            except urllib3.exceptions.HTTPError:
+                pass  # or the connection closed as the process ended
+    finally:
+        server.stop()
+    assert stopped_in < 2.5, stopped_in
+    with spawn(data, "--engine", engine) as again:
+        assert query(again.url, again.token, "select count() n from kept")["data"] == [{"n": 1000}]
