@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.conftest import ROOT
 from tests.test_exit import closed_port_url
+from tests.test_runtime import wait_until
 from tinybird_export import TinybirdHandler
 from tinybird_export.testing import EventsServer, Reply
 
@@ -172,6 +174,77 @@ class TestAccessLines:
                 logging.getLogger(name).removeHandler(handler)
         events = [e["event"] for e in server.events("access")]
         assert events == ['"GET /reset HTTP/1.1" 200 12', '127.0.0.1 - - "GET /cb HTTP/1.1" 302 -']
+
+    def test_werkzeugs_colours_stay_on_the_console(
+        self, server: EventsServer, make_handler: Any
+    ) -> None:
+        """werkzeug's development server colours a 404's request line (ANSI codes in the
+        message itself): the stored event has the line without them."""
+        import threading
+
+        import urllib3
+        from werkzeug.serving import make_server
+        from werkzeug.wrappers import Response
+
+        handler = make_handler(datasource="access")
+        log = logging.getLogger("werkzeug")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        app = make_server("127.0.0.1", 0, Response("nothing here", status=404))
+        serving = threading.Thread(target=app.serve_forever, kwargs={"poll_interval": 0.05})
+        serving.start()
+        try:
+            answer = urllib3.request("GET", f"http://127.0.0.1:{app.port}/missing", retries=False)
+            assert answer.status == 404
+        finally:
+            app.shutdown()
+            serving.join(10)
+            app.server_close()
+            log.removeHandler(handler)
+        assert handler.flush(10)
+        (event,) = server.events("access")
+        assert event["event"].endswith('"GET /missing HTTP/1.1" 404 -'), event["event"]
+        assert "\x1b" not in orjson_dumps(event)
+
+    def test_uvicorns_colour_copy_of_its_messages_is_not_stored(
+        self, server: EventsServer, make_handler: Any
+    ) -> None:
+        """uvicorn logs its start-up lines with a ``color_message`` extra for its console."""
+        import asyncio
+        import threading
+
+        import uvicorn
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                while (await receive())["type"] != "lifespan.shutdown":
+                    await send({"type": "lifespan.startup.complete"})
+                await send({"type": "lifespan.shutdown.complete"})
+
+        handler = make_handler(datasource="uvicorn")
+        log = logging.getLogger("uvicorn.error")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
+        uvicorn_server = uvicorn.Server(config)
+        running = threading.Thread(target=asyncio.run, args=(uvicorn_server.serve(),))
+        running.start()
+        try:
+            assert wait_until(lambda: uvicorn_server.started, 20)
+        finally:
+            uvicorn_server.should_exit = True
+            running.join(20)
+            log.removeHandler(handler)
+        assert handler.flush(10)
+        events = server.events("uvicorn")
+        started = [e for e in events if e["event"].startswith("Started server process")]
+        assert started, [e["event"] for e in events]
+        assert "color_message" not in started[0] and "color_message" not in started[0]["attributes"]
+        assert "\x1b" not in orjson_dumps(events)
+
+
+def orjson_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def readme_shell_commands() -> list[list[str]]:
