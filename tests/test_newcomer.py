@@ -130,6 +130,69 @@ class TestProblemsSaidWhenTheyHappen:
         assert capfd.readouterr().err.count("answered 503") == 1  # a new failure, said again
 
 
+class TestNothingListening:
+    """A wrong port, or a local server that is not running: refused connections. Waiting for
+    them helps nobody, so each wait (a flush, a close, the exit drain) stops after about a
+    second of refusals instead of its whole timeout, and says why."""
+
+    @pytest.mark.timeout(60)
+    def test_the_quickstart_on_a_wrong_port_ends_within_3_s(self) -> None:
+        env = {**os.environ, "TINYBIRD_HOST": closed_port_url(), "TINYBIRD_TOKEN": "t"}
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, str(Path(ROOT) / "examples" / "quickstart.py")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=40,
+            check=False,
+        )
+        took = time.monotonic() - started
+        # A flush(5), a close (flush_timeout 5 s) and the exit budget (5 s): 15 s before.
+        assert took < 3 + 1, (took, done.stderr)  # + the interpreter's start and exit
+        assert "acknowledged: False" in done.stdout, done.stdout
+        assert "nothing accepts connections there" in done.stderr
+        exit_line = [line for line in done.stderr.splitlines() if "at exit" in line]
+        assert len(exit_line) == 1, done.stderr
+        assert "2 event(s) not delivered at exit" in exit_line[0]
+        assert "not waited out: nothing accepts connections at http://127.0.0.1:" in exit_line[0]
+
+    def test_a_flush_that_gave_up_keeps_the_events_for_when_the_server_comes(
+        self, logger: logging.Logger
+    ) -> None:
+        url = closed_port_url()
+        handler = TinybirdHandler(datasource="late", host=url, token="t", flush_interval=0.05)
+        try:
+            logger.addHandler(handler)
+            logger.info("waiting for the server")
+            started = time.monotonic()
+            assert handler.flush(10) is False
+            assert time.monotonic() - started < 3
+            assert handler.stats().queued == 1 and handler.stats().dropped == 0
+            with EventsServer(port=int(url.rpartition(":")[2]), token="t") as late:
+                assert handler.flush(15)  # the next attempt (backoff under 2 s) is answered
+                assert [e["event"] for e in late.events("late")] == ["waiting for the server"]
+        finally:
+            handler.close()
+
+    def test_only_refusals_in_a_row_for_long_enough_and_during_the_wait_count(self) -> None:
+        from tinybird_export._retry import REFUSED_GIVE_UP, Refusals
+
+        refusals = Refusals()
+        refusals.note(None, "refused", 100.0)
+        refusals.note(None, "refused", 100.4)
+        assert refusals.lasting() is None  # a blip: a server restarting
+        refusals.note(None, "refused", 100.0 + REFUSED_GIVE_UP)
+        assert refusals.lasting() == REFUSED_GIVE_UP
+        assert refusals.lasting(since=100.5) == REFUSED_GIVE_UP  # refused during this wait
+        assert refusals.lasting(since=101.0) is None  # not yet: retry first
+        refusals.note(202, "", 102.0)  # an answer: the host is back
+        assert refusals.lasting() is None
+        for at in (103.0, 104.0):
+            refusals.note(None, "timeout", at)  # something is there, maybe overloaded
+        assert refusals.lasting() is None
+
+
 class TestHostsAtConstruction:
     def test_a_host_with_a_path_is_refused_with_the_corrected_url(self) -> None:
         with pytest.raises(ValueError, match="use 'http://127.0.0.1:7181'"):

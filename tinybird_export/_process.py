@@ -167,9 +167,14 @@ class Process:
         try:
             self.drain(workers, deadline)
             self._spill_at_exit(workers, spooled_before)
-            budget_text = f"{max(w.exit_timeout for w in workers):g} s"
+            budget_text = f"exit budget {max(w.exit_timeout for w in workers):g} s"
+            refusing = [w.host for w in workers if w.refused_for() is not None]
+            if refusing:
+                budget_text += (
+                    f", not waited out: nothing accepts connections at {', '.join(refusing)}"
+                )
             report_undelivered(
-                [c for w in workers for c in w.channels()], f"at exit (exit budget {budget_text})"
+                [c for w in workers for c in w.channels()], f"at exit ({budget_text})"
             )
         finally:
             self._exiting_thread = outer

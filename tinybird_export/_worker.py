@@ -70,6 +70,7 @@ class Lane:
         self.paused_until = 0.0
         self.failing = False  # the last attempt failed retryably: an outage, for the spool
         self.failures = 0  # retryable failures in a row of the spool's files
+        self.refused = False  # the last attempt's connection was refused
         self.rotation = 0
         self.pacing = Pacing(flush_interval, adaptive)
 
@@ -77,6 +78,7 @@ class Lane:
         self.busy = False
         self.paused_until = 0.0
         self.failing = False
+        self.refused = False
         self.pacing = Pacing(self.pacing.base, self.pacing.enabled)
 
 
@@ -128,6 +130,7 @@ class Worker:
         self._created = time.monotonic()
         self._orphans_reported = False
         self._failing_since: float | None = None
+        self._refusals = _retry.Refusals()
         self._senders = 0  # threads running _run
         self._idle = 0  # of which waiting for work
         self._starting = False
@@ -273,6 +276,7 @@ class Worker:
         finished: list[Channel] = []
         wait_until: float | None = None
         draining = self._process.exiting()
+        refused = self.refused_for() is not None
         with self._lock:
             lanes = list(self._lanes.values())
             start = self._rotation
@@ -280,7 +284,7 @@ class Worker:
             lane = lanes[(start + offset) % len(lanes)]
             for channel in lane.channels:  # closed ones: done, given up, or their deadline
                 deadline = channel.close_deadline()
-                if deadline is not None and (channel.empty() or now >= deadline):
+                if deadline is not None and (channel.empty() or now >= deadline or refused):
                     finished.append(channel)
                 elif deadline is not None:
                     wait_until = _earliest(wait_until, deadline)
@@ -430,7 +434,15 @@ class Worker:
             if self._spool is not None and not channel.empty():
                 self._spill(self._spool, channel, everything=True)
             lost = channel.abandon("close_timeout")
-            if lost:
+            refused = self.refused_for()
+            if lost and refused is not None:
+                _diagnostics.say(
+                    f"{lost} event(s) of a closed producer for {channel.datasource!r} were not "
+                    f"delivered: nothing accepts connections at {self.host} (refused for "
+                    f"{refused:.1f} s), so its close deadline was not waited out; counted as "
+                    "'close_timeout'."
+                )
+            elif lost:
                 _diagnostics.say(
                     f"{lost} event(s) of a closed producer for {channel.datasource!r} were not "
                     f"delivered by its close deadline ({channel.last_error() or 'no answer'}); "
@@ -454,7 +466,8 @@ class Worker:
             limits = (deadline, self._process.exit_deadline(), channel.close_deadline())
             cap = time.monotonic() + self._config.connect_timeout + timeout
             cap = min([cap, *(d for d in limits if d is not None)])
-            lane.pacing.started(time.monotonic())
+            started = time.monotonic()
+            lane.pacing.started(started)
             attempt = self._client.post(
                 channel.datasource,
                 batch.body if batch is not None else b"",
@@ -464,6 +477,8 @@ class Worker:
                 gzipped=spooled.body if spooled is not None else None,
             )
             lane.pacing.answered(attempt.status, attempt.headers)
+            self._refusals.note(attempt.status, attempt.kind, started)
+            lane.refused = attempt.status is None and attempt.kind == "refused"
             if spooled is None:
                 self._apply(lane, channel, batch, attempt)  # type: ignore[arg-type]
             else:
@@ -624,19 +639,40 @@ class Worker:
         exit_deadline = self._process.exit_deadline()
         if exit_deadline is not None:
             deadline = min(deadline, exit_deadline)
+        began = self._retry_refused()
         if self._senders == 0 and self._can_start():
             self._start_sender()
         if not self._senders:
-            return self._send_here(done, deadline)
+            return self._send_here(done, deadline, began)
         self._wakeup_queue().put(None)
         progress = self._progress()
         with progress:
             while not done():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self.refused_for(began) is not None:
                     return False
                 progress.wait(min(remaining, _POLL))
         return True
+
+    def refused_for(self, since: float = 0.0) -> float | None:
+        """How long the host has refused every connection, once waiting for it is pointless
+        (``_retry.Refusals``: refused for long enough, last at ``since`` or later); else
+        ``None``.
+        """
+        return self._refusals.lasting(since)
+
+    def _retry_refused(self) -> float:
+        """At the start of a wait: the lanes whose connection was refused may try again at
+        once (a refused connection costs the host nothing: nothing listens), so that the
+        wait learns now whether the host is back. When the wait began.
+        """
+        began = time.monotonic()
+        if self._refusals.lasting() is not None:
+            with self._lock:
+                for lane in self._lanes.values():
+                    if lane.refused:
+                        lane.paused_until = 0.0
+        return began
 
     def hurry(self) -> None:
         """Make every queued event due now (a flush of every channel)."""
@@ -649,9 +685,10 @@ class Worker:
         """Send everything queued until ``deadline``, sending on this thread too when no
         thread can take a due lane (none runs, or every one is busy with another).
         """
-        self._send_here(lambda: all(c.empty() for c in self.channels()), deadline)
+        began = self._retry_refused()
+        self._send_here(lambda: all(c.empty() for c in self.channels()), deadline, began)
 
-    def _send_here(self, done: Callable[[], bool], deadline: float) -> bool:
+    def _send_here(self, done: Callable[[], bool], deadline: float, began: float) -> bool:
         ident = threading.get_ident()
         sending = self._process.sending_threads
         outer = ident in sending  # a signal handler on a sending thread
@@ -659,7 +696,7 @@ class Worker:
         try:
             while not done():
                 now = time.monotonic()
-                if now >= deadline:
+                if now >= deadline or self.refused_for(began) is not None:
                     return False
                 claim = self._claim(now)
                 if isinstance(claim, _Claim):
