@@ -50,6 +50,53 @@ class TestMainJobAtATerminal:
         count = re.search(r"select count\(\) from simple_events: (\d+)", out)
         assert count and int(count.group(1)) > 0, out
 
+    @pytest.mark.timeout(90)
+    def test_on_a_terminal_diagnostics_print_above_the_live_line(self) -> None:
+        """On a terminal the progress line is rewritten in place; the package's diagnostics
+        (stderr, from its sender thread) land on lines of their own, and "last error" leaves
+        the line once sending recovers."""
+        import pty
+        import threading
+
+        with EventsServer() as server:
+            # Failing for about 3 s (past the first progress lines), then healthy.
+            server.script(*[Reply(status=503, headers={"Retry-After": "1"})] * 3)
+            controller, terminal = pty.openpty()
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("TINYBIRD_")},
+                "TINYBIRD_HOST": server.url,
+                "TINYBIRD_TOKEN": server.token or "",
+            }
+            screen: list[bytes] = []
+            with subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(ROOT) / "examples" / "stream_events.py"),
+                    "--duration",
+                    "6",
+                ],
+                env=env,
+                stdout=terminal,
+                stderr=terminal,
+                close_fds=True,
+            ) as proc:
+                os.close(terminal)
+                reader = threading.Thread(target=read_terminal, args=(controller, screen))
+                reader.start()
+                assert proc.wait(60) == 0
+                reader.join(10)
+        lines = terminal_screen(b"".join(screen).decode())
+        said = [line for line in lines if line.startswith("tinybird-export:")]
+        assert any("answered 503" in line for line in said), lines
+        assert any("answers again" in line for line in said), lines
+        progress_parts = ("events/s", "requests/s", "sent)", "last error")
+        mixed = [line for line in said if any(part in line for part in progress_parts)]
+        mixed += [line for line in said if not line.endswith(".")]  # a sentence, whole
+        mixed += [line for line in lines if "events/s" in line and "tinybird-export" in line]
+        assert mixed == [], lines
+        progress = [line for line in lines if "events/s" in line]
+        assert progress and "last error" not in progress[-1], lines
+
     def test_help_is_whole_sentences(self) -> None:
         result = subprocess.run(
             [sys.executable, str(Path(ROOT) / "examples" / "stream_events.py"), "--help"],
@@ -60,6 +107,38 @@ class TestMainJobAtATerminal:
         assert result.returncode == 0
         assert "as Tinybird's screencast does." in result.stdout
         assert "stops the server it started." in result.stdout
+
+
+def read_terminal(controller: int, into: list[bytes]) -> None:
+    """Read a pseudo-terminal until its last writer has gone."""
+    try:
+        while chunk := os.read(controller, 65536):
+            into.append(chunk)
+    except OSError:  # EIO: the child closed the terminal
+        pass
+    finally:
+        os.close(controller)
+
+
+def terminal_screen(output: str) -> list[str]:
+    """The lines a terminal shows for ``output``: a carriage return rewrites the line from
+    its start (what it writes over is replaced, the rest stays), a line feed ends it."""
+    lines, line, column = [], [], 0
+    for char in output:
+        if char == "\r":
+            column = 0
+        elif char == "\n":
+            lines.append("".join(line).rstrip())
+            line, column = [], 0
+        else:
+            if column < len(line):
+                line[column] = char
+            else:
+                line.append(char)
+            column += 1
+    if line:
+        lines.append("".join(line).rstrip())
+    return lines
 
 
 LONG_RUNNING = """
