@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import ROOT
-from tests.test_exit import closed_port_url
+from tests.conftest import ROOT, run_python
+from tests.test_exit import child_env, closed_port_url
 from tests.test_runtime import wait_until
 from tinybird_export import TinybirdHandler
 from tinybird_export.testing import EventsServer, Reply
@@ -270,6 +270,110 @@ class TestNothingListening:
         for at in (103.0, 104.0):
             refusals.note(None, "timeout", at)  # something is there, maybe overloaded
         assert refusals.lasting() is None
+
+
+def readme_logging_dict(path: Path | None = None) -> dict[str, Any]:
+    """The quickstart's ``dictConfig`` argument: the README's first block (or a script's)."""
+    import ast
+
+    text = (path or Path(ROOT) / "README.md").read_text()
+    if path is None:
+        text = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    call = next(
+        node
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "dictConfig"
+    )
+    return ast.literal_eval(call.args[0])  # type: ignore[no-any-return]
+
+
+DJANGO_SETTINGS = """
+SECRET_KEY = "test"
+DEBUG = False
+ALLOWED_HOSTS = ["testserver"]
+ROOT_URLCONF = "quickshop.urls"
+LOGGING = {logging!r}  # the README's quickstart dict, as its text says
+"""
+DJANGO_URLS = """
+from django.urls import path
+
+def boom(request):
+    raise RuntimeError("kaboom")
+
+urlpatterns = [path("boom", boom)]
+"""
+
+
+class TestQuickstartLogging:
+    """The quickstart's ``dictConfig`` keeps the loggers made before it, and the console."""
+
+    def test_the_example_script_has_the_readmes_dict(self) -> None:
+        quickstart = Path(ROOT) / "examples" / "quickstart.py"
+        assert readme_logging_dict(quickstart) == readme_logging_dict()
+        assert readme_logging_dict()["disable_existing_loggers"] is False
+
+    def test_as_djangos_logging_a_500_keeps_its_internal_server_error_record(
+        self, server: EventsServer, tmp_path: Path
+    ) -> None:
+        """Django configures its own loggers (``django.request``) before it applies
+        ``LOGGING``: with ``disable_existing_loggers`` left true, a 500's record and its
+        traceback would reach neither Tinybird nor the console."""
+        pytest.importorskip("django")
+        (tmp_path / "quickshop").mkdir()
+        (tmp_path / "quickshop" / "__init__.py").write_text("")
+        settings = DJANGO_SETTINGS.format(logging=readme_logging_dict())
+        (tmp_path / "quickshop" / "settings.py").write_text(settings)
+        (tmp_path / "quickshop" / "urls.py").write_text(DJANGO_URLS)
+        result = run_python(
+            f"""
+            import logging, os, sys
+            sys.path.insert(0, {str(tmp_path)!r})
+            os.environ["DJANGO_SETTINGS_MODULE"] = "quickshop.settings"
+            import django
+            django.setup()
+            from django.test import Client
+            assert Client(raise_request_exception=False).get("/boom").status_code == 500
+            from tinybird_export import TinybirdHandler
+            handler = next(
+                h for h in logging.getLogger().handlers if isinstance(h, TinybirdHandler))
+            print(handler.flush(20))
+            """,
+            child_env(server),
+        )
+        assert result.stdout.strip() == "True", result.stderr
+        (error,) = [e for e in server.events("app_logs") if e["logger"] == "django.request"]
+        assert error["event"] == "Internal Server Error: /boom"
+        assert "RuntimeError: kaboom" in error["exception"]
+        assert "Internal Server Error: /boom" in result.stderr  # and on the console
+        assert "RuntimeError: kaboom" in result.stderr
+
+    @pytest.mark.timeout(90)
+    def test_under_uvicorns_command_line_its_lines_stay_on_the_terminal(
+        self, server: EventsServer, tmp_path: Path
+    ) -> None:
+        """uvicorn's command line configures its loggers, then imports the app, whose
+        ``dictConfig`` runs then: its start-up and shutdown lines must still print."""
+        from tests.test_asgi import stop, uvicorn
+
+        (tmp_path / "quick_app.py").write_text(
+            "import logging, logging.config\n"
+            f"logging.config.dictConfig({readme_logging_dict()!r})\n"
+            "async def app(scope, receive, send):\n"
+            "    if scope['type'] == 'http':\n"
+            "        logging.getLogger('shop').info('served')\n"
+            "        await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+            "        await send({'type': 'http.response.body', 'body': b'ok'})\n"
+        )
+        command = [sys.executable, "-m", "uvicorn", "quick_app:app", "--port", "0"]
+        with uvicorn(command, child_env(server), tmp_path) as (proc, url):  # waits for its lines
+            import urllib3
+
+            assert urllib3.request("GET", f"{url}/", retries=False).status == 200
+            code, err = stop(proc, signal.SIGINT)
+        assert code in (0, 1), err
+        assert "Application shutdown complete." in err  # uvicorn's own lines, still printed
+        assert "served" in err  # the app's own record, on the quickstart's console handler
+        assert [e["event"] for e in server.events("app_logs")] == ["served"]
 
 
 class TestHostsAtConstruction:
