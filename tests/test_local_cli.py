@@ -334,7 +334,7 @@ def test_without_chdb_the_sqlite_engine_serves(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert refused.returncode == 2 and "pip install 'tinybird-export[local]'" in refused.stderr
+    assert refused.returncode == 2 and "pip install -e '.[local]'" in refused.stderr
     run = block + (
         "from tinybird_export.local import LocalServer; import urllib3, orjson\n"
         "with LocalServer(engine='auto') as s:\n"

@@ -20,10 +20,11 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, Final
 
+from tinybird_export.local._engine import INSTALL_CLICKHOUSE
+
 CLICKHOUSE_SQL: Final = (
-    "for ClickHouse's own SQL, install the ClickHouse engine (chDB: `pip install -e '.[local]'` "
-    "in a clone of tinybird-export, or `pip install 'chdb>=4.0'`; about 890 MB with the "
-    "pyarrow, pandas and numpy it needs) and restart tinybird-export local"
+    f"for ClickHouse's own SQL, install the ClickHouse engine ({INSTALL_CLICKHOUSE}; chDB is "
+    "about 890 MB with the pyarrow, pandas and numpy it needs) and restart tinybird-export local"
 )
 
 
@@ -321,5 +322,5 @@ def engine_note(message: str) -> str:
         )
     return (
         f"{message} (this local server runs the SQLite engine: for ClickHouse's own SQL, "
-        "pip install -e '.[local]' and restart it)"
+        f"{INSTALL_CLICKHOUSE}, and restart it)"
     )

@@ -27,6 +27,7 @@ from tinybird_export.local import _limits, _render, _sqlite, _sqlite_functions
 from tinybird_export.local._datafile import DataFile
 from tinybird_export.local._engine import (
     GUESS_SAMPLE,
+    INSTALL_CLICKHOUSE,
     DataSourceInfo,
     QueryError,
     QueryResult,
@@ -237,7 +238,7 @@ class Store:
         text, fmt = split_format(sql)
         if fmt not in _render.FORMATS:
             raise QueryError(
-                f"FORMAT {fmt} needs the ClickHouse engine (tinybird-export[local]); the SQLite "
+                f"FORMAT {fmt} needs the ClickHouse engine ({INSTALL_CLICKHOUSE}); the SQLite "
                 f"engine writes {', '.join(_render.FORMATS)}"
             )
         started = time.perf_counter()
