@@ -1,4 +1,6 @@
-"""The ``tinybird-export`` command: ``local`` (serve a local Tinybird) and ``sql``."""
+"""The ``tinybird-export`` command: ``local`` (serve a local Tinybird), ``sql`` and
+``datasources`` (the package's data sources as a project folder, for deploying).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ __all__ = ["main", "query", "render", "sql_main"]
 
 _DESCRIPTION = """\
 Stream Python logs, events and traces to the Tinybird Events API. This command runs a local
-Tinybird (local) and queries one, or Tinybird itself (sql)."""
+Tinybird (local), queries one or Tinybird itself (sql), and writes the package's data sources
+as a project folder to deploy to Tinybird (datasources)."""
 
 
 # Statements that are not a SELECT: ``describe x`` cannot be wrapped as a subquery.
@@ -40,11 +43,18 @@ def main(argv: list[str] | None = None) -> int:
         return local_main(args[1:])
     if args and args[0] == "sql":
         return sql_main(args[1:])
+    if args and args[0] == "datasources":
+        from tinybird_export._project import main as datasources_main  # noqa: PLC0415
+
+        return datasources_main(args[1:])
     parser = argparse.ArgumentParser(prog="tinybird-export", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(title="commands", metavar="{local,sql}")
+    commands = parser.add_subparsers(title="commands", metavar="{local,sql,datasources}")
     commands.add_parser("local", help="serve a local Tinybird (Events API, SQL, Data Sources)")
     commands.add_parser("sql", help="run a query, like tb sql (--help for its options)")
+    commands.add_parser(
+        "datasources", help="write the package's .datasource files into a folder to deploy"
+    )
     if not args:
         parser.print_help(sys.stderr)
         return 2
