@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import TinybirdConfig
 from tinybird_export._exit import install_sigterm_handler
 from tinybird_export.events import TinybirdEvents
 from tinybird_export.handler import TinybirdHandler
+from tinybird_export.stats import DeliveryStats
 
 
 def __getattr__(name: str) -> object:

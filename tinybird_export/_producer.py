@@ -13,11 +13,13 @@ import time
 from typing import Any
 
 from tinybird_export import _diagnostics, _exit
-from tinybird_export._channel import Channel, DeliveryStats, Limits
+from tinybird_export._batch import Limits
+from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
 from tinybird_export._line_encoder import encode_event, safe_str
 from tinybird_export._process import PROCESS, report_undelivered
 from tinybird_export._worker import Worker
+from tinybird_export.stats import DeliveryStats
 
 
 class Producer:

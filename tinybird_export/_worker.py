@@ -32,7 +32,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from tinybird_export import _diagnostics, _retry
-from tinybird_export._channel import Batch, Channel
+from tinybird_export._batch import Batch
+from tinybird_export._channel import Channel
 from tinybird_export._client import Attempt, EventsClient
 from tinybird_export._config import TinybirdConfig
 from tinybird_export._pacing import Pacing

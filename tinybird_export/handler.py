@@ -7,11 +7,11 @@ import threading
 from typing import TYPE_CHECKING
 
 from tinybird_export._async import run_blocking
-from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import HandlerSettings, TinybirdConfig, kind
 from tinybird_export._process import PROCESS
 from tinybird_export._producer import Producer
 from tinybird_export._record_mapper import RecordMapper
+from tinybird_export.stats import DeliveryStats
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import ExporterSettings, TinybirdConfig, kind
 from tinybird_export._otel_mapper import (
     log_to_flat,
@@ -24,6 +23,7 @@ from tinybird_export._otel_mapper import (
     span_to_otel,
 )
 from tinybird_export._producer import Producer
+from tinybird_export.stats import DeliveryStats
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
