@@ -1,14 +1,14 @@
 """What the handler, the event sender and the exporters share: a channel on a shared worker.
 
 ``put`` is the caller's-thread half of the pipeline (hook, encode, queue: no I/O, no
-waiting); ``flush``, ``close`` and ``stats`` are the per-producer controls.
+waiting); ``flush``, ``close`` and ``stats`` are the per-producer controls. Every event a
+producer is handed enters its channel's count (``emitted``), queued or refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 from typing import Any
 
@@ -18,7 +18,7 @@ from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
 from tinybird_export._line_encoder import encode_event, safe_str
 from tinybird_export._process import PROCESS, report_undelivered
-from tinybird_export._worker import Worker
+from tinybird_export._worker import FlushRound, Worker
 from tinybird_export.stats import DeliveryStats
 
 
@@ -60,7 +60,7 @@ class Producer:
                 "them, or TINYBIRD_ENABLED=false to disable it quietly.",
             )
         elif config.enabled:
-            self.worker = PROCESS.attach(config, self.channel)
+            self.worker = PROCESS.attach(config, self.channel, label)
             _exit.check_uwsgi()
         self._before_send = config.before_send
         self.has_before_send = config.before_send is not None
@@ -99,6 +99,12 @@ class Producer:
                 # counted and reported here.
                 report_undelivered([channel], "at exit (sent after the exit drain)")
 
+    def refuse(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` events handed to the producer and dropped before its queue (a
+        handler's ``emit`` failed, an exporter's conversion raised...).
+        """
+        self.channel.refuse(reason, count)
+
     def _refuse_closed(self) -> None:
         self.channel.refuse("closed")
         _diagnostics.say_once(
@@ -122,12 +128,9 @@ class Producer:
     def _run_before_send(self, event: dict[str, Any]) -> dict[str, Any] | None:
         # Records the hook logs are dropped (counted as 'recursion' by the handler that
         # gets them): a hook that logs would otherwise multiply every call.
-        ident = threading.get_ident()
-        sending = PROCESS.sending_threads
-        outer = ident in sending
-        sending.add(ident)
         try:
-            result = self._before_send(event)  # type: ignore[misc]
+            with PROCESS.sending.marked():
+                result = self._before_send(event)  # type: ignore[misc]
         except Exception as exc:  # noqa: BLE001 - drop rather than send unredacted
             self.channel.refuse("before_send_error")
             _diagnostics.say_once(
@@ -136,9 +139,6 @@ class Producer:
                 "was dropped (counted as 'before_send_error').",
             )
             return None
-        finally:
-            if not outer:
-                sending.discard(ident)
         if result is None:
             self.channel.refuse("before_send")
         return result
@@ -152,14 +152,14 @@ class Producer:
         worker, channel = self.worker, self.channel
         if worker is None:
             return channel.empty()
-        mark = channel.request_flush()
+        flush = FlushRound([channel])
         if _holds_logging_lock():
             worker.notify(channel)
-            return channel.reached(mark) and not channel.lost_since(mark)
+            return flush.reached() and not flush.lost()
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
         wait = PROCESS.cap_at_exit(wait)
-        done = worker.wait_until(lambda: channel.reached(mark), time.monotonic() + wait)
-        return done and not channel.lost_since(mark)
+        done = worker.wait_until(flush.reached, time.monotonic() + wait)
+        return done and not flush.lost()
 
     def close(self, timeout: float | None = None) -> None:
         """Flush within ``timeout`` (default ``flush_timeout``) and detach; idempotent.
@@ -172,10 +172,10 @@ class Producer:
             return
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
         wait = PROCESS.cap_at_exit(wait)
-        channel.close(time.monotonic() + wait)
         if worker is None:
+            channel.close(time.monotonic() + wait)
             return
-        PROCESS.budget.rebalance()
+        PROCESS.close(channel, time.monotonic() + wait)
         self.flush(wait)
         if channel.empty():
             PROCESS.detach(worker, channel)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["TinybirdHandler"]
 
 _get_ident = threading.get_ident
-_sending_threads = PROCESS.sending_threads
+_sending_threads = PROCESS.sending.idents
 _KIND = kind("TinybirdHandler", HandlerSettings)
 
 
@@ -75,7 +75,7 @@ class TinybirdHandler(logging.Handler):
         are dropped here, before any lock, so the handler never feeds on itself.
         """
         if _get_ident() in _sending_threads:
-            self._producer.channel.refuse("recursion")
+            self._producer.refuse("recursion")
             return False
         if not self.filters:  # the usual case, kept to one check
             self.emit(record)
@@ -97,7 +97,7 @@ class TinybirdHandler(logging.Handler):
                 line, flags = self._mapper.encode(record, producer.max_event_bytes)
                 producer.offer(line, flags, record.levelno)
         except Exception:  # noqa: BLE001 - logging's contract: never raise into the app
-            self._producer.channel.refuse("error")  # counted, never silently lost
+            self._producer.refuse("error")  # counted, never silently lost
             self.handleError(record)
 
     def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]

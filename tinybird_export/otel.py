@@ -62,13 +62,14 @@ class _Exporter:
 
     def _put_all(self, items: Sequence[Any]) -> bool:
         if self._is_shutdown:
+            self._producer.refuse("closed", len(items))  # handed over, and refused
             return False
         level = self._level
         for item in items:
             try:
                 self._producer.put(self._convert(item), level(item))
             except Exception:  # noqa: BLE001 - one bad item must not fail the batch
-                self._producer.channel.refuse("error")
+                self._producer.refuse("error")
         return True
 
     @staticmethod
