@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -18,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_example, run_python
-from tests.test_exit import child_env
+from tests.helpers import by_logger, child_env, free_port, run_example, run_python
 from tinybird_export import TinybirdHandler
 from tinybird_export._context import ACCESS_LOGGER
 from tinybird_export.asgi import RequestContextMiddleware
@@ -33,10 +31,6 @@ from starlette.responses import PlainTextResponse  # noqa: E402
 from starlette.routing import Mount, Route, WebSocketRoute  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 from starlette.websockets import WebSocket  # noqa: E402
-
-
-def by_logger(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [event for event in events if event["logger"] == name]
 
 
 @pytest.fixture
@@ -375,12 +369,6 @@ def stop(proc: subprocess.Popen[str], how: signal.Signals) -> tuple[int, str]:
     proc.send_signal(how)
     _, err = proc.communicate(timeout=60)
     return proc.returncode, err
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def uvicorn_cli(*options: str) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_example
+from tests.helpers import run_example
 from tinybird_export import TinybirdEvents, TinybirdHandler
 from tinybird_export._async import run_blocking
 from tinybird_export.testing import EventsServer, Reply

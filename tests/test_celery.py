@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_example, run_python
-from tests.test_exit import child_env
+from tests.helpers import child_env, run_example, run_python
 from tinybird_export._context import RequestContext, current_request
 from tinybird_export.testing import EventsServer
 

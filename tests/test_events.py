@@ -281,7 +281,7 @@ class TestOversize:
 
 def test_no_otel_import(server: EventsServer) -> None:
     """The handler imports nothing from OpenTelemetry."""
-    from tests.conftest import run_python
+    from tests.helpers import run_python
 
     result = run_python(
         f"""

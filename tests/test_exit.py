@@ -2,47 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 
-from tests.conftest import run_python, talk_to_python
-from tinybird_export.testing import EventsServer, Reply
-
-# Indented like the snippets below, so that textwrap.dedent() sees one common margin.
-PRELUDE = textwrap.indent(
-    textwrap.dedent("""
-    import logging, os, sys, threading, time
-    from tinybird_export import TinybirdHandler
-    log = logging.getLogger("app")
-    log.propagate = False
-    log.setLevel(logging.INFO)
-"""),
-    " " * 12,
+from tests.helpers import (
+    PRELUDE,
+    child_env,
+    closed_port_url,
+    run_python,
+    talk_to_python,
+    terminate_when_ready,
 )
-
-
-def child_env(server: EventsServer, **extra: str) -> dict[str, str]:
-    return {
-        "TINYBIRD_HOST": server.url,
-        "TINYBIRD_TOKEN": server.token or "",
-        "TINYBIRD_DATASOURCE": "app_logs",
-        **extra,
-    }
-
-
-def closed_port_url() -> str:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
+from tinybird_export.testing import EventsServer, Reply
 
 
 class TestExit:
@@ -290,23 +264,6 @@ class TestFork:
         assert sorted(e for e in events if e != "parent") == sorted(
             [f"worker {i}" for i in range(50)] * 2
         )
-
-
-def terminate_when_ready(code: str, server: EventsServer) -> tuple[int, str, str]:
-    """Run ``code`` in a child sending to ``server``, SIGTERM it once it prints ``ready``,
-    and return its exit status, stdout and stderr."""
-    with subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env={**os.environ, **child_env(server)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    return proc.returncode, out, err
 
 
 class TestSigterm:

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import email.utils
+import gc
 import itertools
 import logging
 import math
 import re
+import ssl
 import time
+import types
 from typing import Any
 
 import orjson
@@ -16,8 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_python
-from tests.test_exit import child_env, closed_port_url
+from tests.helpers import child_env, closed_port_url, run_python, worker_threads
 from tinybird_export import TinybirdHandler, _retry
 from tinybird_export.testing import EventsServer, Reply
 
@@ -394,10 +396,8 @@ class TestSecrets:
             texts = [
                 repr(handler),
                 str(handler),
-                repr(handler._producer.config),
                 repr(handler.stats()),
-                repr(handler._producer.worker),
-                repr(handler._producer.worker._client),
+                *reprs_reachable_from(handler),  # config, worker, transport, settings...
                 capsys.readouterr().err,
             ]
             texts += [r.path for r in wrong.requests]
@@ -423,6 +423,26 @@ class TestSecrets:
         )
         assert "not delivered" in result.stderr
         assert secret not in result.stderr + result.stdout
+
+
+def reprs_reachable_from(root: object, depth: int = 6) -> list[str]:
+    """The reprs of the package's objects reachable from ``root`` (what a traceback, a
+    debugger or an error reporter capturing locals would print)."""
+    seen: set[int] = set()
+    found: list[str] = []
+    layer = [root]
+    for _ in range(depth):
+        following = []
+        for obj in layer:
+            if id(obj) in seen or isinstance(obj, type | types.ModuleType | types.FunctionType):
+                continue
+            seen.add(id(obj))
+            if type(obj).__module__.startswith("tinybird_export"):
+                found.append(repr(obj))
+            following.extend(gc.get_referents(obj))
+        layer = following
+    assert len(found) > 5, found  # the worker and its parts were reached
+    return found
 
 
 def redact(event: dict[str, Any]) -> dict[str, Any] | None:
@@ -490,20 +510,36 @@ class TestTransport:
         finally:
             direct.close()
 
-    def test_tls_verification_is_on_with_custom_ca_setting(self, tmp_path: Any) -> None:
-        handler = TinybirdHandler(
-            datasource="x",
-            host="https://127.0.0.1:9",
-            token="t",
-            ca_bundle=str(tmp_path / "ca.pem"),
-            exit_timeout=0,
-        )
-        try:
-            pool = handler._producer.worker._client._pool  # type: ignore[union-attr]
-            assert pool.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
-            assert pool.connection_pool_kw["ca_certs"] == str(tmp_path / "ca.pem")
-        finally:
-            handler.close()
+    def test_tls_is_verified_against_the_ca_bundle_setting(
+        self, tmp_path: Any, logger: logging.Logger
+    ) -> None:
+        """An https host is trusted through ca_bundle only: with its CA the batch arrives;
+        with another CA, or the system's, the handshake fails and nothing is sent."""
+        trustme = pytest.importorskip("trustme")
+        ca, other = trustme.CA(), trustme.CA()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost").configure_cert(context)
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        other.cert_pem.write_to_path(str(tmp_path / "other.pem"))
+        with EventsServer(tls=context) as server:
+            cases = [("ca.pem", True), ("other.pem", False), ("", False)]
+            for bundle, delivered in cases:
+                handler = TinybirdHandler(
+                    datasource=f"tls_{bundle.partition('.')[0] or 'system'}",
+                    host=server.url,
+                    token=server.token,
+                    ca_bundle=str(tmp_path / bundle) if bundle else None,
+                    flush_timeout=0.5,
+                    exit_timeout=0,
+                )
+                try:
+                    assert log_and_flush(handler, logger, 1, timeout=2) is delivered, bundle
+                    if not delivered:
+                        assert "CERTIFICATE_VERIFY_FAILED" in handler.stats().last_error
+                finally:
+                    logger.removeHandler(handler)
+                    handler.close()
+            assert [r.datasource for r in server.requests] == ["tls_ca"]
 
 
 class TestSynchronousMode:
@@ -516,10 +552,10 @@ class TestSynchronousMode:
         for i in range(10):
             logger.info("n %d", i)
         assert server.requests == []
-        assert handler._producer.worker._senders == 0
+        before = worker_threads()
         assert handler.flush(10)
         assert len(server.events("sync")) == 10
-        assert handler._producer.worker._senders == 0  # no thread of its own
+        assert worker_threads() <= before  # no thread of its own
 
     def test_background_false_flush_respects_its_timeout(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger

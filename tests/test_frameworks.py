@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,11 @@ from typing import Any
 import pytest
 import urllib3
 
-from tests.conftest import ROOT, run_example, run_python
-from tests.test_exit import child_env
+from tests.helpers import ROOT, by_logger, child_env, free_port, run_example, run_python
 from tinybird_export import TinybirdHandler
 from tinybird_export.testing import EventsServer
 
 DJANGO_PROJECT = Path(ROOT) / "examples" / "django_project"
-
-
-def by_logger(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [event for event in events if event["logger"] == name]
 
 
 class TestDjango:
@@ -146,12 +140,6 @@ class TestFlask:
             print(sorted(m for m in sys.modules if m.split(".")[0] in ("django", "flask")))
         """)
         assert result.stdout.strip() == "[]", result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class TestGunicorn:

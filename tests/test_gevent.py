@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from tests.test_frameworks import free_port
+from tests.helpers import free_port
 from tinybird_export.testing import EventsServer
 
 pytest.importorskip("gevent")

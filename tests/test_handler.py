@@ -322,12 +322,21 @@ class TestHandlerContract:
 
 class TestSharedWorker:
     def test_same_host_and_token_share_one_worker(
-        self, server: EventsServer, make_handler: Any, make_events: Any, logger: logging.Logger
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        make_events: Any,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """Producers of one host and token share one worker, whatever their settings:
+        differing runtime settings are said once (the longest timeout holds for all)."""
         first = make_handler(datasource="a")
-        second = make_handler(datasource="b")
-        events = make_events()
-        assert first._producer.worker is second._producer.worker is events._producer.worker
+        second = make_handler(datasource="b", timeout=20)
+        events = make_events(timeout=30)
+        said = [line for line in capsys.readouterr().err.splitlines() if "share one" in line]
+        assert len(said) == 1, said  # one setting differs, said once: one worker
+        assert "for 10.0" in said[0] and "timeout=20.0 holds" in said[0]
         logger.addHandler(first)
         logger.addHandler(second)
         logger.info("x")

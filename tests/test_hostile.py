@@ -18,8 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_python
-from tests.test_exit import child_env
+from tests.helpers import child_env, run_python
 from tinybird_export import TinybirdEvents, TinybirdHandler, _retry
 from tinybird_export.testing import EventsServer, Reply
 

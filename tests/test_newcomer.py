@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.test_exit import closed_port_url
+from tests.helpers import ROOT, closed_port_url
 from tinybird_export import TinybirdHandler
 from tinybird_export.testing import EventsServer, Reply
 

@@ -31,8 +31,7 @@ from opentelemetry.sdk.trace.export import (  # noqa: E402
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: E402
 
-from tests.conftest import ROOT, run_python  # noqa: E402
-from tests.test_exit import child_env  # noqa: E402
+from tests.helpers import ROOT, child_env, run_python  # noqa: E402
 from tinybird_export import TinybirdHandler  # noqa: E402
 from tinybird_export.local import DATASOURCES_DIR, LocalServer  # noqa: E402
 from tinybird_export.local._datafile import parse_datasource  # noqa: E402

@@ -15,8 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_python
-from tests.test_exit import PRELUDE, child_env, closed_port_url, terminate_when_ready
+from tests.helpers import (
+    PRELUDE,
+    child_env,
+    closed_port_url,
+    fail_once,
+    run_python,
+    terminate_when_ready,
+    wait_until,
+    worker_threads,
+)
 from tinybird_export import TinybirdEvents, TinybirdHandler, _retry
 from tinybird_export._record_mapper import RecordMapper
 from tinybird_export.testing import EventsServer, Reply
@@ -106,21 +114,6 @@ class TestCallSiteCache:
             assert not truncated
 
 
-def fail_once(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
-    """Make ``module.name`` raise RuntimeError on its first call (a bug inside the loop)."""
-    original = getattr(module, name)
-    calls: list[int] = []
-
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("injected bug")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, broken)
-    return calls
-
-
 class TestSupervisedWorker:
     def test_an_iteration_that_raises_is_reported_once_and_the_loop_goes_on(
         self,
@@ -188,10 +181,12 @@ class TestSupervisedWorker:
         monkeypatch.setattr(_retry, "classify", exits_once)
         handler = make_handler(flush_interval=0.05)
         logger.addHandler(handler)
+        before = worker_threads()
         logger.info("first")
-        worker = handler._producer.worker
         assert server.wait_for(lambda: server.request_count >= 1, 10)
-        assert wait_until(lambda: worker._senders == 0)  # the thread is gone
+        started = worker_threads() - before  # the thread this handler started
+        assert len(started) == 1
+        assert wait_until(lambda: not any(t.is_alive() for t in started))  # it is gone
         logger.info("second")
         assert server.wait_for(lambda: len(server.events()) == 3, 10)
         # The first request's answer was lost with the thread, so its batch went again.
@@ -199,16 +194,6 @@ class TestSupervisedWorker:
         assert handler.flush(10)
         stats = handler.stats()
         assert (stats.sent, stats.dropped, stats.queued) == (2, 0, 0)
-
-
-def wait_until(predicate: Any, timeout: float = 10) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout``: for state no event announces."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 class TestMemoryBudget:

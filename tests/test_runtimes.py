@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_python, talk_to_python
-from tests.test_exit import child_env
+from tests.helpers import child_env, run_python, talk_to_python
 from tinybird_export.testing import EventsServer, Reply
 
 POOL_WORKER = """

@@ -17,8 +17,7 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_python, talk_to_python
-from tests.test_exit import child_env
+from tests.helpers import child_env, run_python, talk_to_python
 from tinybird_export import _spool
 from tinybird_export._spool import SUFFIX, Spool
 from tinybird_export.testing import EventsServer, Reply
