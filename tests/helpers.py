@@ -19,7 +19,11 @@ from typing import Any
 
 import pytest
 
+from tinybird_export._batch import Limits
+from tinybird_export._channel import Channel
 from tinybird_export._client import Attempt
+from tinybird_export._config import TinybirdConfig
+from tinybird_export._process import Process
 from tinybird_export.testing import EventsServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,3 +241,43 @@ def answered(status: int, headers: Mapping[str, str] | None = None, error: str =
 def refused() -> Attempt:
     """A transport failure: the connection was refused."""
     return Attempt(None, {}, error="cannot connect (refused)", kind="refused")
+
+
+def make_channel(
+    datasource: str = "ds",
+    *,
+    rows: int = 1000,
+    nbytes: int = 1 << 20,
+    max_bytes: int = 10**9,
+    max_events: int = 10**6,
+    interval: float = 1.0,
+    wait: bool = False,
+) -> Channel:
+    """A channel with generous bounds unless told otherwise."""
+    limits = Limits(
+        queue_max_events=max_events,
+        queue_max_bytes=max_bytes,
+        batch_max_rows=rows,
+        batch_max_bytes=nbytes,
+        flush_interval=interval,
+    )
+    return Channel(datasource, "http://127.0.0.1:9", wait=wait, limits=limits)
+
+
+def unit_process(transport: RecordingTransport) -> Process:
+    """A process owner of its own (not the package's PROCESS), whose workers all send
+    through ``transport``."""
+    return Process(transport=lambda settings: transport)
+
+
+def unit_config(**settings: Any) -> TinybirdConfig:
+    """Settings for a producer of a unit test: a loopback host nothing is sent to, no
+    threads (flush and exit send on the calling thread)."""
+    values = {
+        "datasource": "app_logs",
+        "host": "http://127.0.0.1:9",
+        "token": "unit-token",
+        "background": False,
+        **settings,
+    }
+    return TinybirdConfig.resolve(values, environ={})

@@ -11,7 +11,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from tinybird_export import TinybirdHandler
 from tinybird_export._context import ACCESS_LOGGER
 from tinybird_export.asgi import RequestContextMiddleware
 from tinybird_export.testing import EventsServer
+
+Message = MutableMapping[str, Any]  # an ASGI scope or message
 
 starlette = pytest.importorskip("starlette")
 from starlette.applications import Starlette  # noqa: E402
@@ -176,7 +178,7 @@ class TestStarletteTestClient:
     ) -> None:
         """Pure ASGI: scopes built by hand, a lifespan the app ends without completing."""
 
-        async def raw(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def raw(scope: Message, receive: Any, send: Any) -> None:
             if scope["type"] == "lifespan":
                 while (await receive())["type"] != "lifespan.shutdown":
                     await send({"type": "lifespan.startup.complete"})
@@ -188,13 +190,13 @@ class TestStarletteTestClient:
 
         app = RequestContextMiddleware(raw, access_events=True, shutdown_timeout=10)
         messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
-        sent: list[dict[str, Any]] = []
+        sent: list[Message] = []
 
         async def serve() -> None:
-            async def receive() -> dict[str, Any]:
+            async def receive() -> Message:
                 return messages.pop(0)
 
-            async def send(message: dict[str, Any]) -> None:
+            async def send(message: Message) -> None:
                 sent.append(message)
 
             scope = {
@@ -231,10 +233,10 @@ class TestStarletteTestClient:
         sent: list[str] = []
 
         async def lifespan() -> None:
-            async def receive() -> dict[str, Any]:
+            async def receive() -> Message:
                 return messages.pop(0)
 
-            async def send(message: dict[str, Any]) -> None:
+            async def send(message: Message) -> None:
                 sent.append(message["type"])
 
             log.info("logged while serving")

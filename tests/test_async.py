@@ -46,7 +46,7 @@ class TestAflush:
     def test_aflush_delivers_and_returns_what_flush_returns(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
-        handler = make_handler(flush_interval=60)
+        handler: TinybirdHandler = make_handler(flush_interval=60)
         logger.addHandler(handler)
 
         async def main() -> bool:
@@ -63,12 +63,15 @@ class TestAflush:
         self, server: EventsServer, make_handler: Any, make_events: Any, producer: str
     ) -> None:
         server.respond(Reply(hang=True))
+        sender: TinybirdHandler | TinybirdEvents
         if producer == "handler":
-            sender: TinybirdHandler | TinybirdEvents = make_handler(timeout=30)
-            sender.handle(logging.makeLogRecord({"msg": "stuck"}))
+            handler: TinybirdHandler = make_handler(timeout=30)
+            handler.handle(logging.makeLogRecord({"msg": "stuck"}))
+            sender = handler
         else:
-            sender = make_events(timeout=30)
-            sender.send({"event": "stuck"})
+            events: TinybirdEvents = make_events(timeout=30)
+            events.send({"event": "stuck"})
+            sender = events
 
         async def main() -> tuple[Any, float, int]:
             return await while_ticking(lambda: sender.aflush(2.0))

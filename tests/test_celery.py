@@ -207,11 +207,11 @@ class TestTaskContext:
         tinybird_export.celery.init_app(app)  # harmless twice: receivers connected once
         logger.addHandler(make_handler(flush_interval=60))
 
-        @app.task(name="shop.refund")
+        @app.task(name="shop.refund")  # type: ignore[untyped-decorator]
         def refund(order: int) -> None:
             logger.info("refunded", extra={"order": order, "task_name": "explicit wins"})
 
-        @other.task(name="other.task")
+        @other.task(name="other.task")  # type: ignore[untyped-decorator]
         def untracked() -> None:
             logger.info("other app")
 
@@ -223,7 +223,8 @@ class TestTaskContext:
         finally:
             current_request.reset(token)
         other.close()
-        assert logger.handlers[0].flush(10)  # type: ignore[call-arg]
+        assert isinstance(logger.handlers[0], tinybird_export.TinybirdHandler)
+        assert logger.handlers[0].flush(10)
         refunded, after, untouched = server.events()
         assert refunded["task_id"] == result.id and refunded["order"] == 7
         assert refunded["task_name"] == "explicit wins"  # the record's own extra wins

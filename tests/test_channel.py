@@ -8,8 +8,9 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tinybird_export._batch import Batch, Limits
 from tinybird_export._budget import MemoryBudget
-from tinybird_export._channel import Batch, Channel, Limits
+from tinybird_export._channel import Channel
 
 _lines = st.lists(st.binary(min_size=1, max_size=300).map(lambda b: b.replace(b"\n", b" ")))
 
@@ -123,7 +124,7 @@ def test_an_answer_after_abandon_is_ignored_so_each_event_counts_once() -> None:
 def test_an_offer_reentered_on_the_same_thread_is_kept() -> None:
     """What a signal handler that logs does when it interrupts an offer."""
     ch = channel()
-    nested = []
+    nested: list[bool] = []
 
     class Interrupting(bytes):
         def __len__(self) -> int:  # runs inside the outer offer, with its lock held

@@ -78,6 +78,7 @@ class TestLogEvent:
             2024, 6, 23, 16, 0, 0, 500, tzinfo=datetime.timezone.utc
         ).timestamp()
         line, _ = RecordMapper("", {}, "both").encode(record, 1 << 20)
+        assert line is not None
         assert orjson.loads(line)["timestamp"] == "2024-06-23 16:00:00.000500"
 
     def test_href_defaults_to_empty(

@@ -16,8 +16,8 @@ import pytest
 import urllib3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post, sql
 
+from tests.local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post, sql
 from tinybird_export import TinybirdEvents, TinybirdHandler
 from tinybird_export.local import LocalServer
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 import urllib3
-from local_helpers import ENGINES, api, ndjson, post, sql
 
+from tests.local_helpers import ENGINES, api, ndjson, post, sql
 from tinybird_export.local import LocalServer
 
 SHOP = (

@@ -14,10 +14,11 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post
 
+from tests.local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post
 from tinybird_export.cli import main as cli_main
 from tinybird_export.cli import query
 from tinybird_export.local import LocalServer, spawn
@@ -25,16 +26,17 @@ from tinybird_export.local import LocalServer, spawn
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def command(*args: str, timeout: float = 60, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def command(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     kwargs.setdefault("env", {**os.environ, "COLUMNS": "200"})
-    return subprocess.run(
+    result: subprocess.CompletedProcess[str] = subprocess.run(
         [sys.executable, "-m", "tinybird_export.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
+    return result
 
 
 @pytest.fixture(params=ENGINES)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from local_helpers import ENGINES, ndjson, needs_clickhouse, post, raw_sql, sql
 
+from tests.local_helpers import ENGINES, ndjson, needs_clickhouse, post, raw_sql, sql
 from tinybird_export.local import LocalServer
 
 ROWS = [

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
-from local_helpers import ndjson, needs_clickhouse, post
 
+from tests.local_helpers import ndjson, needs_clickhouse, post
 from tinybird_export.cli import main as cli_main
 from tinybird_export.local import LocalServer
 
@@ -27,7 +28,7 @@ def examples() -> list[str]:
     return list(dict.fromkeys(found))
 
 
-ROWS = {
+ROWS: dict[str, list[dict[str, Any]]] = {
     "app_logs": [
         {
             "timestamp": "2024-01-01 00:00:01.000000",

@@ -403,9 +403,12 @@ class Channel:
                 self._queued_bytes -= raw - count
                 self._tally.spooled += count
 
-    def unspooled(self, count: int, *, own: bool, sent: bool, reason: str = "") -> None:
-        """``count`` events were sent from the spool (or refused for ``reason``); ``own``:
-        this channel wrote them, so they move from spooled to sent (or dropped).
+    def unspooled(
+        self, count: int, *, own: bool, sent: bool, reason: str = "", quarantined: int = 0
+    ) -> None:
+        """``count`` events were sent from the spool (``quarantined`` of them quarantined),
+        or refused for ``reason``; ``own``: this channel wrote them, so they move from
+        spooled to sent (or dropped).
         """
         with self._lock:
             tally = self._tally
@@ -419,6 +422,7 @@ class Channel:
             self._resolved += count
             if sent:
                 tally.sent += count
+                tally.quarantined += quarantined
             else:
                 tally.dropped[reason] = total
                 self._dropped_after_queue += count

@@ -171,7 +171,7 @@ class SpoolSource:
     def sent(self, quarantined: int, wire_bytes: int) -> None:
         self.spool.failpoint("acked")  # killed after the answer, before the file is removed
         self.spool.done(self.batch)
-        self.channel.unspooled(self.count, own=self.own, sent=True)
+        self.channel.unspooled(self.count, own=self.own, sent=True, quarantined=quarantined)
         self._resolved(self)
 
     def retry(self, error: str) -> None:

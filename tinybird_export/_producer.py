@@ -17,7 +17,7 @@ from tinybird_export._batch import Limits
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
 from tinybird_export._line_encoder import encode_event, safe_str
-from tinybird_export._process import PROCESS, report_undelivered
+from tinybird_export._process import PROCESS, Process, report_undelivered
 from tinybird_export._worker import FlushRound, Worker
 from tinybird_export.stats import DeliveryStats
 
@@ -31,11 +31,18 @@ class Producer:
         flushed_by_logging: Whether ``logging.shutdown`` flushes it at exit (a handler), so
             that events queued after the exit drain still go out in one batch; other
             producers send such late events on the calling thread.
+        process: The owner of process-wide state (``PROCESS``; another in unit tests).
     """
 
     def __init__(
-        self, config: TinybirdConfig, label: str, *, flushed_by_logging: bool = False
+        self,
+        config: TinybirdConfig,
+        label: str,
+        *,
+        flushed_by_logging: bool = False,
+        process: Process = PROCESS,
     ) -> None:
+        self._process = process
         self.config = config
         self.label = label
         self._sends_late = not flushed_by_logging
@@ -60,7 +67,7 @@ class Producer:
                 "them, or TINYBIRD_ENABLED=false to disable it quietly.",
             )
         elif config.enabled:
-            self.worker = PROCESS.attach(config, self.channel, label)
+            self.worker = self._process.attach(config, self.channel, label)
             _exit.check_uwsgi()
         self._before_send = config.before_send
         self.has_before_send = config.before_send is not None
@@ -93,7 +100,7 @@ class Producer:
             channel.refuse("too_large")
         elif channel.offer(line, flags, level):
             worker.notify(channel)
-            if self._sends_late and PROCESS.exiting() and not self.flush():
+            if self._sends_late and self._process.exiting() and not self.flush():
                 # After the exit drain (a later atexit hook, a __del__) nothing would send
                 # it any more: it was sent now, within what is left of the budget, or is
                 # counted and reported here.
@@ -129,7 +136,7 @@ class Producer:
         # Records the hook logs are dropped (counted as 'recursion' by the handler that
         # gets them): a hook that logs would otherwise multiply every call.
         try:
-            with PROCESS.sending.marked():
+            with self._process.sending.marked():
                 result = self._before_send(event)  # type: ignore[misc]
         except Exception as exc:  # noqa: BLE001 - drop rather than send unredacted
             self.channel.refuse("before_send_error")
@@ -157,7 +164,7 @@ class Producer:
             worker.notify(channel)
             return flush.reached() and not flush.lost()
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
-        wait = PROCESS.cap_at_exit(wait)
+        wait = self._process.cap_at_exit(wait)
         done = worker.wait_until(flush.reached, time.monotonic() + wait)
         return done and not flush.lost()
 
@@ -171,20 +178,20 @@ class Producer:
         if channel.closed:
             return
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
-        wait = PROCESS.cap_at_exit(wait)
+        wait = self._process.cap_at_exit(wait)
         if worker is None:
             channel.close(time.monotonic() + wait)
             return
-        PROCESS.close(channel, time.monotonic() + wait)
+        self._process.close(channel, time.monotonic() + wait)
         self.flush(wait)
         if channel.empty():
-            PROCESS.detach(worker, channel)
-        elif PROCESS.exiting():
+            self._process.detach(worker, channel)
+        elif self._process.exiting():
             report_undelivered([channel], "at exit (logged after the exit drain)")
-            PROCESS.detach(worker, channel)
+            self._process.detach(worker, channel)
         elif not worker.background:  # nothing sends between calls: its deadline is now
             report_undelivered([channel], f"by {self.label}.close()", "close_timeout")
-            PROCESS.detach(worker, channel)
+            self._process.detach(worker, channel)
         else:
             worker.notify(channel)  # the worker sends the rest, then detaches the channel
 
