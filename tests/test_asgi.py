@@ -104,6 +104,7 @@ class TestStarletteTestClient:
     def test_every_event_carries_its_request_and_lifespan_shutdown_delivers(
         self, server: EventsServer, shop_and_access: TinybirdHandler
     ) -> None:
+        """Each event carries its request, and lifespan shutdown delivers them."""
         app = starlette_app(request_id_header="X-Request-ID", access_events=True)
         with TestClient(app, raise_server_exceptions=False) as client:
             client.get("/hello/ada?reset_token=secret", headers={"X-Request-ID": "trusted-1"})
@@ -144,6 +145,7 @@ class TestStarletteTestClient:
         shop_and_access: TinybirdHandler,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
+        """Options come from the environment, and arguments win over it."""
         monkeypatch.setenv("TINYBIRD_REQUEST_ID_HEADER", "X-Trace")
         monkeypatch.setenv("TINYBIRD_ACCESS_EVENTS", "true")
         monkeypatch.setenv("TINYBIRD_HREF_QUERY", "true")
@@ -162,6 +164,7 @@ class TestStarletteTestClient:
     def test_random_request_ids_untrusted_headers_and_no_credentials(
         self, server: EventsServer, shop_and_access: TinybirdHandler
     ) -> None:
+        """Untrusted ids are replaced, and a Host with credentials is not repeated."""
         with TestClient(starlette_app()) as client:  # no trusted header configured
             client.get("/hello/a", headers={"X-Request-ID": "not-trusted"})
             client.get("/hello/b", headers={"Host": "user:pass@evil.example"})
@@ -248,10 +251,12 @@ class TestStarletteTestClient:
         assert events == ["logged while serving", "app shutting down"]
 
     def test_invalid_shutdown_timeout_is_refused(self) -> None:
+        """A negative shutdown_timeout is refused at construction."""
         with pytest.raises(ValueError, match="shutdown_timeout"):
             RequestContextMiddleware(starlette_app(), shutdown_timeout=-1)
 
     def test_importing_the_middleware_imports_no_framework(self) -> None:
+        """Importing tinybird_export.asgi imports no framework."""
         result = run_python("""
             import sys
             import tinybird_export.asgi
@@ -466,6 +471,7 @@ class TestUvicorn:
     def test_500_concurrent_requests_each_keep_their_own_context(
         self, server: EventsServer, app_dir: Path
     ) -> None:
+        """500 concurrent requests under uvicorn each keep their own request context."""
         httpx = pytest.importorskip("httpx2")
         count = 500
         env = {**child_env(server), "MIDDLEWARE": "1", "CONCURRENT": str(count)}
@@ -502,6 +508,7 @@ class TestUvicorn:
 
 
 def test_fastapi_example_runs_against_the_local_server() -> None:
+    """examples/fastapi_app.py runs as written, under uvicorn stopped by SIGTERM."""
     pytest.importorskip("fastapi")
     result = run_example("fastapi_app.py")
     assert result.returncode == 0, result.stderr

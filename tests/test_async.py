@@ -46,6 +46,7 @@ class TestAflush:
     def test_aflush_delivers_and_returns_what_flush_returns(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """aflush() delivers what threads and coroutines logged, and returns True."""
         handler: TinybirdHandler = make_handler(flush_interval=60)
         logger.addHandler(handler)
 
@@ -62,6 +63,7 @@ class TestAflush:
     def test_the_loop_keeps_running_while_aflush_waits_on_a_hanging_endpoint(
         self, server: EventsServer, make_handler: Any, make_events: Any, producer: str
     ) -> None:
+        """While aflush() waits on a hanging endpoint, the event loop keeps ticking."""
         server.respond(Reply(hang=True))
         sender: TinybirdHandler | TinybirdEvents
         if producer == "handler":
@@ -88,6 +90,7 @@ class TestAflush:
     def test_aclose_does_not_block_the_loop_and_closes(
         self, server: EventsServer, make_handler: Any, make_events: Any
     ) -> None:
+        """aclose() waits on threads, so the loop keeps ticking while both close."""
         server.respond(Reply(hang=True))
         handler = make_handler(flush_timeout=2, timeout=30)
         events = make_events(flush_timeout=2, timeout=30)
@@ -104,6 +107,8 @@ class TestAflush:
         server.release()
 
     def test_async_with_sends_and_closes(self, server: EventsServer) -> None:
+        """async with TinybirdEvents(...) sends on exit and closes."""
+
         async def main() -> TinybirdEvents:
             async with TinybirdEvents(
                 datasource="simple_events", host=server.url, token=server.token, flush_interval=60
@@ -118,6 +123,8 @@ class TestAflush:
 
 class TestRunBlocking:
     def test_result_and_exception_come_back_to_the_coroutine(self) -> None:
+        """run_blocking runs off the loop and hands back its result or exception."""
+
         async def main() -> None:
             assert await run_blocking(threading.get_ident) != threading.get_ident()
             with pytest.raises(ZeroDivisionError):
@@ -126,6 +133,7 @@ class TestRunBlocking:
         asyncio.run(main())
 
     def test_a_cancelled_await_leaves_the_call_to_finish_on_its_own(self) -> None:
+        """A cancelled await lets the blocking call finish by itself, no error."""
         finished = threading.Event()
         release = threading.Event()
 
@@ -146,6 +154,7 @@ class TestRunBlocking:
         assert finished.wait(10)  # and the thread ended without an error
 
     def test_on_trio_it_runs_on_a_thread_too(self) -> None:
+        """On trio, run_blocking runs the call on another thread too."""
         trio = pytest.importorskip("trio")
 
         async def main() -> int:
@@ -154,6 +163,7 @@ class TestRunBlocking:
         assert trio.run(main) != threading.get_ident()
 
     def test_without_a_running_asyncio_loop_it_still_returns(self) -> None:
+        """Under an unknown event loop, run_blocking still returns the result."""
         call: Callable[[], int] = lambda: 7  # noqa: E731
         coroutine = run_blocking(call)
         with pytest.raises(StopIteration) as stopped:
@@ -162,6 +172,7 @@ class TestRunBlocking:
 
 
 def test_asyncio_example_runs_against_the_local_server() -> None:
+    """examples/asyncio_app.py runs as written and delivers everything."""
     result = run_example("asyncio_app.py")
     assert result.returncode == 0, result.stderr
     assert "log events acknowledged: True; page events: 20 sent" in result.stdout

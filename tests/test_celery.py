@@ -151,6 +151,7 @@ class TestWorker:
         pool: str,
         options: list[str],
     ) -> None:
+        """Each pool's task records carry their task and all arrive at shutdown."""
         env = {**worker_env, "TASK_CONTEXT": "1"}
         stopped, ids, worker_pid = run_worker(app_dir, env, pool, 40, *options)
         assert stopped.returncode == 0, stopped.stderr
@@ -200,6 +201,7 @@ class TestTaskContext:
     def test_an_eager_task_inside_a_request_keeps_the_request(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, app: Any
     ) -> None:
+        """An eager task in a request keeps its href and request_id, and the app's."""
         import tinybird_export.celery
 
         other = celery.Celery("not_integrated", broker="memory://", backend="cache+memory://")
@@ -235,6 +237,7 @@ class TestTaskContext:
         assert "task_id" not in untouched  # a task of an app without init_app
 
     def test_importing_the_package_does_not_import_celery(self) -> None:
+        """Importing tinybird_export does not import Celery."""
         result = run_python("""
             import sys
             import tinybird_export
@@ -246,6 +249,7 @@ class TestTaskContext:
 
 @pytest.mark.timeout(150)
 def test_celery_example_runs_against_the_local_server() -> None:
+    """examples/celery_app.py runs as written and every task's record arrives."""
     result = run_example("celery_app.py", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "orders [0, 1, 2, 3, 4] charged; worker exited with 0" in result.stdout

@@ -38,6 +38,7 @@ def take_all(ch: Channel) -> list[Batch]:
 @settings(derandomize=True, deadline=None, max_examples=200)
 @given(lines=_lines, rows=st.integers(1, 20), nbytes=st.integers(1024, 4096))
 def test_batches_keep_order_and_limits(lines: list[bytes], rows: int, nbytes: int) -> None:
+    """Lines come out in order, in batches within the row and byte limits."""
     ch = channel(rows, nbytes)
     for line in lines:
         ch.offer(line)
@@ -55,6 +56,7 @@ def test_batches_keep_order_and_limits(lines: list[bytes], rows: int, nbytes: in
 @settings(derandomize=True, deadline=None, max_examples=200)
 @given(lines=_lines.filter(lambda x: len(x) > 1))
 def test_halves_split_on_a_line_boundary(lines: list[bytes]) -> None:
+    """A 413's halves split at a line boundary, and put together give the batch."""
     body = b"".join(line + b"\n" for line in lines)
     first, second = Batch(bytearray(body), len(lines)).halves()
     assert first.count >= 1 and second.count >= 1
@@ -64,6 +66,7 @@ def test_halves_split_on_a_line_boundary(lines: list[bytes]) -> None:
 
 
 def test_offer_wakes_on_first_line_and_on_a_sealed_batch() -> None:
+    """An offer wakes the worker for a new partial batch and a sealed one only."""
     ch = channel(3)
     assert ch.offer(b"a") is True  # arms the interval timer
     assert ch.offer(b"b") is False
@@ -72,6 +75,7 @@ def test_offer_wakes_on_first_line_and_on_a_sealed_batch() -> None:
 
 
 def test_a_partial_batch_waits_for_its_interval_then_is_due() -> None:
+    """A partial batch is due once its interval has passed, not before."""
     ch = channel()
     ch.offer(b"x")
     now = time.monotonic()
@@ -81,6 +85,7 @@ def test_a_partial_batch_waits_for_its_interval_then_is_due() -> None:
 
 
 def test_a_batch_sealed_by_bytes_starts_the_next_one_with_a_fresh_timer() -> None:
+    """After a seal by bytes, the next partial batch waits its own interval."""
     ch = channel(1000, 1024)
     ch.offer(b"x" * 600)
     later = time.monotonic() + 60  # the first partial batch is long overdue by then...
@@ -94,6 +99,7 @@ def test_a_batch_sealed_by_bytes_starts_the_next_one_with_a_fresh_timer() -> Non
 
 
 def test_one_batch_in_flight_at_a_time_and_retries_keep_their_place() -> None:
+    """One batch in flight at a time, and a retried one comes back first."""
     ch = channel(1)
     for line in (b"a", b"b"):
         ch.offer(line)
@@ -108,6 +114,7 @@ def test_one_batch_in_flight_at_a_time_and_retries_keep_their_place() -> None:
 
 
 def test_an_answer_after_abandon_is_ignored_so_each_event_counts_once() -> None:
+    """An answer for an abandoned batch is ignored: each event is counted once."""
     ch = channel(2)
     for line in (b"a", b"b", b"c"):
         ch.offer(line)
@@ -157,6 +164,7 @@ def test_abandon_counts_a_line_a_signal_handler_logged() -> None:
 
 
 def test_budget_takes_what_closed_channels_hold_from_the_open_ones() -> None:
+    """What a closed channel holds is taken from an open one's allowance."""
     budget = MemoryBudget()
     old, new = channel(max_bytes=1000), channel(max_bytes=1000)
     budget.add(old)

@@ -23,6 +23,7 @@ DJANGO_PROJECT = Path(ROOT) / "examples" / "django_project"
 
 class TestDjango:
     def test_wsgi_and_asgi_requests(self, server: EventsServer) -> None:
+        """Django requests, WSGI and ASGI, carry their href and request_id."""
         pytest.importorskip("django")
         result = run_python(
             f"""
@@ -84,6 +85,7 @@ class TestDjango:
         assert first["method"] == "GET" and first["duration_ms"] >= 0
 
     def test_example_demo_runs_against_the_local_server(self) -> None:
+        """The Django example's demo runs as written against the local server."""
         pytest.importorskip("django")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBIRD_")}
         result = subprocess.run(
@@ -101,6 +103,7 @@ class TestDjango:
 
 class TestFlask:
     def test_dictconfig_before_flask_and_init_app(self, server: EventsServer) -> None:
+        """dictConfig before Flask, then init_app: requests carry their context."""
         pytest.importorskip("flask")
         result = run_python(
             f"""
@@ -127,6 +130,7 @@ class TestFlask:
         assert {e["route"] for e in access} == {"/hello/<name>", "/boom"}
 
     def test_example_runs_against_the_local_server(self) -> None:
+        """examples/flask_app.py runs as written against the local server."""
         pytest.importorskip("flask")
         result = run_example("flask_app.py")
         assert result.returncode == 0, result.stderr
@@ -134,6 +138,7 @@ class TestFlask:
         assert result.stderr == ""
 
     def test_integrations_are_not_imported_by_default(self) -> None:
+        """Importing the package imports neither Django nor Flask."""
         result = run_python("""
             import sys, tinybird_export
             tinybird_export.TinybirdHandler(datasource="x", token="t").close()
@@ -147,6 +152,7 @@ class TestGunicorn:
     def test_prefork_workers_deliver_every_request_once(
         self, server: EventsServer, preload: bool
     ) -> None:
+        """gunicorn's prefork workers deliver each request's record exactly once."""
         pytest.importorskip("gunicorn")
         port = free_port()
         command = [
@@ -208,6 +214,7 @@ class TestUwsgiCheck:
         ],
     )
     def test_warns_once_with_the_fix(self, options: dict[str, Any], expected: str | None) -> None:
+        """Under uWSGI, a configuration that breaks sending is said once, with the fix."""
         result = run_python(f"""
             import sys, types
             sys.modules["uwsgi"] = types.SimpleNamespace(opt={options!r})
@@ -226,6 +233,7 @@ class TestStructlogAndLoguru:
     def test_structlog_through_render_to_log_kwargs(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """structlog's render_to_log_kwargs: its fields arrive as extras."""
         structlog = pytest.importorskip("structlog")
         handler = make_handler()
         logger.addHandler(handler)
@@ -253,6 +261,7 @@ class TestStructlogAndLoguru:
     def test_loguru_extras_flattened_and_traceback_in_exception(
         self, server: EventsServer, make_handler: Any
     ) -> None:
+        """loguru's bound fields arrive as extras, its traceback as exception."""
         loguru = pytest.importorskip("loguru")
         handler = make_handler()
         sink = loguru.logger.add(handler, format="{message}")
@@ -276,6 +285,7 @@ class TestStructlogAndLoguru:
 
 
 def test_handler_repr_has_no_token() -> None:
+    """A handler's repr never shows its token."""
     handler = TinybirdHandler(datasource="x", token="secret-token", exit_timeout=0)
     try:
         assert "secret-token" not in repr(handler)

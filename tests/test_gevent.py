@@ -51,6 +51,7 @@ def tls_server(tmp_path: Path) -> Iterator[EventsServer]:
 def test_gevent_preload_over_https(
     tls_server: EventsServer, tmp_path: Path, patched_first: bool
 ) -> None:
+    """gunicorn gevent workers over https: said once as is, delivered patched first."""
     (tmp_path / "app.py").write_text(textwrap.dedent(APP))
     # The fix the message gives: patch before anything imports ssl, in gunicorn's config.
     config = tmp_path / "gunicorn.conf.py"

@@ -92,6 +92,7 @@ def make_spans(tracer: Any) -> None:
 
 class TestSpanExporter:
     def test_flat_span_events(self, server: EventsServer, tracer_for: Any) -> None:
+        """Spans arrive in the flat shape with their ids, duration and status."""
         exporter = exporter_for(server)
         make_spans(tracer_for(exporter))
         assert exporter.force_flush(10_000)
@@ -119,6 +120,7 @@ class TestSpanExporter:
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", parent["timestamp"])
 
     def test_href_built_from_parts(self, server: EventsServer, tracer_for: Any) -> None:
+        """href is built from the span's URL parts when it has no full URL."""
         exporter = exporter_for(server)
         tracer = tracer_for(exporter)
         with tracer.start_as_current_span(
@@ -136,6 +138,7 @@ class TestSpanExporter:
         assert [e["href"] for e in server.events()] == ["https://shop.example/p?q=1", ""]
 
     def test_batch_span_processor(self, server: EventsServer, tracer_for: Any) -> None:
+        """BatchSpanProcessor's batches arrive whole."""
         exporter = exporter_for(server)
         tracer = tracer_for(exporter, batch=True)
         for i in range(50):
@@ -163,6 +166,7 @@ class TestSpanExporter:
             assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{9}", parent["Timestamp"])
 
     def test_otel_shape_wire_format(self, server: EventsServer, tracer_for: Any) -> None:
+        """The otel shape is the template's wire format."""
         exporter = exporter_for(server, shape="otel")
         make_spans(tracer_for(exporter))
         assert exporter.force_flush(10_000)
@@ -179,6 +183,7 @@ class TestSpanExporter:
     def test_datasource_never_from_tinybird_datasource(
         self, monkeypatch: pytest.MonkeyPatch, server: EventsServer
     ) -> None:
+        """The exporters' data sources never come from TINYBIRD_DATASOURCE."""
         monkeypatch.setenv("TINYBIRD_DATASOURCE", "app_logs")
         monkeypatch.setenv("TINYBIRD_TOKEN", "t")
         assert TinybirdSpanExporter()._producer.config.datasource == "traces"
@@ -191,6 +196,7 @@ class TestSpanExporter:
     def test_deadlines_shutdown_and_export_after_shutdown(
         self, server: EventsServer, tracer_for: Any
     ) -> None:
+        """Hanging endpoint: flush and shutdown keep their deadlines; export after fails."""
         server.respond(Reply(hang=True))
         exporter = exporter_for(server, timeout=30)
         tracer = tracer_for(exporter)
@@ -224,6 +230,7 @@ class TestLogExporter:
 
     @pytest.mark.parametrize("shape", ["flat", "otel"])
     def test_log_records_fit_the_shipped_schemas(self, shape: str, tracer_for: Any) -> None:
+        """Log records of both shapes fit the shipped .datasource schemas."""
         with LocalServer(datasources=DATASOURCES_DIR, strict=True) as local:
             exporter = exporter_for(local, TinybirdLogExporter, shape=shape, wait=True)
             logger, provider = self._logger(exporter)
@@ -285,6 +292,7 @@ class TestCorrelationAndLifecycle:
     def test_handler_events_carry_the_current_span(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, tracer_for: Any
     ) -> None:
+        """A handler's records carry the current span's trace and span ids."""
         handler = make_handler()
         logger.addHandler(handler)
         tracer = tracer_for(exporter_for(server))
@@ -343,6 +351,7 @@ class TestEntryPointsAndSchemas:
         ],
     )
     def test_entry_points(self, group: str, cls: type) -> None:
+        """The SDK's entry points (OTEL_*_EXPORTER=tinybird) load the exporters."""
         (entry_point,) = importlib.metadata.entry_points(group=group, name="tinybird")
         assert entry_point.load() is cls
 
@@ -461,6 +470,7 @@ def _sample_event(kind: str, tracer_for: Any, server: EventsServer) -> dict[str,
 
 class TestSpanAttributes:
     def test_fast_copy_equals_the_public_view_and_is_independent(self) -> None:
+        """The fast attribute copy equals the public view and is a copy."""
         from tinybird_export._otel_mapper import span_attributes
 
         tracer = TracerProvider(shutdown_on_exit=False).get_tracer("t")
@@ -473,6 +483,7 @@ class TestSpanAttributes:
         assert attributes["a"] == 1
 
     def test_objects_without_the_sdk_internals_take_the_public_path(self) -> None:
+        """Span-like objects without the SDK's internals take the public path."""
         from tinybird_export._otel_mapper import span_attributes
 
         class Foreign:

@@ -52,6 +52,7 @@ def test_import_star_works_without_the_otel_extra() -> None:
 
 
 def test_public_objects_have_docstrings() -> None:
+    """Every public callable is documented."""
     for name in tinybird_export.__all__:
         obj = getattr(tinybird_export, name)
         if callable(obj):
@@ -59,10 +60,12 @@ def test_public_objects_have_docstrings() -> None:
 
 
 def test_package_is_typed() -> None:
+    """The package ships py.typed."""
     assert (Path(tinybird_export.__file__).parent / "py.typed").exists()
 
 
 def test_version_matches_metadata() -> None:
+    """__version__ is the installed distribution's version."""
     assert tinybird_export.__version__ == importlib.metadata.version("tinybird-export")
 
 

@@ -66,12 +66,14 @@ ROWS: dict[str, list[dict[str, Any]]] = {
 
 
 def test_the_readme_has_sql_examples() -> None:
+    """The README and docs/local.md show at least five SQL examples."""
     assert len(examples()) >= 5
 
 
 @needs_clickhouse
 @pytest.mark.parametrize("example", examples())
 def test_readme_sql_runs_on_clickhouse(example: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every SQL example of the README and docs runs on ClickHouse, quietly."""
     with LocalServer(engine="clickhouse") as local:
         for name, rows in ROWS.items():
             assert post(local, name, ndjson(*rows))[1]["quarantined_rows"] == 0

@@ -123,6 +123,7 @@ class TestSupervisedWorker:
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """A bug in the sender's loop is said once; the next batch goes on the interval."""
         fail_once(monkeypatch, _retry, "classify")
         handler = make_handler(flush_interval=0.05)
         logger.addHandler(handler)
@@ -144,6 +145,7 @@ class TestSupervisedWorker:
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """A bug while sending drops that batch as error, never retried."""
         from tinybird_export import _client
 
         fail_once(monkeypatch, _client, "_gzip")
@@ -198,6 +200,7 @@ class TestSupervisedWorker:
 
 class TestMemoryBudget:
     def test_dictconfig_reloads_during_an_outage_share_one_budget(self) -> None:
+        """Five dictConfig reloads in an outage hold one bound and report in one line."""
         result = run_python(
             """
             import logging, logging.config
@@ -236,6 +239,7 @@ class TestMemoryBudget:
     def test_a_closed_handlers_queue_is_given_up_at_its_deadline(
         self, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """A closed handler's queue is given up at its close deadline, counted."""
         handler = make_handler(host=closed_port_url(), flush_timeout=0.2)
         logger.addHandler(handler)
         logger.info("x")
@@ -248,6 +252,7 @@ class TestMemoryBudget:
 
 class TestForkAndExit:
     def test_a_before_fork_hook_that_logs_does_not_deadlock(self, server: EventsServer) -> None:
+        """An app's before-fork hook that logs cannot deadlock on a lock of ours."""
         result = run_python(
             """
             import logging, os
@@ -338,6 +343,7 @@ class TestForkAndExit:
     def test_sigterm_drains_before_a_previous_handler_that_exits(
         self, server: EventsServer
     ) -> None:
+        """SIGTERM drains within the budget before a framework's handler exits."""
         code = (
             PRELUDE
             + """
@@ -404,6 +410,7 @@ class TestIndependentDataSources:
     def test_a_hanging_data_source_does_not_hold_up_another(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """A data source whose request hangs does not delay another's."""
         server.script(Reply(hang=True))  # the first request: data source A's
         slow = make_handler(datasource="slow_a", timeout=30, flush_interval=0.2)
         fast = make_handler(datasource="fast_b", timeout=30, flush_interval=0.2)
@@ -424,6 +431,7 @@ class TestIndependentDataSources:
 
 class TestHonestConfiguration:
     def test_events_apply_static_fields(self, server: EventsServer, make_events: Any) -> None:
+        """Static fields fill in what an event does not set itself."""
         events = make_events(fields={"environment": "prod"})
         events.send({"event": "page_view", "environment": "mine"})
         events.send({"event": "click"})
@@ -432,19 +440,23 @@ class TestHonestConfiguration:
 
     @pytest.mark.parametrize(("name", "value"), [("service", "shop"), ("extras", "flat")])
     def test_settings_that_do_not_apply_are_refused(self, name: str, value: str) -> None:
+        """A handler-only setting given to TinybirdEvents is refused, saying why."""
         with pytest.raises(TypeError, match=f"{name}.*TinybirdEvents"):
             TinybirdEvents(datasource="x", token="t", **{name: value})
 
     def test_handler_refuses_the_otel_shape(self) -> None:
+        """The otel shape is the exporters' only: the handler refuses it."""
         with pytest.raises(TypeError, match="shape"):
             TinybirdHandler(datasource="x", token="t", shape="otel")  # type: ignore[call-arg]
 
     def test_unknown_setting_suggests_the_nearest_name(self) -> None:
+        """A misspelt setting suggests the nearest name."""
         with pytest.raises(TypeError, match="did you mean 'datasource'"):
             TinybirdHandler(datasorce="x", token="t")  # type: ignore[call-arg]
 
     @pytest.mark.parametrize(("text", "expected"), [("false", False), ("0", False), ("yes", True)])
     def test_integration_flags_parse_booleans(self, text: str, expected: bool) -> None:
+        """The integrations' flags parse true/false, 1/0, yes/no."""
         from tinybird_export._context import env_flag
 
         assert env_flag("ACCESS_EVENTS", text) is expected
@@ -469,6 +481,7 @@ class TestHonestConfiguration:
         logger: logging.Logger,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """Every stats() expression the quarantine message names evaluates as said."""
         server.respond(Reply(quarantine=1))
         handler = make_handler(datasource="hinted")
         logger.addHandler(handler)
