@@ -1,27 +1,22 @@
 """One producer's queue and counters: the bounded buffer between ``emit`` and the worker.
 
-A channel belongs to one handler, event sender or exporter, and owns its lock and its
-protocol: producers ``offer`` lines; a sender takes the next due batch (``take``; it is then
-*in flight*, claimed by that sender alone) and reports how it went with ``sent``,
-``dropped``, ``retry`` or ``split``; the exit drain and the close deadline ``abandon`` what
-is left. Each batch is resolved exactly once: an answer that arrives for a batch already
-abandoned is ignored. No other module reads or writes a channel's state.
+A channel belongs to one producer and owns its lock and its protocol: producers ``offer``
+lines; a sender takes the next due batch (``take``: it is then *in flight*, its sender's
+alone) and reports with ``sent``, ``dropped``, ``retry`` or ``split``; the exit drain and
+the close deadline ``abandon`` what is left. Each batch is resolved once: an answer for a
+batch already abandoned is ignored. No other module reads or writes a channel's state.
 
-The caller's side copies each encoded line into one growing NDJSON buffer (no I/O, no
-waiting; thousands of retained line objects would cost ~2 µs per line in allocator work)
-and seals it as a batch at the row or byte limit. Memory is bounded by events *and* bytes,
-from the moment a line is accepted until it is acknowledged or dropped; the byte allowance
-is set by the process's memory budget (``_budget``). At the bound the newest event is
-refused (``queue_full``) unless ``_backpressure`` plans room for it.
+The caller's side copies each line into one growing NDJSON buffer (no I/O, no waiting;
+retained line objects would cost ~2 µs each in allocator work), sealed as a batch at the
+row or byte limit. Memory is bounded by events *and* bytes until a line is acknowledged or
+dropped; the byte allowance is the memory budget's (``_budget``). At the bound the newest
+event is refused (``queue_full``) unless ``_backpressure`` plans room for it.
 
-Signals. ``offer`` may be re-entered by a signal handler or a ``__del__`` on the same
-thread: the lock is re-entrant, and a call that finds it held by its own thread parks its
-line in a deque (``append`` is atomic) that the next ``take`` moves into the queue. And a
-signal handler (``KeyboardInterrupt`` too) runs only where the interpreter checks for it:
-at calls and loops' backward jumps. So each change of state is one straight run of
-assignments with no call in it (marked "the change"), after whatever it computes with
-calls: an exception raised by a handler lands before or after a change, never inside one,
-and the counters always agree (``stats()`` checks that they do).
+Signals. A signal handler or ``__del__`` that re-enters ``offer`` on the same thread parks
+its line in a deque (``append`` is atomic) that the next ``take`` queues. And a handler
+(``KeyboardInterrupt`` too) runs only at calls and loops' backward jumps, so each change of
+state is one straight run of assignments with no call in it ("the change"), after what it
+computes with calls: the counters always agree (``stats()`` checks that they do).
 """
 
 from __future__ import annotations
@@ -56,13 +51,10 @@ class Channel:
         self.host = host
         self.wait = wait
         self.limits = limits
-        # Plain attributes: read on every offer, and cheaper than a NamedTuple's fields.
         self._max_events = limits.queue_max_events
         self._batch_rows = limits.batch_max_rows
         self._batch_bytes = limits.batch_max_bytes
-        self.serial = next(_serials)
-        """Unique in this process, unlike ``id()``, which a later channel may reuse: the
-        spool's files name the channel that wrote them."""
+        self.serial = next(_serials)  # unlike id(), never reused: spool files name it
         self._reset()
 
     def __repr__(self) -> str:
@@ -85,20 +77,15 @@ class Channel:
         self._emitted = 0  # every event that entered, queued or refused
         self._tally = Tally()  # where they went
         self._planner = Planner()  # backpressure, with its memory of the last shortfall
-        self.closed = False
-        """Whether the producer was closed (read on every offer: a plain attribute, which
-        only ``close`` sets)."""
-        self._close_deadline: float | None = None
+        self.closed = False  # read on every offer; only close() sets it
+        self.close_deadline: float | None = None  # until when a closed channel may send
 
     # -- the caller's side -------------------------------------------------------------
 
     def offer(self, line: bytes, flags: int = 0, level: int = 0) -> bool:
-        """Queue one encoded line with ``encode_event``'s ``flags`` and the record's logging
-        ``level`` (0: none), or drop it as ``queue_full`` (see ``_make_room``).
-
-        Returns True when the worker should be woken: the queue had no partial batch (this
-        line arms its interval timer), a batch was just sealed, or the call re-entered one
-        in progress on this thread.
+        """Queue one line with ``encode_event``'s ``flags`` and its logging ``level`` (0:
+        none), or drop it (``_make_room``); whether to wake the worker (a new partial
+        batch arms its timer, a batch was sealed, or the call re-entered another).
         """
         lock = self._lock
         if lock._is_owned():  # type: ignore[attr-defined]  # re-entered: see the docstring
@@ -108,8 +95,9 @@ class Channel:
             self._replaying = False  # _append_deferred's own call: go on, under its lock
         with lock:
             size = len(line)
-            if flags:
-                self._count_flags(flags)
+            if flags:  # not in the invariant: counted whatever happens next
+                self._tally.truncated += flags & TRUNCATED != 0
+                self._tally.repaired += flags & REPAIRED != 0
             if (
                 self._queued_events >= self._max_events
                 or self._queued_bytes + size > self._allowance
@@ -148,12 +136,6 @@ class Channel:
             self._replaying = True  # one call may proceed though this thread holds the lock
             self.offer(line, flags, level)
 
-    def _count_flags(self, flags: int) -> None:
-        if flags & TRUNCATED:
-            self._tally.truncated += 1
-        if flags & REPAIRED:
-            self._tally.repaired += 1
-
     def _seal(self) -> None:
         batch = Batch(self._pending, self._pending_count, self._pending_levels)
         pending, levels = bytearray(), bytearray()
@@ -163,10 +145,8 @@ class Channel:
         self._pending, self._pending_levels, self._pending_count = pending, levels, 0
 
     def _make_room(self, size: int, level: int) -> bool:
-        """At the bound: a WARNING-or-higher line displaces queued lines of lower levels
-        (``_backpressure``'s plan), oldest first, never the batch in flight; else it is
-        counted as entered and dropped as ``queue_full``, by its level too (caller holds
-        the lock).
+        """At the bound: a WARNING-or-higher line displaces lower levels (``_backpressure``'s
+        plan), never the batch in flight; else it is counted, dropped as ``queue_full``.
         """
         plan = None
         if level >= DISPLACES_FROM:
@@ -209,9 +189,7 @@ class Channel:
         return True
 
     def _queued_batches(self) -> tuple[list[Batch], bool]:
-        """The queue, oldest first, the one in flight not; and whether the partial batch
-        is its last.
-        """
+        """The queue but the batch in flight, oldest first; whether the last is partial."""
         if not self._pending_count:
             return list(self._ready), False
         return [*self._ready, Batch(self._pending, self._pending_count, self._pending_levels)], True
@@ -242,10 +220,9 @@ class Channel:
     # -- the sender's side -------------------------------------------------------------
 
     def take(self, now: float, interval: float, draining: bool) -> Batch | float | None:
-        """Claim the next batch to send at ``now``, sealing the partial one once it waited
-        ``interval`` (at once when ``draining``, closed or flushed): the batch (now in
-        flight); else when the partial one is due; else ``None`` (nothing queued, or a
-        batch already in flight).
+        """The next batch at ``now``, now in flight (the partial one sealed after waiting
+        ``interval``, at once when ``draining``, closed or flushed); else when it is due;
+        else ``None`` (nothing queued, or a batch already in flight).
         """
         if self._lock._is_owned():  # type: ignore[attr-defined]  # in a signal handler
             return now + 0.01  # on a thread inside offer: try again later
@@ -276,17 +253,8 @@ class Channel:
         with self._lock:
             if self._in_flight is not batch:
                 return False
-            count, raw, tally = batch.count, batch.nbytes, self._tally
             self._count_request(batch)
-            # The change (no call from here).
-            self._in_flight = None
-            self._queued_events -= count
-            self._queued_bytes -= raw - count  # raw counts the newlines too
-            self._resolved += count
-            tally.sent += count
-            tally.bytes_sent += raw
-            tally.quarantined += quarantined
-            tally.wire_bytes_sent += wire_bytes
+            self._leave([batch], "sent", quarantined=quarantined, wire_bytes=wire_bytes)
             return True
 
     def dropped(self, batch: Batch, reason: str, error: str = "", *, requested: bool) -> None:
@@ -297,7 +265,7 @@ class Channel:
             if requested:
                 self._count_request(batch)
             if self._in_flight is batch:
-                self._drop([batch], reason)
+                self._leave([batch], reason)
 
     def retry(self, batch: Batch, error: str) -> None:
         """``batch`` failed retryably: it goes back to the head of the queue, in order."""
@@ -321,9 +289,8 @@ class Channel:
                 self._back_from_flight(*batch.halves())
 
     def _back_from_flight(self, *batches: Batch) -> None:
-        """The batch in flight returns to the head of the queue, as ``batches`` (itself, its
-        halves, or a copy), in order. Its lines may be displaced again, so what the planner
-        remembered finding below a level no longer holds (caller holds the lock).
+        """The batch in flight returns to the head as ``batches`` (itself, its halves, or a
+        copy); the planner's memory no longer holds (its lines may be displaced again).
         """
         self._planner.forget()
         ready = collections.deque(batches)
@@ -337,41 +304,51 @@ class Channel:
         self._tally.retries += batch.attempts > 0
         batch.attempts += 1
 
-    def _drop(
-        self, batches: list[Batch], reason: str, ready: collections.deque[Batch] | None = None
+    def _leave(
+        self,
+        batches: list[Batch],
+        to: str,
+        *,
+        quarantined: int = 0,
+        wire_bytes: int = 0,
+        ready: collections.deque[Batch] | None = None,
     ) -> int:
-        """``batches`` (the one in flight among them, if any) leave memory, dropped for
-        ``reason``, and ``ready`` becomes the queue if given; how many events (caller
-        holds the lock).
+        """``batches`` (the one in flight among them) leave memory ``to`` "sent", "spool"
+        or a drop reason, and ``ready`` becomes the queue if given; how many events.
         """
         count = sum(batch.count for batch in batches)
-        raw = sum(batch.nbytes for batch in batches)
-        total = self._tally.dropped.get(reason, 0) + count
+        raw = sum(batch.nbytes for batch in batches)  # newlines included
+        tally, leaving = self._tally, to not in ("sent", "spool")
+        total = tally.dropped.get(to, 0) + count if leaving and count else 0
         # The change (no call from here).
         if ready is not None:
             self._ready = ready
-        if not count:
-            return 0
         self._in_flight = None
         self._queued_events -= count
         self._queued_bytes -= raw - count
+        if to == "spool":
+            tally.spooled += count
+            return count
         self._resolved += count
-        self._tally.dropped[reason] = total
-        self._dropped_after_queue += count
+        if to == "sent":
+            tally.sent, tally.bytes_sent = tally.sent + count, tally.bytes_sent + raw
+            tally.quarantined += quarantined
+            tally.wire_bytes_sent += wire_bytes
+        elif count:
+            tally.dropped[to] = total
+            self._dropped_after_queue += count
         return count
 
     def abandon(self, reason: str) -> int:
-        """Drop everything still queued or in flight; returns how many events.
-
-        An answer that arrives later for the in-flight batch is ignored (``sent`` returns
-        False), so every event is counted exactly once.
+        """Drop everything queued or in flight; how many events (a later answer for the
+        batch in flight is ignored: each event is counted once).
         """
         with self._lock:
             self._append_deferred()  # lines a signal handler logged count too
             if self._pending_count:
                 self._seal()
             batches = [*self._ready, *([self._in_flight] if self._in_flight else [])]
-            return self._drop(batches, reason, ready=collections.deque())
+            return self._leave(batches, reason, ready=collections.deque())
 
     # -- the disk spool (a sender, or the exit drain) -------------------------------------
 
@@ -396,19 +373,13 @@ class Channel:
         """``batch`` is on disk: it leaves memory, counted as spooled."""
         with self._lock:
             if self._in_flight is batch:
-                count, raw = batch.count, batch.nbytes
-                # The change (no call from here).
-                self._in_flight = None
-                self._queued_events -= count
-                self._queued_bytes -= raw - count
-                self._tally.spooled += count
+                self._leave([batch], "spool")
 
     def unspooled(
         self, count: int, *, own: bool, sent: bool, reason: str = "", quarantined: int = 0
     ) -> None:
-        """``count`` events were sent from the spool (``quarantined`` of them quarantined),
-        or refused for ``reason``; ``own``: this channel wrote them, so they move from
-        spooled to sent (or dropped).
+        """``count`` events were sent from the spool, or refused for ``reason``; ``own``:
+        this channel wrote them, so they move from spooled to sent (or dropped).
         """
         with self._lock:
             tally = self._tally
@@ -427,10 +398,6 @@ class Channel:
                 tally.dropped[reason] = total
                 self._dropped_after_queue += count
 
-    def spooled_count(self) -> int:
-        """Events of this channel held in the spool."""
-        return self._tally.spooled
-
     def spill_mark(self) -> int:
         """Above how many held bytes a failing lane spills to the spool: half the bound."""
         return self._allowance // 2
@@ -438,21 +405,13 @@ class Channel:
     # -- lifecycle -----------------------------------------------------------------------
 
     def close(self, deadline: float) -> None:
-        """No more events (they are refused as ``closed``); what is queued may be sent until
-        ``deadline``, then it is given up as ``close_timeout``.
-        """
+        """No more events (refused as ``closed``); what is queued may go until ``deadline``."""
         with self._lock:
             self.closed = True
-            self._close_deadline = deadline
-
-    def close_deadline(self) -> float | None:
-        """Until when a closed channel may send what it holds (``None`` while open)."""
-        return self._close_deadline
+            self.close_deadline = deadline
 
     def held_by_this_thread(self) -> bool:
-        """Whether this thread is inside one of its methods: a signal handler that
-        interrupted an offer (the lock cannot be released until the handler returns).
-        """
+        """Whether this thread is inside one of its methods (a signal landed in an offer)."""
         return bool(self._lock._is_owned())  # type: ignore[attr-defined]
 
     def empty(self) -> bool:
@@ -469,28 +428,23 @@ class Channel:
 
     def note_error(self, error: str) -> None:
         """Remember a failure that is not about one batch."""
-        with self._lock:
-            self._tally.last_error = error
+        self._tally.last_error = error  # one store: atomic
 
     def last_error(self) -> str:
         """The last failure's text."""
         return self._tally.last_error
 
     def after_fork_in_child(self) -> None:
-        """Forget the parent's queue and counters (the parent still sends its events), and
-        the lock, which another thread of the parent may have held at fork. A channel
-        closed in the parent stays closed.
+        """Forget the parent's queue, counters (the parent sends its events) and lock (held
+        at fork, maybe); a channel closed in the parent stays closed.
         """
-        closed, deadline = self.closed, self._close_deadline
+        closed, deadline = self.closed, self.close_deadline
         self._reset()
-        self.closed, self._close_deadline = closed, deadline  # detached once seen empty
+        self.closed, self.close_deadline = closed, deadline  # detached once seen empty
 
     def stats(self) -> DeliveryStats:
-        """A consistent snapshot of the counters.
-
-        ``emitted`` is counted where events enter, apart from the counters that say where
-        they went, so the invariant is a real check: an event lost between two counters
-        fails the assertion (in tests, and in any run without ``-O``).
+        """A consistent snapshot. ``emitted`` is counted apart from where events went, so
+        the invariant is a real check, asserted here (not under ``-O``).
         """
         with self._lock:
             in_flight = self._in_flight.count if self._in_flight else 0

@@ -233,7 +233,7 @@ class Delivery:
             # wait=true answers can take ~25 s (events-api docs): 60 s for those.
             timeout = max(timeout, 60.0) if channel.wait else timeout
             now = time.monotonic()
-            limits = (deadline, self._exit_deadline(), channel.close_deadline())
+            limits = (deadline, self._exit_deadline(), channel.close_deadline)
             cap = min([now + connect_timeout + timeout, *(d for d in limits if d is not None)])
             lane.pacing.started(now)
             ndjson, gzipped = source.payload()

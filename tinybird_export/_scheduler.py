@@ -126,7 +126,7 @@ class Scheduler:
         for offset in range(len(groups)):
             group = groups[(start + offset) % len(groups)]
             for channel in group.channels:  # closed ones: done, given up, or their deadline
-                deadline = channel.close_deadline()
+                deadline = channel.close_deadline
                 if deadline is not None and (channel.empty() or now >= deadline):
                     finished.append(channel)
                 elif deadline is not None:

@@ -158,9 +158,7 @@ class Worker:
         return self._scheduler.channels()
 
     def send_interval(self, datasource: str, flush_interval: float) -> float:
-        """How long a partial batch of ``datasource`` waits now: ``flush_interval``, or
-        longer while the server's rate limit paces it.
-        """
+        """How long a partial batch of ``datasource`` waits now (the pacing may stretch it)."""
         lane = self._scheduler.lane(datasource)
         return flush_interval if lane is None else lane.pacing.interval(flush_interval)
 
@@ -181,8 +179,8 @@ class Worker:
             senders.start()
 
     def wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
-        """Have everything sent until ``done()`` or ``deadline`` (at most the exit
-        deadline): by the threads when they run, else on this thread.
+        """Send until ``done()`` or ``deadline`` (at most the exit deadline): by the
+        threads when they run, else on this thread.
         """
         exit_deadline = self._shared.exit_deadline()
         if exit_deadline is not None:
@@ -197,9 +195,7 @@ class Worker:
             self._senders.wake()
 
     def drain(self, deadline: float) -> None:
-        """Send everything queued until ``deadline``, on this thread too when no thread
-        can take a due lane (none runs, or every one is busy with another).
-        """
+        """Send everything queued until ``deadline``, on this thread too (the exit drain)."""
         self._senders.run_here(lambda: all(c.empty() for c in self.channels()), deadline)
 
     # -- the spool ---------------------------------------------------------------------------
