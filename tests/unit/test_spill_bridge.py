@@ -66,8 +66,10 @@ def test_a_lane_with_spooled_files_claims_the_oldest_before_its_memory(tmp_path:
     lane, channel = Lane(HOST, "ds", 1.0, True), filled(60)
     lane.failing = True
     lane.paused_until = time.monotonic() + 60
-    bridge.step([(lane, [channel])], time.monotonic(), draining=False)
+    for _ in range(2):  # the first spills; the second finds the files, and the pause
+        bridge.step([(lane, [channel])], time.monotonic(), draining=False)
     assert bridge.first(lane) is None  # paused: nothing claimed
+    assert all(".claimed-" not in p.name for p in files(bridge))
     lane.failing, lane.paused_until = False, 0.0
     bridge.step([(lane, [channel])], time.monotonic(), draining=False)
     first = bridge.first(lane)
