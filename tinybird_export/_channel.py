@@ -196,6 +196,8 @@ class Channel:
 
     def refuse(self, reason: str, count: int = 1) -> None:
         """Count ``count`` events that entered and were dropped before they could be queued."""
+        if count < 1:
+            return
         with self._lock:
             total = self._tally.dropped.get(reason, 0) + count
             # The change (no call from here).

@@ -69,6 +69,7 @@ class Producer:
         elif config.enabled:
             self.worker = self._process.attach(config, self.channel, label)
             _exit.check_uwsgi()
+        self._accepting = self.channel if self.worker is not None else None
         self._before_send = config.before_send
         self.has_before_send = config.before_send is not None
         self.max_event_bytes = config.max_event_bytes
@@ -90,21 +91,31 @@ class Producer:
         """Queue one encoded line (``None``: too large even when truncated), with
         ``encode_event``'s flags and the record's logging level (0: none).
         """
-        channel = self.channel
+        channel = self._accepting  # one check on the caller's hot path: open and enabled
+        if channel is None or line is None:
+            self._refuse_line()
+        elif channel.offer(line, flags, level):
+            self._wake(channel)
+
+    def _refuse_line(self) -> None:
+        """Count an event this producer cannot queue: disabled, closed, or too large."""
+        if self.worker is None:
+            self.channel.refuse("disabled")
+        elif self.channel.closed:
+            self._refuse_closed()
+        else:
+            self.channel.refuse("too_large")
+
+    def _wake(self, channel: Channel) -> None:
         worker = self.worker
         if worker is None:
-            channel.refuse("disabled")
-        elif channel.closed:
-            self._refuse_closed()
-        elif line is None:
-            channel.refuse("too_large")
-        elif channel.offer(line, flags, level):
-            worker.notify(channel)
-            if self._sends_late and self._process.exiting() and not self.flush():
-                # After the exit drain (a later atexit hook, a __del__) nothing would send
-                # it any more: it was sent now, within what is left of the budget, or is
-                # counted and reported here.
-                report_undelivered([channel], "at exit (sent after the exit drain)")
+            return
+        worker.notify(channel)
+        if self._sends_late and self._process.exiting() and not self.flush():
+            # After the exit drain (a later atexit hook, a __del__) nothing would send it
+            # any more: it was sent now, within what is left of the budget, or is counted
+            # and reported here.
+            report_undelivered([channel], "at exit (sent after the exit drain)")
 
     def refuse(self, reason: str, count: int = 1) -> None:
         """Count ``count`` events handed to the producer and dropped before its queue (a
@@ -177,6 +188,7 @@ class Producer:
         worker, channel = self.worker, self.channel
         if channel.closed:
             return
+        self._accepting = None  # from now on, events are refused as closed
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
         wait = self._process.cap_at_exit(wait)
         if worker is None:

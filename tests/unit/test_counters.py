@@ -168,6 +168,8 @@ def test_spans_exported_after_shutdown_are_counted() -> None:
     exporter = otel.TinybirdSpanExporter(enabled=False)
     exporter.shutdown()
     export = cast(Callable[[list[object]], object], exporter.export)
+    assert export([]) == otel.SpanExportResult.FAILURE
+    assert exporter.stats().dropped_by_reason == {}  # nothing handed over: nothing counted
     assert export([object(), object()]) == otel.SpanExportResult.FAILURE
     stats = exporter.stats()
     assert stats.emitted == 2 and stats.dropped_by_reason == {"closed": 2}
