@@ -8,22 +8,16 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinybird_export._batch import Batch, Limits
-from tinybird_export._budget import MemoryBudget
+from tests.helpers import make_channel
+from tinybird_export._batch import Batch
 from tinybird_export._channel import Channel
 
 _lines = st.lists(st.binary(min_size=1, max_size=300).map(lambda b: b.replace(b"\n", b" ")))
 
 
-def channel(rows: int = 1000, nbytes: int = 1 << 20, *, max_bytes: int = 10**9) -> Channel:
-    limits = Limits(
-        queue_max_events=10**6,
-        queue_max_bytes=max_bytes,
-        batch_max_rows=rows,
-        batch_max_bytes=nbytes,
-        flush_interval=1.0,
-    )
-    return Channel("ds", "http://127.0.0.1", wait=False, limits=limits)
+def channel(rows: int = 1000, nbytes: int = 1 << 20) -> Channel:
+    """A channel of batches of ``rows`` rows and ``nbytes`` bytes at most."""
+    return make_channel(rows=rows, nbytes=nbytes)
 
 
 def take_all(ch: Channel) -> list[Batch]:
@@ -161,22 +155,3 @@ def test_abandon_counts_a_line_a_signal_handler_logged() -> None:
     stats = ch.stats()
     assert (stats.queued, stats.dropped_by_reason) == (0, {"exit_timeout": 2})
     assert ch.empty()
-
-
-def test_budget_takes_what_closed_channels_hold_from_the_open_ones() -> None:
-    """What a closed channel holds is taken from an open one's allowance."""
-    budget = MemoryBudget()
-    old, new = channel(max_bytes=1000), channel(max_bytes=1000)
-    budget.add(old)
-    for _ in range(6):
-        old.offer(b"x" * 100)
-    old.close(time.monotonic() + 60)
-    budget.add(new)
-    for _ in range(10):
-        new.offer(b"y" * 100)
-    assert old.held_bytes() + new.held_bytes() <= 1000
-    assert (new.stats().queued, new.stats().dropped_by_reason) == (4, {"queue_full": 6})
-    old.abandon("close_timeout")
-    budget.remove(old)  # given up: its share is the open channel's again
-    new.offer(b"z" * 100)
-    assert (new.stats().queued, new.stats().dropped) == (5, 6)
