@@ -400,6 +400,10 @@ class Channel:
                 tally.dropped[reason] = total
                 self._dropped_after_queue += count
 
+    def spooled_count(self) -> int:
+        """Events of this channel held in the spool (no lock, no check: the exit path)."""
+        return self._tally.spooled
+
     def spill_mark(self) -> int:
         """Above how many held bytes a failing lane spills to the spool: half the bound."""
         return self._allowance // 2

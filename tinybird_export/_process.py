@@ -202,7 +202,7 @@ class Process:
         deadline = self._begin_exit(workers, budget)
         with self._lock:
             outer, self._exiting_thread = self._exiting_thread, threading.get_ident()
-        spooled_before = {id(c): c.stats().spooled for w in workers for c in w.channels()}
+        spooled_before = {id(c): c.spooled_count() for w in workers for c in w.channels()}
         try:
             self.drain(workers, deadline)
             spooled = self._spill_at_exit(workers, spooled_before)
@@ -233,7 +233,7 @@ class Process:
             worker.spill_remaining()
             written: dict[str, int] = {}
             for channel in worker.channels():
-                count = channel.stats().spooled - spooled_before.get(id(channel), 0)
+                count = channel.spooled_count() - spooled_before.get(id(channel), 0)
                 if count:
                     written[channel.datasource] = written.get(channel.datasource, 0) + count
             if written:
