@@ -56,6 +56,7 @@ def test_writes_every_package_datasource_with_one_token_line(tmp_path: Path) -> 
 
 
 def test_a_second_run_changes_nothing_and_edits_are_kept(tmp_path: Path) -> None:
+    """A run over the same files changes nothing; a file the user edited is kept unless --force."""
     assert datasources("tinybird", "--only", "app_logs,simple_events", cwd=tmp_path).returncode == 0
     again = datasources("tinybird", "--only", "app_logs,simple_events", cwd=tmp_path)
     assert (
@@ -81,12 +82,14 @@ def test_a_second_run_changes_nothing_and_edits_are_kept(tmp_path: Path) -> None
     ],
 )
 def test_bad_arguments_say_what_is_wrong(tmp_path: Path, args: list[str], message: str) -> None:
+    """An unknown name, a missing path or a bad token name: exit 1, what is wrong, nothing written."""
     done = datasources("tinybird", *args, cwd=tmp_path)
     assert done.returncode == 1 and message in done.stderr, done.stderr
     assert not (tmp_path / "tinybird").exists()
 
 
 def test_the_token_line_replaces_one_already_there() -> None:
+    """One TOKEN line, after the description: a file's own TOKEN line is replaced."""
     text = 'DESCRIPTION >\n    x\n\nTOKEN "old" READ\n\nSCHEMA >\n    `a` String\n'
     assert with_token(text, "new") == (
         'DESCRIPTION >\n    x\n\nTOKEN "new" APPEND\n\nSCHEMA >\n    `a` String\n'

@@ -16,6 +16,7 @@ from tinybird_export.testing import EventsServer, Reply
 
 class TestPacing:
     def test_429_doubles_from_the_interval_and_is_capped(self) -> None:
+        """Each 429 doubles the spacing from flush_interval, up to the cap."""
         pacing = Pacing(1.0, enabled=True)
         assert pacing.spacing == 0
         spacings = []
@@ -26,6 +27,7 @@ class TestPacing:
         assert max(spacings) == MAX_SPACING
 
     def test_a_low_remaining_slows_down_before_any_429(self) -> None:
+        """A low X-RateLimit-Remaining grows the spacing before any 429."""
         pacing = Pacing(1.0, enabled=True)
         pacing.answered(202, {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "10"})
         assert pacing.spacing == 1.0
@@ -40,6 +42,7 @@ class TestPacing:
         ids=["no headers", "room to spare"],
     )
     def test_recovery_is_additive_back_to_no_pacing(self, headers: dict[str, str]) -> None:
+        """Room to spare shrinks the spacing step by step, back to none."""
         pacing = Pacing(1.0, enabled=True)
         pacing.answered(429, {})
         pacing.answered(429, {})
@@ -50,6 +53,7 @@ class TestPacing:
         assert steps == 20  # 2 s back to 0 by a tenth of the interval per request
 
     def test_bogus_headers_and_other_answers_change_nothing(self) -> None:
+        """Bogus rate-limit headers and other statuses leave the spacing alone."""
         pacing = Pacing(1.0, enabled=True)
         for headers in (
             {"x-ratelimit-limit": "nan", "x-ratelimit-remaining": "0"},
@@ -62,6 +66,7 @@ class TestPacing:
         assert pacing.spacing == 0
 
     def test_disabled_never_paces(self) -> None:
+        """adaptive=False: no spacing, whatever the server says."""
         pacing = Pacing(1.0, enabled=False)
         pacing.answered(429, {})
         assert pacing.spacing == 0
@@ -78,6 +83,7 @@ class TestAdaptiveLanes:
     def test_429_paces_the_data_source_and_acks_bring_it_back(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """429s pace the data source; acknowledged requests bring it back."""
         server.script(Reply(status=429, headers={"Retry-After": "0"}))
         handler = make_handler(datasource="paced", flush_interval=0.1)
         log_until_sent(handler, logger, 1)
@@ -97,6 +103,7 @@ class TestAdaptiveLanes:
     def test_a_low_remaining_paces_without_a_429(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """A low X-RateLimit-Remaining paces the data source before any 429."""
         low = {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "3"}
         server.respond(Reply(headers=low))
         handler = make_handler(datasource="early", flush_interval=0.05)
@@ -107,6 +114,7 @@ class TestAdaptiveLanes:
     def test_adaptive_false_keeps_todays_behaviour(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """adaptive=False keeps flush_interval through 429s."""
         server.script(*[Reply(status=429, headers={"Retry-After": "0"})] * 2)
         handler = make_handler(datasource="fixed", flush_interval=0.1, adaptive=False)
         log_until_sent(handler, logger, 1)
@@ -140,6 +148,7 @@ class TestSeverityBackpressure:
     def test_errors_displace_lower_levels_during_an_outage(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """During an outage errors displace lower levels; every ERROR is delivered."""
         server.respond(Reply(status=503))
         # Small batches: the one in flight (never displaced) is a small part of the bound.
         handler = make_handler(
@@ -167,6 +176,7 @@ class TestSeverityBackpressure:
     def test_with_only_errors_left_the_newest_error_is_dropped(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """With only errors queued, the newest error is dropped; the oldest kept."""
         server.respond(Reply(status=503))
         handler = make_handler(
             datasource="errors",
@@ -217,6 +227,7 @@ class TestSeverityBackpressure:
     def test_events_keep_the_plain_policy_unless_given_a_level(
         self, server: EventsServer, make_events: Any
     ) -> None:
+        """Events without a level keep the newest-dropped policy; with one, displace."""
         server.respond(Reply(status=503))
         events = make_events(
             datasource="plain",
@@ -239,6 +250,7 @@ class TestSeverityBackpressure:
     def test_the_invariant_holds_throughout(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """While the endpoint flaps, the counters agree at every step."""
         rng = random.Random(11)
         handler = make_handler(
             datasource="flapping",

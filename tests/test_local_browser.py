@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_helpers import ENGINES, EVENT
 
+from tests.local_helpers import ENGINES, EVENT
 from tinybird_export import _http_guard
 from tinybird_export.local import LocalServer
 

@@ -18,9 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import ROOT, run_python
-from tests.test_exit import child_env, closed_port_url
-from tests.test_runtime import wait_until
+from tests.helpers import ROOT, child_env, closed_port_url, run_python, wait_until
 from tinybird_export import TinybirdHandler
 from tinybird_export.testing import EventsServer, Reply
 
@@ -28,6 +26,7 @@ from tinybird_export.testing import EventsServer, Reply
 class TestMainJobAtATerminal:
     @pytest.mark.timeout(90)
     def test_ctrl_c_prints_the_summary_within_2_s_and_exits_0(self) -> None:
+        """Ctrl-C on the main job prints its summary within 2 s, and exits 0."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBIRD_")}
         with subprocess.Popen(
             [sys.executable, str(Path(ROOT) / "examples" / "stream_events.py")],
@@ -98,6 +97,7 @@ class TestMainJobAtATerminal:
         assert progress and "last error" not in progress[-1], lines
 
     def test_help_is_whole_sentences(self) -> None:
+        """The main job's --help speaks in whole sentences."""
         result = subprocess.run(
             [sys.executable, str(Path(ROOT) / "examples" / "stream_events.py"), "--help"],
             capture_output=True,
@@ -123,7 +123,9 @@ def read_terminal(controller: int, into: list[bytes]) -> None:
 def terminal_screen(output: str) -> list[str]:
     """The lines a terminal shows for ``output``: a carriage return rewrites the line from
     its start (what it writes over is replaced, the rest stays), a line feed ends it."""
-    lines, line, column = [], [], 0
+    lines: list[str] = []
+    line: list[str] = []
+    column = 0
     for char in output:
         if char == "\r":
             column = 0
@@ -164,6 +166,7 @@ class TestProblemsSaidWhenTheyHappen:
     def test_a_wrong_host_is_reported_within_5_s(
         self, tmp_path: Path, host: str, expected: str
     ) -> None:
+        """A wrong host is said within 5 s, with what to fix."""
         script = tmp_path / "app.py"
         script.write_text(LONG_RUNNING)
         if host == "refused":
@@ -195,6 +198,7 @@ class TestProblemsSaidWhenTheyHappen:
     def test_said_once_then_again_only_after_a_recovery(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, capfd: Any
     ) -> None:
+        """A failure is said once, and again only after a recovery was said."""
         server.script(*[Reply(status=503)] * 3)
         handler = make_handler(datasource="flaky", flush_interval=0.05)
         logger.addHandler(handler)
@@ -216,6 +220,7 @@ class TestNothingListening:
 
     @pytest.mark.timeout(60)
     def test_the_quickstart_on_a_wrong_port_ends_within_3_s(self) -> None:
+        """A flush, a close and the exit each stop after about a second of refusals, and say why."""
         env = {**os.environ, "TINYBIRD_HOST": closed_port_url(), "TINYBIRD_TOKEN": "t"}
         started = time.monotonic()
         done = subprocess.run(
@@ -239,6 +244,7 @@ class TestNothingListening:
     def test_a_flush_that_gave_up_keeps_the_events_for_when_the_server_comes(
         self, logger: logging.Logger
     ) -> None:
+        """A flush that gave up dropped nothing: the next flush, once a server listens, delivers."""
         url = closed_port_url()
         handler = TinybirdHandler(datasource="late", host=url, token="t", flush_interval=0.05)
         try:
@@ -255,6 +261,7 @@ class TestNothingListening:
             handler.close()
 
     def test_only_refusals_in_a_row_for_long_enough_and_during_the_wait_count(self) -> None:
+        """A blip, an answer or another kind of failure does not make a host 'nothing listening'."""
         from tinybird_export._retry import REFUSED_GIVE_UP, Refusals
 
         refusals = Refusals()
@@ -308,6 +315,7 @@ class TestQuickstartLogging:
     """The quickstart's ``dictConfig`` keeps the loggers made before it, and the console."""
 
     def test_the_example_script_has_the_readmes_dict(self) -> None:
+        """examples/quickstart.py configures logging with the README's dict, which keeps loggers."""
         quickstart = Path(ROOT) / "examples" / "quickstart.py"
         assert readme_logging_dict(quickstart) == readme_logging_dict()
         assert readme_logging_dict()["disable_existing_loggers"] is False
@@ -378,12 +386,14 @@ class TestQuickstartLogging:
 
 class TestHostsAtConstruction:
     def test_a_host_with_a_path_is_refused_with_the_corrected_url(self) -> None:
+        """A host with a path is refused with the URL to use instead."""
         with pytest.raises(ValueError, match="use 'http://127.0.0.1:7181'"):
             TinybirdHandler(datasource="x", token="t", host="http://127.0.0.1:7181/v0/events")
 
     def test_a_loopback_404_names_no_cloud_region(
         self, make_handler: Any, logger: logging.Logger, capfd: Any
     ) -> None:
+        """A 404 from a local server names strict mode, not cloud regions."""
         with EventsServer() as other:
             other.respond(Reply(status=404))
             handler = make_handler(host=other.url, datasource="undeclared")
@@ -399,6 +409,7 @@ class TestAccessLines:
     def test_django_and_werkzeug_request_lines_lose_their_query_string(
         self, server: EventsServer, make_handler: Any
     ) -> None:
+        """Django's and werkzeug's request lines arrive without the query string."""
         from tinybird_export._context import strip_access_lines
 
         strip_access_lines("django.server", "werkzeug")  # what the integrations install
@@ -510,6 +521,7 @@ def readme_shell_commands() -> list[list[str]]:
 
 class TestReadme:
     def test_every_tinybird_export_command_and_flag_it_uses_exists(self) -> None:
+        """Every tinybird-export command and flag the README shows exists."""
         commands = readme_shell_commands()
         assert commands, "the README shows tinybird-export commands"
         helps: dict[str, str] = {}
@@ -534,6 +546,7 @@ class TestReadme:
                 assert flag in helps[sub], f"tinybird-export {sub} has no {flag}"
 
     def test_the_testing_server_prints_its_token(self) -> None:
+        """python -m tinybird_export.testing prints its URL and token."""
         with subprocess.Popen(
             [sys.executable, "-m", "tinybird_export.testing", "--token", "abc"],
             stdout=subprocess.PIPE,
