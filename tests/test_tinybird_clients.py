@@ -325,7 +325,9 @@ DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 # docs/deploy.md's rehearsal, line by line: each must be in the page as written, and runs here
 # (the server on a free port rather than 7181, which tb --local is told with TB_LOCAL_PORT;
 # .venv/bin/ is this interpreter's).
-SERVER_LINE = ".venv/bin/tinybird-export local --port 7181 --no-package-datasources --strict"
+SERVER_LINE = (
+    ".venv/bin/tinybird-export local --port 7181 --data :memory: --no-package-datasources --strict"
+)
 WRITE_LINE = ".venv/bin/tinybird-export datasources tinybird --include examples/datasources"
 FORWARD_LINE = "cd tinybird && tb --local build && tb --local deploy"
 CLASSIC_LINE = "cd tinybird && tb --host http://localhost:7181 --token $TINYBIRD_TOKEN push"
@@ -342,8 +344,8 @@ class TestGoingToTinybird:
     @pytest.fixture
     def workspace(self) -> Iterator[SpawnedServer]:
         words = shlex.split(SERVER_LINE)
-        assert words[1:4] == ["local", "--port", "7181"]
-        with spawn(":memory:", "--engine", ENGINE, *words[4:]) as local:
+        assert words[1:6] == ["local", "--port", "7181", "--data", ":memory:"]
+        with spawn(":memory:", "--engine", ENGINE, *words[6:]) as local:
             yield local
 
     @pytest.fixture
