@@ -505,7 +505,9 @@ def orjson_dumps(value: Any) -> str:
 
 
 def readme_shell_commands() -> list[list[str]]:
-    text = (Path(ROOT) / "README.md").read_text()
+    """The ``tinybird-export`` commands of the README's and the docs' shell blocks."""
+    pages = [Path(ROOT) / "README.md", *sorted((Path(ROOT) / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
     commands = []
     for block in re.findall(r"```(?:sh|bash|console)\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -521,7 +523,7 @@ def readme_shell_commands() -> list[list[str]]:
 
 class TestReadme:
     def test_every_tinybird_export_command_and_flag_it_uses_exists(self) -> None:
-        """Every tinybird-export command and flag the README shows exists."""
+        """Every tinybird-export command and flag the README and the docs show exists."""
         commands = readme_shell_commands()
         assert commands, "the README shows tinybird-export commands"
         helps: dict[str, str] = {}
@@ -544,6 +546,33 @@ class TestReadme:
                 helps[sub] = result.stdout
             for flag in (w.split("=")[0] for w in words if w.startswith("--")):
                 assert flag in helps[sub], f"tinybird-export {sub} has no {flag}"
+
+    @pytest.mark.timeout(120)
+    def test_every_local_command_shown_starts_and_serves(self, tmp_path: Path) -> None:
+        """Each ``tinybird-export local`` line of the README and docs, as written (port 7181
+        made 0, the data directory a temporary one): it prints its URL and token."""
+        shown = [words for words in readme_shell_commands() if words[:1] == ["local"]]
+        assert len(shown) >= 3
+        for words in shown:
+            args = ["0" if w == "7181" else w for w in words]
+            env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
+            with subprocess.Popen(
+                [sys.executable, "-m", "tinybird_export.cli", *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ) as proc:
+                assert proc.stdout is not None
+                banner: list[str] = []
+                while len(banner) < 40 and banner[-1:] != [""]:
+                    banner.append(proc.stdout.readline())  # "" at its end, if it failed
+                    if banner[-1].startswith("export TINYBIRD_TOKEN="):
+                        break
+                proc.terminate()
+                proc.communicate(timeout=30)
+            assert banner[0].startswith("tinybird-export local: serving"), (words, banner)
+            assert any(line.startswith("export TINYBIRD_TOKEN=") for line in banner), banner
 
     def test_the_testing_server_prints_its_token(self) -> None:
         """python -m tinybird_export.testing prints its URL and token."""
