@@ -4,8 +4,9 @@ One table per data source (columns as declared or guessed), ``<name>_quarantine`
 that do not fit, and a catalog that keeps schemas and the local token across restarts. The
 SQL endpoint is read-only by construction: queries run on read-only connections whose
 authorizer refuses every action but reading (``_sqlite_read``), so ``insert``/``drop``/
-``pragma`` fail inside SQLite, whatever their spelling. Its SQL is SQLite's, with a few
-ClickHouse spellings rewritten; the ClickHouse engine (``_clickhouse.py``) answers
+``pragma`` fail inside SQLite, whatever their spelling. Its SQL is SQLite's, with ClickHouse's
+everyday functions (``_sqlite``'s spellings, ``_sqlite_functions``) and ``SHOW TABLES`` /
+``DESCRIBE`` / ``EXISTS`` from the catalog; the ClickHouse engine (``_clickhouse.py``) answers
 ClickHouse's own. The database is always a file in WAL mode, so that readers never block the
 writer: ``:memory:`` is a private temporary file, deleted on close.
 """
