@@ -119,12 +119,15 @@ class Batch:
         levels: Each line's logging level (one byte per line, 0 for unlevelled events),
             for the severity-aware drop policy.
         attempts: Requests made for it so far.
+        full: Sealed at its row or byte limit (the next line did not fit), not because
+            its interval passed: it need not wait for the lane's pacing.
     """
 
     body: bytes | bytearray
     count: int
     levels: bytes | bytearray = b""
     attempts: int = 0
+    full: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -248,7 +251,7 @@ class Channel:
                 return False
             wake = False
             if self._pending_count and len(self._pending) + size >= self._batch_bytes:
-                self._seal()  # this line would take the batch past its byte limit
+                self._seal(full=True)  # this line would take the batch past its byte limit
                 wake = True
             try:  # first: if the level is not a byte, nothing has changed yet
                 self._pending_levels.append(level)
@@ -264,7 +267,7 @@ class Channel:
                 self._pending_since = time.monotonic()
                 wake = True
             if count >= self._batch_rows:
-                self._seal()
+                self._seal(full=True)
                 wake = True
             return wake
 
@@ -294,7 +297,7 @@ class Channel:
         self._queued_bytes += size
         sealed = False
         if self._pending_count and len(self._pending) + size >= self._batch_bytes:
-            self._seal()
+            self._seal(full=True)
             sealed = True
         pending = self._pending
         pending += line
@@ -305,12 +308,14 @@ class Channel:
             self._pending_since = time.monotonic()
             sealed = True
         if count >= self._batch_rows:
-            self._seal()
+            self._seal(full=True)
             sealed = True
         return sealed
 
-    def _seal(self) -> None:
-        self._ready.append(Batch(self._pending, self._pending_count, self._pending_levels))
+    def _seal(self, *, full: bool = False) -> None:
+        self._ready.append(
+            Batch(self._pending, self._pending_count, self._pending_levels, full=full)
+        )
         self._pending = bytearray()
         self._pending_levels = bytearray()
         self._pending_count = 0
@@ -438,6 +443,15 @@ class Channel:
                 return None
             batch = self._in_flight = self._ready.popleft()
             return batch
+
+    def full_batch_ready(self) -> bool:
+        """Whether the next batch to send is full (``Batch.full``). Unlocked: a hint for the
+        lane's pacing, which ``take`` then serves in order.
+        """
+        try:
+            return self._ready[0].full
+        except IndexError:
+            return False
 
     def sent(self, batch: Batch, *, quarantined: int, wire_bytes: int) -> bool:
         """The server acknowledged ``batch``; False if it had been abandoned meanwhile."""

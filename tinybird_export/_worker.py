@@ -289,16 +289,19 @@ class Worker:
                     continue
                 lane.busy = True
             # Paused for a retry, or paced by the rate limit (not at exit: the budget is
-            # short, and a 429 still pauses through Retry-After).
-            ready_at = lane.paused_until
+            # short, and a 429 still pauses through Retry-After). A full batch is not paced,
+            # only held while the server's window has no room left (_pacing).
+            ready_at = paced_until = lane.paused_until
             if not draining:
-                ready_at = max(ready_at, lane.pacing.not_before())
+                paced_until = max(ready_at, lane.pacing.not_before())
+                full = any(channel.full_batch_ready() for channel in lane.channels)
+                ready_at = max(ready_at, lane.pacing.not_before(full_batch=full))
             got: _Claim | float | None = None
             try:
                 if self._spool is not None:
                     got = self._spool_step(self._spool, lane, draining, ready_at > now)
                 if got is None and ready_at <= now:
-                    got = self._take(lane, now, draining, finished)
+                    got = self._take(lane, now, draining, finished, paced_until)
                 elif got is None:
                     got = ready_at
             except BaseException:
@@ -406,13 +409,20 @@ class Worker:
             self._spill(spool, channel, everything=True)
 
     @staticmethod
-    def _take(lane: Lane, now: float, draining: bool, skip: list[Channel]) -> _Claim | float | None:
-        """A batch from one of the lane's channels, in turn; else when one may be due."""
+    def _take(
+        lane: Lane, now: float, draining: bool, skip: list[Channel], paced_until: float
+    ) -> _Claim | float | None:
+        """A batch from one of the lane's channels, in turn; else when one may be due.
+        Until ``paced_until``, only a channel whose next batch is full may send.
+        """
         wait_until: float | None = None
         channels = lane.channels
         for index in range(len(channels)):
             channel = channels[(lane.rotation + index) % len(channels)]
             if channel in skip:
+                continue
+            if now < paced_until and not channel.full_batch_ready():
+                wait_until = _earliest(wait_until, paced_until)
                 continue
             got = channel.take(now, lane.pacing.interval(channel.limits.flush_interval), draining)
             if isinstance(got, Batch):
@@ -463,7 +473,7 @@ class Worker:
                 deadline=cap,
                 gzipped=spooled.body if spooled is not None else None,
             )
-            lane.pacing.answered(attempt.status, attempt.headers)
+            lane.pacing.answered(attempt.status, attempt.headers, time.monotonic())
             if spooled is None:
                 self._apply(lane, channel, batch, attempt)  # type: ignore[arg-type]
             else:
