@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinybird_export import TinybirdEvents
+from tinybird_export import _line_encoder as line_encoder
 from tinybird_export._line_encoder import REPAIRED, TRUNCATED, encode_event
 from tinybird_export.testing import EventsServer
 
@@ -260,6 +261,17 @@ class TestEveryLineIsAnObject:
         line, flags = encode_event({"m": released(), "d": decimal.Decimal("1.5")}, 1000)
         assert line is not None
         assert orjson.loads(line) == {"m": "<unreadable memoryview>", "d": "1.5"}
+        assert flags == REPAIRED
+
+    def test_a_value_that_changes_after_the_walk_costs_only_its_field(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Another thread may put what orjson refuses into a value the walk found fine."""
+        walked = {"a": 1, "late": {"x": {1, 2}}, "s": "kept"}
+        monkeypatch.setattr(line_encoder._Walk, "fields", lambda self, event: walked)
+        line, flags = encode_event({"id": 2**60}, 1000)
+        assert line is not None
+        assert orjson.loads(line) == {"a": 1, "late": "{'x': {1, 2}}", "s": "kept"}
         assert flags == REPAIRED
 
 

@@ -146,8 +146,10 @@ def _repaired(event: Any, string_limit: int = 0, keep: float = 1.0) -> tuple[byt
     try:
         line = orjson.dumps(fields, option=OPTIONS)
     except Exception:  # noqa: BLE001 - Defensive: a value changed since the walk looked (a
-        walk.repaired = True  # thread); the fields orjson now refuses are kept as text
-        line = orjson.dumps({key: _field(item) for key, item in fields.items()}, option=OPTIONS)
+        walk.repaired = True  # thread): each field on its own, as text if orjson refuses it
+        line = b"{%s}" % b",".join(
+            b"%s:%s" % (orjson.dumps(k), _dumps(v)) for k, v in fields.items()
+        )
     return line, walk.flags()
 
 
@@ -167,15 +169,6 @@ def _dumps(value: Any) -> bytes:
         return orjson.dumps(value, option=OPTIONS)
     except Exception:  # noqa: BLE001 - Defensive: the walk missed a case; keep the value as text
         return orjson.dumps(_plain_text(value))
-
-
-def _field(value: Any) -> Any:
-    """A field as it is if orjson takes it, else as its text."""
-    try:
-        orjson.dumps(value, option=OPTIONS)
-    except Exception:  # noqa: BLE001
-        return _plain_text(value)
-    return value
 
 
 def _type_name(value: Any) -> str:
