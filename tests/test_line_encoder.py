@@ -8,13 +8,13 @@ import datetime
 import decimal
 import enum
 import uuid
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_hostile import BrokenMapping
 
 from tinybird_export import TinybirdEvents
 from tinybird_export import _line_encoder as line_encoder
@@ -75,17 +75,6 @@ class NoClass:
     @property  # type: ignore[misc]
     def __class__(self) -> type:
         raise RuntimeError("__class__")
-
-
-class BrokenMapping(Mapping[str, Any]):
-    def __getitem__(self, key: str) -> Any:
-        raise RuntimeError("broken")
-
-    def __iter__(self) -> Iterator[str]:
-        raise RuntimeError("broken")
-
-    def __len__(self) -> int:
-        return 1
 
 
 class DictSub(dict[Any, Any]):
@@ -180,7 +169,7 @@ class TestEveryLineIsAnObject:
     @settings(
         derandomize=True,
         deadline=None,
-        max_examples=400,
+        max_examples=250,
         suppress_health_check=[HealthCheck.too_slow],
     )
     @given(drawn=_events, wrap=st.sampled_from([dict, DictSub, "mapping"]))
