@@ -246,7 +246,7 @@ class Delivery:
                 gzipped=gzipped,
                 connect_timeout=connect_timeout,
             )
-            lane.pacing.answered(answer.status, answer.headers)
+            lane.pacing.answered(answer.status, answer.headers, time.monotonic())
             self._apply(lane, source, answer)
             resolved = True
         except Exception as exc:  # noqa: BLE001 - a bug is not a transport error: drop it
