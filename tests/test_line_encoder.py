@@ -14,8 +14,8 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_hostile import BrokenMapping
 
+from tests.test_hostile import BrokenMapping
 from tinybird_export import TinybirdEvents
 from tinybird_export import _line_encoder as line_encoder
 from tinybird_export._line_encoder import REPAIRED, TRUNCATED, encode_event
@@ -221,7 +221,15 @@ class TestEveryLineIsAnObject:
     def test_keys_are_written_as_orjson_writes_them(self) -> None:
         """Non-string keys are written as orjson writes them; only the ones it refuses count as
         repaired."""
-        event = {None: 1, True: 2, 1.5: 3, 2**70: 4, Color.RED: 5, (1, 2): 6, "id": 2**60}
+        event: dict[Any, int] = {
+            None: 1,
+            True: 2,
+            1.5: 3,
+            2**70: 4,
+            Color.RED: 5,
+            (1, 2): 6,
+            "id": 2**60,
+        }
         line, flags = encode_event(event, 1000)
         assert line is not None
         assert orjson.loads(line) == {
