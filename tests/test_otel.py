@@ -7,7 +7,9 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,6 +297,143 @@ class TestLogExporter:
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == ["True", "1"]
         assert [e["event"] for e in server.events("loop")] == ["app record"]
+
+
+STORED_TWICE = "every record is stored twice, in two data sources"
+
+# One program, three set-ups: OpenTelemetry's LoggingHandler handing records to a provider
+# that exports to Tinybird, or to memory, on the root or on a logger of its own; and a
+# TinybirdHandler on the root. Records are logged both before and after the second handler
+# is attached, so whichever comes last is covered.
+LOGS_TWICE = """
+    import logging, sys
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    try:
+        from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter as Memory
+    except ImportError:  # opentelemetry-sdk < 1.39
+        from opentelemetry.sdk._logs.export import InMemoryLogExporter as Memory
+    from tinybird_export import TinybirdHandler
+    from tinybird_export.otel import TinybirdLogExporter
+    export_to, otel_logger, order = sys.argv[1:4]
+    exporter = TinybirdLogExporter() if export_to == "tinybird" else Memory()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    logging.getLogger("audit").propagate = False
+    tinybird = TinybirdHandler(datasource="app_logs", flush_interval=60)
+    handlers = [(logging.getLogger(otel_logger), LoggingHandler(logger_provider=provider)),
+                (root, tinybird)]
+    if order == "tinybird-first":
+        handlers.reverse()
+    for logger, handler in handlers:
+        logger.addHandler(handler)
+        for name in ("shop", "audit"):
+            logging.getLogger(name).info("order placed")
+    print(tinybird.flush(20))
+    if export_to == "tinybird":
+        print(exporter.force_flush(20_000))
+    provider.shutdown()
+"""
+
+
+class TestLogsStoredTwice:
+    @pytest.mark.parametrize("order", ["otel-first", "tinybird-first"])
+    def test_logging_handler_exporting_to_tinybird_and_a_handler_are_said_once(
+        self, server: EventsServer, order: str, tmp_path: Path
+    ) -> None:
+        """The SDK's LoggingHandler (exporting to Tinybird) and a TinybirdHandler on the
+        root: each record arrives twice, in two data sources, and stderr says so once."""
+        script = tmp_path / "twice.py"
+        script.write_text(textwrap.dedent(LOGS_TWICE))
+        result = subprocess.run(
+            [sys.executable, str(script), "tinybird", "", order],
+            env={**os.environ, **child_env(server)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.stdout.split() == ["True", "True"], result.stderr
+        assert result.stderr.count(STORED_TWICE) == 1, result.stderr
+        assert "records of logger 'root' reach both <TinybirdHandler app_logs" in result.stderr
+        assert "TinybirdLogExporter sends to 'logs'" in result.stderr
+        # What the message is about: the record logged once both were attached reached
+        # both data sources (the one before, only the first handler's).
+        assert sorted([len(server.events("logs")), len(server.events("app_logs"))]) == [1, 2]
+
+    @pytest.mark.parametrize(
+        ("export_to", "otel_logger"),
+        [("memory", ""), ("tinybird", "audit")],
+        ids=["otel-exports-elsewhere", "separate-loggers"],
+    )
+    def test_no_word_when_no_record_is_stored_twice(
+        self, server: EventsServer, export_to: str, otel_logger: str, tmp_path: Path
+    ) -> None:
+        """A LoggingHandler exporting elsewhere, or on a logger whose records never reach
+        the TinybirdHandler: nothing is stored twice, nothing is said."""
+        script = tmp_path / "once.py"
+        script.write_text(textwrap.dedent(LOGS_TWICE))
+        result = subprocess.run(
+            [sys.executable, str(script), export_to, otel_logger, "otel-first"],
+            env={**os.environ, **child_env(server)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert STORED_TWICE not in result.stderr
+
+    @pytest.mark.skipif(
+        not (Path(sys.executable).parent / "opentelemetry-instrument").exists(),
+        reason="opentelemetry-distro is not installed",
+    )
+    def test_opentelemetry_instrument_auto_logging_and_a_handler_are_said_once(
+        self, server: EventsServer, tmp_path: Path
+    ) -> None:
+        """opentelemetry-instrument with OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED
+        (the README's no-code line) attaches a LoggingHandler to the root; an app that also
+        configures a TinybirdHandler there is told once."""
+        app = tmp_path / "app.py"
+        app.write_text(
+            textwrap.dedent("""
+            import logging.config
+            logging.config.dictConfig({
+                "version": 1,
+                "disable_existing_loggers": False,
+                "handlers": {"tinybird": {"class": "tinybird_export.TinybirdHandler",
+                                          "datasource": "app_logs"}},
+                "root": {"handlers": ["tinybird"], "level": "INFO"},
+            })
+            for i in range(3):
+                logging.getLogger("shop").info("order placed")
+        """)
+        )
+        env = {
+            **os.environ,
+            **child_env(server),
+            "OTEL_LOGS_EXPORTER": "tinybird",
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED": "true",
+            "OTEL_BLRP_SCHEDULE_DELAY": "100",
+        }
+        instrument = Path(sys.executable).parent / "opentelemetry-instrument"
+        result = subprocess.run(
+            [str(instrument), sys.executable, str(app)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.count(STORED_TWICE) == 1, result.stderr
+        placed = [e for e in server.events("logs") if e["event"] == "order placed"]
+        assert len(placed) == 3  # stored twice indeed: here, and in app_logs
+        assert len([e for e in server.events("app_logs") if e["event"] == "order placed"]) == 3
 
 
 class TestCorrelationAndLifecycle:
