@@ -516,7 +516,7 @@ class TestUvicorn:
         command = uvicorn_cli("--port", str(port), *options)
         with uvicorn(command, child_env(server), app_dir, workers) as (proc, url):
             send_requests(url, 3)
-            code, err = stop(proc, signal.SIGTERM)
+            _, err = stop(proc, signal.SIGTERM)
         assert err.count(NO_MIDDLEWARE) == workers, err
         assert "app.add_middleware(RequestContextMiddleware)" in err
 
