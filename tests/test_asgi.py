@@ -296,6 +296,62 @@ class TestStarletteTestClient:
         with pytest.raises(RuntimeError, match="database unreachable"):
             asyncio.run(run_lifespan(RequestContextMiddleware(failing)))
 
+    @pytest.mark.parametrize("sigterm", ["default", "handled"])
+    def test_without_any_lifespan_it_says_what_to_do_where_nothing_would_deliver(
+        self, sigterm: str
+    ) -> None:
+        """No lifespan and no uvicorn: with SIGTERM at its default action (nothing would
+        deliver) the first request says once what to do; a server that handles SIGTERM is
+        trusted."""
+        result = run_python(f"""
+            import asyncio, signal
+            from tinybird_export import TinybirdHandler
+            from tinybird_export.asgi import RequestContextMiddleware
+            handler = TinybirdHandler(datasource="x", token="t", exit_timeout=0)
+            if {sigterm == "handled"}:
+                signal.signal(signal.SIGTERM, lambda *_: None)
+
+            async def app(scope, receive, send):
+                await send({{"type": "http.response.start", "status": 204, "headers": []}})
+
+            async def serve():
+                async def send(message):
+                    pass
+                middleware = RequestContextMiddleware(app)
+                for _ in range(3):
+                    await middleware({{"type": "http", "path": "/", "headers": []}}, None, send)
+            asyncio.run(serve())
+        """)
+        assert result.returncode == 0, result.stderr
+        said = result.stderr.count("no ASGI lifespan reached RequestContextMiddleware")
+        assert said == (1 if sigterm == "default" else 0), result.stderr
+        if said:
+            assert "install_sigterm_handler()" in result.stderr
+
+    def test_a_uvicorn_it_cannot_hook_is_said(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A uvicorn whose shutdown is not what the package knows: said once, not silent."""
+        from tinybird_export import _uvicorn
+
+        class Frozen:  # no attribute can be set on it
+            __slots__ = ()
+
+            async def shutdown(self) -> None:
+                pass
+
+        server = type("Server", (), {"__module__": "uvicorn.server", "lifespan": Frozen()})()
+        monkeypatch.setattr(_uvicorn, "serving_server", lambda: server)
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            pass
+
+        middleware = RequestContextMiddleware(app)
+        for _ in range(2):
+            asyncio.run(middleware({"type": "http", "path": "/", "headers": []}, None, None))  # type: ignore[arg-type]
+        err = capsys.readouterr().err
+        assert err.count("this uvicorn's shutdown could not be hooked") == 1, err
+
     def test_invalid_shutdown_timeout_is_refused(self) -> None:
         """A negative shutdown_timeout is refused at construction."""
         with pytest.raises(ValueError, match="shutdown_timeout"):

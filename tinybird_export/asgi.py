@@ -229,6 +229,14 @@ class RequestContextMiddleware:
         try:
             if _uvicorn.deliver_at_shutdown(self._deliver):
                 return
+            if _uvicorn.serving_server() is not None:  # a uvicorn unlike the ones we know
+                _diagnostics.say_once(
+                    "asgi-no-lifespan",
+                    "no ASGI lifespan reached RequestContextMiddleware, and this uvicorn's "
+                    "shutdown could not be hooked: on SIGTERM the events still queued would "
+                    "be lost. Run uvicorn with its lifespan on (drop --lifespan off).",
+                )
+                return
             if threading.current_thread() is not threading.main_thread():
                 return  # not the server's main loop: we cannot tell what SIGTERM does
             if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
