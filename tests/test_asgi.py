@@ -249,21 +249,7 @@ class TestStarletteTestClient:
     ) -> None:
         """hypercorn can serve ASGI on trio: the flush must not need asyncio."""
         trio = pytest.importorskip("trio")
-        app = RequestContextMiddleware(starlette_app())
-        messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
-        sent: list[str] = []
-
-        async def lifespan() -> None:
-            async def receive() -> Message:
-                return messages.pop(0)
-
-            async def send(message: Message) -> None:
-                sent.append(message["type"])
-
-            log.info("logged while serving")
-            await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
-
-        trio.run(lifespan)
+        sent = trio.run(run_lifespan, RequestContextMiddleware(starlette_app()))
         assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
         events = [e["event"] for e in server.events()]
         assert events == ["logged while serving", "app shutting down"]

@@ -338,6 +338,22 @@ LOGS_TWICE = """
 """
 
 
+def run_logs_twice(
+    server: EventsServer, tmp_path: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``LOGS_TWICE`` with ``args`` (export to, the LoggingHandler's logger, order)."""
+    script = tmp_path / "logs_twice.py"
+    script.write_text(textwrap.dedent(LOGS_TWICE))
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        env={**os.environ, **child_env(server)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 class TestLogsStoredTwice:
     @pytest.mark.parametrize("order", ["otel-first", "tinybird-first"])
     def test_logging_handler_exporting_to_tinybird_and_a_handler_are_said_once(
@@ -345,16 +361,7 @@ class TestLogsStoredTwice:
     ) -> None:
         """The SDK's LoggingHandler (exporting to Tinybird) and a TinybirdHandler on the
         root: each record arrives twice, in two data sources, and stderr says so once."""
-        script = tmp_path / "twice.py"
-        script.write_text(textwrap.dedent(LOGS_TWICE))
-        result = subprocess.run(
-            [sys.executable, str(script), "tinybird", "", order],
-            env={**os.environ, **child_env(server)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_logs_twice(server, tmp_path, "tinybird", "", order)
         assert result.stdout.split() == ["True", "True"], result.stderr
         assert result.stderr.count(STORED_TWICE) == 1, result.stderr
         assert "records of logger 'root' reach both <TinybirdHandler app_logs" in result.stderr
@@ -373,16 +380,7 @@ class TestLogsStoredTwice:
     ) -> None:
         """A LoggingHandler exporting elsewhere, or on a logger whose records never reach
         the TinybirdHandler: nothing is stored twice, nothing is said."""
-        script = tmp_path / "once.py"
-        script.write_text(textwrap.dedent(LOGS_TWICE))
-        result = subprocess.run(
-            [sys.executable, str(script), export_to, otel_logger, "otel-first"],
-            env={**os.environ, **child_env(server)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_logs_twice(server, tmp_path, export_to, otel_logger, "otel-first")
         assert result.returncode == 0, result.stderr
         assert STORED_TWICE not in result.stderr
 
