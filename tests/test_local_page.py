@@ -25,7 +25,7 @@ import urllib3
 from browser import CHROMIUM, Browser, dump_dom
 from local_helpers import ENGINES, ndjson, post
 
-from tinybird_export.local import LocalServer
+from tinybird_export.local import LocalServer, _base_url
 from tinybird_export.local import _http as local_http
 
 pytestmark = [
@@ -303,6 +303,55 @@ def test_event_text_is_shown_as_text_never_run(
         )
         assert browser.evaluate("document.title") == "tinybird-export local"
         assert browser.problems() == []
+
+
+def test_a_small_data_source_gets_a_scale_of_its_own(
+    served: tuple[LocalServer, io.StringIO], tmp_path: Path
+) -> None:
+    """Stacked under simple_events, app_logs' four rows are a sliver: a click on it in the
+    legend draws it alone (and shows its newest events); another click, all again."""
+    local, _ = served
+    fill(local)
+    chart = "document.querySelector('#chart-svg')"
+    with Browser(tmp_path / "profile") as browser:
+        browser.open(local.page_url)
+        browser.wait_for(chart)
+        browser.click('#legend li[data-datasource="app_logs"] button')
+        alone = browser.wait_for(
+            f"{chart}.dataset.datasources === 'app_logs' && [{chart}.dataset.events, "
+            "document.querySelector('#events-name').textContent]"
+        )
+        assert alone == ["4", "app_logs"]
+        browser.click('#legend li[data-datasource="app_logs"] button')
+        assert browser.wait_for(
+            f"{chart}.dataset.datasources.includes(',') && {chart}.dataset.events"
+        )
+        assert browser.problems() == []
+
+
+class TestTheURL:
+    """``http://localhost:PORT``: the name Tinybird's Forward CLI takes for a local server
+    (tinybird 5.0.3, tb/modules/common.py ``format_host``: ``"localhost" in host``)."""
+
+    def test_on_loopback_it_is_localhost(self) -> None:
+        with LocalServer() as local:
+            port = local.url.rsplit(":", 1)[1]
+            assert local.url == f"http://localhost:{port}"
+            answer = urllib3.request("GET", f"{local.url}/v0/health", retries=False)
+            assert answer.status == 200
+
+    def test_otherwise_the_address_it_listens_on(self) -> None:
+        assert _base_url("::1", 7181) == "http://[::1]:7181"
+        assert _base_url("0.0.0.0", 7181) == "http://0.0.0.0:7181"
+        assert _base_url("127.0.0.1", 7181) == "http://localhost:7181"
+
+    def test_the_readme_and_the_docs_show_the_url_it_prints(self) -> None:
+        root = Path(__file__).parent.parent
+        readme = (root / "README.md").read_text()
+        assert f"export TINYBIRD_HOST={_base_url('127.0.0.1', 7181)}\n" in readme
+        docs = (root / "docs" / "local.md").read_text()
+        assert "tinybird-export local    " in docs and "# http://localhost:7181," in docs
+        assert "http://127.0.0.1:7181" not in readme + docs
 
 
 class TestSecurity:

@@ -16,6 +16,7 @@ never its query string (the CLIs put the token there). No answer carries a CORS 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import http.server
 import ipaddress
@@ -28,8 +29,6 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
-
-import orjson
 
 from tinybird_export import _http_guard, _ingest_body
 from tinybird_export.local import _api, _forward, _page, _workspace
@@ -231,8 +230,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "data sources, as Forward workspaces do)",
             )
         status = 200 if wait else 202
-        answer = {"successful_rows": ok, "quarantined_rows": quarantined}
-        return Response(status, orjson.dumps(answer), rows=ok, quarantined=quarantined)
+        answer = Response.json(status, {"successful_rows": ok, "quarantined_rows": quarantined})
+        return dataclasses.replace(answer, rows=ok, quarantined=quarantined)
 
     def _answer(self, response: Response, started: float, *, close: bool = False) -> None:
         self.send_response(response.status)
@@ -250,7 +249,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
         log = self.server.request_log
         if log is not None:
-            path = urllib.parse.urlsplit(self.path).path  # never the query: ?token=
+            path = re.split(r"[?#]", self.path, maxsplit=1)[0]  # never the query: ?token=
             seconds = time.perf_counter() - started
             log.record(
                 self.command,

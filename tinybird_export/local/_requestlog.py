@@ -129,10 +129,13 @@ class RequestLog:
         """
         busy = set()
         for key, summed in self._sums.items():
-            if summed.count:
+            rows = summed.rows if summed.counted_rows else None
+            if summed.count == 1:  # one request: its own line, a moment late
+                self._put(_line(key, _outcome(rows, summed.quarantined, summed.slowest)))
+            elif summed.count:
                 more = " more" if summed.printed else ""
                 outcome = _outcome(
-                    summed.rows if summed.counted_rows else None,
+                    rows,
                     summed.quarantined,
                     summed.slowest,
                     prefix=f"×{summed.count}{more} in {WINDOW:.0f} s: ",

@@ -12,7 +12,11 @@ import { cell, element, formatCount, renderTable } from "./dom.js";
 import { TRACE_QUERIES, formatMs, renderWaterfall } from "./waterfall.js";
 
 const REFRESH_MS = 2000;
-const CHART_EVERY = 5; // refreshes between two chart queries (new data sources: at once)
+const CHART_MS = 10000; // the chart's (new data sources: at once)
+// A refresh waits at least this many times what the last one took: on a workspace so large
+// that its queries take long, the page slows down rather than keep the server busy (it then
+// spends at most 1/20 of its time on the page).
+const PACE = 20;
 const NEWEST = 50;
 const SQL_ROWS_SHOWN = 500;
 const TIME_NAMES = ["timestamp", "Timestamp", "TimeUnix", "time", "ts", "date"];
@@ -27,8 +31,10 @@ const state = {
   paused: false,
   running: false,
   timer: null,
-  tick: 0,
+  chartDue: 0, // when the chart is read again (performance.now())
   charted: null, // the data sources with rows, when the chart was drawn
+  chart: { names: [], points: [] }, // what it drew
+  chartOnly: null, // the data source drawn alone (a click in the legend), or null
   chartFloor: null,
   newestFloor: new Map(),
   seen: new Set(),
@@ -102,14 +108,23 @@ async function refresh() {
   if (!state.token || state.paused || document.hidden || state.running) return;
   state.running = true;
   let delay = REFRESH_MS;
+  const started = performance.now();
   try {
     await loadDatasources();
     const charted = state.datasources.filter((ds) => ds.rows && ds.minutes).map((ds) => ds.name);
-    if (state.tick % CHART_EVERY === 0 || charted.join() !== state.charted) await loadChart();
+    let chartTook = 0;
+    if (performance.now() >= state.chartDue || charted.join() !== state.charted) {
+      const chartStarted = performance.now();
+      await loadChart();
+      chartTook = performance.now() - chartStarted;
+      state.chartDue = performance.now() + Math.max(CHART_MS, PACE * chartTook);
+    }
     state.charted = charted.join();
     await loadNewest();
-    setStatus(`refreshed at ${new Date().toLocaleTimeString()}, every ${REFRESH_MS / 1000} s`);
-    state.tick += 1;
+    // The chart's own pace is above: the others set the refresh's.
+    delay = Math.max(REFRESH_MS, PACE * (performance.now() - started - chartTook));
+    const every = Math.round(delay / 1000);
+    setStatus(`refreshed at ${new Date().toLocaleTimeString()}, every ${every} s`);
   } catch (error) {
     if (error.status === 403) {
       // The only 403 these reads can get: the token was refused (a server restarted with
@@ -198,11 +213,11 @@ async function loadChart() {
   const sources = state.datasources.filter((ds) => ds.rows > 0 && ds.minutes);
   const names = sources.map((ds) => ds.name);
   if (!sources.length) {
-    renderChart($("chart"), $("legend"), names, [], select);
+    drawChart(names, []);
     return;
   }
-  // After the first answer only the window's rows are read (the newest minute only grows):
-  // a comparison per row, much cheaper than grouping every row (SQLite reads them all).
+  // After the first answer only the window's rows are grouped (the newest minute only
+  // grows): older ones cost a comparison each (SQLite reads every row).
   const floor = state.chartFloor ? literal(state.chartFloor) : null;
   const arms = sources.map((ds) => {
     const time = ident(ds.time);
@@ -222,7 +237,21 @@ async function loadChart() {
   } else {
     state.chartFloor = null; // nothing since the floor (rows deleted): read all next time
   }
-  renderChart($("chart"), $("legend"), names, points, select);
+  drawChart(names, points);
+}
+
+function drawChart(names, points) {
+  state.chart = { names, points };
+  if (!names.includes(state.chartOnly)) state.chartOnly = null;
+  renderChart($("chart"), $("legend"), names, points, { only: state.chartOnly, onPick: focus });
+}
+
+// A click on a data source in the legend: draw it alone (again: all of them), and show its
+// newest events.
+function focus(name) {
+  state.chartOnly = state.chartOnly === name ? null : name;
+  drawChart(state.chart.names, state.chart.points);
+  select(name);
 }
 
 // --- newest events ------------------------------------------------------------------------
@@ -273,7 +302,8 @@ async function loadNewest() {
 // A trace id's cell: a button that shows the trace's spans.
 function traceLink(name, text) {
   if (!TRACE_COLUMNS[name]) return null;
-  const button = element("button", { type: "button", class: "link trace", "data-trace": text }, text);
+  const attributes = { type: "button", class: "link trace", "data-trace": text };
+  const button = element("button", attributes, text);
   button.addEventListener("click", () => showTrace(text, TRACE_COLUMNS[name]));
   return button;
 }
@@ -357,11 +387,11 @@ function showNoToken(reason) {
 
 function start() {
   const token = new URLSearchParams(location.hash.slice(1)).get("token");
-  Object.assign(state, { datasources: [], chosen: false, tick: 0, charted: null });
-  Object.assign(state, { chartFloor: null, seenName: null });
+  Object.assign(state, { datasources: [], chosen: false, chartDue: 0, charted: null });
+  Object.assign(state, { chartFloor: null, chartOnly: null, seenName: null });
   state.newestFloor.clear();
   if (!token) {
-    showNoToken("This page shows the workspace only to whoever holds its token: its address has none.");
+    showNoToken("This page shows the workspace only to whoever holds its token: none here.");
     return;
   }
   state.token = token;

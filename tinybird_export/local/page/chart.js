@@ -20,8 +20,10 @@ export function formatMinute(ms) {
   return `${new Date(ms).toISOString().slice(0, 16).replace("T", " ")}:00`;
 }
 
-// `names`: the data sources, in their colour order; `points`: {ds, minute, count}.
-export function renderChart(chart, legend, names, points, onPick) {
+// `names`: the data sources, in their colour order; `points`: {ds, minute, count};
+// `only`: the one data source to draw on a scale of its own (a small one is lost among
+// others), or null; `onPick(name)`: a click on a data source of the legend.
+export function renderChart(chart, legend, names, points, { only = null, onPick = () => {} } = {}) {
   if (!points.length) {
     const note = names.length
       ? "No events in the window."
@@ -46,8 +48,9 @@ export function renderChart(chart, legend, names, points, onPick) {
       return { name, counts, total, color: `series-${index % SERIES_CLASSES}` };
     })
     .filter((s) => s.total > 0);
+  const shown = series.filter((s) => !only || s.name === only);
   const stacked = Array.from({ length: slots }, (_, slot) =>
-    series.reduce((sum, s) => sum + s.counts[slot], 0),
+    shown.reduce((sum, s) => sum + s.counts[slot], 0),
   );
   const step = niceStep(Math.max(1, ...stacked));
   const top = Math.max(step, Math.ceil(Math.max(1, ...stacked) / step) * step);
@@ -59,46 +62,52 @@ export function renderChart(chart, legend, names, points, onPick) {
   const barWidth = Math.max(1, slotWidth * 0.78);
   const x = (slot) => left + slot * slotWidth + (slotWidth - barWidth) / 2;
   const y = (value) => upper + plotHeight - (value / top) * plotHeight;
-  const total = series.reduce((sum, s) => sum + s.total, 0);
+  const total = shown.reduce((sum, s) => sum + s.total, 0);
   const root = svgElement("svg", {
     id: "chart-svg",
     viewBox: `0 0 ${width} ${height}`,
     role: "img",
     "aria-label": `events per minute, the ${slots} minutes to ${label(newest)} UTC`,
-    "data-datasources": series.map((s) => s.name).join(","),
+    "data-datasources": shown.map((s) => s.name).join(","),
     "data-events": total,
     "data-minutes": slots,
   });
   for (let value = 0; value <= top; value += step) {
     const at = y(value);
     svgElement("line", { x1: left, x2: width - right, y1: at, y2: at, class: "grid" }, root);
-    const text = svgElement("text", { x: left - 8, y: at + 4, class: "axis", "text-anchor": "end" }, root);
+    const attributes = { x: left - 8, y: at + 4, class: "axis", "text-anchor": "end" };
+    const text = svgElement("text", attributes, root);
     text.textContent = compact(value);
   }
   const every = Math.max(1, Math.ceil(slots / 8));
   for (let slot = slots - 1; slot >= 0; slot -= every) {
     const at = x(slot) + barWidth / 2;
-    const text = svgElement("text", { x: at, y: height - 8, class: "axis", "text-anchor": "middle" }, root);
+    const attributes = { x: at, y: height - 8, class: "axis", "text-anchor": "middle" };
+    const text = svgElement("text", attributes, root);
     text.textContent = label(first + slot * MINUTE);
   }
   const base = new Array(slots).fill(0);
-  for (const s of series) {
-    const group = svgElement("g", { class: `bars ${s.color}`, "data-datasource": s.name, "data-total": s.total }, root);
+  for (const s of shown) {
+    const attributes = { class: `bars ${s.color}`, "data-datasource": s.name, "data-total": s.total };
+    const group = svgElement("g", attributes, root);
     s.counts.forEach((count, slot) => {
       if (!count) return;
       const bottom = y(base[slot]);
       base[slot] += count;
       const barHeight = Math.max(bottom - y(base[slot]), 1);
-      const bar = svgElement("rect", { x: x(slot), y: bottom - barHeight, width: barWidth, height: barHeight }, group);
+      const box = { x: x(slot), y: bottom - barHeight, width: barWidth, height: barHeight };
+      const bar = svgElement("rect", box, group);
       bar.setAttribute("data-count", count);
       const title = svgElement("title", {}, bar);
-      title.textContent = `${s.name}, ${label(first + slot * MINUTE)} UTC: ${formatCount(count)} events`;
+      const minute = label(first + slot * MINUTE);
+      title.textContent = `${s.name}, ${minute} UTC: ${formatCount(count)} events`;
     });
   }
   chart.replaceChildren(root);
   legend.replaceChildren(
     ...series.map((s) => {
       const item = element("li", { "data-datasource": s.name });
+      if (only && s.name !== only) item.classList.add("dimmed");
       const button = element("button", { type: "button", class: "link" });
       button.append(element("span", { class: `swatch ${s.color}` }), s.name);
       button.addEventListener("click", () => onPick(s.name));

@@ -81,8 +81,10 @@ export function renderWaterfall(container, rows, source) {
     row.title = `${span.name} (${span.service}): at +${offset}, ${formatMs(span.duration)}, ` +
       `status ${span.status || "unset"}`;
     const label = element("div", { class: `span-label depth-${Math.min(depth, 9)}` });
-    label.append(element("span", {}, span.name), " ", element("span", { class: "muted" }, span.service));
-    const bar = svgElement("svg", { viewBox: "0 0 1000 10", preserveAspectRatio: "none", class: "span-bar" });
+    const service = element("span", { class: "muted" }, span.service);
+    label.append(element("span", {}, span.name), " ", service);
+    const frame = { viewBox: "0 0 1000 10", preserveAspectRatio: "none", class: "span-bar" };
+    const bar = svgElement("svg", frame);
     const x = Math.min(((span.start - begin) / total) * 1000, 998);
     const width = Math.max((span.duration / total) * 1000, 2);
     svgElement("rect", { x, y: 0, width, height: 10, class: failed ? "bar error" : "bar" }, bar);
