@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shutil
 import statistics
 import subprocess
@@ -118,7 +119,11 @@ def main() -> None:
     engines = ["sqlite", *(["clickhouse"] if clickhouse_available() else [])]
     results = {e: measure(e, options.rows, options.minutes, options.budget) for e in engines}
     kinds = sorted({k for timings in results.values() for k in timings})
-    print(f"{options.rows:,} rows over {options.minutes} minutes; median ms (queries timed)")
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(
+        f"{options.rows:,} rows over {options.minutes} minutes, {options.budget} s of virtual "
+        f"time; {os.cpu_count()} cores, load average {load}; median ms (queries timed)"
+    )
     print(f"| query | {' | '.join(engines)} |")
     print(f"|---|{'---:|' * len(engines)}")
     for name in kinds:
