@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
-import textwrap
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import ROOT
 from tinybird_export import TinybirdEvents, TinybirdHandler, _diagnostics
 from tinybird_export.testing import EventsServer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFLINE = os.path.join(ROOT, "tests", "offline")
 
 # Nothing leaves the machine: this process and every Python subprocess it starts refuse
@@ -103,55 +100,3 @@ def logger() -> Iterator[logging.Logger]:
     log.setLevel(logging.DEBUG)
     yield log
     log.handlers.clear()
-
-
-def run_python(
-    code: str,
-    env: dict[str, str] | None = None,
-    timeout: float = 60,
-    *,
-    script: Path | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter (real exit, fork and signal behaviour); from the
-    file ``script`` when given (multiprocessing's spawn and forkserver re-import it).
-    """
-    if script is None:
-        command = [sys.executable, "-c", textwrap.dedent(code)]
-    else:
-        script.write_text(textwrap.dedent(code))
-        command = [sys.executable, str(script)]
-    return subprocess.run(
-        command,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def talk_to_python(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    """Start ``python *args`` with stdin, stdout and stderr piped (text), for a test that
-    drives the child step by step (use it as a context manager)."""
-    return subprocess.Popen(
-        [sys.executable, *args],
-        env={**os.environ, **env},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def run_example(name: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``examples/<name>`` as a newcomer would: no ``TINYBIRD_*`` in the environment, so
-    it starts and queries its own embedded local server."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBIRD_")}
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", name)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )

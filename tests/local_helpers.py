@@ -47,7 +47,7 @@ def post(
     return response.status, orjson.loads(response.data)
 
 
-def ndjson(*rows: dict[str, Any]) -> bytes:
+def ndjson(*rows: object) -> bytes:
     """Rows as an NDJSON body (integers of any size)."""
     return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
 

@@ -9,21 +9,21 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import run_example, run_python
-from tests.test_exit import child_env
+from tests.helpers import by_logger, child_env, free_port, run_example, run_python
 from tinybird_export import TinybirdHandler
 from tinybird_export._context import ACCESS_LOGGER
 from tinybird_export.asgi import RequestContextMiddleware
 from tinybird_export.testing import EventsServer
+
+Message = MutableMapping[str, Any]  # an ASGI scope or message
 
 starlette = pytest.importorskip("starlette")
 from starlette.applications import Starlette  # noqa: E402
@@ -33,10 +33,6 @@ from starlette.responses import PlainTextResponse  # noqa: E402
 from starlette.routing import Mount, Route, WebSocketRoute  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 from starlette.websockets import WebSocket  # noqa: E402
-
-
-def by_logger(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [event for event in events if event["logger"] == name]
 
 
 @pytest.fixture
@@ -108,6 +104,7 @@ class TestStarletteTestClient:
     def test_every_event_carries_its_request_and_lifespan_shutdown_delivers(
         self, server: EventsServer, shop_and_access: TinybirdHandler
     ) -> None:
+        """Each event carries its request, and lifespan shutdown delivers them."""
         app = starlette_app(request_id_header="X-Request-ID", access_events=True)
         with TestClient(app, raise_server_exceptions=False) as client:
             client.get("/hello/ada?reset_token=secret", headers={"X-Request-ID": "trusted-1"})
@@ -148,6 +145,7 @@ class TestStarletteTestClient:
         shop_and_access: TinybirdHandler,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
+        """Options come from the environment, and arguments win over it."""
         monkeypatch.setenv("TINYBIRD_REQUEST_ID_HEADER", "X-Trace")
         monkeypatch.setenv("TINYBIRD_ACCESS_EVENTS", "true")
         monkeypatch.setenv("TINYBIRD_HREF_QUERY", "true")
@@ -166,6 +164,7 @@ class TestStarletteTestClient:
     def test_random_request_ids_untrusted_headers_and_no_credentials(
         self, server: EventsServer, shop_and_access: TinybirdHandler
     ) -> None:
+        """Untrusted ids are replaced, and a Host with credentials is not repeated."""
         with TestClient(starlette_app()) as client:  # no trusted header configured
             client.get("/hello/a", headers={"X-Request-ID": "not-trusted"})
             client.get("/hello/b", headers={"Host": "user:pass@evil.example"})
@@ -182,7 +181,7 @@ class TestStarletteTestClient:
     ) -> None:
         """Pure ASGI: scopes built by hand, a lifespan the app ends without completing."""
 
-        async def raw(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def raw(scope: Message, receive: Any, send: Any) -> None:
             if scope["type"] == "lifespan":
                 while (await receive())["type"] != "lifespan.shutdown":
                     await send({"type": "lifespan.startup.complete"})
@@ -194,13 +193,13 @@ class TestStarletteTestClient:
 
         app = RequestContextMiddleware(raw, access_events=True, shutdown_timeout=10)
         messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
-        sent: list[dict[str, Any]] = []
+        sent: list[Message] = []
 
         async def serve() -> None:
-            async def receive() -> dict[str, Any]:
+            async def receive() -> Message:
                 return messages.pop(0)
 
-            async def send(message: dict[str, Any]) -> None:
+            async def send(message: Message) -> None:
                 sent.append(message)
 
             scope = {
@@ -237,10 +236,10 @@ class TestStarletteTestClient:
         sent: list[str] = []
 
         async def lifespan() -> None:
-            async def receive() -> dict[str, Any]:
+            async def receive() -> Message:
                 return messages.pop(0)
 
-            async def send(message: dict[str, Any]) -> None:
+            async def send(message: Message) -> None:
                 sent.append(message["type"])
 
             log.info("logged while serving")
@@ -252,10 +251,12 @@ class TestStarletteTestClient:
         assert events == ["logged while serving", "app shutting down"]
 
     def test_invalid_shutdown_timeout_is_refused(self) -> None:
+        """A negative shutdown_timeout is refused at construction."""
         with pytest.raises(ValueError, match="shutdown_timeout"):
             RequestContextMiddleware(starlette_app(), shutdown_timeout=-1)
 
     def test_importing_the_middleware_imports_no_framework(self) -> None:
+        """Importing tinybird_export.asgi imports no framework."""
         result = run_python("""
             import sys
             import tinybird_export.asgi
@@ -377,12 +378,6 @@ def stop(proc: subprocess.Popen[str], how: signal.Signals) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def uvicorn_cli(*options: str) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "uvicorn_app:app", *options]
 
@@ -476,6 +471,7 @@ class TestUvicorn:
     def test_500_concurrent_requests_each_keep_their_own_context(
         self, server: EventsServer, app_dir: Path
     ) -> None:
+        """500 concurrent requests under uvicorn each keep their own request context."""
         httpx = pytest.importorskip("httpx2")
         count = 500
         env = {**child_env(server), "MIDDLEWARE": "1", "CONCURRENT": str(count)}
@@ -512,6 +508,7 @@ class TestUvicorn:
 
 
 def test_fastapi_example_runs_against_the_local_server() -> None:
+    """examples/fastapi_app.py runs as written, under uvicorn stopped by SIGTERM."""
     pytest.importorskip("fastapi")
     result = run_example("fastapi_app.py")
     assert result.returncode == 0, result.stderr

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_example
+from tests.helpers import run_example
 from tinybird_export import TinybirdEvents, TinybirdHandler
 from tinybird_export._async import run_blocking
 from tinybird_export.testing import EventsServer, Reply
@@ -46,7 +46,8 @@ class TestAflush:
     def test_aflush_delivers_and_returns_what_flush_returns(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
-        handler = make_handler(flush_interval=60)
+        """aflush() delivers what threads and coroutines logged, and returns True."""
+        handler: TinybirdHandler = make_handler(flush_interval=60)
         logger.addHandler(handler)
 
         async def main() -> bool:
@@ -62,13 +63,17 @@ class TestAflush:
     def test_the_loop_keeps_running_while_aflush_waits_on_a_hanging_endpoint(
         self, server: EventsServer, make_handler: Any, make_events: Any, producer: str
     ) -> None:
+        """While aflush() waits on a hanging endpoint, the event loop keeps ticking."""
         server.respond(Reply(hang=True))
+        sender: TinybirdHandler | TinybirdEvents
         if producer == "handler":
-            sender: TinybirdHandler | TinybirdEvents = make_handler(timeout=30)
-            sender.handle(logging.makeLogRecord({"msg": "stuck"}))
+            handler: TinybirdHandler = make_handler(timeout=30)
+            handler.handle(logging.makeLogRecord({"msg": "stuck"}))
+            sender = handler
         else:
-            sender = make_events(timeout=30)
-            sender.send({"event": "stuck"})
+            events: TinybirdEvents = make_events(timeout=30)
+            events.send({"event": "stuck"})
+            sender = events
 
         async def main() -> tuple[Any, float, int]:
             return await while_ticking(lambda: sender.aflush(2.0))
@@ -85,6 +90,7 @@ class TestAflush:
     def test_aclose_does_not_block_the_loop_and_closes(
         self, server: EventsServer, make_handler: Any, make_events: Any
     ) -> None:
+        """aclose() waits on threads, so the loop keeps ticking while both close."""
         server.respond(Reply(hang=True))
         handler = make_handler(flush_timeout=2, timeout=30)
         events = make_events(flush_timeout=2, timeout=30)
@@ -101,6 +107,8 @@ class TestAflush:
         server.release()
 
     def test_async_with_sends_and_closes(self, server: EventsServer) -> None:
+        """async with TinybirdEvents(...) sends on exit and closes."""
+
         async def main() -> TinybirdEvents:
             async with TinybirdEvents(
                 datasource="simple_events", host=server.url, token=server.token, flush_interval=60
@@ -115,6 +123,8 @@ class TestAflush:
 
 class TestRunBlocking:
     def test_result_and_exception_come_back_to_the_coroutine(self) -> None:
+        """run_blocking runs off the loop and hands back its result or exception."""
+
         async def main() -> None:
             assert await run_blocking(threading.get_ident) != threading.get_ident()
             with pytest.raises(ZeroDivisionError):
@@ -123,6 +133,7 @@ class TestRunBlocking:
         asyncio.run(main())
 
     def test_a_cancelled_await_leaves_the_call_to_finish_on_its_own(self) -> None:
+        """A cancelled await lets the blocking call finish by itself, no error."""
         finished = threading.Event()
         release = threading.Event()
 
@@ -143,6 +154,7 @@ class TestRunBlocking:
         assert finished.wait(10)  # and the thread ended without an error
 
     def test_on_trio_it_runs_on_a_thread_too(self) -> None:
+        """On trio, run_blocking runs the call on another thread too."""
         trio = pytest.importorskip("trio")
 
         async def main() -> int:
@@ -151,6 +163,7 @@ class TestRunBlocking:
         assert trio.run(main) != threading.get_ident()
 
     def test_without_a_running_asyncio_loop_it_still_returns(self) -> None:
+        """Under an unknown event loop, run_blocking still returns the result."""
         call: Callable[[], int] = lambda: 7  # noqa: E731
         coroutine = run_blocking(call)
         with pytest.raises(StopIteration) as stopped:
@@ -159,6 +172,7 @@ class TestRunBlocking:
 
 
 def test_asyncio_example_runs_against_the_local_server() -> None:
+    """examples/asyncio_app.py runs as written and delivers everything."""
     result = run_example("asyncio_app.py")
     assert result.returncode == 0, result.stderr
     assert "log events acknowledged: True; page events: 20 sent" in result.stdout

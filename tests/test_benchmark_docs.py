@@ -20,6 +20,7 @@ def report_module(name: str = "_report") -> Any:
 
 
 def test_performance_summary_is_the_recorded_run() -> None:
+    """performance.md's peer summary is generated from the recorded run."""
     report = report_module("_docs")
     run = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
     text = (ROOT / "docs" / "performance.md").read_text()
@@ -30,6 +31,7 @@ def test_performance_summary_is_the_recorded_run() -> None:
 
 
 def test_benchmarks_md_holds_the_recorded_tables() -> None:
+    """benchmarks.md holds the recorded run's tables and its charts."""
     report = report_module()
     run = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
     text = (ROOT / "docs" / "benchmarks.md").read_text()

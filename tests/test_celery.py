@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_example, run_python
-from tests.test_exit import child_env
+from tests.helpers import child_env, run_example, run_python
 from tinybird_export._context import RequestContext, current_request
 from tinybird_export.testing import EventsServer
 
@@ -152,6 +151,7 @@ class TestWorker:
         pool: str,
         options: list[str],
     ) -> None:
+        """Each pool's task records carry their task and all arrive at shutdown."""
         env = {**worker_env, "TASK_CONTEXT": "1"}
         stopped, ids, worker_pid = run_worker(app_dir, env, pool, 40, *options)
         assert stopped.returncode == 0, stopped.stderr
@@ -201,6 +201,7 @@ class TestTaskContext:
     def test_an_eager_task_inside_a_request_keeps_the_request(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, app: Any
     ) -> None:
+        """An eager task in a request keeps its href and request_id, and the app's."""
         import tinybird_export.celery
 
         other = celery.Celery("not_integrated", broker="memory://", backend="cache+memory://")
@@ -208,11 +209,11 @@ class TestTaskContext:
         tinybird_export.celery.init_app(app)  # harmless twice: receivers connected once
         logger.addHandler(make_handler(flush_interval=60))
 
-        @app.task(name="shop.refund")
+        @app.task(name="shop.refund")  # type: ignore[untyped-decorator]
         def refund(order: int) -> None:
             logger.info("refunded", extra={"order": order, "task_name": "explicit wins"})
 
-        @other.task(name="other.task")
+        @other.task(name="other.task")  # type: ignore[untyped-decorator]
         def untracked() -> None:
             logger.info("other app")
 
@@ -224,7 +225,8 @@ class TestTaskContext:
         finally:
             current_request.reset(token)
         other.close()
-        assert logger.handlers[0].flush(10)  # type: ignore[call-arg]
+        assert isinstance(logger.handlers[0], tinybird_export.TinybirdHandler)
+        assert logger.handlers[0].flush(10)
         refunded, after, untouched = server.events()
         assert refunded["task_id"] == result.id and refunded["order"] == 7
         assert refunded["task_name"] == "explicit wins"  # the record's own extra wins
@@ -235,6 +237,7 @@ class TestTaskContext:
         assert "task_id" not in untouched  # a task of an app without init_app
 
     def test_importing_the_package_does_not_import_celery(self) -> None:
+        """Importing tinybird_export does not import Celery."""
         result = run_python("""
             import sys
             import tinybird_export
@@ -246,6 +249,7 @@ class TestTaskContext:
 
 @pytest.mark.timeout(150)
 def test_celery_example_runs_against_the_local_server() -> None:
+    """examples/celery_app.py runs as written and every task's record arrives."""
     result = run_example("celery_app.py", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "orders [0, 1, 2, 3, 4] charged; worker exited with 0" in result.stdout

@@ -39,6 +39,7 @@ class TestResolution:
         assert config.fields == {"environment": "prod", "release": "1.2"}
 
     def test_service_from_otel_service_name(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """service defaults to OTEL_SERVICE_NAME."""
         monkeypatch.setenv("OTEL_SERVICE_NAME", "checkout")
         assert TinybirdConfig.resolve({"datasource": "x"}).service == "checkout"
 
@@ -78,11 +79,13 @@ class TestErrors:
             assert name in str(error.value)
 
     def test_env_value_errors_name_the_env_var(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A bad value from the environment names its environment variable."""
         monkeypatch.setenv("TINYBIRD_QUEUE_MAX_BYTES", "lots")
         with pytest.raises(ValueError, match="TINYBIRD_QUEUE_MAX_BYTES"):
             TinybirdHandler(datasource="x")
 
     def test_unknown_setting_is_a_type_error(self) -> None:
+        """An unknown setting is a TypeError that suggests the nearest name."""
         with pytest.raises(TypeError, match="flush_intervall.*did you mean 'flush_interval'"):
             TinybirdHandler(datasource="x", flush_intervall=1)  # type: ignore[call-arg]
 
@@ -96,6 +99,7 @@ class TestErrors:
         TinybirdHandler(datasource="x", host="http://localhost:7181", token="t").close()
 
     def test_static_field_named_like_builtin_is_refused(self) -> None:
+        """A static field may not reuse a built-in field's name."""
         with pytest.raises(ValueError, match="'fields'.*level"):
             TinybirdHandler(datasource="x", token="t", fields={"level": "x"})
 
@@ -121,6 +125,7 @@ class TestDisabled:
     def test_enabled_false_is_quiet(
         self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """TINYBIRD_ENABLED=false disables the handler without a word."""
         from tinybird_export import _diagnostics
 
         _diagnostics._said.discard("no-token")

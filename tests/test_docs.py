@@ -3,6 +3,7 @@ module there is (and none that is gone)."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def anchors(page: Path) -> set[str]:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_relative_links_and_anchors_resolve(page: Path) -> None:
+    """Every relative link and anchor of the README and docs resolves."""
     for link in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
         if link.startswith(("http://", "https://")):
             continue
@@ -35,6 +37,7 @@ def test_relative_links_and_anchors_resolve(page: Path) -> None:
 
 
 def test_the_module_map_names_every_module() -> None:
+    """The module map names every module there is, and none that is gone."""
     text = (ROOT / "docs" / "development.md").read_text()
     table = text[text.index("## Module map") :]
     named = set(re.findall(r"`(\w+)(?:\.py)?`", table))
@@ -45,3 +48,15 @@ def test_the_module_map_names_every_module() -> None:
     assert modules - named == set(), "modules missing from docs/development.md"
     stale = {n for n in named if n.startswith("_") and n not in modules and n != "__init__"}
     assert stale == set(), "docs/development.md names modules that do not exist"
+
+
+def test_every_test_says_what_it_checks() -> None:
+    """Each test function has a docstring: the behaviour it holds, in a line."""
+    undocumented = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            if node.name.startswith("test_") and not ast.get_docstring(node):
+                undocumented.append(f"{path.relative_to(ROOT)}::{node.name}")
+    assert undocumented == []

@@ -73,16 +73,19 @@ class TestLogEvent:
         assert keys[-1] == "environment"
 
     def test_timestamp_is_utc_from_record_created(self) -> None:
+        """timestamp is record.created in UTC, to the microsecond."""
         record = logging.LogRecord("x", 20, "f", 1, "m", (), None)
         record.created = datetime.datetime(
             2024, 6, 23, 16, 0, 0, 500, tzinfo=datetime.timezone.utc
         ).timestamp()
         line, _ = RecordMapper("", {}, "both").encode(record, 1 << 20)
+        assert line is not None
         assert orjson.loads(line)["timestamp"] == "2024-06-23 16:00:00.000500"
 
     def test_href_defaults_to_empty(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """Outside a request, href is empty and attributes an empty map."""
         event = send(make_handler(), logger, server, lambda log: log.warning("plain"))
         assert event["href"] == ""
         assert event["attributes"] == {}
@@ -90,6 +93,8 @@ class TestLogEvent:
     def test_exception_traceback(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """log.exception() sends the rendered message and the formatted traceback."""
+
         def log(log: logging.Logger) -> None:
             try:
                 1 / 0
@@ -134,6 +139,7 @@ class TestLogEvent:
         flat: bool,
         attributes: dict[str, str],
     ) -> None:
+        """Each extras mode puts extras at the top level, under attributes, or both."""
         event = send(
             make_handler(extras=mode), logger, server, lambda log: log.info("x", extra={"k": "v"})
         )
@@ -143,6 +149,7 @@ class TestLogEvent:
     def test_unicode_round_trips(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """Any Unicode text, quotes, backslashes and control characters round-trip."""
         text = 'naïve ☃ 日本語 \U0001f600 "quoted" \\ \n\t'
         event = send(make_handler(), logger, server, lambda log: log.info(text, extra={"u": text}))
         assert event["event"] == text
@@ -187,6 +194,7 @@ class TestLogEvent:
     def test_event_ids_are_unique(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """Every event gets its own event_id."""
         handler = make_handler()
         logger.addHandler(handler)
         for i in range(500):
@@ -198,6 +206,7 @@ class TestLogEvent:
     def test_bad_format_args_are_kept(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """A message whose arguments do not fit its format is kept, with a note."""
         event = send(make_handler(), logger, server, lambda log: log.info("%d items", "many"))
         assert event["event"].startswith("%d items (format failed")
 
@@ -270,6 +279,7 @@ class TestOversize:
     def test_huge_extra_is_truncated(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """A 50 MB extra is truncated with a marker to fit max_event_bytes."""
         handler = make_handler()
         event = send(
             handler, logger, server, lambda log: log.info("m", extra={"blob": "y" * 50_000_000})
@@ -281,7 +291,7 @@ class TestOversize:
 
 def test_no_otel_import(server: EventsServer) -> None:
     """The handler imports nothing from OpenTelemetry."""
-    from tests.conftest import run_python
+    from tests.helpers import run_python
 
     result = run_python(
         f"""

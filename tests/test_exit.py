@@ -2,51 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 
-from tests.conftest import run_python, talk_to_python
-from tinybird_export.testing import EventsServer, Reply
-
-# Indented like the snippets below, so that textwrap.dedent() sees one common margin.
-PRELUDE = textwrap.indent(
-    textwrap.dedent("""
-    import logging, os, sys, threading, time
-    from tinybird_export import TinybirdHandler
-    log = logging.getLogger("app")
-    log.propagate = False
-    log.setLevel(logging.INFO)
-"""),
-    " " * 12,
+from tests.helpers import (
+    PRELUDE,
+    child_env,
+    closed_port_url,
+    run_python,
+    talk_to_python,
+    terminate_when_ready,
 )
-
-
-def child_env(server: EventsServer, **extra: str) -> dict[str, str]:
-    return {
-        "TINYBIRD_HOST": server.url,
-        "TINYBIRD_TOKEN": server.token or "",
-        "TINYBIRD_DATASOURCE": "app_logs",
-        **extra,
-    }
-
-
-def closed_port_url() -> str:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
+from tinybird_export.testing import EventsServer, Reply
 
 
 class TestExit:
     def test_10000_records_logged_right_before_exit_all_arrive(self, server: EventsServer) -> None:
+        """10,000 records logged just before exit all arrive, quietly, in few requests."""
         result = run_python(
             PRELUDE
             + """
@@ -62,6 +37,7 @@ class TestExit:
         assert len(server.requests) <= 5
 
     def test_hanging_endpoint_exit_is_bounded_and_reported(self, server: EventsServer) -> None:
+        """A hanging endpoint costs the exit budget and no more, and the loss is said."""
         server.respond(Reply(hang=True))
         started = time.monotonic()
         result = run_python(
@@ -82,7 +58,38 @@ class TestExit:
         assert "exit budget 1 s" in lines[0]
         server.release()
 
+    @pytest.mark.parametrize("budgets", [(1, 3), (3, 1)], ids=["1 then 3", "3 then 1"])
+    def test_the_exit_budget_is_the_longest_of_the_producers(
+        self, server: EventsServer, budgets: tuple[int, int]
+    ) -> None:
+        """Two handlers of one host and token asking for 1 s and 3 s, a hanging endpoint:
+        the process spends the 3 s budget (it spent 1.2 s), and says which holds."""
+        server.respond(Reply(hang=True))
+        result = run_python(
+            f"""
+            import atexit, logging, time
+            ended = []
+            # Registered before the package's exit drain, so it runs after it.
+            atexit.register(lambda: print(f"{{time.monotonic() - ended[0]:.2f}}"))
+            from tinybird_export import TinybirdHandler
+            log = logging.getLogger("app"); log.propagate = False; log.setLevel(logging.INFO)
+            for name, budget in zip("ab", {budgets!r}):
+                log.addHandler(TinybirdHandler(datasource=name, exit_timeout=budget, timeout=30))
+            log.info("stuck")
+            ended.append(time.monotonic())
+        """,
+            child_env(server),
+        )
+        server.release()
+        assert result.returncode == 0, result.stderr
+        drained = float(result.stdout)
+        assert 2.9 <= drained < 3 + 5, result.stderr  # the 3 s budget, with room for load
+        assert "exit budget 3 s" in result.stderr
+        said = [line for line in result.stderr.splitlines() if "share one worker" in line]
+        assert len(said) == 1 and "exit_timeout=3.0 holds" in said[0], result.stderr
+
     def test_refused_endpoint_exit_is_bounded_and_reported(self) -> None:
+        """A refusing endpoint costs at most the budget, and the loss says why."""
         url = closed_port_url()
         started = time.monotonic()
         result = run_python(
@@ -168,6 +175,7 @@ class TestDeadlocks:
 
 class TestFork:
     def test_child_sends_its_own_and_not_the_parents(self, server: EventsServer) -> None:
+        """A forked child sends its own records, never the parent's queue."""
         result = run_python(
             PRELUDE
             + """
@@ -292,26 +300,10 @@ class TestFork:
         )
 
 
-def terminate_when_ready(code: str, server: EventsServer) -> tuple[int, str, str]:
-    """Run ``code`` in a child sending to ``server``, SIGTERM it once it prints ``ready``,
-    and return its exit status, stdout and stderr."""
-    with subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env={**os.environ, **child_env(server)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    return proc.returncode, out, err
-
-
 class TestSigterm:
     @pytest.mark.parametrize("chain", [False, True])
     def test_sigterm_takes_the_exit_path(self, server: EventsServer, chain: bool) -> None:
+        """With install_sigterm_handler, SIGTERM drains, chains, and exits with 143."""
         code = (
             PRELUDE
             + """
@@ -334,6 +326,7 @@ class TestSigterm:
         assert len(server.events()) == 100
 
     def test_install_from_a_thread_is_refused(self) -> None:
+        """install_sigterm_handler() from another thread than main says why it cannot."""
         result = run_python("""
             import threading
             from tinybird_export import install_sigterm_handler

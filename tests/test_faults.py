@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import email.utils
+import gc
 import itertools
 import logging
 import math
 import re
+import ssl
 import time
+import types
 from typing import Any
 
 import orjson
@@ -16,8 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_python
-from tests.test_exit import child_env, closed_port_url
+from tests.helpers import child_env, closed_port_url, run_python, worker_threads
 from tinybird_export import TinybirdHandler, _retry
 from tinybird_export.testing import EventsServer, Reply
 
@@ -36,6 +38,7 @@ class TestRetries:
     def test_retryable_status_is_retried_until_delivered(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, status: int
     ) -> None:
+        """A retryable status is retried until the batch is delivered, in order."""
         server.script(Reply(status=status), Reply(status=status))
         handler = make_handler()
         assert log_and_flush(handler, logger, 3)
@@ -47,6 +50,7 @@ class TestRetries:
     def test_backoff_grows_and_is_never_a_tight_loop(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """Retries back off, growing, and never come faster than 0.25 s apart."""
         server.script(*[Reply(status=503)] * 3)
         assert log_and_flush(make_handler(), logger, 1)
         times = [r.received_at for r in server.requests]
@@ -57,6 +61,7 @@ class TestRetries:
     def test_connection_reset_is_retried(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """A reset connection is retried, and counted as a retry."""
         server.script(Reply(reset=True))
         handler = make_handler()
         assert log_and_flush(handler, logger, 2)
@@ -77,6 +82,7 @@ class TestRetries:
         assert len({e["event_id"] for e in events}) == 5
 
     def test_backoff_schedule(self) -> None:
+        """The backoff stays between 0.25 s and 30 s, reaching the cap."""
         delays = [_retry.backoff(n) for n in range(12)]
         assert all(0.25 <= d <= 30 for d in delays)
         assert delays[-1] >= 15
@@ -88,19 +94,43 @@ class TestRetries:
             ({"x-ratelimit-reset": "2"}, 2.0),
             ({"retry-after": "1", "x-ratelimit-reset": "9"}, 1.0),
             ({"retry-after": "soon"}, None),
-            ({"retry-after": "99999"}, 300.0),
+            ({"retry-after": "1000"}, 60.0),  # plausible: capped at a minute
+            ({"retry-after": "99999"}, None),  # not a wait (issue 24: it parked 300 s)
+            ({"retry-after": "1e308"}, None),
+            ({"x-ratelimit-reset": "1e9"}, None),  # an epoch, as gateways send
+            ({"retry-after": "1e308", "x-ratelimit-reset": "2"}, 2.0),
             ({"retry-after": "0.05"}, 0.5),
             ({}, None),
         ],
     )
     def test_server_delay_headers(self, headers: dict[str, str], expected: float | None) -> None:
+        """Retry-After and X-RateLimit-Reset are read in bounds, bogus values ignored."""
         assert _retry.server_delay(headers) == expected
 
+    def test_an_absurd_wait_falls_back_to_the_backoff(self) -> None:
+        """An absurd Retry-After or X-RateLimit-Reset is no wait: the backoff schedule applies."""
+        for headers in ({"retry-after": "1e308"}, {"x-ratelimit-reset": "1e9"}):
+            assert _retry.delay(429, headers, 0) <= 0.5
+            assert _retry.delay(429, headers, 3) <= 4.0
+
     def test_retry_after_http_date(self) -> None:
+        """A Retry-After HTTP date is a wait from now."""
         now = time.time()
         header = email.utils.formatdate(now + 5, usegmt=True)
         delay = _retry.server_delay({"retry-after": header}, now=now)
         assert delay is not None and 3.9 <= delay <= 5.1
+
+    def test_retry_after_http_date_is_gmt_whatever_its_zone_says(self) -> None:
+        """``-0000`` made a naive datetime, read in the machine's local time zone."""
+        now = time.time()
+        header = email.utils.formatdate(now + 5)[:-5] + "-0000"
+        delay = _retry.server_delay({"retry-after": header}, now=now)
+        assert delay is not None and 3.9 <= delay <= 5.1
+
+    def test_a_far_http_date_is_not_a_wait(self) -> None:
+        """A Retry-After date in year 9999 is not a wait."""
+        far = "Fri, 31 Dec 9999 23:59:59 GMT"
+        assert _retry.server_delay({"retry-after": far}) is None
 
 
 class TestRateLimit:
@@ -136,6 +166,7 @@ class TestRateLimit:
     def test_ratelimit_reset_header_is_honoured(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """A 429's X-RateLimit-Reset is waited for before the retry."""
         server.script(Reply(status=429, headers={"X-RateLimit-Reset": "1"}))
         assert log_and_flush(make_handler(), logger, 1)
         first, second = server.requests
@@ -166,6 +197,7 @@ class TestRefusals:
         status: int,
         hint: str,
     ) -> None:
+        """A non-retryable status drops the batch, counted, and is said once with its fix."""
         headers = {"Location": "https://elsewhere.example/v0/events"} if status < 400 else {}
         server.respond(
             Reply(
@@ -189,6 +221,7 @@ class TestRefusals:
             assert f"server says {status}" in err
 
     def test_404_from_a_cloud_host_lists_the_region_hosts(self) -> None:
+        """A 404 from a cloud host says it may be the wrong region, listing the hosts."""
         hint = _retry.drop_hint(404, "regional", "https://api.tinybird.co")
         assert "wrong region" in hint and "https://api.us-east.aws.tinybird.co" in hint
 
@@ -197,6 +230,7 @@ class TestSplit:
     def test_413_splits_in_halves_until_accepted(
         self, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """A 413 splits the batch in halves until each part is accepted."""
         with EventsServer(max_body_bytes=3_000) as small:
             handler = make_handler(host=small.url, token=small.token, compression="none")
             assert log_and_flush(handler, logger, 64)
@@ -209,6 +243,7 @@ class TestSplit:
     def test_single_event_over_the_cap_is_dropped_not_retried_forever(
         self, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """One event over the request cap is dropped as too_large, not retried."""
         with EventsServer(max_body_bytes=2_000) as small:
             handler = make_handler(host=small.url, token=small.token, compression="none")
             logger.addHandler(handler)
@@ -223,6 +258,7 @@ class TestOutage:
     def test_503_storm_then_recovery_delivers_in_order(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """After a run of 503s everything arrives, in order."""
         server.script(*[Reply(status=503, headers={"Retry-After": "0"})] * 3)
         handler = make_handler(batch_max_rows=50)
         assert log_and_flush(handler, logger, 300)
@@ -231,6 +267,7 @@ class TestOutage:
     def test_hanging_server_then_recovery(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """A request cut by its timeout is retried once the server answers again."""
         server.script(Reply(hang=True))
         handler = make_handler(timeout=0.3)
         logger.addHandler(handler)
@@ -245,6 +282,7 @@ class TestOutage:
     def test_byte_bound_drops_newest_and_counts_exactly(
         self, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """At the byte bound the newest events are dropped, each counted."""
         handler = make_handler(
             host=closed_port_url(),
             flush_timeout=0.1,
@@ -355,6 +393,7 @@ class TestBadInput:
         extras: dict[str, Any],
         message: str,
     ) -> None:
+        """Whatever its extras and message, a record arrives as JSON or is counted."""
         reserved = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
             "message",
             "asctime",
@@ -385,6 +424,7 @@ class TestSecrets:
         logger: logging.Logger,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """The token is in no repr, message, stats or URL: only its header."""
         secret = "p.eyJ1IjogInNlY3JldC10b2tlbiJ9"
         with EventsServer(token="other") as wrong:
             handler = make_handler(host=wrong.url, token=secret, datasource="secret_ds")
@@ -394,10 +434,8 @@ class TestSecrets:
             texts = [
                 repr(handler),
                 str(handler),
-                repr(handler._producer.config),
                 repr(handler.stats()),
-                repr(handler._producer.worker),
-                repr(handler._producer.worker._client),
+                *reprs_reachable_from(handler),  # config, worker, transport, settings...
                 capsys.readouterr().err,
             ]
             texts += [r.path for r in wrong.requests]
@@ -407,6 +445,7 @@ class TestSecrets:
             assert wrong.requests[0].headers["Authorization"] == f"Bearer {secret}"
 
     def test_token_not_in_exit_report(self) -> None:
+        """The exit report never quotes the token."""
         secret = "p.very-secret-token-value"
         result = run_python(
             """
@@ -425,6 +464,26 @@ class TestSecrets:
         assert secret not in result.stderr + result.stdout
 
 
+def reprs_reachable_from(root: object, depth: int = 6) -> list[str]:
+    """The reprs of the package's objects reachable from ``root`` (what a traceback, a
+    debugger or an error reporter capturing locals would print)."""
+    seen: set[int] = set()
+    found: list[str] = []
+    layer = [root]
+    for _ in range(depth):
+        following = []
+        for obj in layer:
+            if id(obj) in seen or isinstance(obj, type | types.ModuleType | types.FunctionType):
+                continue
+            seen.add(id(obj))
+            if type(obj).__module__.startswith("tinybird_export"):
+                found.append(repr(obj))
+            following.extend(gc.get_referents(obj))
+        layer = following
+    assert len(found) > 5, found  # the worker and its parts were reached
+    return found
+
+
 def redact(event: dict[str, Any]) -> dict[str, Any] | None:
     """A before_send hook for the tests, importable by dotted path."""
     if event.get("event") == "drop me":
@@ -439,6 +498,7 @@ class TestTransport:
     def test_before_send_by_dotted_path_redacts_and_drops(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """before_send by dotted path redacts events and drops those it returns None for."""
         handler = make_handler(before_send="tests.test_faults:redact")
         logger.addHandler(handler)
         logger.info("login", extra={"password": "hunter2"})
@@ -452,6 +512,8 @@ class TestTransport:
     def test_before_send_that_raises_drops_and_counts(
         self, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """An event whose before_send raises is dropped, not sent unredacted."""
+
         def broken(event: dict[str, Any]) -> dict[str, Any]:
             raise ValueError("oops")
 
@@ -463,6 +525,7 @@ class TestTransport:
     def test_http_proxy_is_honoured_and_no_proxy_bypasses(
         self, server: EventsServer, monkeypatch: pytest.MonkeyPatch, logger: logging.Logger
     ) -> None:
+        """HTTP_PROXY is used for the host, and NO_PROXY bypasses it."""
         monkeypatch.setenv("HTTP_PROXY", server.url)
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
@@ -490,20 +553,36 @@ class TestTransport:
         finally:
             direct.close()
 
-    def test_tls_verification_is_on_with_custom_ca_setting(self, tmp_path: Any) -> None:
-        handler = TinybirdHandler(
-            datasource="x",
-            host="https://127.0.0.1:9",
-            token="t",
-            ca_bundle=str(tmp_path / "ca.pem"),
-            exit_timeout=0,
-        )
-        try:
-            pool = handler._producer.worker._client._pool  # type: ignore[union-attr]
-            assert pool.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
-            assert pool.connection_pool_kw["ca_certs"] == str(tmp_path / "ca.pem")
-        finally:
-            handler.close()
+    def test_tls_is_verified_against_the_ca_bundle_setting(
+        self, tmp_path: Any, logger: logging.Logger
+    ) -> None:
+        """An https host is trusted through ca_bundle only: with its CA the batch arrives;
+        with another CA, or the system's, the handshake fails and nothing is sent."""
+        trustme = pytest.importorskip("trustme")
+        ca, other = trustme.CA(), trustme.CA()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost").configure_cert(context)
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        other.cert_pem.write_to_path(str(tmp_path / "other.pem"))
+        with EventsServer(tls=context) as server:
+            cases = [("ca.pem", True), ("other.pem", False), ("", False)]
+            for bundle, delivered in cases:
+                handler = TinybirdHandler(
+                    datasource=f"tls_{bundle.partition('.')[0] or 'system'}",
+                    host=server.url,
+                    token=server.token,
+                    ca_bundle=str(tmp_path / bundle) if bundle else None,
+                    flush_timeout=0.5,
+                    exit_timeout=0,
+                )
+                try:
+                    assert log_and_flush(handler, logger, 1, timeout=2) is delivered, bundle
+                    if not delivered:
+                        assert "CERTIFICATE_VERIFY_FAILED" in handler.stats().last_error
+                finally:
+                    logger.removeHandler(handler)
+                    handler.close()
+            assert [r.datasource for r in server.requests] == ["tls_ca"]
 
 
 class TestSynchronousMode:
@@ -516,14 +595,15 @@ class TestSynchronousMode:
         for i in range(10):
             logger.info("n %d", i)
         assert server.requests == []
-        assert handler._producer.worker._senders == 0
+        before = worker_threads()
         assert handler.flush(10)
         assert len(server.events("sync")) == 10
-        assert handler._producer.worker._senders == 0  # no thread of its own
+        assert worker_threads() <= before  # no thread of its own
 
     def test_background_false_flush_respects_its_timeout(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """background=False: flush(timeout) gives up in time."""
         server.respond(Reply(status=503, headers={"Retry-After": "30"}))
         handler = make_handler(background=False, datasource="sync_slow", flush_timeout=0.1)
         logger.addHandler(handler)
@@ -533,6 +613,7 @@ class TestSynchronousMode:
         assert time.monotonic() - started < 3
 
     def test_background_false_exit_delivers(self, server: EventsServer) -> None:
+        """background=False: what is queued at exit is delivered by the drain."""
         result = run_python(
             """
             import logging

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,20 +14,16 @@ from typing import Any
 import pytest
 import urllib3
 
-from tests.conftest import ROOT, run_example, run_python
-from tests.test_exit import child_env
+from tests.helpers import ROOT, by_logger, child_env, free_port, run_example, run_python
 from tinybird_export import TinybirdHandler
 from tinybird_export.testing import EventsServer
 
 DJANGO_PROJECT = Path(ROOT) / "examples" / "django_project"
 
 
-def by_logger(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [event for event in events if event["logger"] == name]
-
-
 class TestDjango:
     def test_wsgi_and_asgi_requests(self, server: EventsServer) -> None:
+        """Django requests, WSGI and ASGI, carry their href and request_id."""
         pytest.importorskip("django")
         result = run_python(
             f"""
@@ -90,6 +85,7 @@ class TestDjango:
         assert first["method"] == "GET" and first["duration_ms"] >= 0
 
     def test_example_demo_runs_against_the_local_server(self) -> None:
+        """The Django example's demo runs as written against the local server."""
         pytest.importorskip("django")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBIRD_")}
         result = subprocess.run(
@@ -107,6 +103,7 @@ class TestDjango:
 
 class TestFlask:
     def test_dictconfig_before_flask_and_init_app(self, server: EventsServer) -> None:
+        """dictConfig before Flask, then init_app: requests carry their context."""
         pytest.importorskip("flask")
         result = run_python(
             f"""
@@ -133,6 +130,7 @@ class TestFlask:
         assert {e["route"] for e in access} == {"/hello/<name>", "/boom"}
 
     def test_example_runs_against_the_local_server(self) -> None:
+        """examples/flask_app.py runs as written against the local server."""
         pytest.importorskip("flask")
         result = run_example("flask_app.py")
         assert result.returncode == 0, result.stderr
@@ -140,6 +138,7 @@ class TestFlask:
         assert result.stderr == ""
 
     def test_integrations_are_not_imported_by_default(self) -> None:
+        """Importing the package imports neither Django nor Flask."""
         result = run_python("""
             import sys, tinybird_export
             tinybird_export.TinybirdHandler(datasource="x", token="t").close()
@@ -148,17 +147,12 @@ class TestFlask:
         assert result.stdout.strip() == "[]", result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class TestGunicorn:
     @pytest.mark.parametrize("preload", [False, True])
     def test_prefork_workers_deliver_every_request_once(
         self, server: EventsServer, preload: bool
     ) -> None:
+        """gunicorn's prefork workers deliver each request's record exactly once."""
         pytest.importorskip("gunicorn")
         port = free_port()
         command = [
@@ -220,6 +214,7 @@ class TestUwsgiCheck:
         ],
     )
     def test_warns_once_with_the_fix(self, options: dict[str, Any], expected: str | None) -> None:
+        """Under uWSGI, a configuration that breaks sending is said once, with the fix."""
         result = run_python(f"""
             import sys, types
             sys.modules["uwsgi"] = types.SimpleNamespace(opt={options!r})
@@ -238,6 +233,7 @@ class TestStructlogAndLoguru:
     def test_structlog_through_render_to_log_kwargs(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """structlog's render_to_log_kwargs: its fields arrive as extras."""
         structlog = pytest.importorskip("structlog")
         handler = make_handler()
         logger.addHandler(handler)
@@ -265,6 +261,7 @@ class TestStructlogAndLoguru:
     def test_loguru_extras_flattened_and_traceback_in_exception(
         self, server: EventsServer, make_handler: Any
     ) -> None:
+        """loguru's bound fields arrive as extras, its traceback as exception."""
         loguru = pytest.importorskip("loguru")
         handler = make_handler()
         sink = loguru.logger.add(handler, format="{message}")
@@ -288,6 +285,7 @@ class TestStructlogAndLoguru:
 
 
 def test_handler_repr_has_no_token() -> None:
+    """A handler's repr never shows its token."""
     handler = TinybirdHandler(datasource="x", token="secret-token", exit_timeout=0)
     try:
         assert "secret-token" not in repr(handler)

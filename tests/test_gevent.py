@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from tests.test_frameworks import free_port
+from tests.helpers import free_port
 from tinybird_export.testing import EventsServer
 
 pytest.importorskip("gevent")
@@ -51,6 +51,7 @@ def tls_server(tmp_path: Path) -> Iterator[EventsServer]:
 def test_gevent_preload_over_https(
     tls_server: EventsServer, tmp_path: Path, patched_first: bool
 ) -> None:
+    """gunicorn gevent workers over https: said once as is, delivered patched first."""
     (tmp_path / "app.py").write_text(textwrap.dedent(APP))
     # The fix the message gives: patch before anything imports ssl, in gunicorn's config.
     config = tmp_path / "gunicorn.conf.py"

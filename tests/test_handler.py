@@ -66,6 +66,7 @@ class TestConfigRoutes:
             )
 
     def test_fileconfig(self, server: EventsServer, tmp_path: Path) -> None:
+        """fileConfig builds the handler from strings, wait=true included."""
         ini = tmp_path / "logging.ini"
         ini.write_text(f"""
 [loggers]
@@ -87,6 +88,7 @@ kwargs={{"datasource": "file_logs", "host": "{server.url}", "token": "{server.to
 """)
         logging.config.fileConfig(ini, disable_existing_loggers=False)
         handler = logging.getLogger("fileapp").handlers[0]
+        assert isinstance(handler, TinybirdHandler)
         try:
             logging.getLogger("fileapp").info("from fileConfig")
             assert handler.flush(10)
@@ -102,6 +104,7 @@ class TestWire:
     def test_gzip_off_sends_raw_ndjson_byte_for_byte(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """compression=none sends the NDJSON lines as they are, without Content-Encoding."""
         handler = make_handler(compression="none")
         logger.addHandler(handler)
         logger.info("a")
@@ -117,6 +120,7 @@ class TestWire:
     def test_gzip_body_decodes_to_the_same_lines(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """A gzipped body decodes to the lines, and stats count raw and wire bytes."""
         handler = make_handler()
         logger.addHandler(handler)
         for i in range(100):
@@ -131,6 +135,7 @@ class TestWire:
     def test_wait_true_asks_for_acknowledged_writes(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """wait=true asks for it in the query and gets the 200 of a written batch."""
         handler = make_handler(wait=True)
         logger.addHandler(handler)
         logger.info("x")
@@ -141,11 +146,12 @@ class TestWire:
     def test_token_never_in_url(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """The token travels in the Authorization header only, never in the URL."""
         handler = make_handler()
         logger.addHandler(handler)
         logger.info("x")
         assert handler.flush(10)
-        assert server.token not in server.requests[0].path
+        assert server.token and server.token not in server.requests[0].path
         assert server.token not in str(server.requests[0].query)
 
 
@@ -153,6 +159,7 @@ class TestBatching:
     def test_10000_quick_records_go_in_a_handful_of_requests(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """10,000 records in a tight loop arrive in order, in at most five requests."""
         handler = make_handler()
         logger.addHandler(handler)
         for i in range(10_000):
@@ -165,6 +172,7 @@ class TestBatching:
     def test_batch_limits_split_requests(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """batch_max_rows caps each request's rows."""
         handler = make_handler(batch_max_rows=100, flush_interval=60)
         logger.addHandler(handler)
         for i in range(1000):
@@ -175,6 +183,7 @@ class TestBatching:
     def test_batch_max_bytes_keeps_requests_under_the_cap(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """batch_max_bytes caps each request's raw size."""
         handler = make_handler(batch_max_bytes=20_000, max_event_bytes=2_000, compression="none")
         logger.addHandler(handler)
         for _ in range(100):
@@ -197,6 +206,7 @@ class TestFlushAndStats:
     def test_flush_returns_false_on_timeout(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """flush(timeout) returns False in time when the endpoint hangs."""
         server.respond(Reply(hang=True))
         handler = make_handler(timeout=30)
         logger.addHandler(handler)
@@ -241,7 +251,12 @@ class TestFlushAndStats:
         )
         flushing.start()
         done = threading.Event()
-        threading.Thread(target=lambda: (logger.info("second"), done.set())).start()
+
+        def log_then_say_done() -> None:
+            logger.info("second")
+            done.set()
+
+        threading.Thread(target=log_then_say_done).start()
         assert done.wait(5)
         server.release()
         flushing.join(30)
@@ -255,6 +270,7 @@ class TestFlushAndStats:
         logger: logging.Logger,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """Quarantined rows are counted each time and said once."""
         server.script(Reply(quarantine=1), Reply(quarantine=2))
         handler = make_handler()
         logger.addHandler(handler)
@@ -272,6 +288,7 @@ class TestFlushAndStats:
     def test_close_is_idempotent_and_emit_after_close_is_counted(
         self, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """close() twice is harmless, and a record after it is counted as closed."""
         handler = make_handler()
         logger.addHandler(handler)
         handler.close()
@@ -289,6 +306,7 @@ class TestHandlerContract:
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """A bug in emit goes to handleError and is counted as error, never raised."""
         handler = make_handler()
         logger.addHandler(handler)
 
@@ -308,6 +326,7 @@ class TestHandlerContract:
     def test_handler_filters_drop_and_pass_records(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """The handler's filters and level decide what is emitted and counted."""
         handler = make_handler()
         handler.addFilter(lambda record: "secret" not in record.getMessage())
         handler.setLevel(logging.INFO)
@@ -322,12 +341,21 @@ class TestHandlerContract:
 
 class TestSharedWorker:
     def test_same_host_and_token_share_one_worker(
-        self, server: EventsServer, make_handler: Any, make_events: Any, logger: logging.Logger
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        make_events: Any,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """Producers of one host and token share one worker, whatever their settings:
+        differing runtime settings are said once (the longest timeout holds for all)."""
         first = make_handler(datasource="a")
-        second = make_handler(datasource="b")
-        events = make_events()
-        assert first._producer.worker is second._producer.worker is events._producer.worker
+        second = make_handler(datasource="b", timeout=20)
+        events = make_events(timeout=30)
+        said = [line for line in capsys.readouterr().err.splitlines() if "share one" in line]
+        assert len(said) == 1, said  # one setting differs, said once: one worker
+        assert "for 10.0" in said[0] and "timeout=20.0 holds" in said[0]
         logger.addHandler(first)
         logger.addHandler(second)
         logger.info("x")
@@ -344,6 +372,7 @@ class TestPlainEvents:
     def test_send_fills_timestamp_and_event_id(
         self, server: EventsServer, make_events: Any
     ) -> None:
+        """send() fills timestamp and event_id when absent and keeps them when given."""
         events: TinybirdEvents = make_events()
         events.send({"href": "https://shop.example/", "event": "page_view"})
         events.send(
@@ -367,5 +396,6 @@ class TestPlainEvents:
         }
 
     def test_send_rejects_non_mapping(self, make_events: Any) -> None:
+        """send() of something that is not a mapping is a TypeError."""
         with pytest.raises(TypeError):
             make_events().send(["not", "a", "dict"])

@@ -18,8 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_python
-from tests.test_exit import child_env
+from tests.helpers import child_env, run_python
 from tinybird_export import TinybirdEvents, TinybirdHandler, _retry
 from tinybird_export.testing import EventsServer, Reply
 
@@ -51,6 +50,7 @@ class TestBoundedResponses:
         ids=["endless 202", "2 GB Content-Length", "500 with 200 MB"],
     )
     def test_memory_is_bounded_whatever_the_body(self, server: EventsServer, reply: Reply) -> None:
+        """However large or endless an answer, memory grows boundedly and fast."""
         server.script(Reply(), reply)  # the warm-up's answer, then the hostile one
         result = run_python(RSS_CHILD, child_env(server), timeout=60)
         ok, growth_mib, seconds = result.stdout.split()
@@ -67,6 +67,7 @@ class TestRetryAfter:
     def test_bogus_retry_after_neither_disables_nor_spins(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, value: str
     ) -> None:
+        """A bogus Retry-After neither parks the data source nor makes a tight loop."""
         server.script(*[Reply(status=429, headers={"Retry-After": value})] * 2)
         handler = make_handler(datasource="ra", flush_interval=0.1)
         logger.addHandler(handler)
@@ -77,16 +78,47 @@ class TestRetryAfter:
         assert all(b - a >= 0.2 for a, b in itertools.pairwise(times)), times
 
     def test_parsed_delays_are_finite_floored_and_capped(self) -> None:
-        for value in ("nan", "inf", "-inf", "0", "-5", "1e-9", "1e300"):
+        """Parsed delays are finite, at least 0.5 s, at most a minute."""
+        for value in ("nan", "inf", "-inf", "0", "-5", "1e-9", "1e300", "3000"):
             delay = _retry.server_delay({"retry-after": value})
-            assert delay is None or (math.isfinite(delay) and 0.5 <= delay <= 300), value
+            assert delay is None or (math.isfinite(delay) and 0.5 <= delay <= 60), value
         past = email.utils.formatdate(time.time() - 3600, usegmt=True)
         assert _retry.server_delay({"retry-after": past}) == 0.5
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"X-RateLimit-Reset": "1e9"},
+            {"Retry-After": "1e308"},
+            {"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"},
+        ],
+        ids=["reset-epoch", "retry-after-1e308", "retry-after-year-9999"],
+    )
+    def test_one_bogus_wait_does_not_park_the_data_source(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        headers: dict[str, str],
+    ) -> None:
+        """Issue 24: one such 429 stopped the data source for 300 s although the endpoint
+        answered again at once. Now: the backoff schedule, ended by the first success."""
+        server.script(*[Reply(status=429, headers=headers)] * 3)
+        handler = make_handler(datasource="bogus", flush_interval=0.05)
+        logger.addHandler(handler)
+        for i in range(20):
+            logger.info("n %d", i)
+        assert server.wait_for(lambda: len(server.events("bogus")) == 20, 20)
+        statuses = [r.status for r in server.requests]
+        assert statuses[:3] == [429] * 3 and set(statuses[3:]) == {202}, statuses
+        logger.info("after")  # and the data source is not paced by a minute either
+        assert server.wait_for(lambda: len(server.events("bogus")) == 21, 10)
 
     @pytest.mark.parametrize("name", ["retry-after", "RETRY-AFTER", "x-ratelimit-reset"])
     def test_header_names_are_matched_whatever_their_case(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, name: str
     ) -> None:
+        """Rate-limit header names are matched in any case."""
         server.script(Reply(status=429, headers={name: "1.5"}))
         handler = make_handler(datasource="case", flush_interval=0.1)
         logger.addHandler(handler)
@@ -131,6 +163,7 @@ class TestDeadlines:
     def test_every_attempt_has_a_total_deadline(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, reply: Reply
     ) -> None:
+        """A server trickling its answer cannot hold an attempt past its deadline."""
         server.script(reply)
         handler = make_handler(datasource="slowloris", timeout=1, connect_timeout=1)
         logger.addHandler(handler)
@@ -151,6 +184,7 @@ class TestDeadlines:
     def test_synchronous_flush_keeps_its_timeout(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, reply: Reply
     ) -> None:
+        """background=False: flush(timeout) returns in time against a slow server."""
         server.respond(reply)
         handler = make_handler(background=False, datasource="sync", flush_timeout=0.1)
         logger.addHandler(handler)
@@ -163,6 +197,7 @@ class TestDeadlines:
     def test_synchronous_flush_keeps_its_timeout_against_a_black_hole(
         self, make_handler: Any, logger: logging.Logger, black_hole_url: str
     ) -> None:
+        """background=False: flush(timeout) returns in time against a black hole."""
         handler = make_handler(
             background=False, host=black_hole_url, datasource="sync", flush_timeout=0.1
         )
@@ -173,6 +208,7 @@ class TestDeadlines:
         assert time.monotonic() - started < 1.5
 
     def test_synchronous_exit_keeps_the_exit_budget(self, server: EventsServer) -> None:
+        """background=False: exit with a hanging endpoint keeps the exit budget."""
         server.respond(Reply(hang=True))
         started = time.monotonic()
         result = run_python(
@@ -199,6 +235,7 @@ class TestBoundedWork:
         logger: logging.Logger,
         count: int,
     ) -> None:
+        """One call with a huge extra costs bounded time, and is delivered."""
         handler = make_handler(datasource="big")
         logger.addHandler(handler)
         items = [{"id": i, "name": "x"} for i in range(count)]
@@ -212,6 +249,7 @@ class TestBoundedWork:
         assert handler.stats().truncated == 1
 
     def test_huge_int_is_repaired_not_raised(self, server: EventsServer, make_events: Any) -> None:
+        """A 5,000-digit integer is repaired to a placeholder, not raised."""
         events = make_events(datasource="ints")
         events.send({"event": "big", "n": 10**5000})
         assert events.flush(10)
@@ -222,6 +260,7 @@ class TestBoundedWork:
     def test_broken_containers_are_repaired_not_raised(
         self, server: EventsServer, make_events: Any, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """Containers that raise when read are repaired; an unreadable event counted."""
         events = make_events(datasource="broken")
         events.send({"event": "bad", "m": BrokenMapping(), "l": BrokenList([1])})
         events.send(BrokenMapping())  # the event itself: counted, never raised
@@ -244,6 +283,8 @@ class TestBoundedWork:
         logger: logging.Logger,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """Records logged inside before_send are dropped as recursion, counted."""
+
         def chatty(event: dict[str, Any]) -> dict[str, Any]:
             logger.info("inside the hook")  # back into the same handler
             return event
@@ -306,6 +347,7 @@ class TestArbitraryInput:
     def test_every_call_returns_quickly_and_every_event_is_sent_or_counted(
         self, server: EventsServer, value: Any, copies: int
     ) -> None:
+        """Any value returns quickly, and every event is sent or counted."""
         bulky = [value] * copies  # up to a few MB once encoded
         with TinybirdEvents(
             datasource="prop", host=server.url, token=server.token, max_event_bytes=1 << 20
@@ -330,6 +372,7 @@ class TestArbitraryInput:
 class TestSecrets:
     @pytest.mark.parametrize("token", ["p.SECRET\nX-Evil: 1", "p.SEC\rRET", "p.SEC RET"])
     def test_a_token_with_a_line_break_is_refused_without_echoing_it(self, token: str) -> None:
+        """A token with a line break is refused without echoing any of it."""
         with pytest.raises(ValueError, match="'token'") as error:
             TinybirdHandler(datasource="x", token=token, host="http://127.0.0.1:9")
         assert "SECRET" not in str(error.value) and "SEC" not in str(error.value)
@@ -341,6 +384,7 @@ class TestSecrets:
         logger: logging.Logger,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """An error that echoes the request's headers is quoted with the token redacted."""
         secret = "p.eyJ0aGlzIjogImlzIHNlY3JldCJ9"
         server.respond(Reply(status=400, echo_headers=True))
         with EventsServer(token=None) as echo:
@@ -360,6 +404,7 @@ class TestEdgeStatuses:
     def test_cdn_origin_errors_are_retried(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, status: int
     ) -> None:
+        """A CDN's origin errors (520-524) are retried until delivered."""
         server.script(Reply(status=status))
         handler = make_handler(datasource="edge")
         logger.addHandler(handler)

@@ -16,8 +16,8 @@ import pytest
 import urllib3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post, sql
 
+from tests.local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post, sql
 from tinybird_export import TinybirdEvents, TinybirdHandler
 from tinybird_export.local import LocalServer
 
@@ -35,6 +35,7 @@ def local(engine: str) -> Iterator[LocalServer]:
 
 class TestEventsEndpoint:
     def test_accepts_ndjson_202_and_wait_200(self, local: LocalServer) -> None:
+        """NDJSON is accepted with 202, and with wait=true with 200."""
         assert post(local, "simple_events", ndjson(EVENT, EVENT)) == (
             202,
             {"successful_rows": 2, "quarantined_rows": 0},
@@ -44,10 +45,12 @@ class TestEventsEndpoint:
         assert sql(local, "select count() from simple_events")["data"] == [{"count()": 3}]
 
     def test_name_is_required(self, local: LocalServer) -> None:
+        """A request without a data source name is a 400 that says so."""
         status, body = post(local, None, ndjson(EVENT))
         assert status == 400 and "name" in body["error"]
 
     def test_token_is_checked(self, local: LocalServer) -> None:
+        """A wrong token is a 403, and a token in the URL is accepted as Tinybird does."""
         assert post(local, "x", ndjson(EVENT), token="wrong")[0] == 403
         response = urllib3.request(
             "POST", f"{local.url}/v0/events?name=x&token={local.token}", body=ndjson(EVENT)
@@ -55,23 +58,28 @@ class TestEventsEndpoint:
         assert response.status == 202
 
     def test_gzip_body(self, local: LocalServer) -> None:
+        """A gzip-encoded body is accepted."""
         assert post(local, "zipped", gzip.compress(ndjson(EVENT)))[0] == 202
 
     def test_request_cap_is_413(self, engine: str) -> None:
+        """A body over the request cap is a 413."""
         with LocalServer(max_body_bytes=1000, engine=engine) as small:
             assert post(small, "big", ndjson(*[EVENT] * 50))[0] == 413
 
     @pytest.mark.parametrize("name", ['x"; drop table y; --', "1abc", "a-b", "a.b", "x`y"])
     def test_invalid_names_are_refused_before_sql(self, local: LocalServer, name: str) -> None:
+        """An invalid data source name is refused before any SQL."""
         status, body = post(local, urllib.parse.quote(name), ndjson(EVENT))
         assert status == 400 and "invalid data source name" in body["error"]
 
     @pytest.mark.parametrize("bad", [b"{not json}", b'{"a":1},{"b":2}', b"[1]", b'{"a":1}{"b":2}'])
     def test_malformed_ndjson_names_the_line(self, local: LocalServer, bad: bytes) -> None:
+        """Malformed NDJSON is a 400 that names the line."""
         status, body = post(local, "bad", ndjson(EVENT) + bad + b"\n" + ndjson(EVENT))
         assert status == 400 and "line 2" in body["error"]
 
     def test_tokens_endpoint_needs_no_auth(self, local: LocalServer) -> None:
+        """/tokens answers the admin token, as Tinybird Local does."""
         import orjson
 
         response = urllib3.request("GET", f"{local.url}/tokens")
@@ -83,6 +91,7 @@ class TestGuessing:
     """A guessed schema accepts every row it was guessed from."""
 
     def test_types_from_every_sampled_value(self, local: LocalServer) -> None:
+        """A new data source's column types are guessed from every sampled value."""
         rows = [
             {
                 "ts": "2024-01-01 00:00:00.123",
@@ -142,6 +151,7 @@ class TestGuessing:
         ]
 
     def test_issue_examples_are_kept(self, local: LocalServer) -> None:
+        """Nested, mixed, huge and null values of a first row are kept."""
         for name, row in [
             ("nested", {"obj": {"k": 1}}),
             ("mixed", {"arr": [1, 2.5]}),
@@ -157,6 +167,7 @@ class TestGuessing:
             }
 
     def test_rows_without_fields_get_a_clear_answer(self, local: LocalServer) -> None:
+        """A row without fields gets a 400 that says so."""
         status, body = post(local, "nothing", ndjson({}))
         assert status == 400 and "without fields" in body["error"]
 
@@ -201,6 +212,7 @@ class TestGuessing:
         )
     )
     def test_any_sample_is_accepted_whole(self, local: LocalServer, rows: list[Any]) -> None:
+        """Any generated first sample is accepted whole."""
         name = f"prop_{abs(hash(repr(rows))) % 10**12}"
         status, body = post(local, name, ndjson(*rows))
         assert status == 202 and body == {"successful_rows": len(rows), "quarantined_rows": 0}
@@ -208,6 +220,7 @@ class TestGuessing:
 
 class TestSchemas:
     def test_wrong_type_and_missing_column_go_to_quarantine(self, local: LocalServer) -> None:
+        """Rows of the wrong type or missing a column go to quarantine."""
         post(local, "q", ndjson({"n": 1, "s": "a"}))
         status, body = post(
             local, "q", ndjson({"n": "x", "s": "b"}, {"s": "c"}, {"n": 3, "s": "d"})
@@ -220,6 +233,7 @@ class TestSchemas:
         assert errors[0]["n"] == "x" and '"s":"b"' in errors[0]["row"]
 
     def test_new_fields_in_later_rows_are_ignored(self, local: LocalServer) -> None:
+        """Fields a data source does not have are ignored in later rows."""
         post(local, "fixed", ndjson({"a": "1"}))
         assert post(local, "fixed", ndjson({"a": "2", "b": "new"}))[1]["successful_rows"] == 1
         assert [c["name"] for c in sql(local, "select * from fixed")["meta"]] == ["a"]
@@ -260,6 +274,7 @@ class TestSchemas:
                 log.removeHandler(handler)
 
     def test_strict_mode_refuses_unknown_data_sources(self, engine: str) -> None:
+        """Strict mode refuses undeclared data sources with a 404."""
         with LocalServer(strict=True, engine=engine) as local:
             status, body = post(local, "undeclared", ndjson(EVENT))
             assert status == 404 and "not found" in body["error"]
@@ -291,6 +306,7 @@ class TestSchemas:
     def test_column_type_checks(
         self, engine: str, tmp_path: Path, type_name: str, good: list[Any], bad: list[Any]
     ) -> None:
+        """Each column type takes its values and quarantines the others."""
         (tmp_path / "typed.datasource").write_text(f"SCHEMA >\n    `v` {type_name} `json:$.v`\n")
         with LocalServer(datasources=tmp_path, engine=engine) as local:
             body = post(local, "typed", ndjson(*({"v": v} for v in good + bad)))[1]
@@ -298,6 +314,7 @@ class TestSchemas:
             assert sql(local, "select count() c from typed")["data"] == [{"c": len(good)}]
 
     def test_defaults_and_nullable(self, engine: str, tmp_path: Path) -> None:
+        """DEFAULT and Nullable columns fill in what a row lacks."""
         (tmp_path / "d.datasource").write_text(
             "SCHEMA >\n"
             "    `a` String `json:$.a`,\n"
@@ -320,6 +337,7 @@ class TestSchemas:
             ]
 
     def test_datetime_values_are_stored_in_utc(self, engine: str, tmp_path: Path) -> None:
+        """DateTime values with an offset are stored in UTC."""
         (tmp_path / "t.datasource").write_text("SCHEMA >\n    `v` DateTime64(3) `json:$.v`\n")
         with LocalServer(datasources=tmp_path, engine=engine) as local:
             post(local, "t", ndjson({"v": "2024-01-01T01:00:00.5+01:00"}))
@@ -328,6 +346,7 @@ class TestSchemas:
 
 class TestPersistence:
     def test_data_and_token_survive_a_restart(self, engine: str, tmp_path: Path) -> None:
+        """Data and token survive a restart of the server."""
         path = tmp_path / ("local.sqlite3" if engine == "sqlite" else "clickhouse")
         with LocalServer(path, engine=engine) as first:
             token = first.token
@@ -388,6 +407,7 @@ def test_engine_settings_make_real_clickhouse_tables(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_wide_integers_sort_as_numbers(engine: str, tmp_path: Path) -> None:
+    """UInt64 values up to 2**64 - 1 are stored and sorted as numbers."""
     (tmp_path / "n.datasource").write_text("SCHEMA >\n    `d` UInt64 `json:$.d`\n")
     with LocalServer(datasources=tmp_path, engine=engine) as local:
         post(local, "n", ndjson({"d": 1200000}, {"d": 950000}, {"d": 2**64 - 1}))

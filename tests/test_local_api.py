@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 import urllib3
-from local_helpers import ENGINES, api, ndjson, post, sql
 
+from tests.local_helpers import ENGINES, api, ndjson, post, sql
 from tinybird_export.local import LocalServer
 
 SHOP = (
@@ -39,6 +39,7 @@ def multipart(fields: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
 
 
 def test_workspace_routes(local: LocalServer) -> None:
+    """The workspace routes answer what Tinybird's clients read."""
     workspace = orjson.loads(api(local, "GET", "/v0/workspace").data)
     assert {"id", "name", "user_email", "user_id", "scope"} <= set(workspace)
     created = orjson.loads(api(local, "POST", "/v1/workspaces?name=Build_0123456789abcdef").data)
@@ -63,6 +64,7 @@ def test_workspace_routes(local: LocalServer) -> None:
 
 
 def test_datasources_list_and_datafile(local: LocalServer) -> None:
+    """Data sources are listed, quarantine tables not, with their datafile."""
     post(local, "simple_events", ndjson({"event": 1}))  # quarantined: timestamp missing
     listed = orjson.loads(api(local, "GET", "/v0/datasources?attrs=used_by").data)["datasources"]
     names = [d["name"] for d in listed]
@@ -81,6 +83,7 @@ def test_datasources_list_and_datafile(local: LocalServer) -> None:
 
 
 def test_create_append_truncate_delete(local: LocalServer) -> None:
+    """A data source can be created, appended to, truncated and deleted."""
     created = api(
         local,
         "POST",
@@ -153,6 +156,7 @@ def test_create_append_truncate_delete(local: LocalServer) -> None:
 
 
 def test_build_deploy_and_append_v1(local: LocalServer) -> None:
+    """A project is built, deployed and appended to through /v1."""
     fields = [
         ("context://", "cli-version", b"1.0.0"),
         ("data_project://", "datasources/orders.datasource", SHOP.encode()),
@@ -192,6 +196,7 @@ def test_build_deploy_and_append_v1(local: LocalServer) -> None:
 
 
 def test_a_project_with_a_pipe_fails_naming_it(local: LocalServer) -> None:
+    """A project with a pipe fails, naming the pipe."""
     body, content_type = multipart(
         [
             ("data_project://", "datasources/orders.datasource", SHOP.encode()),
@@ -211,6 +216,7 @@ def test_a_project_with_a_pipe_fails_naming_it(local: LocalServer) -> None:
 
 
 def test_a_bad_datafile_in_a_build_names_file_and_line(local: LocalServer) -> None:
+    """A bad datafile in a build names its file and line."""
     body, content_type = multipart(
         [
             (

@@ -17,8 +17,8 @@ from pathlib import Path
 import orjson
 import pytest
 import urllib3
-from local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post, raw_sql, sql
 
+from tests.local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post, raw_sql, sql
 from tinybird_export.cli import query
 from tinybird_export.local import LocalServer, _limits, spawn
 

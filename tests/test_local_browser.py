@@ -23,9 +23,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from browser import CHROMIUM, dump_dom
-from local_helpers import ENGINES, EVENT
 
+from tests.browser import CHROMIUM, dump_dom
+from tests.local_helpers import ENGINES, EVENT
 from tinybird_export import _http_guard
 from tinybird_export.local import LocalServer
 
@@ -158,7 +158,7 @@ def test_a_page_from_another_origin_writes_and_runs_nothing(
             event_json=json.dumps(EVENT),
         )
         dom = dump_dom(f"{origin}/attack.html", tmp_path / "profile")
-        datasources = sorted(served.store.infos)
+        datasources = sorted(info.name for info in served.store.datasources())
     seen = re.search(r'<pre id="out">(.*?)</pre>', dom, re.DOTALL)
     report = seen.group(1) if seen else ""
     assert "done" in report, dom  # the page ran to its end

@@ -14,10 +14,11 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post
 
+from tests.local_helpers import ENGINES, EVENT, ndjson, needs_clickhouse, post
 from tinybird_export.cli import main as cli_main
 from tinybird_export.cli import query
 from tinybird_export.local import LocalServer, spawn
@@ -25,16 +26,17 @@ from tinybird_export.local import LocalServer, spawn
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def command(*args: str, timeout: float = 60, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def command(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     kwargs.setdefault("env", {**os.environ, "COLUMNS": "200"})
-    return subprocess.run(
+    result: subprocess.CompletedProcess[str] = subprocess.run(
         [sys.executable, "-m", "tinybird_export.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
+    return result
 
 
 @pytest.fixture(params=ENGINES)
@@ -46,6 +48,7 @@ def local(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
 
 class TestHelp:
     def test_top_level_help_and_version(self) -> None:
+        """tinybird-export --help names its commands; --version prints it."""
         done = command("--help")
         assert done.returncode == 0 and "local" in done.stdout and "sql" in done.stdout
         done = command("--version")
@@ -54,6 +57,7 @@ class TestHelp:
         assert done.returncode == 2 and "invalid choice" in done.stderr
 
     def test_every_option_has_help_and_default(self) -> None:
+        """Every option of local says what it does and its default."""
         local = command("local", "--help").stdout
         for option in ("--host", "--port", "--engine", "--data", "--datasources", "--strict"):
             assert option in local
@@ -65,6 +69,7 @@ class TestHelp:
 
 class TestSQLCommand:
     def test_formats(self, local: LocalServer, capsys: pytest.CaptureFixture[str]) -> None:
+        """tinybird-export sql prints a table, JSON and CSV."""
         args = ["sql", "select event, count() c from simple_events group by event order by event"]
         args += ["--host", local.url]
         assert cli_main([*args, "--token", local.token]) == 0
@@ -78,6 +83,7 @@ class TestSQLCommand:
     def test_rows_cut_at_the_limit_are_announced(
         self, local: LocalServer, capsys: pytest.CaptureFixture[str]
     ) -> None:
+        """Rows cut at --rows-limit are announced on stderr."""
         args = ["sql", "select event from simple_events", "--host", local.url, "--format", "json"]
         assert cli_main([*args, "--rows-limit", "1"]) == 0
         out, err = capsys.readouterr()
@@ -88,11 +94,13 @@ class TestSQLCommand:
     def test_unknown_table_lists_the_data_sources(
         self, local: LocalServer, capsys: pytest.CaptureFixture[str]
     ) -> None:
+        """An unknown table's error lists the data sources there are."""
         assert cli_main(["sql", "select * from nope", "--host", local.url]) == 1
         err = capsys.readouterr().err
         assert "nope" in err and "simple_events" in err and "app_logs" in err
 
     def test_no_server_says_how_to_start_one(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Without a server, sql says how to start one."""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -104,6 +112,7 @@ class TestSQLCommand:
 
 @needs_clickhouse
 def test_a_write_through_sql_says_read_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """A write through tinybird-export sql says the SQL is read-only."""
     with LocalServer(engine="clickhouse") as local:
         assert cli_main(["sql", "select * from file('/etc/hostname')", "--host", local.url]) == 1
         assert "read-only" in capsys.readouterr().err
@@ -111,6 +120,7 @@ def test_a_write_through_sql_says_read_only(capsys: pytest.CaptureFixture[str]) 
 
 class TestLocalCommand:
     def test_port_in_use(self, tmp_path: Path) -> None:
+        """A port in use is said, with what to do."""
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
@@ -123,6 +133,7 @@ class TestLocalCommand:
         assert not data.exists()  # nothing created before the bind
 
     def test_bad_datasource_files(self, tmp_path: Path) -> None:
+        """A bad .datasource file, a missing or empty folder: start-up stops, saying which."""
         bad = tmp_path / "bad"
         bad.mkdir()
         (bad / "bad.datasource").write_text(
@@ -153,6 +164,7 @@ class TestLocalCommand:
         assert done.returncode == 2 and "x.pipe" in done.stderr
 
     def test_banner_and_start_up(self, tmp_path: Path) -> None:
+        """local prints its banner: URL, engine, data sources, the exports to copy."""
         started = time.monotonic()
         with subprocess.Popen(
             [
@@ -326,12 +338,14 @@ def test_without_chdb_the_sqlite_engine_serves(tmp_path: Path) -> None:
 
 
 def test_env_of_spawned_server_has_no_token_in_repr() -> None:
+    """A spawned server's repr and our environment never hold its token."""
     with spawn(":memory:", "--engine", "sqlite") as local:
         assert local.token not in repr(local)
         assert os.environ.get("TINYBIRD_TOKEN") != local.token
 
 
 def test_the_banner_warns_when_other_machines_can_reach_the_server() -> None:
+    """The banner warns when other machines can reach the server."""
     from tinybird_export.local._main import banner
 
     exposed = LocalServer(host="0.0.0.0")  # bound, never started: nothing is served

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 import urllib3
-from browser import CHROMIUM, Browser, dump_dom
-from local_helpers import ENGINES, ndjson, post
 
+from tests.browser import CHROMIUM, Browser, dump_dom
+from tests.local_helpers import ENGINES, ndjson, post
 from tinybird_export.local import LocalServer, _base_url
 from tinybird_export.local import _http as local_http
 
@@ -50,7 +50,7 @@ class Elements(html.parser.HTMLParser):
         self.feed(dom)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        node = {"tag": tag, **{k: v or "" for k, v in attrs}, "text": ""}
+        node: dict[str, Any] = {"tag": tag, **{k: v or "" for k, v in attrs}, "text": ""}
         node["inside"] = [n.get("id") for n in self._open if n.get("id")]
         self.found.append(node)
         if tag not in ("meta", "link", "input", "br", "img", "rect", "line", "circle"):
@@ -196,7 +196,7 @@ def send_spans(local: LocalServer, shape: str) -> list[str]:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from tinybird_export import TinybirdSpanExporter
+    from tinybird_export.otel import TinybirdSpanExporter
 
     exporter = TinybirdSpanExporter(host=local.url, token=local.token, shape=shape)
     provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))

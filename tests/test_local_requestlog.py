@@ -17,8 +17,8 @@ from typing import IO
 
 import pytest
 import urllib3
-from local_helpers import EVENT, ndjson, post
 
+from tests.local_helpers import EVENT, ndjson, post
 from tinybird_export.local import LocalServer, _requestlog, spawn
 from tinybird_export.local._requestlog import RequestLog
 

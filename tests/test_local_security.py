@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 import pytest
 import urllib3
-from local_helpers import ENGINES, EVENT, ndjson, sql
 
+from tests.local_helpers import ENGINES, EVENT, ndjson, sql
 from tinybird_export import _http_guard
 from tinybird_export.local import LocalServer, spawn
 from tinybird_export.local import _http as local_http

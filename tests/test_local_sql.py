@@ -10,8 +10,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from local_helpers import ENGINES, ndjson, needs_clickhouse, post, raw_sql, sql
 
+from tests.local_helpers import ENGINES, ndjson, needs_clickhouse, post, raw_sql, sql
 from tinybird_export.local import LocalServer
 
 ROWS = [
@@ -46,6 +46,7 @@ def clickhouse() -> Iterator[LocalServer]:
 
 class TestBothEngines:
     def test_common_queries(self, filled: LocalServer) -> None:
+        """Counting, grouping and limits answer as ClickHouse would."""
         assert sql(filled, "select count() from app_logs")["data"] == [{"count()": 6}]
         assert len(sql(filled, "select * from app_logs limit 2")["data"]) == 2
         grouped = sql(filled, "select event, count() c from app_logs group by event order by event")
@@ -53,6 +54,7 @@ class TestBothEngines:
         assert sql(filled, "select uniq(href) u from app_logs")["data"] == [{"u": 3}]
 
     def test_tb_sql_shape(self, filled: LocalServer) -> None:
+        """The answer has tb sql's shape: meta, data, rows, statistics."""
         query = "SELECT * FROM (select event, line from app_logs) LIMIT 100 FORMAT JSON"
         body = orjson.loads(raw_sql(filled, query).data)
         assert {"meta", "data", "rows", "statistics"} <= set(body)
@@ -76,6 +78,7 @@ class TestBothEngines:
     def test_formats(
         self, filled: LocalServer, fmt: str, content_type: str, first_line: str
     ) -> None:
+        """Each FORMAT answers with its content type."""
         query = f"select event, count() c from app_logs group by event order by event FORMAT {fmt}"
         response = raw_sql(filled, query)
         assert response.status == 200 and response.headers["Content-Type"] == content_type
@@ -92,6 +95,7 @@ class TestBothEngines:
         ],
     )
     def test_writes_are_refused_as_read_only(self, filled: LocalServer, statement: str) -> None:
+        """Writes through the SQL endpoint are refused as read-only."""
         response = raw_sql(filled, statement, method="POST")
         assert response.status in (400, 403), response.data
         if response.status == 403:
@@ -99,6 +103,7 @@ class TestBothEngines:
         assert sql(filled, "select count() from app_logs")["data"] == [{"count()": 6}]
 
     def test_unknown_table_lists_the_data_sources(self, filled: LocalServer) -> None:
+        """An unknown table's error lists the data sources."""
         response = raw_sql(filled, "select * from nope FORMAT JSON")
         assert response.status == 400
         error = orjson.loads(response.data)["error"]
@@ -122,6 +127,7 @@ class TestBothEngines:
 
 
 def test_sqlite_refuses_its_catalog_and_pragmas() -> None:
+    """SQLite's catalog and pragmas are refused."""
     with LocalServer(engine="sqlite") as local:
         for statement in [
             "select * from _tb_meta",
@@ -135,6 +141,7 @@ def test_sqlite_refuses_its_catalog_and_pragmas() -> None:
 @needs_clickhouse
 class TestClickHouse:
     def test_tinybird_queries_run_as_clickhouse(self, clickhouse: LocalServer) -> None:
+        """ClickHouse functions Tinybird queries use run on the ClickHouse engine."""
         query = (
             "select toStartOfDay(timestamp) day, countIf(event = 'click') clicks, "
             "quantile(0.5)(line) p50, uniqExact(attributes['cart']) carts, "
@@ -165,6 +172,7 @@ class TestClickHouse:
         assert types["p50"] == "Float64" and types["events"] == "UInt64"
 
     def test_column_names_are_clickhouses(self, clickhouse: LocalServer) -> None:
+        """Column names in answers are ClickHouse's own."""
         answer = sql(
             clickhouse,
             "select count(), count(DISTINCT event), toDate(timestamp) from app_logs group by 3 order by 3 limit 1",
@@ -176,10 +184,12 @@ class TestClickHouse:
         ]
 
     def test_statistics_are_clickhouses(self, clickhouse: LocalServer) -> None:
+        """statistics are ClickHouse's rows and bytes read."""
         body = orjson.loads(raw_sql(clickhouse, "select count() from app_logs FORMAT JSON").data)
         assert body["statistics"]["rows_read"] >= 1 and body["statistics"]["bytes_read"] > 0
 
     def test_parquet(self, clickhouse: LocalServer) -> None:
+        """FORMAT Parquet answers a Parquet file."""
         response = raw_sql(
             clickhouse, "select event, line from app_logs order by event_id FORMAT Parquet"
         )
@@ -191,6 +201,7 @@ class TestClickHouse:
         assert table.column("event").to_pylist()[:2] == ["view", "click"]
 
     def test_real_types_defaults_lowcardinality(self, clickhouse: LocalServer) -> None:
+        """Tables have the schema's real types, defaults and LowCardinality."""
         answer = sql(
             clickhouse,
             "select toTypeName(timestamp) t, toTypeName(level) l, toTypeName(attributes) m, "
@@ -231,12 +242,14 @@ class TestClickHouse:
         ],
     )
     def test_nothing_writes_or_reads_outside(self, clickhouse: LocalServer, statement: str) -> None:
+        """No statement reads or writes outside the server's tables."""
         response = raw_sql(clickhouse, statement)
         assert response.status in (400, 403), response.data
         assert clickhouse.token.encode() not in response.data
         assert sql(clickhouse, "select count() from app_logs")["data"] == [{"count()": 6}]
 
     def test_generators_and_system_tables_are_allowed(self, clickhouse: LocalServer) -> None:
+        """Table functions like numbers() and system tables are allowed."""
         assert sql(clickhouse, "select sum(number) s from numbers(10)")["data"] == [{"s": 45}]
         tables = sql(
             clickhouse,
@@ -247,6 +260,7 @@ class TestClickHouse:
         assert raw_sql(clickhouse, "SHOW TABLES").status == 200
 
     def test_the_token_file_cannot_be_read(self, tmp_path: Path) -> None:
+        """The token file cannot be read through SQL."""
         with LocalServer(tmp_path / "ch", engine="clickhouse") as local:
             for statement in [
                 f"select * from file('{tmp_path}/ch/tinybird-export.json', 'RawBLOB')",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from local_helpers import EVENT, api, ndjson, needs_clickhouse, post, raw_sql, sql
 
+from tests.local_helpers import EVENT, api, ndjson, needs_clickhouse, post, raw_sql, sql
 from tinybird_export.local import LocalServer, _chcheck
 
 # Every place and spelling of INTO OUTFILE that ClickHouse's parser takes ({f} is the target).

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.test_exit import closed_port_url
+from tests.helpers import ROOT, closed_port_url
 from tinybird_export import TinybirdHandler
 from tinybird_export.testing import EventsServer, Reply
 
@@ -26,6 +25,7 @@ from tinybird_export.testing import EventsServer, Reply
 class TestMainJobAtATerminal:
     @pytest.mark.timeout(90)
     def test_ctrl_c_prints_the_summary_within_2_s_and_exits_0(self) -> None:
+        """Ctrl-C on the main job prints its summary within 2 s, and exits 0."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("TINYBIRD_")}
         with subprocess.Popen(
             [sys.executable, str(Path(ROOT) / "examples" / "stream_events.py")],
@@ -53,6 +53,7 @@ class TestMainJobAtATerminal:
         assert count and int(count.group(1)) > 0, out
 
     def test_help_is_whole_sentences(self) -> None:
+        """The main job's --help speaks in whole sentences."""
         result = subprocess.run(
             [sys.executable, str(Path(ROOT) / "examples" / "stream_events.py"), "--help"],
             capture_output=True,
@@ -87,6 +88,7 @@ class TestProblemsSaidWhenTheyHappen:
     def test_a_wrong_host_is_reported_within_5_s(
         self, tmp_path: Path, host: str, expected: str
     ) -> None:
+        """A wrong host is said within 5 s, with what to fix."""
         script = tmp_path / "app.py"
         script.write_text(LONG_RUNNING)
         if host == "refused":
@@ -118,6 +120,7 @@ class TestProblemsSaidWhenTheyHappen:
     def test_said_once_then_again_only_after_a_recovery(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger, capfd: Any
     ) -> None:
+        """A failure is said once, and again only after a recovery was said."""
         server.script(*[Reply(status=503)] * 3)
         handler = make_handler(datasource="flaky", flush_interval=0.05)
         logger.addHandler(handler)
@@ -134,12 +137,14 @@ class TestProblemsSaidWhenTheyHappen:
 
 class TestHostsAtConstruction:
     def test_a_host_with_a_path_is_refused_with_the_corrected_url(self) -> None:
+        """A host with a path is refused with the URL to use instead."""
         with pytest.raises(ValueError, match="use 'http://127.0.0.1:7181'"):
             TinybirdHandler(datasource="x", token="t", host="http://127.0.0.1:7181/v0/events")
 
     def test_a_loopback_404_names_no_cloud_region(
         self, make_handler: Any, logger: logging.Logger, capfd: Any
     ) -> None:
+        """A 404 from a local server names strict mode, not cloud regions."""
         with EventsServer() as other:
             other.respond(Reply(status=404))
             handler = make_handler(host=other.url, datasource="undeclared")
@@ -155,6 +160,7 @@ class TestAccessLines:
     def test_django_and_werkzeug_request_lines_lose_their_query_string(
         self, server: EventsServer, make_handler: Any
     ) -> None:
+        """Django's and werkzeug's request lines arrive without the query string."""
         from tinybird_export._context import strip_access_lines
 
         strip_access_lines("django.server", "werkzeug")  # what the integrations install
@@ -195,6 +201,7 @@ def readme_shell_commands() -> list[list[str]]:
 
 class TestReadme:
     def test_every_tinybird_export_command_and_flag_it_uses_exists(self) -> None:
+        """Every tinybird-export command and flag the README shows exists."""
         commands = readme_shell_commands()
         assert commands, "the README shows tinybird-export commands"
         helps: dict[str, str] = {}
@@ -219,6 +226,7 @@ class TestReadme:
                 assert flag in helps[sub], f"tinybird-export {sub} has no {flag}"
 
     def test_the_testing_server_prints_its_token(self) -> None:
+        """python -m tinybird_export.testing prints its URL and token."""
         with subprocess.Popen(
             [sys.executable, "-m", "tinybird_export.testing", "--token", "abc"],
             stdout=subprocess.PIPE,

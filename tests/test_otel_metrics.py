@@ -20,7 +20,6 @@ import pytest
 
 otel_sdk = pytest.importorskip("opentelemetry.sdk")
 
-from local_helpers import ENGINES, api, needs_clickhouse  # noqa: E402
 from opentelemetry.metrics import Observation  # noqa: E402
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import (  # noqa: E402
@@ -48,8 +47,8 @@ from opentelemetry.sdk.resources import Resource  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope  # noqa: E402
 
-from tests.conftest import ROOT, run_python, talk_to_python  # noqa: E402
-from tests.test_exit import child_env  # noqa: E402
+from tests.helpers import ROOT, child_env, run_python, talk_to_python  # noqa: E402
+from tests.local_helpers import ENGINES, api, needs_clickhouse  # noqa: E402
 from tests.test_otel import assert_deadlines_honoured  # noqa: E402
 from tinybird_export.cli import query  # noqa: E402
 from tinybird_export.local import DATASOURCES_DIR, LocalServer  # noqa: E402

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
-from local_helpers import ndjson, needs_clickhouse, post
 
+from tests.local_helpers import ndjson, needs_clickhouse, post
 from tinybird_export.cli import main as cli_main
 from tinybird_export.local import LocalServer
 
@@ -27,7 +28,7 @@ def examples() -> list[str]:
     return list(dict.fromkeys(found))
 
 
-ROWS = {
+ROWS: dict[str, list[dict[str, Any]]] = {
     "app_logs": [
         {
             "timestamp": "2024-01-01 00:00:01.000000",
@@ -65,12 +66,14 @@ ROWS = {
 
 
 def test_the_readme_has_sql_examples() -> None:
+    """The README and docs/local.md show at least five SQL examples."""
     assert len(examples()) >= 5
 
 
 @needs_clickhouse
 @pytest.mark.parametrize("example", examples())
 def test_readme_sql_runs_on_clickhouse(example: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every SQL example of the README and docs runs on ClickHouse, quietly."""
     with LocalServer(engine="clickhouse") as local:
         for name, rows in ROWS.items():
             assert post(local, name, ndjson(*rows))[1]["quarantined_rows"] == 0

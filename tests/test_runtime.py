@@ -15,8 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_python
-from tests.test_exit import PRELUDE, child_env, closed_port_url, terminate_when_ready
+from tests.helpers import (
+    PRELUDE,
+    child_env,
+    closed_port_url,
+    fail_once,
+    run_python,
+    terminate_when_ready,
+    wait_until,
+    worker_threads,
+)
 from tinybird_export import TinybirdEvents, TinybirdHandler, _retry
 from tinybird_export._record_mapper import RecordMapper
 from tinybird_export.testing import EventsServer, Reply
@@ -106,21 +114,6 @@ class TestCallSiteCache:
             assert not truncated
 
 
-def fail_once(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
-    """Make ``module.name`` raise RuntimeError on its first call (a bug inside the loop)."""
-    original = getattr(module, name)
-    calls: list[int] = []
-
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("injected bug")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, broken)
-    return calls
-
-
 class TestSupervisedWorker:
     def test_an_iteration_that_raises_is_reported_once_and_the_loop_goes_on(
         self,
@@ -130,6 +123,7 @@ class TestSupervisedWorker:
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """A bug in the sender's loop is said once; the next batch goes on the interval."""
         fail_once(monkeypatch, _retry, "classify")
         handler = make_handler(flush_interval=0.05)
         logger.addHandler(handler)
@@ -151,6 +145,7 @@ class TestSupervisedWorker:
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """A bug while sending drops that batch as error, never retried."""
         from tinybird_export import _client
 
         fail_once(monkeypatch, _client, "_gzip")
@@ -188,10 +183,12 @@ class TestSupervisedWorker:
         monkeypatch.setattr(_retry, "classify", exits_once)
         handler = make_handler(flush_interval=0.05)
         logger.addHandler(handler)
+        before = worker_threads()
         logger.info("first")
-        worker = handler._producer.worker
         assert server.wait_for(lambda: server.request_count >= 1, 10)
-        assert wait_until(lambda: worker._senders == 0)  # the thread is gone
+        started = worker_threads() - before  # the thread this handler started
+        assert len(started) == 1
+        assert wait_until(lambda: not any(t.is_alive() for t in started))  # it is gone
         logger.info("second")
         assert server.wait_for(lambda: len(server.events()) == 3, 10)
         # The first request's answer was lost with the thread, so its batch went again.
@@ -201,18 +198,9 @@ class TestSupervisedWorker:
         assert (stats.sent, stats.dropped, stats.queued) == (2, 0, 0)
 
 
-def wait_until(predicate: Any, timeout: float = 10) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout``: for state no event announces."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 class TestMemoryBudget:
     def test_dictconfig_reloads_during_an_outage_share_one_budget(self) -> None:
+        """Five dictConfig reloads in an outage hold one bound and report in one line."""
         result = run_python(
             """
             import logging, logging.config
@@ -251,6 +239,7 @@ class TestMemoryBudget:
     def test_a_closed_handlers_queue_is_given_up_at_its_deadline(
         self, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """A closed handler's queue is given up at its close deadline, counted."""
         handler = make_handler(host=closed_port_url(), flush_timeout=0.2)
         logger.addHandler(handler)
         logger.info("x")
@@ -263,6 +252,7 @@ class TestMemoryBudget:
 
 class TestForkAndExit:
     def test_a_before_fork_hook_that_logs_does_not_deadlock(self, server: EventsServer) -> None:
+        """An app's before-fork hook that logs cannot deadlock on a lock of ours."""
         result = run_python(
             """
             import logging, os
@@ -353,6 +343,7 @@ class TestForkAndExit:
     def test_sigterm_drains_before_a_previous_handler_that_exits(
         self, server: EventsServer
     ) -> None:
+        """SIGTERM drains within the budget before a framework's handler exits."""
         code = (
             PRELUDE
             + """
@@ -419,6 +410,7 @@ class TestIndependentDataSources:
     def test_a_hanging_data_source_does_not_hold_up_another(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
     ) -> None:
+        """A data source whose request hangs does not delay another's."""
         server.script(Reply(hang=True))  # the first request: data source A's
         slow = make_handler(datasource="slow_a", timeout=30, flush_interval=0.2)
         fast = make_handler(datasource="fast_b", timeout=30, flush_interval=0.2)
@@ -439,6 +431,7 @@ class TestIndependentDataSources:
 
 class TestHonestConfiguration:
     def test_events_apply_static_fields(self, server: EventsServer, make_events: Any) -> None:
+        """Static fields fill in what an event does not set itself."""
         events = make_events(fields={"environment": "prod"})
         events.send({"event": "page_view", "environment": "mine"})
         events.send({"event": "click"})
@@ -447,19 +440,23 @@ class TestHonestConfiguration:
 
     @pytest.mark.parametrize(("name", "value"), [("service", "shop"), ("extras", "flat")])
     def test_settings_that_do_not_apply_are_refused(self, name: str, value: str) -> None:
+        """A handler-only setting given to TinybirdEvents is refused, saying why."""
         with pytest.raises(TypeError, match=f"{name}.*TinybirdEvents"):
             TinybirdEvents(datasource="x", token="t", **{name: value})
 
     def test_handler_refuses_the_otel_shape(self) -> None:
+        """The otel shape is the exporters' only: the handler refuses it."""
         with pytest.raises(TypeError, match="shape"):
             TinybirdHandler(datasource="x", token="t", shape="otel")  # type: ignore[call-arg]
 
     def test_unknown_setting_suggests_the_nearest_name(self) -> None:
+        """A misspelt setting suggests the nearest name."""
         with pytest.raises(TypeError, match="did you mean 'datasource'"):
             TinybirdHandler(datasorce="x", token="t")  # type: ignore[call-arg]
 
     @pytest.mark.parametrize(("text", "expected"), [("false", False), ("0", False), ("yes", True)])
     def test_integration_flags_parse_booleans(self, text: str, expected: bool) -> None:
+        """The integrations' flags parse true/false, 1/0, yes/no."""
         from tinybird_export._context import env_flag
 
         assert env_flag("ACCESS_EVENTS", text) is expected
@@ -484,6 +481,7 @@ class TestHonestConfiguration:
         logger: logging.Logger,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
+        """Every stats() expression the quarantine message names evaluates as said."""
         server.respond(Reply(quarantine=1))
         handler = make_handler(datasource="hinted")
         logger.addHandler(handler)

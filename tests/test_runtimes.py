@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_python, talk_to_python
-from tests.test_exit import child_env
+from tests.helpers import child_env, run_python, talk_to_python
 from tinybird_export.testing import EventsServer, Reply
 
 POOL_WORKER = """
@@ -61,6 +60,7 @@ class TestMultiprocessing:
     def test_every_task_record_arrives(
         self, server: EventsServer, tmp_path: Path, method: str, how: str, count: int
     ) -> None:
+        """Every multiprocessing start method and ending: every record arrives."""
         script = tmp_path / "pool_app.py"
         script.write_text(POOL_WORKER)
         result = subprocess.run(
@@ -90,6 +90,7 @@ class TestForkTiming:
         assert result.stdout.strip() == "[]", result.stderr
 
     def test_children_forked_during_the_first_https_request_do_not_hang(self) -> None:
+        """Children forked during the first HTTPS request send and exit."""
         result = run_python(
             """
             import logging, os, socket, sys, time
@@ -156,6 +157,7 @@ class TestSignalHandlers:
     def test_a_signal_handler_that_logs_never_deadlocks(
         self, server: EventsServer, tmp_path: Path, kind: str, run: int
     ) -> None:
+        """A signal handler that logs, in a tight logging loop, never deadlocks."""
         script = tmp_path / "signals.py"
         script.write_text(SIGNAL_LOGGER)
         result = subprocess.run(
@@ -257,6 +259,7 @@ class TestRecursion:
     def test_a_queue_listeners_handler_never_feeds_on_its_own_sends(
         self, server: EventsServer
     ) -> None:
+        """Behind a QueueListener, urllib3's records of our sends are dropped."""
         server.script(*[Reply(status=503)] * 2)
         code = textwrap.dedent("""
             import logging, logging.handlers, queue, sys, time
@@ -292,6 +295,7 @@ class TestRecursion:
 
 class TestLateSends:
     def test_events_sent_by_an_earlier_atexit_hook_arrive(self, server: EventsServer) -> None:
+        """Events sent by an atexit hook that runs after the drain arrive."""
         result = run_python(
             """
             import atexit
@@ -306,6 +310,7 @@ class TestLateSends:
         assert len(server.events("late")) == 101, result.stderr
 
     def test_events_sent_from_del_at_exit_arrive(self, server: EventsServer) -> None:
+        """Events sent from a __del__ at exit arrive."""
         result = run_python(
             """
             import atexit

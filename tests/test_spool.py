@@ -17,8 +17,7 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_python, talk_to_python
-from tests.test_exit import child_env
+from tests.helpers import child_env, run_python, talk_to_python
 from tinybird_export import _spool
 from tinybird_export._spool import SUFFIX, Spool
 from tinybird_export.testing import EventsServer, Reply
@@ -32,6 +31,7 @@ def lines(count: int, start: int = 0) -> bytes:
 
 class TestOnDisk:
     def test_a_batch_round_trips_and_is_removed_once_sent(self, tmp_path: Path) -> None:
+        """A spooled batch comes back oldest first, and is removed once done."""
         spool = Spool(str(tmp_path), 1 << 20)
         assert spool.write(lines(3), 3, HOST, "app_logs", (os.getpid(), 7))
         assert spool.write(lines(2, 3), 2, HOST, "app_logs", (os.getpid(), 7))
@@ -50,6 +50,7 @@ class TestOnDisk:
         assert [p.name for p in tmp_path.iterdir()] == []
 
     def test_each_file_has_its_header_and_never_the_token(self, tmp_path: Path) -> None:
+        """Each file has its header, mode 0600, and never the token."""
         spool = Spool(str(tmp_path), 1 << 20)
         spool.write(lines(1), 1, HOST, "app_logs", (1, 2))
         (path,) = tmp_path.iterdir()
@@ -66,6 +67,7 @@ class TestOnDisk:
     def test_a_file_that_fails_its_checksum_is_moved_aside_not_sent(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
+        """A file failing its checksum goes to corrupt/, counted, never sent."""
         spool = Spool(str(tmp_path), 1 << 20)
         spool.write(lines(2), 2, HOST, "app_logs", (1, 2))
         spool.write(lines(1, 2), 1, HOST, "app_logs", (1, 2))
@@ -80,6 +82,7 @@ class TestOnDisk:
         assert "failed its check" in capsys.readouterr().err
 
     def test_a_claim_is_atomic_between_processes(self, tmp_path: Path) -> None:
+        """Two processes cannot claim one file."""
         spool = Spool(str(tmp_path), 1 << 20)
         spool.write(lines(1), 1, HOST, "app_logs", (1, 2))
         result = run_python(
@@ -94,6 +97,7 @@ class TestOnDisk:
         assert spool.claim(HOST, "app_logs") is None  # the other process holds it
 
     def test_a_dead_processes_claim_is_released_at_the_next_scan(self, tmp_path: Path) -> None:
+        """A dead process's claim is released by the next process's scan."""
         spool = Spool(str(tmp_path), 1 << 20)
         spool.write(lines(1), 1, HOST, "app_logs", (1, 2))
         run_python(
@@ -109,6 +113,7 @@ class TestOnDisk:
         assert later.claim(HOST, "app_logs") is not None
 
     def test_the_bound_refuses_writes_past_it(self, tmp_path: Path) -> None:
+        """spool_max_bytes refuses the writes that would pass it."""
         spool = Spool(str(tmp_path), 2 * 1024 * 1024)
         payload = os.urandom(600_000)  # incompressible
         written = [spool.write(payload, 1, HOST, "app_logs", (1, 2)) for _ in range(5)]
@@ -165,6 +170,7 @@ class TestOnDisk:
         assert result.stdout.strip() == "True", result.stderr
 
     def test_a_413_splits_a_spooled_batch_in_its_place(self, tmp_path: Path) -> None:
+        """A spooled batch's halves take its place in the order."""
         spool = Spool(str(tmp_path), 1 << 20)
         spool.write(lines(5), 5, HOST, "app_logs", (os.getpid(), 7))
         spool.write(lines(1, 5), 1, HOST, "app_logs", (os.getpid(), 7))
@@ -184,6 +190,7 @@ class TestOnDisk:
     def test_files_for_other_hosts_or_data_sources_are_kept_and_reported_once(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
+        """Files nobody here sends are kept, and said once."""
         spool = Spool(str(tmp_path), 1 << 20)
         spool.write(lines(1), 1, "https://other.example", "gone", (1, 2))
         spool.report_unmatched({(HOST, "app_logs")})
@@ -240,6 +247,7 @@ class TestOutageAndRestart:
     def test_an_outage_ten_times_the_memory_bound_loses_nothing(
         self, server: EventsServer, tmp_path: Path
     ) -> None:
+        """An outage of 14 times the memory bound: all spooled, then sent in order."""
         server.respond(Reply(status=503))
         script = tmp_path / "outage.py"
         script.write_text(OUTAGE_CHILD)
@@ -262,6 +270,7 @@ class TestOutageAndRestart:
     def test_a_restart_during_an_outage_delivers_the_old_processes_events(
         self, server: EventsServer, tmp_path: Path
     ) -> None:
+        """The next process sends what the last one spooled at exit."""
         spool_dir, script = self.spool_during_an_outage(server, tmp_path)
         up = run_script(script, [spool_dir, "0", "30"], child_env(server))
         assert up.stdout.strip() == "500", up.stderr

@@ -140,6 +140,7 @@ def test_clients_cannot_reach_outside(tmp_path: Path) -> None:
 
 class TestClassic:
     def test_auth_sql_ls_and_pull(self, server: SpawnedServer, home: Path, tmp_path: Path) -> None:
+        """Classic tb: auth, sql, datasource ls and pull work locally."""
         python = venv_python("classic")
         env = client_env(home)
         project = tmp_path / "project"
@@ -159,6 +160,7 @@ class TestClassic:
         assert not list(project.glob("**/*_quarantine*"))
 
     def test_push_append_truncate(self, server: SpawnedServer, home: Path, tmp_path: Path) -> None:
+        """Classic tb: push, append and truncate a data source."""
         python = venv_python("classic")
         env = client_env(home)
         auth = ["--host", server.url, "--token", server.token]
@@ -190,6 +192,7 @@ class TestClassic:
         assert json.loads(out[out.index("{") :])["data"] == [{"c": 0}]
 
     def test_bad_token_is_refused(self, server: SpawnedServer, home: Path, tmp_path: Path) -> None:
+        """Classic tb with a bad token is refused."""
         python = venv_python("classic")
         done = subprocess.run(
             [
@@ -218,6 +221,7 @@ class TestForward:
         return client_env(home, TB_LOCAL_HOST=host, TB_LOCAL_PORT=port)
 
     def test_build_deploy_append(self, server: SpawnedServer, home: Path, tmp_path: Path) -> None:
+        """Forward tb: build, deploy and append against the local server."""
         python = venv_python("forward")
         env = self._env(server, home)
         (tmp_path / "datasources").mkdir()
@@ -251,6 +255,7 @@ class TestForward:
     def test_a_pipe_file_fails_the_build_naming_it(
         self, server: SpawnedServer, home: Path, tmp_path: Path
     ) -> None:
+        """Forward tb: a project with a pipe fails its build, naming it."""
         python = venv_python("forward")
         (tmp_path / "datasources").mkdir()
         (tmp_path / "pipes").mkdir()
@@ -301,6 +306,7 @@ print(json.dumps(out))
 
 
 def test_sdk(server: SpawnedServer, home: Path, tmp_path: Path) -> None:
+    """tinybird-sdk appends and queries against the local server."""
     python = venv_python("sdk")
     out = run(python, ["-c", SDK_SCRIPT, server.url], tmp_path, client_env(home))
     result = json.loads(out.strip().splitlines()[-1])

@@ -1,166 +1,39 @@
 """One producer's queue and counters: the bounded buffer between ``emit`` and the worker.
 
-A channel belongs to one handler, event sender or exporter, and owns its lock and its
-protocol: producers ``offer`` lines; a sender takes the next due batch (``take``; it is then
-*in flight*, claimed by that sender alone) and reports how it went with ``sent``,
-``dropped``, ``retry`` or ``split``; the exit drain and the close deadline ``abandon`` what
-is left. Each batch is resolved exactly once: an answer that arrives for a batch already
-abandoned is ignored. No other module reads or writes a channel's state.
+A channel belongs to one producer and owns its lock and its protocol: producers ``offer``
+lines; a sender takes the next due batch (``take``: it is then *in flight*, its sender's
+alone) and reports with ``sent``, ``dropped``, ``retry`` or ``split``; the exit drain and
+the close deadline ``abandon`` what is left. Each batch is resolved once: an answer for a
+batch already abandoned is ignored. No other module reads or writes a channel's state.
 
-The caller's side copies each encoded line into a growing NDJSON buffer (no I/O, no
-waiting) and seals it as a batch at the row or byte limit. One contiguous buffer rather
-than a list of line objects: thousands of retained medium-sized objects cost the caller
-~2 µs per line in allocator work (``bench/compare.py``'s span row) and leave RSS well above
-what the queue holds. Memory is bounded by events *and* bytes, counting every line from the
-moment it is accepted until it is acknowledged or dropped (in-flight and retrying batches
-included); the byte allowance is set by the process's memory budget (``_budget``).
+The caller's side copies each line into one growing NDJSON buffer (no I/O, no waiting;
+retained line objects would cost ~2 µs each in allocator work), sealed as a batch at the
+row or byte limit. Memory is bounded by events *and* bytes until a line is acknowledged or
+dropped; the byte allowance is the memory budget's (``_budget``). At the bound the newest
+event is refused (``queue_full``) unless ``_backpressure`` plans room for it.
 
-``offer`` is safe to call from a signal handler or a ``__del__`` that interrupts the same
-thread inside ``offer``: the lock is re-entrant, and a call that finds it already held by
-its own thread parks its line in a deque (``append`` is atomic) that the sender's next
-``take`` moves into the queue, instead of changing state that the interrupted call is
-half-way through (or deadlocking on a plain lock, as ``Event.set`` would).
-
-Drop policy when the bound is reached: the newest event is refused (``queue_full``), so
-what is already queued keeps its order and goes out first when the endpoint recovers.
+Signals. A signal handler or ``__del__`` that re-enters ``offer`` on the same thread parks
+its line in a deque (``append`` is atomic) that the next ``take`` queues. And a handler
+(``KeyboardInterrupt`` too) runs only at calls and loops' backward jumps, so each change of
+state is one straight run of assignments with no call in it ("the change"), after what it
+computes with calls: the counters always agree (``stats()`` checks that they do).
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
-import logging
 import threading
 import time
-from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Final
 
-from tinybird_export._backpressure import DISPLACES_FROM, shortfall_below, thin
+from tinybird_export._backpressure import DISPLACES_FROM, Planner
+from tinybird_export._batch import Batch, FlushMark, Limits, Tally, level_byte
 from tinybird_export._line_encoder import REPAIRED, TRUNCATED
-
-
-@dataclasses.dataclass(frozen=True)
-class DeliveryStats:
-    """A snapshot of one handler's (or sender's, or exporter's) delivery counters.
-
-    Attributes:
-        emitted: Events handed to the pipeline (records that passed the level and filters).
-        sent: Rows the server acknowledged (202/200), quarantined rows included.
-        dropped: Events given up, in total; ``dropped_by_reason`` breaks it down.
-        dropped_by_reason: Drop counts by reason (``queue_full``, ``http_403``...).
-        dropped_by_level: The ``queue_full`` drops of log records, by level name: the
-            severity-aware policy drops lower levels first (``_backpressure``).
-        queued: Events in memory waiting to be sent.
-        in_flight: Events in the request under way.
-        quarantined: Rows the server put in ``<datasource>_quarantine``.
-        truncated: Events whose long strings (or containers) were cut to fit
-            ``max_event_bytes``, with a marker.
-        repaired: Events with values JSON cannot carry, replaced (placeholders naming the
-            type, big integers as strings, escaped lone surrogates).
-        requests: HTTP requests made, retries included.
-        retries: Requests that were retries of a failed batch.
-        bytes_sent: Raw NDJSON bytes acknowledged.
-        wire_bytes_sent: Bytes put on the wire for acknowledged batches (after gzip).
-        queued_bytes: Raw bytes held in memory (queued and in flight).
-        last_error: The last failure, as text ("" if none); never contains the token.
-        send_interval: How long a partial batch waits now: ``flush_interval``, or longer
-            while the server's rate limit paces this data source (``_pacing``).
-        spooled: Events of this producer held in the disk spool (``spool_dir``), to be
-            sent when the endpoint recovers, by this process or the next.
-        spool_bytes: Bytes the spool directory holds (every producer's).
-        unspooled: Events sent from the spool by this producer's data source (its own,
-            counted in ``sent`` too, and those another process left).
-        spool_corrupt: Spool files that failed their checksum (moved aside, not sent).
-
-    Invariant: ``emitted == sent + dropped + queued + in_flight + spooled``.
-    """
-
-    emitted: int
-    sent: int
-    dropped: int
-    dropped_by_reason: Mapping[str, int]
-    dropped_by_level: Mapping[str, int]
-    queued: int
-    in_flight: int
-    quarantined: int
-    truncated: int
-    repaired: int
-    requests: int
-    retries: int
-    bytes_sent: int
-    wire_bytes_sent: int
-    queued_bytes: int
-    last_error: str
-    send_interval: float = 0.0
-    spooled: int = 0
-    spool_bytes: int = 0
-    unspooled: int = 0
-    spool_corrupt: int = 0
-
-
-class Limits(NamedTuple):
-    """A channel's bounds, from its producer's settings."""
-
-    queue_max_events: int
-    queue_max_bytes: int
-    batch_max_rows: int
-    batch_max_bytes: int
-    flush_interval: float
-
-
-@dataclasses.dataclass(eq=False)
-class Batch:
-    """NDJSON lines (each ending in a newline) sent as one request; kept whole across retries.
-
-    Attributes:
-        body: The request body before compression.
-        count: How many lines (events) it holds.
-        levels: Each line's logging level (one byte per line, 0 for unlevelled events),
-            for the severity-aware drop policy.
-        attempts: Requests made for it so far.
-    """
-
-    body: bytes | bytearray
-    count: int
-    levels: bytes | bytearray = b""
-    attempts: int = 0
-
-    @property
-    def nbytes(self) -> int:
-        """Raw bytes, newlines included."""
-        return len(self.body)
-
-    def halves(self) -> tuple[Batch, Batch]:
-        """Two batches split at the line boundary nearest the middle (for a 413); needs
-        ``count > 1``.
-        """
-        body = self.body
-        cut = body.find(b"\n", len(body) // 2)
-        if cut == len(body) - 1:  # the middle fell inside the last line
-            cut = body.rfind(b"\n", 0, len(body) // 2)
-        first = body[: cut + 1]
-        n = first.count(b"\n")
-        levels = self.levels
-        second = Batch(body[cut + 1 :], self.count - n, levels[n:], self.attempts)
-        return Batch(first, n, levels[:n], self.attempts), second
-
-
-class FlushMark(NamedTuple):
-    """What a flush waits for: every event accepted before it resolved, none dropped."""
-
-    target: int
-    drops: int
-
-
-def _level_byte(level: object) -> int:
-    """A record's level as one byte: 0 when it has none (``makeLogRecord``), at most 255."""
-    if isinstance(level, int) and not isinstance(level, bool):
-        return min(max(level, 0), 255)
-    return 0
-
+from tinybird_export.stats import DeliveryStats
 
 _serials = itertools.count(1)
+_LEVEL_BYTES: Final = {level: bytes((level,)) for level in range(256)}
 
 
 class Channel:
@@ -178,13 +51,10 @@ class Channel:
         self.host = host
         self.wait = wait
         self.limits = limits
-        # Plain attributes: read on every offer, and cheaper than a NamedTuple's fields.
         self._max_events = limits.queue_max_events
         self._batch_rows = limits.batch_max_rows
         self._batch_bytes = limits.batch_max_bytes
-        self.serial = next(_serials)
-        """Unique in this process, unlike ``id()``, which a later channel may reuse: the
-        spool's files name the channel that wrote them."""
+        self.serial = next(_serials)  # unlike id(), never reused: spool files name it
         self._reset()
 
     def __repr__(self) -> str:
@@ -194,6 +64,7 @@ class Channel:
         """Fresh state: at construction, and in a forked child (the parent sends its own)."""
         self._lock = threading.RLock()
         self._deferred: collections.deque[tuple[bytes, int, int]] = collections.deque()
+        self._replaying = False  # _append_deferred is offering a parked line
         self._allowance = self.limits.queue_max_bytes
         self._pending = bytearray()  # the partial batch
         self._pending_levels = bytearray()  # its lines' levels
@@ -203,194 +74,135 @@ class Channel:
         self._in_flight: Batch | None = None
         self._queued_events = self._queued_bytes = 0
         self._resolved = self._dropped_after_queue = self._flush_target = 0
-        self._dropped: collections.Counter[str] = collections.Counter()
-        self._dropped_levels: collections.Counter[int] = collections.Counter()
-        self._sent = self._quarantined = self._truncated = self._repaired = 0
-        self._requests = self._retries = self._bytes_sent = self._wire_bytes_sent = 0
-        self._spooled = self._unspooled = 0
-        self._no_room_below: tuple[tuple[int, int, int], int, int, int] | None = None
-        self._last_error = ""
-        self.closed = False
-        """Whether the producer was closed (read on every offer: a plain attribute, which
-        only ``close`` sets)."""
-        self._close_deadline: float | None = None
+        self._emitted = 0  # every event that entered, queued or refused
+        self._tally = Tally()  # where they went
+        self._planner = Planner()  # backpressure, with its memory of the last shortfall
+        self.closed = False  # read on every offer; only close() sets it
+        self.close_deadline: float | None = None  # until when a closed channel may send
 
     # -- the caller's side -------------------------------------------------------------
 
     def offer(self, line: bytes, flags: int = 0, level: int = 0) -> bool:
-        """Queue one encoded line, or drop it as ``queue_full`` (see ``_make_room`` for
-        the lines that a record of ``level`` WARNING or higher may displace instead).
-
-        Args:
-            line: The encoded event.
-            flags: ``encode_event``'s flags (truncated, repaired), counted.
-            level: The record's logging level (0 for unlevelled events).
-
-        Returns:
-            True when the worker should be woken: the queue had no partial batch (this
-            line arms its interval timer), a batch was just sealed, or the call re-entered
-            one in progress on this thread.
+        """Queue one line with ``encode_event``'s ``flags`` and its logging ``level`` (0:
+        none), or drop it (``_make_room``); whether to wake the worker (a new partial
+        batch arms its timer, a batch was sealed, or the call re-entered another).
         """
         lock = self._lock
         if lock._is_owned():  # type: ignore[attr-defined]  # re-entered: see the docstring
-            self._deferred.append((line, flags, level))
-            return True
+            if not self._replaying:
+                self._deferred.append((line, flags, level))
+                return True
+            self._replaying = False  # _append_deferred's own call: go on, under its lock
         with lock:
-            # The same steps as _append, inlined: this is the caller's hot path. Nothing
-            # below may raise once the counters start to change.
             size = len(line)
-            if flags:
-                self._count_flags(flags)
+            if flags:  # not in the invariant: counted whatever happens next
+                self._tally.truncated += flags & TRUNCATED != 0
+                self._tally.repaired += flags & REPAIRED != 0
             if (
                 self._queued_events >= self._max_events
                 or self._queued_bytes + size > self._allowance
-            ) and not self._make_room(size, _level_byte(level)):
-                return False
+            ) and not self._make_room(size, level_byte(level)):
+                return False  # counted as entered and dropped
+            try:
+                level_bytes = _LEVEL_BYTES[level]
+            except (KeyError, TypeError):  # None (makeLogRecord), past 255, not a number
+                level_bytes = _LEVEL_BYTES[level_byte(level)]
             wake = False
             if self._pending_count and len(self._pending) + size >= self._batch_bytes:
-                self._seal()  # this line would take the batch past its byte limit
+                self._seal(full=True)  # this line would take the batch past its byte limit
+            if not self._pending_count:  # a new partial batch: its interval timer starts
+                self._pending_since = time.monotonic()
                 wake = True
-            try:  # first: if the level is not a byte, nothing has changed yet
-                self._pending_levels.append(level)
-            except (TypeError, ValueError):  # None (makeLogRecord), or past 255
-                self._pending_levels.append(_level_byte(level))
+            # The change (no call from here: see the module docstring).
+            self._emitted += 1
             self._queued_events += 1
             self._queued_bytes += size
             pending = self._pending
             pending += line
             pending += b"\n"
+            self._pending_levels += level_bytes
             count = self._pending_count = self._pending_count + 1
-            if count == 1:  # a new partial batch (also right after a byte-limit seal)
-                self._pending_since = time.monotonic()
-                wake = True
             if count >= self._batch_rows:
-                self._seal()
+                self._seal(full=True)
                 wake = True
             return wake
 
     def _append_deferred(self) -> None:
-        """Queue the lines that re-entered calls parked (caller holds the lock)."""
+        """Queue the lines that re-entered calls parked (caller holds the lock): each is
+        offered again, as its call would have, had it not interrupted another.
+        """
         while self._deferred:
-            self._append(*self._deferred.popleft())
+            line, flags, level = self._deferred.popleft()
+            self._replaying = True  # one call may proceed though this thread holds the lock
+            self.offer(line, flags, level)
 
-    def _count_flags(self, flags: int) -> None:
-        if flags & TRUNCATED:
-            self._truncated += 1
-        if flags & REPAIRED:
-            self._repaired += 1
-
-    def _append(self, line: bytes, flags: int, level: int) -> bool:
-        """``offer``'s body, for parked lines (caller holds the lock)."""
-        size = len(line)
-        if level.__class__ is not int or not 0 <= level <= 255:
-            level = _level_byte(level)
-        if flags:
-            self._count_flags(flags)
-        if (
-            self._queued_events >= self._max_events or self._queued_bytes + size > self._allowance
-        ) and not self._make_room(size, level):
-            return False
-        self._queued_events += 1
-        self._queued_bytes += size
-        sealed = False
-        if self._pending_count and len(self._pending) + size >= self._batch_bytes:
-            self._seal()
-            sealed = True
-        pending = self._pending
-        pending += line
-        pending += b"\n"
-        self._pending_levels.append(level)
-        count = self._pending_count = self._pending_count + 1
-        if count == 1:
-            self._pending_since = time.monotonic()
-            sealed = True
-        if count >= self._batch_rows:
-            self._seal()
-            sealed = True
-        return sealed
-
-    def _seal(self) -> None:
-        self._ready.append(Batch(self._pending, self._pending_count, self._pending_levels))
-        self._pending = bytearray()
-        self._pending_levels = bytearray()
-        self._pending_count = 0
+    def _seal(self, *, full: bool = False) -> None:
+        batch = Batch(self._pending, self._pending_count, self._pending_levels, full=full)
+        pending, levels = bytearray(), bytearray()
+        # The change (no call from here).
+        ready = self._ready
+        ready += (batch,)
+        self._pending, self._pending_levels, self._pending_count = pending, levels, 0
 
     def _make_room(self, size: int, level: int) -> bool:
-        """At the bound: a WARNING-or-higher line displaces queued lines of lower levels,
-        oldest first, never the batch in flight; else it is dropped as ``queue_full``.
-        Each dropped line is counted by its level (caller holds the lock).
+        """At the bound: a WARNING-or-higher line displaces lower levels (``_backpressure``'s
+        plan), never the batch in flight; else it is counted, dropped as ``queue_full``.
         """
+        plan = None
         if level >= DISPLACES_FROM:
-            need_events = self._queued_events + 1 - self._max_events
-            need_bytes = self._queued_bytes + size - self._allowance
-            freed = self._displace(level, need_bytes, need_events)
-            if freed is not None:
-                return True
-        self._dropped["queue_full"] += 1
-        if level:
-            self._dropped_levels[level] += 1
-        return False
+            plan = self._planner.plan(
+                (self._resolved, self._queued_events, self._tally.spooled),
+                self._queued_batches,
+                level,
+                self._queued_bytes + size - self._allowance,
+                self._queued_events + 1 - self._max_events,
+                bound_bytes=self._allowance,
+                bound_events=self._max_events,
+            )
+        dropped, by_level = self._tally.dropped, self._tally.dropped_levels
+        if plan is None:
+            total, at_level = dropped.get("queue_full", 0) + 1, by_level.get(level, 0) + 1
+            # The change (no call from here).
+            self._emitted += 1
+            dropped["queue_full"] = total
+            if level:
+                by_level[level] = at_level
+            return False
+        thinned, pending = collections.deque(plan.ready), plan.pending
+        body, levels = (
+            (bytearray(pending.body), bytearray(pending.levels)) if pending else (None, None)
+        )
+        total = dropped.get("queue_full", 0) + plan.events
+        plan.levels.pop(0, None)  # unlevelled events: counted by reason only
+        at_levels = {lvl: by_level.get(lvl, 0) + n for lvl, n in plan.levels.items()}
+        # The change (no call from here but the last).
+        self._ready = thinned
+        if pending is not None:
+            self._pending, self._pending_levels = body, levels  # type: ignore[assignment]
+            self._pending_count = pending.count
+        self._queued_events -= plan.events
+        self._queued_bytes -= plan.nbytes
+        self._resolved += plan.events
+        dropped["queue_full"] = total
+        self._dropped_after_queue += plan.events
+        by_level.update(at_levels)  # not in the invariant: last
+        return True
 
-    def _displace(self, level: int, need_bytes: int, need_events: int) -> int | None:
-        """Drop lines below ``level`` until the needs are met (with slack, so that the next
-        warnings find room too); the events freed, or ``None`` if there are not enough.
-        """
-        need_bytes, need_events = max(need_bytes, 0), max(need_events, 0)
-        # During an outage that fills the bound with warnings and errors only, every new
-        # one would scan the whole queue again (milliseconds on the caller's thread). What
-        # the last scan found below its level holds until lines join or leave the queue
-        # (or a batch comes back from flight: _back_from_flight forgets it).
-        state = (self._resolved, self._queued_events, self._spooled)
-        seen = self._no_room_below
-        if (
-            seen is not None
-            and seen[0] == state
-            and level <= seen[1]
-            and (need_events > seen[2] or need_bytes > seen[3])
-        ):
-            return None
-        batches: list[Batch] = list(self._ready)
-        if self._pending_count:
-            batches.append(Batch(self._pending, self._pending_count, self._pending_levels))
-        # Slack (1/64 of the bound that is reached): the next warnings find room without
-        # thinning a batch each (a pass over its lines, on the caller's thread).
-        want_bytes = need_bytes + self._allowance // 64 if need_bytes > 0 else 0
-        want_events = need_events + self._max_events // 64 if need_events > 0 else 0
-        short = shortfall_below(batches, level, need_bytes, need_events)
-        if short is not None:
-            self._no_room_below = (state, level, *short)
-            return None
-        freed_events = 0
-        for index, batch in enumerate(batches):
-            if want_bytes <= 0 and want_events <= 0:
-                break
-            thinned = thin(batch, level, want_bytes, want_events)
-            if thinned is None:
-                continue
-            kept, dropped_levels, freed_bytes = thinned
-            count = batch.count - kept.count
-            want_bytes -= freed_bytes
-            want_events -= count
-            freed_events += count
-            self._queued_events -= count
-            self._queued_bytes -= freed_bytes
-            self._resolved += count
-            self._dropped["queue_full"] += count
-            self._dropped_after_queue += count
-            dropped_levels.pop(0, None)  # unlevelled events: counted by reason only
-            self._dropped_levels.update(dropped_levels)
-            if index < len(self._ready):
-                self._ready[index] = kept
-            else:
-                self._pending, self._pending_levels = bytearray(kept.body), bytearray(kept.levels)
-                self._pending_count = kept.count
-        self._ready = collections.deque(b for b in self._ready if b.count)
-        return freed_events
+    def _queued_batches(self) -> tuple[list[Batch], bool]:
+        """The queue but the batch in flight, oldest first; whether the last is partial."""
+        if not self._pending_count:
+            return list(self._ready), False
+        return [*self._ready, Batch(self._pending, self._pending_count, self._pending_levels)], True
 
-    def refuse(self, reason: str) -> None:
-        """Count an event dropped before it could be queued."""
+    def refuse(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` events that entered and were dropped before they could be queued."""
+        if count < 1:
+            return
         with self._lock:
-            self._dropped[reason] += 1
+            total = self._tally.dropped.get(reason, 0) + count
+            # The change (no call from here).
+            self._emitted += count
+            self._tally.dropped[reason] = total
 
     def request_flush(self) -> FlushMark:
         """Make everything accepted so far due now; the mark a flush waits for."""
@@ -410,16 +222,9 @@ class Channel:
     # -- the sender's side -------------------------------------------------------------
 
     def take(self, now: float, interval: float, draining: bool) -> Batch | float | None:
-        """Claim the next batch to send, sealing the partial one when it is due.
-
-        Args:
-            now: ``time.monotonic()``.
-            interval: How long a partial batch may wait (the lane's send interval).
-            draining: Exit: everything is due.
-
-        Returns:
-            The claimed batch (now in flight); else the time at which the partial batch
-            becomes due; else ``None`` (nothing queued, or a batch is already in flight).
+        """The next batch at ``now``, now in flight (the partial one sealed after waiting
+        ``interval``, at once when ``draining``, closed or flushed); else when it is due;
+        else ``None`` (nothing queued, or a batch already in flight).
         """
         if self._lock._is_owned():  # type: ignore[attr-defined]  # in a signal handler
             return now + 0.01  # on a thread inside offer: try again later
@@ -434,37 +239,49 @@ class Channel:
                 ):
                     return due_at
                 self._seal()
-            if not self._ready:
-                return None
-            batch = self._in_flight = self._ready.popleft()
-            return batch
+            return self._claim_head()
+
+    def full_batch_ready(self) -> bool:
+        """Whether the next batch to send is full (``Batch.full``). Unlocked: a hint for the
+        lane's pacing, which ``take`` then serves in order.
+        """
+        try:
+            return self._ready[0].full
+        except IndexError:
+            return False
+
+    def _claim_head(self) -> Batch | None:
+        if not self._ready:
+            return None
+        batch = self._ready[0]
+        # The change (no call from here).
+        self._in_flight = batch
+        del self._ready[0]
+        return batch
 
     def sent(self, batch: Batch, *, quarantined: int, wire_bytes: int) -> bool:
         """The server acknowledged ``batch``; False if it had been abandoned meanwhile."""
         with self._lock:
-            if not self._finish(batch):
+            if self._in_flight is not batch:
                 return False
-            self._sent += batch.count
-            self._bytes_sent += batch.nbytes
-            self._quarantined += quarantined
-            self._wire_bytes_sent += wire_bytes
+            self._count_request(batch)
+            self._leave([batch], "sent", quarantined=quarantined, wire_bytes=wire_bytes)
             return True
 
     def dropped(self, batch: Batch, reason: str, error: str = "", *, requested: bool) -> None:
         """``batch`` is given up for ``reason`` (after a request, when ``requested``)."""
         with self._lock:
             if error:
-                self._last_error = error
+                self._tally.last_error = error
             if requested:
                 self._count_request(batch)
             if self._in_flight is batch:
-                self._in_flight = None
-                self._drop(batch, reason)
+                self._leave([batch], reason)
 
     def retry(self, batch: Batch, error: str) -> None:
         """``batch`` failed retryably: it goes back to the head of the queue, in order."""
         with self._lock:
-            self._last_error = error
+            self._tally.last_error = error
             self._count_request(batch)
             if self._in_flight is batch:
                 self._back_from_flight(batch)
@@ -483,53 +300,66 @@ class Channel:
                 self._back_from_flight(*batch.halves())
 
     def _back_from_flight(self, *batches: Batch) -> None:
-        """The batch in flight returns to the head of the queue, as ``batches`` (itself, its
-        halves, or a copy), in order. Its lines may be displaced again, so what
-        ``_displace`` remembered finding below a level no longer holds (caller holds the lock).
+        """The batch in flight returns to the head as ``batches`` (itself, its halves, or a
+        copy); the planner's memory no longer holds (its lines may be displaced again).
         """
+        self._planner.forget()
+        ready = collections.deque(batches)
+        ready += self._ready
+        # The change (no call from here).
+        self._ready = ready
         self._in_flight = None
-        self._ready.extendleft(reversed(batches))
-        self._no_room_below = None
 
     def _count_request(self, batch: Batch) -> None:
-        self._requests += 1
-        self._retries += int(batch.attempts > 0)
+        self._tally.requests += 1
+        self._tally.retries += batch.attempts > 0
         batch.attempts += 1
 
-    def _finish(self, batch: Batch) -> bool:
-        if self._in_flight is not batch:
-            return False
+    def _leave(
+        self,
+        batches: list[Batch],
+        to: str,
+        *,
+        quarantined: int = 0,
+        wire_bytes: int = 0,
+        ready: collections.deque[Batch] | None = None,
+    ) -> int:
+        """``batches`` (the one in flight among them) leave memory ``to`` "sent", "spool"
+        or a drop reason, and ``ready`` becomes the queue if given; how many events.
+        """
+        count = sum(batch.count for batch in batches)
+        raw = sum(batch.nbytes for batch in batches)  # newlines included
+        tally, leaving = self._tally, to not in ("sent", "spool")
+        total = tally.dropped.get(to, 0) + count if leaving and count else 0
+        # The change (no call from here).
+        if ready is not None:
+            self._ready = ready
         self._in_flight = None
-        self._count_request(batch)
-        self._release(batch)
-        return True
-
-    def _release(self, batch: Batch) -> None:
-        self._queued_events -= batch.count
-        self._queued_bytes -= batch.nbytes - batch.count  # nbytes counts the newlines too
-        self._resolved += batch.count
-
-    def _drop(self, batch: Batch, reason: str) -> None:
-        self._release(batch)
-        self._dropped[reason] += batch.count
-        self._dropped_after_queue += batch.count
+        self._queued_events -= count
+        self._queued_bytes -= raw - count
+        if to == "spool":
+            tally.spooled += count
+            return count
+        self._resolved += count
+        if to == "sent":
+            tally.sent, tally.bytes_sent = tally.sent + count, tally.bytes_sent + raw
+            tally.quarantined += quarantined
+            tally.wire_bytes_sent += wire_bytes
+        elif count:
+            tally.dropped[to] = total
+            self._dropped_after_queue += count
+        return count
 
     def abandon(self, reason: str) -> int:
-        """Drop everything still queued or in flight; returns how many events.
-
-        An answer that arrives later for the in-flight batch is ignored (``sent`` returns
-        False), so every event is counted exactly once.
+        """Drop everything queued or in flight; how many events (a later answer for the
+        batch in flight is ignored: each event is counted once).
         """
         with self._lock:
             self._append_deferred()  # lines a signal handler logged count too
             if self._pending_count:
                 self._seal()
             batches = [*self._ready, *([self._in_flight] if self._in_flight else [])]
-            self._ready.clear()
-            self._in_flight = None
-            for batch in batches:
-                self._drop(batch, reason)
-            return sum(batch.count for batch in batches)
+            return self._leave(batches, reason, ready=collections.deque())
 
     # -- the disk spool (a sender, or the exit drain) -------------------------------------
 
@@ -548,39 +378,40 @@ class Channel:
                 self._back_from_flight(Batch(old.body, old.count, old.levels, old.attempts))
             if everything and self._pending_count:
                 self._seal()
-            batch = self._in_flight = self._ready.popleft() if self._ready else None
-            return batch
+            return self._claim_head()
 
     def spooled(self, batch: Batch) -> None:
         """``batch`` is on disk: it leaves memory, counted as spooled."""
         with self._lock:
-            if self._in_flight is not batch:
-                return
-            self._in_flight = None
-            self._queued_events -= batch.count
-            self._queued_bytes -= batch.nbytes - batch.count
-            self._spooled += batch.count
+            if self._in_flight is batch:
+                self._leave([batch], "spool")
 
-    def unspooled(self, count: int, *, own: bool, sent: bool, reason: str = "") -> None:
-        """``count`` events were sent from the spool (or refused for ``reason``); ``own``:
+    def unspooled(
+        self, count: int, *, own: bool, sent: bool, reason: str = "", quarantined: int = 0
+    ) -> None:
+        """``count`` events were sent from the spool, or refused for ``reason``; ``own``:
         this channel wrote them, so they move from spooled to sent (or dropped).
         """
         with self._lock:
+            tally = self._tally
+            total = 0 if sent else tally.dropped.get(reason, 0) + count
+            # The change (no call from here).
             if sent:
-                self._unspooled += count
+                tally.unspooled += count
             if not own:
                 return
-            self._spooled -= count
+            tally.spooled -= count
             self._resolved += count
             if sent:
-                self._sent += count
+                tally.sent += count
+                tally.quarantined += quarantined
             else:
-                self._dropped[reason] += count
+                tally.dropped[reason] = total
                 self._dropped_after_queue += count
 
     def spooled_count(self) -> int:
-        """Events of this channel held in the spool."""
-        return self._spooled
+        """Events of this channel held in the spool (no lock, no check: the exit path)."""
+        return self._tally.spooled
 
     def spill_mark(self) -> int:
         """Above how many held bytes a failing lane spills to the spool: half the bound."""
@@ -589,21 +420,13 @@ class Channel:
     # -- lifecycle -----------------------------------------------------------------------
 
     def close(self, deadline: float) -> None:
-        """No more events (they are refused as ``closed``); what is queued may be sent until
-        ``deadline``, then it is given up as ``close_timeout``.
-        """
+        """No more events (refused as ``closed``); what is queued may go until ``deadline``."""
         with self._lock:
             self.closed = True
-            self._close_deadline = deadline
-
-    def close_deadline(self) -> float | None:
-        """Until when a closed channel may send what it holds (``None`` while open)."""
-        return self._close_deadline
+            self.close_deadline = deadline
 
     def held_by_this_thread(self) -> bool:
-        """Whether this thread is inside one of its methods: a signal handler that
-        interrupted an offer (the lock cannot be released until the handler returns).
-        """
+        """Whether this thread is inside one of its methods (a signal landed in an offer)."""
         return bool(self._lock._is_owned())  # type: ignore[attr-defined]
 
     def empty(self) -> bool:
@@ -620,49 +443,33 @@ class Channel:
 
     def note_error(self, error: str) -> None:
         """Remember a failure that is not about one batch."""
-        with self._lock:
-            self._last_error = error
+        self._tally.last_error = error  # one store: atomic
 
     def last_error(self) -> str:
         """The last failure's text."""
-        return self._last_error
+        return self._tally.last_error
 
     def after_fork_in_child(self) -> None:
-        """Forget the parent's queue and counters (the parent still sends its events), and
-        the lock, which another thread of the parent may have held at fork. A channel
-        closed in the parent stays closed.
+        """Forget the parent's queue, counters (the parent sends its events) and lock (held
+        at fork, maybe); a channel closed in the parent stays closed.
         """
-        closed, deadline = self.closed, self._close_deadline
+        closed, deadline = self.closed, self.close_deadline
         self._reset()
-        self.closed, self._close_deadline = closed, deadline  # detached once seen empty
+        self.closed, self.close_deadline = closed, deadline  # detached once seen empty
 
     def stats(self) -> DeliveryStats:
-        """A consistent snapshot of the counters."""
+        """A consistent snapshot. ``emitted`` is counted apart from where events went, so
+        the invariant is a real check, asserted here (not under ``-O``).
+        """
         with self._lock:
-            dropped = dict(self._dropped)
             in_flight = self._in_flight.count if self._in_flight else 0
-            queued = self._queued_events + len(self._deferred)
-            return DeliveryStats(
-                emitted=self._sent + sum(dropped.values()) + queued + self._spooled,
-                sent=self._sent,
-                dropped=sum(dropped.values()),
-                dropped_by_reason=dropped,
-                dropped_by_level={
-                    logging.getLevelName(level): count
-                    for level, count in sorted(self._dropped_levels.items())
-                },
-                queued=queued - in_flight,
+            parked = len(self._deferred)  # entered, queued at the next take
+            stats = self._tally.snapshot(
+                emitted=self._emitted + parked,
+                queued=self._queued_events + parked - in_flight,
                 in_flight=in_flight,
-                quarantined=self._quarantined,
-                truncated=self._truncated,
-                repaired=self._repaired,
-                requests=self._requests,
-                retries=self._retries,
-                bytes_sent=self._bytes_sent,
-                wire_bytes_sent=self._wire_bytes_sent,
                 queued_bytes=self._queued_bytes,
-                last_error=self._last_error,
-                send_interval=self.limits.flush_interval,
-                spooled=self._spooled,
-                unspooled=self._unspooled,
+                interval=self.limits.flush_interval,
             )
+        assert stats.accounted(), f"an event went uncounted: {stats}"  # noqa: S101 - debug check
+        return stats

@@ -27,7 +27,6 @@ import orjson
 import urllib3
 
 from tinybird_export import _deadline
-from tinybird_export._config import TinybirdConfig
 
 try:
     _VERSION = metadata.version("tinybird-export")
@@ -63,19 +62,27 @@ class EventsClient:
     error message (URLs end up in proxy and server logs).
     """
 
-    def __init__(self, config: TinybirdConfig) -> None:
-        self._base = config.host.rstrip("/") + "/v0/events"
-        self._token = config.token or ""
+    def __init__(
+        self,
+        host: str,
+        token: str,
+        *,
+        compression: str = "gzip",
+        ca_bundle: str | None = None,
+        connect_timeout: float = 3.0,
+    ) -> None:
+        self._base = host.rstrip("/") + "/v0/events"
+        self._token = token
         self._headers = {
-            "Authorization": f"Bearer {config.token}",
+            "Authorization": f"Bearer {token}",
             "Content-Type": "application/x-ndjson",
             "User-Agent": _USER_AGENT,
         }
-        self._gzip = config.compression == "gzip"
+        self._gzip = compression == "gzip"
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
-        self._connect_timeout = config.connect_timeout
-        self._pool = _pool_for(config)
+        self._connect_timeout = connect_timeout
+        self._pool = _pool_for(host, ca_bundle)
 
     def __repr__(self) -> str:
         return f"<EventsClient {self._base}>"
@@ -89,6 +96,7 @@ class EventsClient:
         read_timeout: float,
         deadline: float | None = None,
         gzipped: bytes | None = None,
+        connect_timeout: float | None = None,
     ) -> Attempt:
         """Send ``ndjson`` (lines ending in newlines) as one request.
 
@@ -98,10 +106,13 @@ class EventsClient:
         Network, TLS and protocol failures are answers (``status=None``); anything else is
         a bug, raised for the worker to report (retrying a bug would block the data source
         for good). ``gzipped``: the body, already compressed (a spool file), sent as is.
+        ``connect_timeout``: default the one given at construction.
         """
         now = time.monotonic()
+        if connect_timeout is None:
+            connect_timeout = self._connect_timeout
         if deadline is None:
-            deadline = now + self._connect_timeout + read_timeout
+            deadline = now + connect_timeout + read_timeout
         remaining = max(deadline - now, 0.05)
         # Level 1: most of gzip's ratio on NDJSON for a fraction of the CPU; zlib releases
         # the GIL while compressing, so application threads keep running.
@@ -112,7 +123,7 @@ class EventsClient:
         query = {"name": datasource, **({"wait": "true"} if wait else {})}
         url = f"{self._base}?{urllib.parse.urlencode(query)}"
         timeout = urllib3.Timeout(
-            connect=min(self._connect_timeout, remaining), read=min(read_timeout, remaining)
+            connect=min(connect_timeout, remaining), read=min(read_timeout, remaining)
         )
         try:
             with _deadline.attempt(deadline):
@@ -237,19 +248,19 @@ def _describe(exc: Exception) -> str:
     return f"{type(reason).__name__}: {reason}"[:_MAX_ERROR_TEXT]
 
 
-def _pool_for(config: TinybirdConfig) -> urllib3.PoolManager:
+def _pool_for(base: str, ca_bundle: str | None) -> urllib3.PoolManager:
     """A pool honouring ``HTTPS_PROXY``/``HTTP_PROXY`` and ``NO_PROXY`` like the stdlib does."""
-    host = urllib.parse.urlsplit(config.host)
+    host = urllib.parse.urlsplit(base)
     proxy = urllib.request.getproxies().get(host.scheme)
     # Up to one connection per sender thread (a worker runs up to four at once).
     manager: urllib3.PoolManager
     if proxy and not urllib.request.proxy_bypass(host.netloc):
         manager = urllib3.ProxyManager(
-            proxy, num_pools=2, maxsize=4, cert_reqs="CERT_REQUIRED", ca_certs=config.ca_bundle
+            proxy, num_pools=2, maxsize=4, cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle
         )
     else:
         manager = urllib3.PoolManager(
-            num_pools=2, maxsize=4, cert_reqs="CERT_REQUIRED", ca_certs=config.ca_bundle
+            num_pools=2, maxsize=4, cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle
         )
     manager.pool_classes_by_scheme = _deadline.POOL_CLASSES
     return manager

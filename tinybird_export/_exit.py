@@ -1,55 +1,135 @@
 """The ways a process stops that need more than ``atexit``: SIGTERM, and uWSGI's checks.
 
-The exit drain itself, and every hook into the interpreter, belong to ``_process``.
+SIGTERM's default action ends the process without running ``atexit`` hooks, so the exit
+drain would never run. Both ways the package takes SIGTERM are here, in one object the
+process owns (``Sigterm``), given the process's exit drain:
+
+- the application's choice, ``install_sigterm_handler()``: SIGTERM raises
+  ``SystemExit(143)`` in the main thread, through the drain (after a previous handler);
+- a multiprocessing child that left SIGTERM at its default (``Pool.terminate()``): drain,
+  then die by the signal as before (same exit status for the parent).
+
+A SIGTERM that lands while the thread is inside an offer (holding a channel's lock) is
+delivered again 10 ms later, once the offer is done: draining there would wait out the
+exit budget for that lock, and raising there would leave the offer half done.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 from tinybird_export import _diagnostics
-from tinybird_export._process import PROCESS
+
+_REDELIVER_DELAY: Final = 0.01  # seconds: an offer takes microseconds
+_REDELIVER_MAX: Final = 100  # then drain anyway (a thread stuck inside an offer)
 
 
-def install_sigterm_handler() -> None:
-    """Make SIGTERM take the normal exit path, so the exit drain runs within its budget.
+class Sigterm:
+    """SIGTERM's two paths to the exit drain (one instance, owned by the process).
 
-    SIGTERM's default action ends the process without running ``atexit`` hooks. After this
-    call, SIGTERM raises ``SystemExit(143)`` in the main thread, through the exit drain. If
-    another handler was installed before (a framework's hard stop, which may end the
-    process with ``os._exit``), the drain runs first, within the exit budget, then that
-    handler is called, then ``SystemExit(143)`` is raised if it returned. A previous
-    ``SIG_IGN`` is respected. Calling it twice installs it once.
-
-    gunicorn and celery install their own SIGTERM handling and exit normally: there, this
-    is not needed. For uvicorn, see the README.
-
-    Raises:
-        RuntimeError: Called from a thread other than the main thread (Python only lets
-            the main thread install signal handlers).
+    Args:
+        drain: The process's exit drain.
+        inside_offer: Whether this thread holds a channel's lock (a signal landed there).
+        draining_here: Whether this thread is running the exit drain.
     """
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError(
-            "tinybird-export: install_sigterm_handler() must be called from the main thread"
-        )
-    previous = signal.getsignal(signal.SIGTERM)
-    if getattr(previous, "_tinybird_export", False):
-        return
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> Any:
-        if previous is signal.SIG_IGN or PROCESS.redeliver_if_inside_offer(signum):
-            return None
-        if callable(previous):
-            PROCESS.exit()  # the previous handler may never return: deliver first
-            previous(signum, frame)
-        raise SystemExit(128 + signum)
+    def __init__(
+        self,
+        drain: Callable[[], object],
+        inside_offer: Callable[[], bool],
+        draining_here: Callable[[], bool],
+    ) -> None:
+        self._drain = drain
+        self._inside_offer = inside_offer
+        self._draining_here = draining_here
+        self._deferred = 0  # a signal that interrupted the drain: die by it after
+        self._redelivered = 0  # consecutive re-deliveries of a signal
 
-    on_sigterm._tinybird_export = True  # type: ignore[attr-defined]
-    signal.signal(signal.SIGTERM, on_sigterm)
+    def after_fork_in_child(self) -> None:
+        """The parent's pending signal is not the child's."""
+        self._deferred = self._redelivered = 0
+
+    def install(self) -> None:
+        """``install_sigterm_handler()``: see its docstring (``_process``)."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                "tinybird-export: install_sigterm_handler() must be called from the main thread"
+            )
+        previous = signal.getsignal(signal.SIGTERM)
+        if getattr(previous, "_tinybird_export", False):
+            return
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> Any:
+            if previous is signal.SIG_IGN or self.redeliver_if_inside_offer(signum):
+                return None
+            if callable(previous):
+                self._drain()  # the previous handler may never return: deliver first
+                previous(signum, frame)
+            raise SystemExit(128 + signum)
+
+        on_sigterm._tinybird_export = True  # type: ignore[attr-defined]
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def install_in_child(self) -> None:
+        """Multiprocessing stops its children with SIGTERM (``Pool.terminate()``, which
+        ``with Pool() as pool`` calls on exit), whose default action skips every hook: in a
+        child that left SIGTERM at its default, drain first, then die by the signal.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may install a handler
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, self._in_child)
+
+    def _in_child(self, signum: int, _frame: object) -> None:
+        if self.redeliver_if_inside_offer(signum):
+            return
+        if self._draining_here():
+            # The signal interrupted this thread's own exit drain (a finalizer): let it
+            # finish, then die by the signal.
+            self._deferred = signum
+            return
+        self._drain()
+        die_by(signum)
+
+    def after_exit(self) -> None:
+        """The exit drain is over: die by a signal that interrupted it, if one did."""
+        if self._deferred:
+            die_by(self._deferred)
+
+    def redeliver_if_inside_offer(self, signum: int) -> bool:
+        """For a handler that would drain: if the signal interrupted this thread inside an
+        offer, deliver it again in 10 ms and return True (the handler then returns, the
+        offer completes, and the signal comes back). After a second of that, drain anyway.
+        """
+        if self._redelivered >= _REDELIVER_MAX or not self._inside_offer():
+            self._redelivered = 0
+            return False
+        self._redelivered += 1
+        pid = os.getpid()
+
+        def again() -> None:
+            time.sleep(_REDELIVER_DELAY)
+            os.kill(pid, signum)
+
+        try:
+            threading.Thread(target=again, name="tinybird-export-signal", daemon=True).start()
+        except RuntimeError:  # no thread to be had (shutdown, a pids limit): drain now
+            self._redelivered = 0
+            return False
+        return True
+
+
+def die_by(signum: int) -> None:
+    """End the process by ``signum``'s default action, as if no handler had run."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def check_uwsgi() -> None:

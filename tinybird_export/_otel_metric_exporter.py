@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Final
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 from tinybird_export import _diagnostics
-from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import (
     METRICS_DATASOURCE_ENV,
     MetricExporterSettings,
@@ -37,6 +36,7 @@ from tinybird_export._otel_metrics import (
 )
 from tinybird_export._otel_preferences import aggregation_preference, temporality_preference
 from tinybird_export._producer import Producer
+from tinybird_export.stats import DeliveryStats
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -217,7 +217,7 @@ class TinybirdMetricExporter(MetricExporter):
                     producer.put(row)
 
     def _refuse_non_finite(self, producer: Producer, metric: str, field: str) -> None:
-        producer.channel.refuse("non_finite")
+        producer.refuse("non_finite")
         _diagnostics.say_once(
             "metrics-non-finite",
             f"{_LABEL}: a data point of {metric!r} has a NaN or infinite {field}, which "

@@ -1,10 +1,12 @@
-"""The one owner of what is process-wide: workers, sending threads, exit, fork, memory.
+"""The one owner of what is process-wide: workers, lanes, the recursion guard, exit, fork.
 
-``PROCESS`` holds the registry of workers (one per host, token and transport), the set of
-threads that are sending (the recursion guard), the exit deadline, the memory budget, and
-every hook into the interpreter: one ``atexit`` drain, one fork hook that resets the
-child's state in a fixed order, and multiprocessing's finalizer. No other module changes
-this state; they call its methods.
+``PROCESS`` holds the registry of workers (one per host and token, with its runtime
+settings resolved once: ``_runtime_settings``), the lanes (one per host and data source),
+the threads that are sending (the recursion guard), the memory budget, the exit deadline,
+SIGTERM's paths (``_exit``), and every hook into the interpreter: one ``atexit`` drain, one
+fork hook that resets the child's state in a fixed order, and multiprocessing's finalizer.
+No other module changes this state; they call its methods. The public ``flush``,
+``shutdown`` and ``install_sigterm_handler`` act on it.
 
 Exit: ``atexit`` runs hooks last-registered-first, and this module registers after
 ``logging`` was imported, so the drain runs before ``logging.shutdown`` closes handlers.
@@ -22,22 +24,23 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from tinybird_export import _diagnostics, _fields
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
+from tinybird_export._delivery import Transport
+from tinybird_export._exit import Sigterm
+from tinybird_export._lanes import LaneTable
+from tinybird_export._runtime_settings import RuntimeSettings
+from tinybird_export._senders import SendingThreads
 from tinybird_export._spool import Spool
-from tinybird_export._worker import Worker
-
-_REDELIVER_DELAY: Final = 0.01  # seconds: an offer takes microseconds
-_REDELIVER_MAX: Final = 100  # then drain anyway (a thread stuck inside an offer)
+from tinybird_export._worker import FlushRound, Shared, Worker
 
 # Every logger urllib3 creates a record on (logging.getLogger(__name__) in its modules).
 _URLLIB3_LOGGERS: Final = (
@@ -53,46 +56,56 @@ _URLLIB3_LOGGERS: Final = (
 
 
 class Process:
-    """Process-wide state and its hooks; one instance, ``PROCESS``."""
+    """Process-wide state and its hooks; one instance, ``PROCESS``.
 
-    def __init__(self) -> None:
-        self.sending_threads: set[int] = set()
+    Args:
+        transport: Makes each worker's transport (tests); default the HTTP client.
+    """
+
+    def __init__(self, transport: Callable[[RuntimeSettings], Transport] | None = None) -> None:
+        self.sending = SendingThreads()
         """Threads sending right now: records they create are dropped by the handler."""
         self.budget = MemoryBudget()
-        self._workers: dict[tuple[object, ...], Worker] = {}
+        self.lanes = LaneTable()
+        self.sigterm = Sigterm(self.exit, self._inside_offer, self._draining_here)
+        self._transport = transport
+        self._workers: dict[tuple[str, str], Worker] = {}
         self._spools: dict[str, Spool] = {}
-        self._reset_locks()
-        self._exit_deadline: float | None = None
-        self._exiting_thread: int | None = None  # the thread running exit()
-        self._deferred_signal = 0
-        self._redelivered = 0  # consecutive re-deliveries of a signal (see redeliver_...)
-        self._multiprocessing_hooked = False
-        self._finalizer_pid = 0
-
-    def _reset_locks(self) -> None:
         # Re-entrant: a signal handler that logs may run while this thread holds it.
         self._lock = threading.RLock()
+        self._exit_deadline: float | None = None
+        self._exit_budget = 0.0
+        self._exiting_thread: int | None = None  # the thread running exit()
+        self._multiprocessing_hooked = False
+        self._finalizer_pid = 0
+        self._shared = Shared(
+            lanes=self.lanes,
+            guard=self.sending,
+            budget=self.budget,
+            exit_deadline=self.exit_deadline,
+            detach=self.detach,
+            known_lanes=self.known_lanes,
+        )
 
     # -- the registry of workers ---------------------------------------------------------
 
-    def attach(self, config: TinybirdConfig, channel: Channel) -> Worker:
-        """The shared worker for ``config``'s host, token and transport, with ``channel``."""
-        key = (
-            config.host,
-            config.token,
-            config.compression,
-            config.connect_timeout,
-            config.timeout,
-            config.ca_bundle,
-            config.background,
-            config.adaptive,
-            config.spool_dir,
-            config.spool_max_bytes,
-        )
+    def attach(self, config: TinybirdConfig, channel: Channel, label: str) -> Worker:
+        """The worker of ``config``'s host and token, serving ``channel``; a later
+        producer's runtime settings are merged by the one rule (``_runtime_settings``).
+        """
+        key = (config.host, config.token or "")
         with self._lock:
             worker = self._workers.get(key)
             if worker is None:
-                worker = self._workers[key] = Worker(config, self)
+                settings = RuntimeSettings.of(config)
+                worker = self._workers[key] = Worker(
+                    settings,
+                    self._shared,
+                    transport=self._transport(settings) if self._transport else None,
+                    spool=self._spool_for(settings),
+                )
+            else:
+                worker.settings.merge(config, label)
             worker.add(channel)
             self.budget.add(channel)
         worker.resume_spool(channel)
@@ -109,10 +122,34 @@ class Process:
             self._workers = {k: w for k, w in self._workers.items() if w is not worker}
         worker.stop()
 
+    def close(self, channel: Channel, deadline: float) -> None:
+        """``channel``'s producer is closed: it sends until ``deadline``, and what it holds
+        no longer counts in the open channels' memory bound.
+        """
+        channel.close(deadline)
+        self.budget.rebalance()
+
     def workers(self) -> list[Worker]:
         """The workers of this process."""
         with self._lock:
             return list(self._workers.values())
+
+    def known_lanes(self) -> set[tuple[str, str]]:
+        """Every (host, data source) a producer of this process sends to."""
+        return {(w.host, c.datasource) for w in self.workers() for c in w.channels()}
+
+    def _spool_for(self, settings: RuntimeSettings) -> Spool | None:
+        """The process's one ``Spool`` for a directory (it releases dead processes' claims
+        when it first scans, so there must be only one per process).
+        """
+        if not settings.spool_dir:
+            return None
+        with self._lock:
+            spool = self._spools.get(settings.spool_dir)
+            if spool is None:
+                spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+                self._spools[settings.spool_dir] = spool
+            return spool
 
     def _guard_urllib3_loggers(self) -> None:
         """Drop the records that urllib3 creates on a sending thread, before any handler.
@@ -129,19 +166,9 @@ class Process:
                 logger.addFilter(self._drop_own_sends)
 
     def _drop_own_sends(self, record: logging.LogRecord) -> bool:
-        return threading.get_ident() not in self.sending_threads
+        return threading.get_ident() not in self.sending.idents
 
-    def spool(self, directory: str, max_bytes: int) -> Spool:
-        """The process's one ``Spool`` for ``directory`` (it releases dead processes' claims
-        when it first scans, so there must be only one per process).
-        """
-        with self._lock:
-            spool = self._spools.get(directory)
-            if spool is None:
-                spool = self._spools[directory] = Spool(directory, max_bytes)
-            return spool
-
-    # -- exit ----------------------------------------------------------------------------
+    # -- flush, and exit -------------------------------------------------------------------
 
     def exit_deadline(self) -> float | None:
         """When the exit budget runs out, once the process is exiting; else ``None``."""
@@ -151,36 +178,57 @@ class Process:
         """Whether the exit drain has begun (no thread may start then)."""
         return self._exit_deadline is not None
 
-    def exit(self) -> None:
-        """Send what is queued within the exit budget, then report what could not be sent.
+    def flush(self, timeout: float | None = None) -> bool:
+        """Every producer's ``flush`` at once, without entering exit: see ``flush``."""
+        workers = self.workers()
+        if timeout is None:
+            timeout = max((w.exit_timeout for w in workers), default=0.0)
+        deadline = time.monotonic() + self.cap_at_exit(max(timeout, 0.0))
+        rounds = [(worker, FlushRound(worker.channels())) for worker in workers]
+        reached = [worker.wait_until(flush.reached, deadline) for worker, flush in rounds]
+        return all(reached) and not any(flush.lost() for _, flush in rounds)
 
-        The first call fixes the deadline (the longest ``exit_timeout`` of the producers);
-        later calls (records logged by later hooks) send within what is left of it.
+    def exit(self, budget: float | None = None) -> bool:
+        """Send what is queued within the exit budget, spool or report what could not be
+        sent; whether nothing was left undelivered.
+
+        The first call fixes the deadline (``budget``, default the longest
+        ``exit_timeout`` of the producers); later calls (records logged by later hooks)
+        send within what is left of it.
         """
         workers = self.workers()
         if not workers:
-            return
-        deadline = self._begin_exit(workers)
+            return True
+        deadline = self._begin_exit(workers, budget)
         with self._lock:
             outer, self._exiting_thread = self._exiting_thread, threading.get_ident()
         spooled_before = {id(c): c.spooled_count() for w in workers for c in w.channels()}
         try:
             self.drain(workers, deadline)
-            self._spill_at_exit(workers, spooled_before)
-            budget_text = f"{max(w.exit_timeout for w in workers):g} s"
-            report_undelivered(
-                [c for w in workers for c in w.channels()], f"at exit (exit budget {budget_text})"
-            )
+            spooled = self._spill_at_exit(workers, spooled_before)
+            channels = [c for w in workers for c in w.channels()]
+            lost = report_undelivered(channels, f"at exit (exit budget {self._exit_budget:g} s)")
         finally:
             self._exiting_thread = outer
-        if outer is None and self._deferred_signal:
-            self._die_by(self._deferred_signal)
+        if outer is None:
+            self.sigterm.after_exit()
+        return not (spooled or lost)
+
+    def _begin_exit(self, workers: list[Worker], budget: float | None) -> float:
+        with self._lock:
+            if self._exit_deadline is None:
+                if budget is None:
+                    budget = max((w.exit_timeout for w in workers), default=0.0)
+                self._exit_budget = budget
+                self._exit_deadline = time.monotonic() + budget
+            return self._exit_deadline
 
     @staticmethod
-    def _spill_at_exit(workers: list[Worker], spooled_before: dict[int, int]) -> None:
+    def _spill_at_exit(workers: list[Worker], spooled_before: dict[int, int]) -> int:
         """What the drain could not send goes to the spool, where there is one (failing
         lanes spilled during the drain already): say how much, and where.
         """
+        total = 0
         for worker in workers:
             worker.spill_remaining()
             written: dict[str, int] = {}
@@ -189,23 +237,14 @@ class Process:
                 if count:
                     written[channel.datasource] = written.get(channel.datasource, 0) + count
             if written:
+                total += sum(written.values())
                 per = "; ".join(f"{count} for {name!r}" for name, count in written.items())
                 _diagnostics.say(
                     f"{sum(written.values())} event(s) not delivered at exit were spooled to "
                     f"{worker.spool_directory()} ({per}): the next process started with this "
                     "spool_dir sends them."
                 )
-
-    def known_lanes(self) -> set[tuple[str, str]]:
-        """Every (host, data source) a producer of this process sends to."""
-        return {(w.host, c.datasource) for w in self.workers() for c in w.channels()}
-
-    def _begin_exit(self, workers: list[Worker]) -> float:
-        with self._lock:
-            if self._exit_deadline is None:
-                budget = max((w.exit_timeout for w in workers), default=0.0)
-                self._exit_deadline = time.monotonic() + budget
-            return self._exit_deadline
+        return total
 
     def cap_at_exit(self, timeout: float) -> float:
         """``timeout``, bounded by what is left of the exit budget once the process exits.
@@ -215,30 +254,13 @@ class Process:
         was imported run before its drain: OpenTelemetry's providers pass ~30 s into each
         exporter's ``shutdown`` there).
         """
-        if self._exit_deadline is None:
+        deadline = self._exit_deadline
+        if deadline is None:
             main = threading.main_thread()
             if threading.current_thread() is not main or main.is_alive():
                 return timeout
-            self._begin_exit(self.workers())
-        remaining = self._exit_deadline - time.monotonic()  # type: ignore[operator]
-        return max(0.0, min(timeout, remaining))
-
-    def flush_all(self, timeout: float | None = None) -> bool:
-        """Send everything queued now, within ``timeout``, without entering exit (a signal
-        that the application handles, an ASGI lifespan shutdown).
-
-        Args:
-            timeout: Seconds at most; default the exit budget, the longest ``exit_timeout``
-                of the producers (as ``exit`` computes it).
-
-        Returns:
-            Whether nothing was left queued or in flight.
-        """
-        workers = self.workers()
-        if timeout is None:
-            timeout = max((w.exit_timeout for w in workers), default=0.0)
-        self.drain(workers, time.monotonic() + timeout)
-        return all(c.empty() for w in workers for c in w.channels())
+            deadline = self._begin_exit(self.workers(), None)
+        return max(0.0, min(timeout, deadline - time.monotonic()))
 
     def drain(self, workers: Iterable[Worker], deadline: float) -> None:
         """Make every queued event due and wait for the workers until ``deadline``."""
@@ -248,23 +270,30 @@ class Process:
         for worker in workers:
             worker.drain(deadline)
 
+    def _inside_offer(self) -> bool:
+        return any(c.held_by_this_thread() for w in self.workers() for c in w.channels())
+
+    def _draining_here(self) -> bool:
+        return self._exiting_thread == threading.get_ident()
+
     # -- fork and multiprocessing --------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
-        """Reset the child's state, in this order: locks, ids, workers and their channels,
-        then multiprocessing's hook (its after-fork callbacks run right after this).
+        """Reset the child's state, in this order: locks, ids, lanes, workers and their
+        channels, then multiprocessing's hook (its after-fork callbacks run right after).
         """
         _diagnostics.after_fork_in_child()
-        self._reset_locks()
+        self._lock = threading.RLock()
         self.budget.after_fork_in_child()
         _fields.event_ids.reset()
-        self.sending_threads.clear()
-        self._spools = {}  # new locks and a fresh scan: workers ask again lazily
+        self.sending.after_fork_in_child()
+        self.sigterm.after_fork_in_child()
+        self.lanes.after_fork_in_child()
+        self._spools = {}  # new locks and a fresh scan
         self._exit_deadline = None
         self._exiting_thread = None
-        self._deferred_signal = self._redelivered = 0
         for worker in self._workers.values():
-            worker.after_fork_in_child()
+            worker.after_fork_in_child(self._spool_for(worker.settings))
         self.budget.rebalance()
         if self._workers:  # a multiprocessing child bootstraps next: drain at its end
             self._hook_multiprocessing()
@@ -293,69 +322,12 @@ class Process:
     def _register_finalizer(self, util: object) -> None:
         self._finalizer_pid = os.getpid()
         util.Finalize(None, self.exit, exitpriority=100)  # type: ignore[attr-defined]
-        self._drain_on_sigterm()
-
-    def _drain_on_sigterm(self) -> None:
-        """Multiprocessing stops its children with SIGTERM (``Pool.terminate()``, which
-        ``with Pool() as pool`` calls on exit), whose default action skips every hook: in a
-        child that left SIGTERM at its default, drain first, then die by the signal as
-        before (same exit status for the parent).
-        """
-        if threading.current_thread() is not threading.main_thread():
-            return  # only the main thread may install a handler
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, self._on_sigterm_in_child)
-
-    def redeliver_if_inside_offer(self, signum: int) -> bool:
-        """For a signal handler that would drain: if the signal interrupted this thread
-        inside an offer, holding a channel's lock, deliver it again in 10 ms and return
-        True (the handler then returns, the offer completes, and the signal comes back).
-        Draining there would wait out the exit budget for that lock, and raising there
-        would leave the offer half done. After a second of that, drain anyway.
-        """
-        if self._redelivered >= _REDELIVER_MAX or not any(
-            channel.held_by_this_thread()
-            for worker in self.workers()
-            for channel in worker.channels()
-        ):
-            self._redelivered = 0
-            return False
-        self._redelivered += 1
-        pid = os.getpid()
-
-        def again() -> None:
-            time.sleep(_REDELIVER_DELAY)
-            os.kill(pid, signum)
-
-        try:
-            threading.Thread(target=again, name="tinybird-export-signal", daemon=True).start()
-        except RuntimeError:  # no thread to be had (shutdown, a pids limit): drain now
-            self._redelivered = 0
-            return False
-        return True
-
-    def _on_sigterm_in_child(self, signum: int, _frame: object) -> None:
-        if self.redeliver_if_inside_offer(signum):
-            return
-        if self._exiting_thread == threading.get_ident():
-            # The signal interrupted this thread's own exit drain (a finalizer): let it
-            # finish, then die by the signal.
-            self._deferred_signal = signum
-            return
-        self.exit()
-        self._die_by(signum)
-
-    @staticmethod
-    def _die_by(signum: int) -> None:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        self.sigterm.install_in_child()
 
 
-def report_undelivered(
-    channels: Iterable[Channel], when: str, reason: str = "exit_timeout"
-) -> None:
+def report_undelivered(channels: Iterable[Channel], when: str, reason: str = "exit_timeout") -> int:
     """Count what is still queued as dropped for ``reason`` and say so in one line, one
-    entry per data source and host.
+    entry per data source and host; how many events.
     """
     lost: dict[tuple[str, str], list[int | str]] = {}
     for channel in channels:
@@ -365,16 +337,74 @@ def report_undelivered(
             entry[0] = int(entry[0]) + count
             entry[1] = channel.last_error() or entry[1]
     if not lost:
-        return
+        return 0
     total = sum(int(count) for count, _ in lost.values())
     reasons = "; ".join(
         f"{count} for {datasource!r} ({error or 'the endpoint did not answer in time'})"
         for (datasource, _host), (count, error) in lost.items()
     )
     _diagnostics.say(f"{total} event(s) not delivered {when}: {reasons}")
+    return total
 
 
 PROCESS = Process()
 
 atexit.register(PROCESS.exit)
 os.register_at_fork(after_in_child=PROCESS._after_fork_in_child)
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Deliver what every producer of this process (handlers, event senders, exporters)
+    has emitted so far, within ``timeout``.
+
+    The process-wide ``flush()``: for an integration's shutdown hook (an ASGI lifespan, a
+    serverless function's end) or a test. Producers keep working afterwards.
+
+    Args:
+        timeout: Seconds to wait at most; default the exit budget (the longest
+            ``exit_timeout`` of the producers). At exit, what is left of the exit budget.
+
+    Returns:
+        Whether every event emitted before the call was acknowledged in time (none
+        dropped, none still queued).
+    """
+    return PROCESS.flush(timeout)
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Run the exit drain now: deliver what is queued within ``timeout``, then spool (with
+    ``spool_dir``) or count and report on stderr what could not be delivered.
+
+    For a process that is about to end without running ``atexit`` (a pool child before
+    ``os._exit``). Afterwards the process is exiting for the package: events emitted
+    later are sent on the emitting thread within what is left of the budget, or counted
+    as ``exit_timeout``.
+
+    Args:
+        timeout: The exit budget; default the longest ``exit_timeout`` of the producers.
+            If the exit drain already began, what is left of its budget applies.
+
+    Returns:
+        Whether nothing was left undelivered (spooled or given up).
+    """
+    return PROCESS.exit(timeout)
+
+
+def install_sigterm_handler() -> None:
+    """Make SIGTERM take the normal exit path, so the exit drain runs within its budget.
+
+    SIGTERM's default action ends the process without running ``atexit`` hooks. After this
+    call, SIGTERM raises ``SystemExit(143)`` in the main thread, through the exit drain. If
+    another handler was installed before (a framework's hard stop, which may end the
+    process with ``os._exit``), the drain runs first, within the exit budget, then that
+    handler is called, then ``SystemExit(143)`` is raised if it returned. A previous
+    ``SIG_IGN`` is respected. Calling it twice installs it once.
+
+    gunicorn and celery install their own SIGTERM handling and exit normally: there, this
+    is not needed. For uvicorn, see the README.
+
+    Raises:
+        RuntimeError: Called from a thread other than the main thread (Python only lets
+            the main thread install signal handlers).
+    """
+    PROCESS.sigterm.install()

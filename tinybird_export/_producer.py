@@ -1,23 +1,25 @@
 """What the handler, the event sender and the exporters share: a channel on a shared worker.
 
 ``put`` is the caller's-thread half of the pipeline (hook, encode, queue: no I/O, no
-waiting); ``flush``, ``close`` and ``stats`` are the per-producer controls.
+waiting); ``flush``, ``close`` and ``stats`` are the per-producer controls. Every event a
+producer is handed enters its channel's count (``emitted``), queued or refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 from typing import Any
 
 from tinybird_export import _diagnostics, _exit
-from tinybird_export._channel import Channel, DeliveryStats, Limits
+from tinybird_export._batch import Limits
+from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
 from tinybird_export._line_encoder import encode_event, safe_str
-from tinybird_export._process import PROCESS, report_undelivered
-from tinybird_export._worker import Worker
+from tinybird_export._process import PROCESS, Process, report_undelivered
+from tinybird_export._worker import FlushRound, Worker
+from tinybird_export.stats import DeliveryStats
 
 
 class Producer:
@@ -29,11 +31,18 @@ class Producer:
         flushed_by_logging: Whether ``logging.shutdown`` flushes it at exit (a handler), so
             that events queued after the exit drain still go out in one batch; other
             producers send such late events on the calling thread.
+        process: The owner of process-wide state (``PROCESS``; another in unit tests).
     """
 
     def __init__(
-        self, config: TinybirdConfig, label: str, *, flushed_by_logging: bool = False
+        self,
+        config: TinybirdConfig,
+        label: str,
+        *,
+        flushed_by_logging: bool = False,
+        process: Process = PROCESS,
     ) -> None:
+        self._process = process
         self.config = config
         self.label = label
         self._sends_late = not flushed_by_logging
@@ -58,8 +67,9 @@ class Producer:
                 "them, or TINYBIRD_ENABLED=false to disable it quietly.",
             )
         elif config.enabled:
-            self.worker = PROCESS.attach(config, self.channel)
+            self.worker = self._process.attach(config, self.channel, label)
             _exit.check_uwsgi()
+        self._accepting = self.channel if self.worker is not None else None
         self._before_send = config.before_send
         self.has_before_send = config.before_send is not None
         self.max_event_bytes = config.max_event_bytes
@@ -81,21 +91,37 @@ class Producer:
         """Queue one encoded line (``None``: too large even when truncated), with
         ``encode_event``'s flags and the record's logging level (0: none).
         """
-        channel = self.channel
+        channel = self._accepting  # one check on the caller's hot path: open and enabled
+        if channel is None or line is None:
+            self._refuse_line()
+        elif channel.offer(line, flags, level):
+            self._wake(channel)
+
+    def _refuse_line(self) -> None:
+        """Count an event this producer cannot queue: disabled, closed, or too large."""
+        if self.worker is None:
+            self.channel.refuse("disabled")
+        elif self.channel.closed:
+            self._refuse_closed()
+        else:
+            self.channel.refuse("too_large")
+
+    def _wake(self, channel: Channel) -> None:
         worker = self.worker
         if worker is None:
-            channel.refuse("disabled")
-        elif channel.closed:
-            self._refuse_closed()
-        elif line is None:
-            channel.refuse("too_large")
-        elif channel.offer(line, flags, level):
-            worker.notify(channel)
-            if self._sends_late and PROCESS.exiting() and not self.flush():
-                # After the exit drain (a later atexit hook, a __del__) nothing would send
-                # it any more: it was sent now, within what is left of the budget, or is
-                # counted and reported here.
-                report_undelivered([channel], "at exit (sent after the exit drain)")
+            return
+        worker.notify(channel)
+        if self._sends_late and self._process.exiting() and not self.flush():
+            # After the exit drain (a later atexit hook, a __del__) nothing would send it
+            # any more: it was sent now, within what is left of the budget, or is counted
+            # and reported here.
+            report_undelivered([channel], "at exit (sent after the exit drain)")
+
+    def refuse(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` events handed to the producer and dropped before its queue (a
+        handler's ``emit`` failed, an exporter's conversion raised...).
+        """
+        self.channel.refuse(reason, count)
 
     def _refuse_closed(self) -> None:
         self.channel.refuse("closed")
@@ -120,12 +146,9 @@ class Producer:
     def _run_before_send(self, event: dict[str, Any]) -> dict[str, Any] | None:
         # Records the hook logs are dropped (counted as 'recursion' by the handler that
         # gets them): a hook that logs would otherwise multiply every call.
-        ident = threading.get_ident()
-        sending = PROCESS.sending_threads
-        outer = ident in sending
-        sending.add(ident)
         try:
-            result = self._before_send(event)  # type: ignore[misc]
+            with self._process.sending.marked():
+                result = self._before_send(event)  # type: ignore[misc]
         except Exception as exc:  # noqa: BLE001 - drop rather than send unredacted
             self.channel.refuse("before_send_error")
             _diagnostics.say_once(
@@ -134,9 +157,6 @@ class Producer:
                 "was dropped (counted as 'before_send_error').",
             )
             return None
-        finally:
-            if not outer:
-                sending.discard(ident)
         if result is None:
             self.channel.refuse("before_send")
         return result
@@ -150,14 +170,14 @@ class Producer:
         worker, channel = self.worker, self.channel
         if worker is None:
             return channel.empty()
-        mark = channel.request_flush()
+        flush = FlushRound([channel])
         if _holds_logging_lock():
             worker.notify(channel)
-            return channel.reached(mark) and not channel.lost_since(mark)
+            return flush.reached() and not flush.lost()
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
-        wait = PROCESS.cap_at_exit(wait)
-        done = worker.wait_until(lambda: channel.reached(mark), time.monotonic() + wait)
-        return done and not channel.lost_since(mark)
+        wait = self._process.cap_at_exit(wait)
+        done = worker.wait_until(flush.reached, time.monotonic() + wait)
+        return done and not flush.lost()
 
     def close(self, timeout: float | None = None) -> None:
         """Flush within ``timeout`` (default ``flush_timeout``) and detach; idempotent.
@@ -168,21 +188,22 @@ class Producer:
         worker, channel = self.worker, self.channel
         if channel.closed:
             return
+        self._accepting = None  # from now on, events are refused as closed
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
-        wait = PROCESS.cap_at_exit(wait)
-        channel.close(time.monotonic() + wait)
+        wait = self._process.cap_at_exit(wait)
         if worker is None:
+            channel.close(time.monotonic() + wait)
             return
-        PROCESS.budget.rebalance()
+        self._process.close(channel, time.monotonic() + wait)
         self.flush(wait)
         if channel.empty():
-            PROCESS.detach(worker, channel)
-        elif PROCESS.exiting():
+            self._process.detach(worker, channel)
+        elif self._process.exiting():
             report_undelivered([channel], "at exit (logged after the exit drain)")
-            PROCESS.detach(worker, channel)
+            self._process.detach(worker, channel)
         elif not worker.background:  # nothing sends between calls: its deadline is now
             report_undelivered([channel], f"by {self.label}.close()", "close_timeout")
-            PROCESS.detach(worker, channel)
+            self._process.detach(worker, channel)
         else:
             worker.notify(channel)  # the worker sends the rest, then detaches the channel
 

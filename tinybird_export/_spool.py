@@ -267,6 +267,13 @@ class Spool:
                 self._bytes = max(0, self._bytes - size)
         return False
 
+    def keep_claimed(self, batch: SpooledBatch) -> None:
+        """Renew a claim held across retries: a claim's age counts from its last renewal,
+        and other processes release claims older than ``_STALE_CLAIM``.
+        """
+        with contextlib.suppress(OSError):
+            os.utime(batch.path)
+
     def release(self, batch: SpooledBatch) -> None:
         """Give a claimed file back (its attempt failed; it is retried later)."""
         with contextlib.suppress(FileNotFoundError):

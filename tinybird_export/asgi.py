@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
-from tinybird_export import _diagnostics
+from tinybird_export import _diagnostics, flush
 from tinybird_export._async import run_blocking
 from tinybird_export._context import (
     RequestContext,
@@ -45,7 +45,6 @@ from tinybird_export._context import (
     request_id,
     strip_access_lines,
 )
-from tinybird_export._process import PROCESS
 
 __all__ = ["RequestContextMiddleware"]
 
@@ -179,7 +178,7 @@ class RequestContextMiddleware:
     async def _deliver(self) -> None:
         timeout = self.shutdown_timeout
         try:
-            await run_blocking(lambda: PROCESS.flush_all(timeout))
+            await run_blocking(lambda: flush(timeout))
         except Exception as exc:  # noqa: BLE001 - shutdown goes on whatever happens here
             _diagnostics.say_once(
                 "asgi-lifespan",

@@ -26,9 +26,8 @@ from typing import Any
 
 from celery import signals
 
-from tinybird_export import _diagnostics
+from tinybird_export import _diagnostics, shutdown
 from tinybird_export._context import RequestContext, current_request
-from tinybird_export._process import PROCESS
 
 __all__ = ["init_app"]
 
@@ -87,7 +86,7 @@ def _leave_task(task_id: str | None = None, **_: Any) -> None:
 def _child_ends(**_: Any) -> None:
     """A pool child is about to ``os._exit``: the exit drain, as ``atexit`` would run it."""
     try:
-        PROCESS.exit()
+        shutdown()
     except Exception as exc:  # noqa: BLE001 - the child must still exit
         _report(exc)
 

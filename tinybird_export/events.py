@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tinybird_export._async import run_blocking
-from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import EventsSettings, TinybirdConfig, kind
 from tinybird_export._producer import Producer
 from tinybird_export._record_mapper import plain_event
+from tinybird_export.stats import DeliveryStats
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

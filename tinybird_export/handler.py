@@ -7,11 +7,11 @@ import threading
 from typing import TYPE_CHECKING
 
 from tinybird_export._async import run_blocking
-from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import HandlerSettings, TinybirdConfig, kind
 from tinybird_export._process import PROCESS
 from tinybird_export._producer import Producer
 from tinybird_export._record_mapper import RecordMapper
+from tinybird_export.stats import DeliveryStats
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["TinybirdHandler"]
 
 _get_ident = threading.get_ident
-_sending_threads = PROCESS.sending_threads
+_sending_threads = PROCESS.sending.idents
 _KIND = kind("TinybirdHandler", HandlerSettings)
 
 
@@ -75,7 +75,7 @@ class TinybirdHandler(logging.Handler):
         are dropped here, before any lock, so the handler never feeds on itself.
         """
         if _get_ident() in _sending_threads:
-            self._producer.channel.refuse("recursion")
+            self._producer.refuse("recursion")
             return False
         if not self.filters:  # the usual case, kept to one check
             self.emit(record)
@@ -97,7 +97,7 @@ class TinybirdHandler(logging.Handler):
                 line, flags = self._mapper.encode(record, producer.max_event_bytes)
                 producer.offer(line, flags, record.levelno)
         except Exception:  # noqa: BLE001 - logging's contract: never raise into the app
-            self._producer.channel.refuse("error")  # counted, never silently lost
+            self._producer.refuse("error")  # counted, never silently lost
             self.handleError(record)
 
     def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]

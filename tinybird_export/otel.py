@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from tinybird_export._channel import DeliveryStats
 from tinybird_export._config import ExporterSettings, TinybirdConfig, kind
 from tinybird_export._otel_mapper import (
     log_to_flat,
@@ -25,6 +24,7 @@ from tinybird_export._otel_mapper import (
 )
 from tinybird_export._otel_metric_exporter import TinybirdMetricExporter
 from tinybird_export._producer import Producer
+from tinybird_export.stats import DeliveryStats
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -63,13 +63,14 @@ class _Exporter:
 
     def _put_all(self, items: Sequence[Any]) -> bool:
         if self._is_shutdown:
+            self._producer.refuse("closed", len(items))  # handed over, and refused
             return False
         level = self._level
         for item in items:
             try:
                 self._producer.put(self._convert(item), level(item))
             except Exception:  # noqa: BLE001 - one bad item must not fail the batch
-                self._producer.channel.refuse("error")
+                self._producer.refuse("error")
         return True
 
     @staticmethod

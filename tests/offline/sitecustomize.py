@@ -80,5 +80,5 @@ def connect_ex(self: socket.socket, address: Any) -> int:
 
 socket.getaddrinfo = getaddrinfo
 socket.gethostbyname = gethostbyname
-socket.socket.connect = connect  # type: ignore[method-assign]
-socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+socket.socket.connect = connect  # type: ignore[method-assign,assignment]
+socket.socket.connect_ex = connect_ex  # type: ignore[method-assign,assignment]

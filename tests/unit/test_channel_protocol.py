@@ -8,21 +8,16 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinybird_export._budget import MemoryBudget
-from tinybird_export._channel import Batch, Channel, Limits
+from tests.helpers import make_channel
+from tinybird_export._batch import Batch
+from tinybird_export._channel import Channel
 
 _lines = st.lists(st.binary(min_size=1, max_size=300).map(lambda b: b.replace(b"\n", b" ")))
 
 
-def channel(rows: int = 1000, nbytes: int = 1 << 20, *, max_bytes: int = 10**9) -> Channel:
-    limits = Limits(
-        queue_max_events=10**6,
-        queue_max_bytes=max_bytes,
-        batch_max_rows=rows,
-        batch_max_bytes=nbytes,
-        flush_interval=1.0,
-    )
-    return Channel("ds", "http://127.0.0.1", wait=False, limits=limits)
+def channel(rows: int = 1000, nbytes: int = 1 << 20) -> Channel:
+    """A channel of batches of ``rows`` rows and ``nbytes`` bytes at most."""
+    return make_channel(rows=rows, nbytes=nbytes)
 
 
 def take_all(ch: Channel) -> list[Batch]:
@@ -37,6 +32,7 @@ def take_all(ch: Channel) -> list[Batch]:
 @settings(derandomize=True, deadline=None, max_examples=200)
 @given(lines=_lines, rows=st.integers(1, 20), nbytes=st.integers(1024, 4096))
 def test_batches_keep_order_and_limits(lines: list[bytes], rows: int, nbytes: int) -> None:
+    """Lines come out in order, in batches within the row and byte limits."""
     ch = channel(rows, nbytes)
     for line in lines:
         ch.offer(line)
@@ -54,6 +50,7 @@ def test_batches_keep_order_and_limits(lines: list[bytes], rows: int, nbytes: in
 @settings(derandomize=True, deadline=None, max_examples=200)
 @given(lines=_lines.filter(lambda x: len(x) > 1))
 def test_halves_split_on_a_line_boundary(lines: list[bytes]) -> None:
+    """A 413's halves split at a line boundary, and put together give the batch."""
     body = b"".join(line + b"\n" for line in lines)
     first, second = Batch(bytearray(body), len(lines)).halves()
     assert first.count >= 1 and second.count >= 1
@@ -63,6 +60,7 @@ def test_halves_split_on_a_line_boundary(lines: list[bytes]) -> None:
 
 
 def test_offer_wakes_on_first_line_and_on_a_sealed_batch() -> None:
+    """An offer wakes the worker for a new partial batch and a sealed one only."""
     ch = channel(3)
     assert ch.offer(b"a") is True  # arms the interval timer
     assert ch.offer(b"b") is False
@@ -71,6 +69,7 @@ def test_offer_wakes_on_first_line_and_on_a_sealed_batch() -> None:
 
 
 def test_a_partial_batch_waits_for_its_interval_then_is_due() -> None:
+    """A partial batch is due once its interval has passed, not before."""
     ch = channel()
     ch.offer(b"x")
     now = time.monotonic()
@@ -80,6 +79,7 @@ def test_a_partial_batch_waits_for_its_interval_then_is_due() -> None:
 
 
 def test_a_batch_sealed_by_bytes_starts_the_next_one_with_a_fresh_timer() -> None:
+    """After a seal by bytes, the next partial batch waits its own interval."""
     ch = channel(1000, 1024)
     ch.offer(b"x" * 600)
     later = time.monotonic() + 60  # the first partial batch is long overdue by then...
@@ -93,6 +93,7 @@ def test_a_batch_sealed_by_bytes_starts_the_next_one_with_a_fresh_timer() -> Non
 
 
 def test_one_batch_in_flight_at_a_time_and_retries_keep_their_place() -> None:
+    """One batch in flight at a time, and a retried one comes back first."""
     ch = channel(1)
     for line in (b"a", b"b"):
         ch.offer(line)
@@ -107,6 +108,7 @@ def test_one_batch_in_flight_at_a_time_and_retries_keep_their_place() -> None:
 
 
 def test_an_answer_after_abandon_is_ignored_so_each_event_counts_once() -> None:
+    """An answer for an abandoned batch is ignored: each event is counted once."""
     ch = channel(2)
     for line in (b"a", b"b", b"c"):
         ch.offer(line)
@@ -123,7 +125,7 @@ def test_an_answer_after_abandon_is_ignored_so_each_event_counts_once() -> None:
 def test_an_offer_reentered_on_the_same_thread_is_kept() -> None:
     """What a signal handler that logs does when it interrupts an offer."""
     ch = channel()
-    nested = []
+    nested: list[bool] = []
 
     class Interrupting(bytes):
         def __len__(self) -> int:  # runs inside the outer offer, with its lock held
@@ -153,21 +155,3 @@ def test_abandon_counts_a_line_a_signal_handler_logged() -> None:
     stats = ch.stats()
     assert (stats.queued, stats.dropped_by_reason) == (0, {"exit_timeout": 2})
     assert ch.empty()
-
-
-def test_budget_takes_what_closed_channels_hold_from_the_open_ones() -> None:
-    budget = MemoryBudget()
-    old, new = channel(max_bytes=1000), channel(max_bytes=1000)
-    budget.add(old)
-    for _ in range(6):
-        old.offer(b"x" * 100)
-    old.close(time.monotonic() + 60)
-    budget.add(new)
-    for _ in range(10):
-        new.offer(b"y" * 100)
-    assert old.held_bytes() + new.held_bytes() <= 1000
-    assert (new.stats().queued, new.stats().dropped_by_reason) == (4, {"queue_full": 6})
-    old.abandon("close_timeout")
-    budget.remove(old)  # given up: its share is the open channel's again
-    new.offer(b"z" * 100)
-    assert (new.stats().queued, new.stats().dropped) == (5, 6)

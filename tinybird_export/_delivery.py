@@ -1,0 +1,361 @@
+"""One attempt, and the one table of what its answer means, for either kind of source.
+
+What a sender sends is a *source*: a batch of a channel's memory (``MemorySource``) or a
+file of the disk spool (``SpoolSource``). Both answer the same four outcomes of
+``_retry.classify``, so there is one table (``Delivery._apply``):
+
+- sent: the source is acknowledged (the batch leaves memory; the file is removed);
+- retry: the lane pauses (the server's ``Retry-After``, else backoff on the source's own
+  attempts) and the source stays first in line (the batch at the head of its queue, the
+  file claimed in its lane's slot);
+- split (413): the batch is replaced by its halves; the file's halves are written in its
+  place by the spill bridge; a single event is dropped as ``too_large``;
+- drop: counted as ``http_<status>`` and said once with what to fix.
+
+An unexpected exception during an attempt is a bug, not a transport error: the source is
+dropped as ``error`` and the bug reported once (``report_internal_error``). The transport
+is injected (``Transport``): the HTTP client in production, a recording one in tests.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Protocol
+
+from tinybird_export import _diagnostics, _retry
+from tinybird_export._batch import Batch
+from tinybird_export._channel import Channel
+from tinybird_export._client import Attempt
+from tinybird_export._lanes import Lane
+from tinybird_export._spool import Spool, SpooledBatch
+
+
+class Transport(Protocol):
+    """What sends one request: ``_client.EventsClient``, or a test's recording transport."""
+
+    def post(
+        self,
+        datasource: str,
+        ndjson: bytes | bytearray,
+        *,
+        wait: bool,
+        read_timeout: float,
+        deadline: float | None = None,
+        gzipped: bytes | None = None,
+        connect_timeout: float | None = None,
+    ) -> Attempt:
+        """One request; network failures are answers (``status=None``), not exceptions."""
+        ...
+
+    def redact(self, text: str) -> str:
+        """``text`` without the token."""
+        ...
+
+    def close(self) -> None:
+        """Release its connections."""
+        ...
+
+
+class Source(Protocol):
+    """What one attempt sends, and how each outcome resolves it."""
+
+    channel: Channel  # its producer's: wait, close deadline, counters
+    count: int
+    origin: str  # for messages: "" or " from the spool"
+
+    @property
+    def attempts(self) -> int:
+        """Requests made for it so far (its backoff)."""
+        ...
+
+    def payload(self) -> tuple[bytes | bytearray, bytes | None]:
+        """The NDJSON body, or ``(b"", gzipped body)``."""
+        ...
+
+    def sent(self, quarantined: int, wire_bytes: int) -> None:
+        """Acknowledged."""
+        ...
+
+    def retry(self, error: str) -> None:
+        """Failed retryably: stays first in its lane."""
+        ...
+
+    def split(self) -> bool:
+        """413: replaced by its halves; False if it holds one event."""
+        ...
+
+    def drop(self, reason: str, error: str, *, requested: bool) -> None:
+        """Given up for ``reason`` (after a request when ``requested``)."""
+        ...
+
+    def release(self) -> None:
+        """Not resolved: its sender stopped (a ``BaseException``); sent again later."""
+        ...
+
+
+class MemorySource:
+    """A batch of a channel's memory, in flight."""
+
+    origin = ""
+
+    def __init__(self, channel: Channel, batch: Batch) -> None:
+        self.channel = channel
+        self.batch = batch
+        self.count = batch.count
+
+    @property
+    def attempts(self) -> int:
+        return self.batch.attempts
+
+    def payload(self) -> tuple[bytes | bytearray, bytes | None]:
+        return self.batch.body, None
+
+    def sent(self, quarantined: int, wire_bytes: int) -> None:
+        self.channel.sent(self.batch, quarantined=quarantined, wire_bytes=wire_bytes)
+
+    def retry(self, error: str) -> None:
+        self.channel.retry(self.batch, error)
+
+    def split(self) -> bool:
+        if self.count < 2:
+            return False
+        self.channel.split(self.batch)
+        return True
+
+    def drop(self, reason: str, error: str, *, requested: bool) -> None:
+        self.channel.dropped(self.batch, reason, error, requested=requested)
+
+    def release(self) -> None:
+        self.channel.unclaim(self.batch)
+
+
+class SpoolSource:
+    """A claimed spool file. It stays claimed, first in its lane, until it is resolved;
+    its channel is the one that wrote it (``own``), else one of its lane's.
+
+    Args:
+        spool: The spool it was claimed from.
+        batch: The claimed file.
+        channel: Its writer, or another channel of its lane.
+        resolved: Called once it is acknowledged or dropped (the bridge frees the slot).
+    """
+
+    origin = " from the spool"
+
+    def __init__(
+        self,
+        spool: Spool,
+        batch: SpooledBatch,
+        channel: Channel,
+        resolved: Callable[[SpoolSource], None],
+    ) -> None:
+        self.spool = spool
+        self.batch = batch
+        self.channel = channel
+        self.count = batch.count
+        self.own = batch.own(channel.serial)
+        self.split_requested = False  # the bridge writes its halves
+        self._attempts = 0
+        self._resolved = resolved
+
+    @property
+    def attempts(self) -> int:
+        return self._attempts
+
+    def payload(self) -> tuple[bytes | bytearray, bytes | None]:
+        return b"", self.batch.body
+
+    def sent(self, quarantined: int, wire_bytes: int) -> None:
+        self.spool.failpoint("acked")  # killed after the answer, before the file is removed
+        self.spool.done(self.batch)
+        self.channel.unspooled(self.count, own=self.own, sent=True, quarantined=quarantined)
+        self._resolved(self)
+
+    def retry(self, error: str) -> None:
+        self._attempts += 1
+        self.channel.note_error(error)
+
+    def split(self) -> bool:
+        self.split_requested = self.count > 1
+        return self.split_requested
+
+    def drop(self, reason: str, error: str, *, requested: bool) -> None:
+        self.spool.done(self.batch)
+        if error:
+            self.channel.note_error(error)
+        self.channel.unspooled(self.count, own=self.own, sent=False, reason=reason)
+        self._resolved(self)
+
+    def release(self) -> None:
+        """Stays claimed in its lane's slot: sent again next."""
+
+
+class Delivery:
+    """One worker's attempts and what their answers mean, with the messages that say so.
+
+    Args:
+        host: The API host.
+        transport: What sends.
+        timeouts: ``(connect_timeout, timeout)`` now (the longest of the producers').
+        exit_deadline: When the exit budget runs out, once exiting.
+        spooling: Whether events are kept on disk too (for the failure message).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        transport: Transport,
+        timeouts: Callable[[], tuple[float, float]],
+        exit_deadline: Callable[[], float | None],
+        *,
+        spooling: bool,
+    ) -> None:
+        self.host = host
+        self.transport = transport
+        self._timeouts = timeouts
+        self._exit_deadline = exit_deadline
+        self._spooling = spooling
+        self._failing_since: float | None = None
+
+    def attempt(self, lane: Lane, source: Source, deadline: float | None) -> None:
+        """Send ``source`` once, on this thread, and resolve it by the answer.
+
+        ``deadline`` (a synchronous flush's) caps the attempt's own, with the exit budget
+        and a closed channel's deadline. A ``BaseException`` leaves it unresolved.
+        """
+        channel = source.channel
+        resolved = False
+        try:
+            connect_timeout, timeout = self._timeouts()
+            # wait=true answers can take ~25 s (events-api docs): 60 s for those.
+            timeout = max(timeout, 60.0) if channel.wait else timeout
+            now = time.monotonic()
+            limits = (deadline, self._exit_deadline(), channel.close_deadline)
+            cap = min([now + connect_timeout + timeout, *(d for d in limits if d is not None)])
+            lane.pacing.started(now)
+            ndjson, gzipped = source.payload()
+            answer = self.transport.post(
+                lane.datasource,
+                ndjson,
+                wait=channel.wait,
+                read_timeout=timeout,
+                deadline=cap,
+                gzipped=gzipped,
+                connect_timeout=connect_timeout,
+            )
+            lane.pacing.answered(answer.status, answer.headers, time.monotonic())
+            self._apply(lane, source, answer)
+            resolved = True
+        except Exception as exc:  # noqa: BLE001 - a bug is not a transport error: drop it
+            source.drop("error", self.transport.redact(f"internal error: {exc!r}"), requested=False)
+            resolved = True
+            what = f"{source.count} event(s){source.origin} for {lane.datasource!r}"
+            report_internal_error(exc, what, self.transport.redact)
+        finally:
+            if not resolved:
+                source.release()
+
+    def _apply(self, lane: Lane, source: Source, answer: Attempt) -> None:
+        """The outcome table (see the module docstring)."""
+        outcome = _retry.classify(answer.status)
+        if outcome is _retry.Outcome.RETRY:
+            pause = _retry.delay(answer.status, answer.headers, source.attempts)
+            lane.paused_until = time.monotonic() + pause
+            lane.failing = True
+            source.retry(describe(self.host, answer))
+            self._say_failing(lane.datasource, answer)
+            return
+        lane.failing = False
+        if outcome is _retry.Outcome.SENT:
+            self._say_recovered()
+            source.sent(answer.quarantined_rows, answer.wire_bytes)
+            if answer.quarantined_rows:
+                _diagnostics.say_once(
+                    f"quarantine:{lane.datasource}",
+                    f"{answer.quarantined_rows} row(s) sent to {lane.datasource!r} did not "
+                    f"fit its schema and went to {lane.datasource}_quarantine; they are not "
+                    "retried (stats().quarantined counts them).",
+                )
+        elif outcome is not _retry.Outcome.SPLIT or not source.split():
+            self._drop(lane.datasource, source, answer)
+
+    def _drop(self, datasource: str, source: Source, answer: Attempt) -> None:
+        status = answer.status or 0
+        reason = "too_large" if status == 413 else f"http_{status}"
+        error = describe(self.host, answer)
+        source.drop(reason, error, requested=True)
+        hint = (
+            "a single event exceeds the request cap (lower max_event_bytes)"
+            if status == 413
+            else _retry.drop_hint(status, datasource, self.host)
+        )
+        _diagnostics.say_once(
+            f"drop:{datasource}:{status}",
+            f"{error} for data source {datasource!r}: {hint}. Dropped {source.count} "
+            f"event(s){source.origin} without retrying; later batches are dropped the same "
+            f"way and counted in stats().dropped_by_reason[{reason!r}].",
+        )
+
+    def _say_failing(self, datasource: str, answer: Attempt) -> None:
+        """The first failure of a kind is said at once, then not again until the host
+        answers (``_say_recovered``) and fails anew.
+        """
+        if self._exit_deadline() is not None:
+            return  # the exit report says what could not be delivered, and why
+        kind = answer.kind if answer.status is None else f"http_{answer.status}"
+        where = "" if answer.status is None else f":{datasource}"
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        kept = "up to the memory bound" + (", then in the spool" if self._spooling else "")
+        _diagnostics.say_once(
+            f"failing:{self.host}:{kind}{where}",
+            f"{describe(self.host, answer)}: "
+            f"{_retry.failure_hint(answer.status, answer.kind, self.host)}. Events are kept "
+            f"({kept}) and retried; this is said again only after a recovery.",
+        )
+
+    def _say_recovered(self) -> None:
+        since = self._failing_since
+        if since is None:
+            return
+        self._failing_since = None
+        if _diagnostics.forget(f"failing:{self.host}:"):
+            _diagnostics.say(
+                f"{self.host} answers again: delivering, after {time.monotonic() - since:.0f} s "
+                "of failures."
+            )
+
+
+def describe(host: str, answer: Attempt) -> str:
+    """An answer as text for messages and ``last_error``."""
+    if answer.status is None:
+        return f"{host}: {answer.error}"
+    text = f": {answer.error}" if answer.error else ""
+    return f"{host} answered {answer.status}{text}"
+
+
+def report_internal_error(
+    exc: BaseException, lost: str, redact: Callable[[str], str] = str
+) -> None:
+    """Say once per kind of error where it happened, and what to do; the loop goes on."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    dropped = f"; {lost} dropped, counted as 'error'" if lost else ""
+    if isinstance(exc, RecursionError) and "gevent" in sys.modules:
+        # gevent's ssl patching applied after ssl was imported (gunicorn --preload with
+        # gevent workers) recurses in SSLContext: gevent's docs say patch first.
+        advice = (
+            " gevent monkey-patched ssl after it was imported: call "
+            "gevent.monkey.patch_all() before anything else is imported (first line of "
+            "gunicorn.conf.py, or drop --preload)."
+        )
+    else:
+        advice = " Sending goes on; please report this."
+    _diagnostics.say_once(
+        f"internal:{type(exc).__name__}{where}",
+        redact(f"internal error in the sender ({type(exc).__name__}: {exc}{where}){dropped}.")
+        + advice,
+    )
