@@ -128,6 +128,8 @@ def served(
 def test_the_printed_url_opens_the_page_with_counts_and_a_chart(
     served: tuple[LocalServer, io.StringIO], tmp_path: Path, request_lines: list[str]
 ) -> None:
+    """The printed URL opens the page ready: counts, quarantine, a chart, the newest events; the
+    token in no request line or log line."""
     local, log = served
     fill(local)
     assert local.page_url == f"{local.url}/#token={local.token}"
@@ -167,6 +169,8 @@ def test_the_printed_url_opens_the_page_with_counts_and_a_chart(
 def test_without_the_token_the_page_shows_no_data(
     fragment: str, tmp_path: Path, request_lines: list[str]
 ) -> None:
+    """Without the token (or with a refused one) the page asks for no data, shows none, and says
+    where the token is."""
     with LocalServer() as local:
         fill(local)
         before = len(request_lines)
@@ -227,6 +231,8 @@ WATERFALL = """[...document.querySelectorAll('#waterfall .span-row[data-span-id]
 def test_a_click_on_a_trace_shows_its_spans_as_a_waterfall(
     served: tuple[LocalServer, io.StringIO], shape: str, datasource: str, tmp_path: Path
 ) -> None:
+    """A click on a trace id shows its spans in tree order, each at its depth, a failure in red, for
+    both span shapes."""
     local, _ = served
     trace_ids = send_spans(local, shape)
     with Browser(tmp_path / "profile") as browser:
@@ -250,6 +256,8 @@ def test_a_click_on_a_trace_shows_its_spans_as_a_waterfall(
 def test_the_sql_box_answers_as_tb_sql_and_refuses_what_the_server_refuses(
     served: tuple[LocalServer, io.StringIO], tmp_path: Path, request_lines: list[str]
 ) -> None:
+    """The SQL box answers through POST /v0/sql (the token never in its URL) and shows the server's
+    read-only refusal."""
     local, _ = served
     fill(local)
     result = "[...document.querySelectorAll('#sql-result tbody tr')].map((r) => r.textContent)"
@@ -334,6 +342,7 @@ class TestTheURL:
     (tinybird 5.0.3, tb/modules/common.py ``format_host``: ``"localhost" in host``)."""
 
     def test_on_loopback_it_is_localhost(self) -> None:
+        """Bound to 127.0.0.1, the server's URL is http://localhost:PORT, and answers there."""
         with LocalServer() as local:
             port = local.url.rsplit(":", 1)[1]
             assert local.url == f"http://localhost:{port}"
@@ -341,11 +350,13 @@ class TestTheURL:
             assert answer.status == 200
 
     def test_otherwise_the_address_it_listens_on(self) -> None:
+        """On another address the URL names it (IPv6 in brackets)."""
         assert _base_url("::1", 7181) == "http://[::1]:7181"
         assert _base_url("0.0.0.0", 7181) == "http://0.0.0.0:7181"
         assert _base_url("127.0.0.1", 7181) == "http://localhost:7181"
 
     def test_the_readme_and_the_docs_show_the_url_it_prints(self) -> None:
+        """The README's export line and the docs show the URL the server prints for port 7181."""
         root = Path(__file__).parent.parent
         readme = (root / "README.md").read_text()
         assert f"export TINYBIRD_HOST={_base_url('127.0.0.1', 7181)}\n" in readme
@@ -370,6 +381,8 @@ class TestSecurity:
 
     @pytest.mark.parametrize("path", ["/", "/app.js", "/app.css", "/chart.js", "/favicon.svg"])
     def test_the_files_are_public_and_hold_no_data(self, local: LocalServer, path: str) -> None:
+        """The page's files answer without the token, hold no data, and carry the page's headers
+        (CSP, no framing, no CORS)."""
         answer = self.get(local, path)
         assert answer.status == 200
         assert local.token.encode() not in answer.data and b"page_view" not in answer.data
@@ -382,6 +395,7 @@ class TestSecurity:
         assert not [h for h in answer.headers if h.lower().startswith("access-control-")]
 
     def test_the_page_has_no_inline_script_or_style(self, local: LocalServer) -> None:
+        """The page's HTML loads one module script: no inline script, style or handler."""
         page = self.get(local, "/").data.decode()
         assert re.findall(r"<script\b[^>]*>", page) == ['<script type="module" src="/app.js">']
         assert "<style" not in page and not re.search(r"<[^>]*\s(style|on\w+)=", page)
@@ -400,17 +414,21 @@ class TestSecurity:
     def test_other_origins_get_not_even_the_page(
         self, local: LocalServer, headers: dict[str, str]
     ) -> None:
+        """A foreign Host, a foreign or null Origin, a cross-site or same-site fetch get a 403, not
+        the page."""
         for path in ("/", "/app.js"):
             answer = self.get(local, path, **headers)
             assert answer.status == 403 and b"<html" not in answer.data, (path, answer.data)
 
     def test_the_data_still_needs_the_token(self, local: LocalServer) -> None:
+        """From the page's own origin, the data still needs the token."""
         own = {"Origin": local.url, "Sec-Fetch-Site": "same-origin"}
         assert self.get(local, "/v0/datasources", **own).status == 403
         answer = self.get(local, "/v0/datasources", **own, Authorization=f"Bearer {local.token}")
         assert answer.status == 200
 
     def test_the_page_is_only_read(self, local: LocalServer) -> None:
+        """POST, PUT and DELETE to the page do nothing."""
         for method in ("POST", "PUT", "DELETE"):
             answer = urllib3.request(method, f"{local.url}/", body=b"x", retries=False)
             assert answer.status in (403, 404), (method, answer.status)

@@ -39,6 +39,7 @@ def requests_in(output: str) -> dict[tuple[str, str, str], int]:
 
 
 def test_a_request_is_one_line() -> None:
+    """One request is one line: method, path, status, rows (quarantined), milliseconds."""
     stream = io.StringIO()
     log = RequestLog(stream)
     log.record("POST", "/v0/events", 202, rows=100, quarantined=3, seconds=0.0012)
@@ -54,6 +55,7 @@ def test_a_request_is_one_line() -> None:
 
 
 def test_a_burst_is_summed_and_every_request_counted() -> None:
+    """3,030 requests in a burst make a few lines, which count every one of them."""
     stream = io.StringIO()
     log = RequestLog(stream)
     started = time.monotonic()
@@ -73,6 +75,7 @@ def test_a_burst_is_summed_and_every_request_counted() -> None:
 
 
 def test_a_quiet_path_is_printed_again_one_line_a_request() -> None:
+    """After a quiet window, a path that was summed gets a line per request again."""
     stream = io.StringIO()
     log = RequestLog(stream)
     for _ in range(5):
@@ -88,6 +91,7 @@ def test_a_quiet_path_is_printed_again_one_line_a_request() -> None:
 
 
 def test_a_line_holds_no_token_and_no_control_character() -> None:
+    """The token is masked, control characters escaped, long paths cut."""
     stream = io.StringIO()
     log = RequestLog(stream, hide=["p.local.secret"])
     log.record("GET", "/v0/datasources/p.local.secret", 404)
@@ -112,6 +116,7 @@ class Stuck(io.StringIO):
 
 
 def test_a_terminal_that_stops_reading_holds_no_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream that blocks holds no request; the lines that did not fit are counted and said."""
     monkeypatch.setattr(_requestlog, "_PENDING", 5)
     stream = Stuck()
     log = RequestLog(stream)
@@ -135,6 +140,7 @@ def test_a_terminal_that_stops_reading_holds_no_request(monkeypatch: pytest.Monk
 
 
 def test_a_closed_stream_ends_the_log_quietly() -> None:
+    """A closed stream ends the log without an error, before or after close()."""
     stream = io.StringIO()
     log = RequestLog(stream)
     stream.close()
@@ -144,6 +150,8 @@ def test_a_closed_stream_ends_the_log_quietly() -> None:
 
 
 def test_the_server_logs_each_request_without_its_query_string() -> None:
+    """The server logs each request (refusals too) without its query string, where the CLIs put the
+    token."""
     stream = io.StringIO()
     with LocalServer(request_log=stream) as local:
         assert post(local, "simple_events", ndjson(EVENT, {"bad": 1}))[0] == 202
@@ -191,6 +199,7 @@ class Lines:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("quiet", [False, True])
 def test_the_command_prints_a_line_per_request_unless_quiet(quiet: bool) -> None:
+    """tinybird-export local prints a line per request after its banner, and none with --quiet."""
     command = [sys.executable, "-m", "tinybird_export.local", "--port", "0", "--data", ":memory:"]
     with subprocess.Popen(
         [*command, *(["--quiet"] if quiet else [])], stdout=subprocess.PIPE, text=True
