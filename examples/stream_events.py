@@ -7,8 +7,9 @@ The screencast's script, rebuilt on tinybird-export's plain-event API::
         python examples/stream_events.py --sample-size 100 --wait
 
 With TINYBIRD_TOKEN set it streams to TINYBIRD_HOST (default https://api.tinybird.co);
-without one it starts an embedded local Events API on 127.0.0.1 (tinybird-export local, in
-its own session, so that Ctrl-C reaches only this script) and streams there. It shows its
+without one it starts an embedded local Events API on localhost (tinybird-export local, in
+its own session, so that Ctrl-C reaches only this script; quiet: no request lines) and
+streams there, printing the URL of its page to watch the events arrive. It shows its
 progress (events/s, requests/s, kB/s, the last error) as a live line on a terminal and as
 one line every few seconds otherwise, and on Ctrl-C or after --duration prints the final
 throughput and the data source's row count, then stops the server it started.
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         local = spawn()
         host, token = local.url, local.token
         print(f"TINYBIRD_TOKEN not set: streaming to an embedded local Events API at {host}")
+        print(f"watch the events arrive: {local.page_url}")
     try:
         return stream(options, host, token)
     finally:

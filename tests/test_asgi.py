@@ -24,6 +24,7 @@ from tinybird_export.asgi import RequestContextMiddleware
 from tinybird_export.testing import EventsServer
 
 Message = MutableMapping[str, Any]  # an ASGI scope or message
+NO_MIDDLEWARE = "uvicorn serves this app without tinybird_export.asgi.RequestContextMiddleware"
 
 starlette = pytest.importorskip("starlette")
 from starlette.applications import Starlette  # noqa: E402
@@ -98,6 +99,23 @@ def starlette_app(**options: Any) -> Starlette:
     )
     app.add_middleware(RequestContextMiddleware, **options)
     return app
+
+
+async def run_lifespan(app: Any) -> list[str]:
+    """Run ``app``'s lifespan as a server would (startup, then shutdown), logging one event
+    in between; the types of the messages the app sent back."""
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[str] = []
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message["type"])
+
+    log.info("logged while serving")
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    return sent
 
 
 class TestStarletteTestClient:
@@ -231,24 +249,94 @@ class TestStarletteTestClient:
     ) -> None:
         """hypercorn can serve ASGI on trio: the flush must not need asyncio."""
         trio = pytest.importorskip("trio")
-        app = RequestContextMiddleware(starlette_app())
-        messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
-        sent: list[str] = []
-
-        async def lifespan() -> None:
-            async def receive() -> Message:
-                return messages.pop(0)
-
-            async def send(message: Message) -> None:
-                sent.append(message["type"])
-
-            log.info("logged while serving")
-            await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
-
-        trio.run(lifespan)
+        sent = trio.run(run_lifespan, RequestContextMiddleware(starlette_app()))
         assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
         events = [e["event"] for e in server.events()]
         assert events == ["logged while serving", "app shutting down"]
+
+    @pytest.mark.parametrize("refusal", ["raises", "returns"])
+    def test_an_app_that_refuses_lifespan_gets_it_answered_and_delivers(
+        self, server: EventsServer, shop_and_access: TinybirdHandler, refusal: str
+    ) -> None:
+        """An app that raises on the lifespan scope before any message (Django) or returns
+        at once: the middleware completes startup and shutdown itself, delivering first."""
+
+        async def no_lifespan(scope: Message, receive: Any, send: Any) -> None:
+            if refusal == "raises":
+                raise ValueError("Django can only handle ASGI/HTTP connections, not lifespan.")
+
+        sent = asyncio.run(run_lifespan(RequestContextMiddleware(no_lifespan)))
+        assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+        assert [e["event"] for e in server.events()] == ["logged while serving"]
+
+    def test_an_app_whose_startup_fails_keeps_its_failure(
+        self, server: EventsServer, shop_and_access: TinybirdHandler
+    ) -> None:
+        """An app that received lifespan.startup and raised is not answered for: the
+        server sees its error (uvicorn's --lifespan on then exits)."""
+
+        async def failing(scope: Message, receive: Any, send: Any) -> None:
+            await receive()
+            raise RuntimeError("database unreachable")
+
+        with pytest.raises(RuntimeError, match="database unreachable"):
+            asyncio.run(run_lifespan(RequestContextMiddleware(failing)))
+
+    @pytest.mark.parametrize("sigterm", ["default", "handled"])
+    def test_without_any_lifespan_it_says_what_to_do_where_nothing_would_deliver(
+        self, sigterm: str
+    ) -> None:
+        """No lifespan and no uvicorn: with SIGTERM at its default action (nothing would
+        deliver) the first request says once what to do; a server that handles SIGTERM is
+        trusted."""
+        result = run_python(f"""
+            import asyncio, signal
+            from tinybird_export import TinybirdHandler
+            from tinybird_export.asgi import RequestContextMiddleware
+            handler = TinybirdHandler(datasource="x", token="t", exit_timeout=0)
+            if {sigterm == "handled"}:
+                signal.signal(signal.SIGTERM, lambda *_: None)
+
+            async def app(scope, receive, send):
+                await send({{"type": "http.response.start", "status": 204, "headers": []}})
+
+            async def serve():
+                async def send(message):
+                    pass
+                middleware = RequestContextMiddleware(app)
+                for _ in range(3):
+                    await middleware({{"type": "http", "path": "/", "headers": []}}, None, send)
+            asyncio.run(serve())
+        """)
+        assert result.returncode == 0, result.stderr
+        said = result.stderr.count("no ASGI lifespan reached RequestContextMiddleware")
+        assert said == (1 if sigterm == "default" else 0), result.stderr
+        if said:
+            assert "install_sigterm_handler()" in result.stderr
+
+    def test_a_uvicorn_it_cannot_hook_is_said(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A uvicorn whose shutdown is not what the package knows: said once, not silent."""
+        from tinybird_export import _uvicorn
+
+        class Frozen:  # no attribute can be set on it
+            __slots__ = ()
+
+            async def shutdown(self) -> None:
+                pass
+
+        server = type("Server", (), {"__module__": "uvicorn.server", "lifespan": Frozen()})()
+        monkeypatch.setattr(_uvicorn, "serving_server", lambda: server)
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            pass
+
+        middleware = RequestContextMiddleware(app)
+        for _ in range(2):
+            asyncio.run(middleware({"type": "http", "path": "/", "headers": []}, None, None))  # type: ignore[arg-type]
+        err = capsys.readouterr().err
+        assert err.count("this uvicorn's shutdown could not be hooked") == 1, err
 
     def test_invalid_shutdown_timeout_is_refused(self) -> None:
         """A negative shutdown_timeout is refused at construction."""
@@ -289,6 +377,8 @@ all_in = asyncio.Event()
 
 
 async def raw_app(scope, receive, send):
+    if scope["type"] == "lifespan" and os.environ.get("LIFESPAN") == "ignore":
+        return  # an app that does not speak lifespan and says nothing (no error either)
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -333,11 +423,11 @@ if __name__ == "__main__":  # uvicorn.run() from the app's own code
 
 @contextlib.contextmanager
 def uvicorn(
-    command: list[str], env: dict[str, str], cwd: Path, workers: int = 1
+    command: list[str], env: dict[str, str], cwd: Path, workers: int = 1, lifespan: bool = True
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """A running uvicorn and its base URL, once each of its ``workers`` has completed
-    lifespan startup (read from its stderr, so no polling); killed, with any worker, if the
-    test did not stop it.
+    lifespan startup (read from its stderr, so no polling; with ``lifespan`` false, once it
+    listens); killed, with any worker, if the test did not stop it.
     """
     proc = subprocess.Popen(
         command,
@@ -358,7 +448,7 @@ def uvicorn(
             found = re.search(r"running on (http://\S+)", line)
             url = url or (found.group(1) if found else None)
             started += "Application startup complete." in line
-            if url and started == workers:
+            if url and (started == workers or not lifespan):
                 break
         else:
             pytest.fail("uvicorn did not start:\n" + "".join(seen))
@@ -382,12 +472,14 @@ def uvicorn_cli(*options: str) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "uvicorn_app:app", *options]
 
 
-def send_requests(url: str, count: int) -> None:
+def send_requests(url: str, count: int, path: str = "/r/") -> None:
     import urllib3
 
     pool = urllib3.PoolManager(retries=False, timeout=10)
     for i in range(count):
-        response = pool.request("GET", f"{url}/r/{i}?token=s", headers={"X-Request-ID": f"r-{i}"})
+        response = pool.request(
+            "GET", f"{url}{path}{i}?token=s", headers={"X-Request-ID": f"r-{i}"}
+        )
         assert response.status == 200
 
 
@@ -440,6 +532,7 @@ class TestUvicorn:
         assert uvicorn_lines.count("Waiting for application shutdown.") == workers
         late = uvicorn_lines.count("Application shutdown complete.")
         assert late == (workers if how == signal.SIGINT else 0), uvicorn_lines
+        assert NO_MIDDLEWARE not in err
 
     def test_without_the_middleware_sigterm_loses_what_is_queued(
         self, server: EventsServer, app_dir: Path
@@ -450,6 +543,24 @@ class TestUvicorn:
             code, err = stop(proc, signal.SIGTERM)
         assert code == -signal.SIGTERM, err
         assert server.events() == []  # killed by the re-raised signal: no exit drain
+        assert err.count(NO_MIDDLEWARE) == 1, err  # said once, at the first request line
+
+    @pytest.mark.parametrize(
+        "options", [["--no-access-log"], ["--workers", "2"]], ids=["no-access-log", "2-workers"]
+    )
+    def test_without_the_middleware_it_says_what_to_add(
+        self, server: EventsServer, app_dir: Path, options: list[str]
+    ) -> None:
+        """Without access lines, the check runs at uvicorn's "Shutting down" line; with
+        --workers, each worker says it once."""
+        workers = 2 if "--workers" in options else 1
+        port = free_port() if workers > 1 else 0
+        command = uvicorn_cli("--port", str(port), *options)
+        with uvicorn(command, child_env(server), app_dir, workers) as (proc, url):
+            send_requests(url, 3)
+            _, err = stop(proc, signal.SIGTERM)
+        assert err.count(NO_MIDDLEWARE) == workers, err
+        assert "app.add_middleware(RequestContextMiddleware)" in err
 
     def test_install_sigterm_handler_before_uvicorn_run_drains_at_exit(
         self, server: EventsServer, app_dir: Path
@@ -467,6 +578,67 @@ class TestUvicorn:
         assert events.count("request started") == 22
         assert "shutdown handler ran" in events
         assert events[-1].startswith("Finished server process")  # logged after lifespan
+
+    @pytest.mark.parametrize(
+        ("lifespan", "options"),
+        [("ignore", []), ("off", ["--lifespan", "off"])],
+        ids=["app-ignores-lifespan", "lifespan-off"],
+    )
+    def test_an_app_without_lifespan_delivers_at_sigterm(
+        self, server: EventsServer, app_dir: Path, lifespan: str, options: list[str]
+    ) -> None:
+        """An app that does not speak lifespan (the middleware answers it), or uvicorn
+        run with ``--lifespan off`` (the middleware delivers at uvicorn's shutdown): what
+        was logged before SIGTERM arrives all the same.
+        """
+        env = {**child_env(server), "MIDDLEWARE": "1", "LIFESPAN": lifespan}
+        command = uvicorn_cli("--port", "0", *options)
+        with uvicorn(command, env, app_dir, lifespan=not options) as (proc, url):
+            send_requests(url, 21)
+            code, err = stop(proc, signal.SIGTERM)
+        assert code == -signal.SIGTERM, err
+        events = server.events()
+        ids = sorted(f"r-{i}" for i in range(21))
+        started = [e for e in events if e["event"] == "request started"]
+        assert sorted(e["request_id"] for e in started) == ids, err
+        assert sorted(e["request_id"] for e in by_logger(events, ACCESS_LOGGER)) == ids
+        assert "tinybird-export" not in err  # nothing to say: it was delivered
+
+    @pytest.mark.parametrize("options", [[], ["--lifespan", "off"]], ids=["auto", "lifespan-off"])
+    def test_django_asgi_under_uvicorn_delivers_at_sigterm(
+        self, server: EventsServer, tmp_path: Path, options: list[str]
+    ) -> None:
+        """Django's ASGI handler refuses the lifespan scope (it raises); wrapped in the
+        middleware, its requests' events are delivered at SIGTERM (issue 24: 0 of 21).
+        """
+        pytest.importorskip("django")
+        from tests.test_frameworks import DJANGO_PROJECT
+
+        (tmp_path / "slow_settings.py").write_text(
+            "from shop.settings import *  # noqa: F403\n"
+            "# flush_interval 60 s: what arrives was delivered by the stop path under test\n"
+            'LOGGING["handlers"]["tinybird"]["flush_interval"] = 60  # noqa: F405\n'
+        )
+        (tmp_path / "django_asgi.py").write_text(
+            "import os, sys\n"
+            f"sys.path.insert(0, {str(DJANGO_PROJECT)!r})\n"
+            'os.environ["DJANGO_SETTINGS_MODULE"] = "slow_settings"\n'
+            "from django.core.asgi import get_asgi_application\n"
+            "from tinybird_export.asgi import RequestContextMiddleware\n"
+            "application = RequestContextMiddleware(get_asgi_application())\n"
+        )
+        env = {**child_env(server), "TINYBIRD_DATASOURCE": "django_logs"}
+        command = [sys.executable, "-m", "uvicorn", "django_asgi:application", "--port", "0"]
+        with uvicorn([*command, *options], env, tmp_path, lifespan=not options) as (proc, url):
+            send_requests(url, 21, path="/hello/")
+            code, err = stop(proc, signal.SIGTERM)
+        assert code == -signal.SIGTERM, err
+        events = server.events("django_logs")
+        said = [e for e in by_logger(events, "shop") if e["event"] == "said hello"]
+        assert sorted(e["request_id"] for e in said) == sorted(f"r-{i}" for i in range(21)), err
+        access = by_logger(events, ACCESS_LOGGER)
+        assert sorted(e["status"] for e in access) == [200] * 21
+        assert "tinybird-export" not in err
 
     def test_500_concurrent_requests_each_keep_their_own_context(
         self, server: EventsServer, app_dir: Path

@@ -94,7 +94,11 @@ class TestRetries:
             ({"x-ratelimit-reset": "2"}, 2.0),
             ({"retry-after": "1", "x-ratelimit-reset": "9"}, 1.0),
             ({"retry-after": "soon"}, None),
-            ({"retry-after": "99999"}, 300.0),
+            ({"retry-after": "1000"}, 60.0),  # plausible: capped at a minute
+            ({"retry-after": "99999"}, None),  # not a wait (issue 24: it parked 300 s)
+            ({"retry-after": "1e308"}, None),
+            ({"x-ratelimit-reset": "1e9"}, None),  # an epoch, as gateways send
+            ({"retry-after": "1e308", "x-ratelimit-reset": "2"}, 2.0),
             ({"retry-after": "0.05"}, 0.5),
             ({}, None),
         ],
@@ -103,12 +107,30 @@ class TestRetries:
         """Retry-After and X-RateLimit-Reset are read in bounds, bogus values ignored."""
         assert _retry.server_delay(headers) == expected
 
+    def test_an_absurd_wait_falls_back_to_the_backoff(self) -> None:
+        """An absurd Retry-After or X-RateLimit-Reset is no wait: the backoff schedule applies."""
+        for headers in ({"retry-after": "1e308"}, {"x-ratelimit-reset": "1e9"}):
+            assert _retry.delay(429, headers, 0) <= 0.5
+            assert _retry.delay(429, headers, 3) <= 4.0
+
     def test_retry_after_http_date(self) -> None:
         """A Retry-After HTTP date is a wait from now."""
         now = time.time()
         header = email.utils.formatdate(now + 5, usegmt=True)
         delay = _retry.server_delay({"retry-after": header}, now=now)
         assert delay is not None and 3.9 <= delay <= 5.1
+
+    def test_retry_after_http_date_is_gmt_whatever_its_zone_says(self) -> None:
+        """``-0000`` made a naive datetime, read in the machine's local time zone."""
+        now = time.time()
+        header = email.utils.formatdate(now + 5)[:-5] + "-0000"
+        delay = _retry.server_delay({"retry-after": header}, now=now)
+        assert delay is not None and 3.9 <= delay <= 5.1
+
+    def test_a_far_http_date_is_not_a_wait(self) -> None:
+        """A Retry-After date in year 9999 is not a wait."""
+        far = "Fri, 31 Dec 9999 23:59:59 GMT"
+        assert _retry.server_delay({"retry-after": far}) is None
 
 
 class TestRateLimit:

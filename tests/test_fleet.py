@@ -4,6 +4,7 @@ and recovers, and backpressure that keeps the errors. Not timed: bench/fleet.py 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from typing import Any
@@ -13,15 +14,21 @@ import pytest
 from tinybird_export._pacing import MAX_SPACING, Pacing
 from tinybird_export.testing import EventsServer, Reply
 
+LOW = {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "10"}
+SPENT = {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "1"}
+ROOM = {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "90"}
+
 
 class TestPacing:
+    """The rules of ``_pacing``, on a fake clock (``now`` is given, nothing sleeps)."""
+
     def test_429_doubles_from_the_interval_and_is_capped(self) -> None:
         """Each 429 doubles the spacing from flush_interval, up to the cap."""
         pacing = Pacing(1.0, enabled=True)
         assert pacing.spacing == 0
         spacings = []
         for _ in range(8):
-            pacing.answered(429, {})
+            pacing.answered(429, {}, 0.0)
             spacings.append(pacing.spacing)
         assert spacings[:4] == [1.0, 2.0, 4.0, 8.0]
         assert max(spacings) == MAX_SPACING
@@ -29,28 +36,85 @@ class TestPacing:
     def test_a_low_remaining_slows_down_before_any_429(self) -> None:
         """A low X-RateLimit-Remaining grows the spacing before any 429."""
         pacing = Pacing(1.0, enabled=True)
-        pacing.answered(202, {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "10"})
+        pacing.answered(202, LOW, 0.0)
         assert pacing.spacing == 1.0
-        pacing.answered(202, {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "10"})
+        pacing.answered(202, LOW, 0.0)
         assert pacing.spacing == 1.5
-        pacing.answered(202, {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "30"})
+        pacing.answered(202, {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "30"}, 0.0)
         assert pacing.spacing == 1.5  # between a fifth and a half: hold
 
-    @pytest.mark.parametrize(
-        "headers",
-        [{}, {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "90"}],
-        ids=["no headers", "room to spare"],
-    )
-    def test_recovery_is_additive_back_to_no_pacing(self, headers: dict[str, str]) -> None:
-        """Room to spare shrinks the spacing step by step, back to none."""
+    @pytest.mark.parametrize("headers", [{}, ROOM], ids=["no headers", "room to spare"])
+    def test_recovery_halves_back_as_fast_as_429s_doubled(self, headers: dict[str, str]) -> None:
+        """Issue 24: a tenth of the interval per acknowledgement took hours from 32 s."""
         pacing = Pacing(1.0, enabled=True)
-        pacing.answered(429, {})
-        pacing.answered(429, {})
-        steps = 0
-        while pacing.spacing:
-            pacing.answered(202, headers)
-            steps += 1
-        assert steps == 20  # 2 s back to 0 by a tenth of the interval per request
+        for _ in range(6):
+            pacing.answered(429, {}, 0.0)
+        assert pacing.spacing == 32.0
+        spacings = []
+        for _ in range(7):
+            pacing.answered(202, headers, 0.0)
+            spacings.append(round(pacing.spacing, 6))
+        # Halved down to the flush interval, then probed gently back to no pacing.
+        assert spacings == [16.0, 8.0, 4.0, 2.0, 1.0, 0.9, 0.8]
+
+    def test_recovery_stops_halving_at_the_pace_held_before_the_429s(self) -> None:
+        """A fleet near the limit keeps what it learnt: room after 429s brings a lane back
+        to the spacing it held steadily before them, not below."""
+        pacing = Pacing(1.0, enabled=True)
+        for headers in (LOW, LOW, LOW):  # the fleet nears the limit: 1, 1.5, 2.25
+            pacing.answered(202, headers, 0.0)
+        pacing.answered(202, {"x-ratelimit-limit": "100", "x-ratelimit-remaining": "30"}, 0.0)
+        for _ in range(3):
+            pacing.answered(429, {}, 0.0)
+        assert pacing.spacing == 18.0
+        for _ in range(3):
+            pacing.answered(202, ROOM, 0.0)
+        assert pacing.spacing == 2.25  # 9, 4.5, 2.25: the steady pace
+        pacing.answered(202, ROOM, 0.0)
+        assert pacing.spacing == pytest.approx(2.15)  # below it: a tenth at a time
+
+    @pytest.mark.parametrize("headers", [{}, ROOM], ids=["no headers", "room to spare"])
+    def test_alternating_429_and_room_does_not_climb(self, headers: dict[str, str]) -> None:
+        """Issue 24: alternating answers climbed to 25.8 s (and on, to the cap)."""
+        pacing = Pacing(1.0, enabled=True)
+        highest = 0.0
+        for _ in range(200):
+            pacing.answered(429, {}, 0.0)
+            highest = max(highest, pacing.spacing)
+            pacing.answered(202, headers, 0.0)
+        assert highest <= 2.0
+
+    def test_a_spent_window_holds_until_its_reset_and_never_reaches_the_cap(self) -> None:
+        """Issue 24: ``Remaining: 0`` on every 202 drove the spacing to 60 s."""
+        pacing = Pacing(1.0, enabled=True)
+        now = 0.0
+        for _ in range(200):
+            pacing.started(now)
+            pacing.answered(202, SPENT, now + 0.01)
+            # Every request, even a full batch, waits for the window to reset...
+            assert pacing.not_before(full_batch=True) == pytest.approx(now + 1.01)
+            now = pacing.not_before()
+        # ...and the spacing grows by half, to four flush intervals: only 429s slow further.
+        assert pacing.spacing == 4.0
+        assert pacing.interval(1.0) == 4.0
+
+    @pytest.mark.parametrize("reset", ["1e9", "5", "nan", "-1e308"])
+    def test_a_long_or_bogus_reset_is_no_hold(self, reset: str) -> None:
+        """A reset far away, or not a number, holds nothing and leaves the spacing alone."""
+        pacing = Pacing(1.0, enabled=True)
+        pacing.answered(202, {**SPENT, "x-ratelimit-reset": reset}, 100.0)
+        assert pacing.not_before(full_batch=True) <= 100.0
+        assert pacing.spacing == 1.0
+
+    def test_a_full_batch_waits_for_no_spacing(self) -> None:
+        """The spacing of 429s holds partial batches only; a full batch is not paced."""
+        pacing = Pacing(1.0, enabled=True)
+        pacing.started(100.0)
+        for _ in range(5):
+            pacing.answered(429, {}, 100.0)
+        assert pacing.not_before() == 116.0  # a partial batch: 16 s after the last start
+        assert pacing.not_before(full_batch=True) < 100.0  # a full one: not paced at all
+        assert pacing.interval(1.0) == 16.0
 
     def test_bogus_headers_and_other_answers_change_nothing(self) -> None:
         """Bogus rate-limit headers and other statuses leave the spacing alone."""
@@ -60,16 +124,18 @@ class TestPacing:
             {"x-ratelimit-limit": "0", "x-ratelimit-remaining": "0"},
             {"x-ratelimit-limit": "ten", "x-ratelimit-remaining": "0"},
         ):
-            pacing.answered(202, headers)
-        pacing.answered(503, {})
-        pacing.answered(None, {})
+            pacing.answered(202, headers, 0.0)
+        pacing.answered(503, {}, 0.0)
+        pacing.answered(None, {}, 0.0)
         assert pacing.spacing == 0
 
     def test_disabled_never_paces(self) -> None:
         """adaptive=False: no spacing, whatever the server says."""
         pacing = Pacing(1.0, enabled=False)
-        pacing.answered(429, {})
+        pacing.answered(429, {}, 0.0)
+        pacing.answered(202, SPENT, 0.0)
         assert pacing.spacing == 0
+        assert pacing.not_before(full_batch=True) == pacing.not_before() == -math.inf
 
 
 def log_until_sent(handler: Any, logger: logging.Logger, count: int) -> None:
@@ -87,18 +153,36 @@ class TestAdaptiveLanes:
         server.script(Reply(status=429, headers={"Retry-After": "0"}))
         handler = make_handler(datasource="paced", flush_interval=0.1)
         log_until_sent(handler, logger, 1)
-        assert handler.stats().send_interval == pytest.approx(0.1)  # spacing 0.1 - 0.01
+        assert handler.stats().send_interval == pytest.approx(0.1)  # spacing 0.1, then 0.09
         server.script(*[Reply(status=429, headers={"Retry-After": "0"})] * 3)
         log_until_sent(handler, logger, 1)
-        paced = handler.stats().send_interval
-        assert paced > 0.5  # 0.1 doubled on each 429, less one step for the 202
-        log_until_sent(handler, logger, 5)  # acknowledged: 0.01 s less each (to 0.1: _pacing)
-        assert handler.stats().send_interval == pytest.approx(paced - 0.05)
+        # Doubled on each 429 (0.18, 0.36, 0.72), halved by the 202 that followed.
+        assert handler.stats().send_interval == pytest.approx(0.36)
+        log_until_sent(handler, logger, 3)  # halved back to the flush interval (_pacing)
+        assert handler.stats().send_interval == pytest.approx(0.1)
         assert [e["event"] for e in server.events("paced")] == [
             "n 0",
             "n 0",
-            *(f"n {i}" for i in range(5)),
+            *(f"n {i}" for i in range(3)),
         ]
+
+    def test_a_full_batch_does_not_wait_for_the_pacing(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        """Issue 24: a full batch waited for the spacing too, so that at a high rate the
+        memory bound filled and events were dropped while the server accepted everything."""
+        server.script(Reply(status=429, headers={"Retry-After": "0"}))
+        handler = make_handler(datasource="full", flush_interval=30, batch_max_rows=10)
+        logger.addHandler(handler)
+        for i in range(10):  # a full batch: sent at once, refused; the spacing is now 30 s
+            logger.info("n %d", i)
+        assert server.wait_for(lambda: len(server.requests) == 1, 10)
+        for i in range(10, 20):  # another full batch
+            logger.info("n %d", i)
+        # Both go as soon as the 429's pause (0.5 s) ends, not 30 s after the last start.
+        assert server.wait_for(lambda: len(server.events("full")) == 20, 10)
+        assert [r.status for r in server.requests] == [429, 202, 202]
+        assert [e["event"] for e in server.events("full")] == [f"n {i}" for i in range(20)]
 
     def test_a_low_remaining_paces_without_a_429(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
@@ -136,7 +220,9 @@ class TestAdaptiveLanes:
                 f"n {i}" for i in range(300)
             )
             assert handler.stats().dropped == 0
-            assert handler.stats().send_interval > 0.01
+            # Each answer that spent the window (Remaining 0, Reset 1) held the lane until
+            # the window reset: no request was refused (there was one before issue 24).
+            assert [r.status for r in limited.requests].count(429) == 0
 
 
 class TestSeverityBackpressure:

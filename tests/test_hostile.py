@@ -78,12 +78,41 @@ class TestRetryAfter:
         assert all(b - a >= 0.2 for a, b in itertools.pairwise(times)), times
 
     def test_parsed_delays_are_finite_floored_and_capped(self) -> None:
-        """Parsed delays are finite, at least 0.5 s, at most five minutes."""
-        for value in ("nan", "inf", "-inf", "0", "-5", "1e-9", "1e300"):
+        """Parsed delays are finite, at least 0.5 s, at most a minute."""
+        for value in ("nan", "inf", "-inf", "0", "-5", "1e-9", "1e300", "3000"):
             delay = _retry.server_delay({"retry-after": value})
-            assert delay is None or (math.isfinite(delay) and 0.5 <= delay <= 300), value
+            assert delay is None or (math.isfinite(delay) and 0.5 <= delay <= 60), value
         past = email.utils.formatdate(time.time() - 3600, usegmt=True)
         assert _retry.server_delay({"retry-after": past}) == 0.5
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"X-RateLimit-Reset": "1e9"},
+            {"Retry-After": "1e308"},
+            {"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"},
+        ],
+        ids=["reset-epoch", "retry-after-1e308", "retry-after-year-9999"],
+    )
+    def test_one_bogus_wait_does_not_park_the_data_source(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        headers: dict[str, str],
+    ) -> None:
+        """Issue 24: one such 429 stopped the data source for 300 s although the endpoint
+        answered again at once. Now: the backoff schedule, ended by the first success."""
+        server.script(*[Reply(status=429, headers=headers)] * 3)
+        handler = make_handler(datasource="bogus", flush_interval=0.05)
+        logger.addHandler(handler)
+        for i in range(20):
+            logger.info("n %d", i)
+        assert server.wait_for(lambda: len(server.events("bogus")) == 20, 20)
+        statuses = [r.status for r in server.requests]
+        assert statuses[:3] == [429] * 3 and set(statuses[3:]) == {202}, statuses
+        logger.info("after")  # and the data source is not paced by a minute either
+        assert server.wait_for(lambda: len(server.events("bogus")) == 21, 10)
 
     @pytest.mark.parametrize("name", ["retry-after", "RETRY-AFTER", "x-ratelimit-reset"])
     def test_header_names_are_matched_whatever_their_case(

@@ -211,21 +211,26 @@ class TestLocalCommand:
         ) as proc:
             try:
                 assert proc.stdout is not None
-                lines = [proc.stdout.readline() for _ in range(8)]
+                lines = [proc.stdout.readline() for _ in range(10)]
                 startup = time.monotonic() - started
             finally:
                 proc.terminate()
                 proc.wait(10)
                 proc.stdout.close()  # type: ignore[union-attr]
         banner = "".join(lines)
-        assert "serving the Events API at http://127.0.0.1:" in lines[0]
+        # localhost: the name Tinybird's tb CLI takes for a local server.
+        assert "serving the Events API at http://localhost:" in lines[0]
+        url = lines[0].split(" at ")[1].strip()
+        assert lines[1].startswith(f"  page:         {url}/#token=p.local.")
         assert "engine:" in banner and "strict mode:  off" in banner
         assert (
             "app_logs, logs, otel_logs, otel_metrics_exponential_histogram, otel_metrics_gauge, "
             "otel_metrics_histogram, otel_metrics_sum, otel_traces, simple_events, traces"
         ) in banner
-        assert lines[6].startswith("export TINYBIRD_HOST=http://127.0.0.1:")
-        assert lines[7].startswith("export TINYBIRD_TOKEN=p.local.")
+        assert "requests:     one line each below" in banner
+        assert lines[8] == f"export TINYBIRD_HOST={url}\n"
+        assert lines[9].startswith("export TINYBIRD_TOKEN=p.local.")
+        assert lines[1].endswith(f"#token={lines[9].split('=')[1]}")
         assert startup < 5  # includes interpreter start-up on a loaded machine (bench: < 2 s)
 
     @pytest.mark.timeout(120)

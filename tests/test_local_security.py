@@ -181,7 +181,7 @@ class TestCrossOrigin:
             assert server.requests[0].status == 403  # recorded, for tests that look
 
     def test_its_own_origin_is_allowed(self, either: LocalServer | EventsServer) -> None:
-        """The page the server serves itself (the next issue's) calls it with fetch."""
+        """The page the server serves itself calls it with fetch (test_local_page.py)."""
         token = either.token or ""
         own = either.url
         headers = {
@@ -190,7 +190,9 @@ class TestCrossOrigin:
             "Authorization": f"Bearer {token}",
         }
         assert send_event(either.url, "name=own", headers).status == 202
-        other_name = own.replace("127.0.0.1", "localhost")  # same server, another origin
+        host = urllib.parse.urlsplit(own).hostname or ""  # localhost for the local server
+        other = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}[host]
+        other_name = own.replace(host, other)  # the same server, another origin
         headers = {"Origin": other_name, "Authorization": f"Bearer {token}"}
         assert send_event(either.url, "name=own", headers).status == 403
 

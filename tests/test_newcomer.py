@@ -38,6 +38,10 @@ class TestMainJobAtATerminal:
         ) as proc:
             assert proc.stdout is not None
             assert "streaming to an embedded local Events API" in proc.stdout.readline()
+            assert re.match(
+                r"watch the events arrive: http://localhost:\d+/#token=p\.local\.",
+                proc.stdout.readline(),
+            )
             line = proc.stdout.readline()  # not a terminal: a progress line every few seconds
             assert "events/s" in line and "\r" not in line
             interrupted = time.monotonic()

@@ -7,7 +7,9 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,6 +297,150 @@ class TestLogExporter:
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == ["True", "1"]
         assert [e["event"] for e in server.events("loop")] == ["app record"]
+
+
+STORED_TWICE = "every record is stored twice, in two data sources"
+
+# One program, three set-ups: OpenTelemetry's LoggingHandler handing records to a provider
+# that exports to Tinybird, or to memory, on the root or on a logger of its own; and a
+# TinybirdHandler on the root. Records are logged both before and after the second handler
+# is attached, so whichever comes last is covered.
+LOGS_TWICE = """
+    import logging, sys
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    try:
+        from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter as Memory
+    except ImportError:  # opentelemetry-sdk < 1.39
+        from opentelemetry.sdk._logs.export import InMemoryLogExporter as Memory
+    from tinybird_export import TinybirdHandler
+    from tinybird_export.otel import TinybirdLogExporter
+    export_to, otel_logger, order = sys.argv[1:4]
+    exporter = TinybirdLogExporter() if export_to == "tinybird" else Memory()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    logging.getLogger("audit").propagate = False
+    tinybird = TinybirdHandler(datasource="app_logs", flush_interval=60)
+    handlers = [(logging.getLogger(otel_logger), LoggingHandler(logger_provider=provider)),
+                (root, tinybird)]
+    if order == "tinybird-first":
+        handlers.reverse()
+    for logger, handler in handlers:
+        logger.addHandler(handler)
+        for name in ("shop", "audit"):
+            logging.getLogger(name).info("order placed")
+    print(tinybird.flush(20))
+    if export_to == "tinybird":
+        print(exporter.force_flush(20_000))
+    provider.shutdown()
+"""
+
+
+def run_logs_twice(
+    server: EventsServer, tmp_path: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``LOGS_TWICE`` with ``args`` (export to, the LoggingHandler's logger, order)."""
+    script = tmp_path / "logs_twice.py"
+    script.write_text(textwrap.dedent(LOGS_TWICE))
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        env={**os.environ, **child_env(server)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+class TestLogsStoredTwice:
+    @pytest.mark.parametrize("order", ["otel-first", "tinybird-first"])
+    def test_logging_handler_exporting_to_tinybird_and_a_handler_are_said_once(
+        self, server: EventsServer, order: str, tmp_path: Path
+    ) -> None:
+        """The SDK's LoggingHandler (exporting to Tinybird) and a TinybirdHandler on the
+        root: each record arrives twice, in two data sources, and stderr says so once."""
+        result = run_logs_twice(server, tmp_path, "tinybird", "", order)
+        assert result.stdout.split() == ["True", "True"], result.stderr
+        assert result.stderr.count(STORED_TWICE) == 1, result.stderr
+        assert "records of logger 'root' reach both <TinybirdHandler app_logs" in result.stderr
+        assert "TinybirdLogExporter sends to 'logs'" in result.stderr
+        # What the message is about: the record logged once both were attached reached
+        # both data sources (the one before, only the first handler's).
+        assert sorted([len(server.events("logs")), len(server.events("app_logs"))]) == [1, 2]
+
+    @pytest.mark.parametrize(
+        ("export_to", "otel_logger"),
+        [("memory", ""), ("tinybird", "audit")],
+        ids=["otel-exports-elsewhere", "separate-loggers"],
+    )
+    def test_no_word_when_no_record_is_stored_twice(
+        self, server: EventsServer, export_to: str, otel_logger: str, tmp_path: Path
+    ) -> None:
+        """A LoggingHandler exporting elsewhere, or on a logger whose records never reach
+        the TinybirdHandler: nothing is stored twice, nothing is said."""
+        result = run_logs_twice(server, tmp_path, export_to, otel_logger, "otel-first")
+        assert result.returncode == 0, result.stderr
+        assert STORED_TWICE not in result.stderr
+
+    @pytest.mark.skipif(
+        not (Path(sys.executable).parent / "opentelemetry-instrument").exists(),
+        reason="opentelemetry-distro is not installed",
+    )
+    @pytest.mark.parametrize("configure", ["dictConfig", "addHandler"])
+    def test_opentelemetry_instrument_auto_logging_and_a_handler_are_said_once(
+        self, server: EventsServer, tmp_path: Path, configure: str
+    ) -> None:
+        """opentelemetry-instrument with OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED
+        (the README's no-code line) attaches a LoggingHandler to the root; an app that also
+        puts a TinybirdHandler there is told once, exactly when records are stored twice
+        (opentelemetry-sdk < 1.39's dictConfig drops the LoggingHandler: then neither)."""
+        app = tmp_path / "app.py"
+        app.write_text(
+            textwrap.dedent(f"""
+            import logging.config
+            from tinybird_export import TinybirdHandler
+            if {configure == "dictConfig"}:
+                logging.config.dictConfig({{
+                    "version": 1,
+                    "disable_existing_loggers": False,
+                    "handlers": {{"tinybird": {{"class": "tinybird_export.TinybirdHandler",
+                                              "datasource": "app_logs"}}}},
+                    "root": {{"handlers": ["tinybird"], "level": "INFO"}},
+                }})
+            else:
+                logging.getLogger().addHandler(TinybirdHandler(datasource="app_logs"))
+                logging.getLogger().setLevel(logging.INFO)
+            for i in range(3):
+                logging.getLogger("shop").info("order placed")
+        """)
+        )
+        env = {
+            **os.environ,
+            **child_env(server),
+            "OTEL_LOGS_EXPORTER": "tinybird",
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED": "true",
+            "OTEL_BLRP_SCHEDULE_DELAY": "100",
+        }
+        instrument = Path(sys.executable).parent / "opentelemetry-instrument"
+        result = subprocess.run(
+            [str(instrument), sys.executable, str(app)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert len([e for e in server.events("app_logs") if e["event"] == "order placed"]) == 3
+        twice = len([e for e in server.events("logs") if e["event"] == "order placed"])
+        assert twice in (0, 3)
+        assert result.stderr.count(STORED_TWICE) == (1 if twice else 0), result.stderr
+        if configure == "addHandler":
+            assert twice == 3  # the LoggingHandler stays: every version stores them twice
 
 
 class TestCorrelationAndLifecycle:

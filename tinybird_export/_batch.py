@@ -35,12 +35,15 @@ class Batch:
         levels: Each line's logging level (one byte per line, 0 for unlevelled events),
             for the severity-aware drop policy.
         attempts: Requests made for it so far.
+        full: Sealed at its row or byte limit (the next line did not fit), not because
+            its interval passed: it need not wait for the lane's pacing (``_pacing``).
     """
 
     body: bytes | bytearray
     count: int
     levels: bytes | bytearray = b""
     attempts: int = 0
+    full: bool = False
 
     @property
     def nbytes(self) -> int:

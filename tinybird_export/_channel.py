@@ -109,7 +109,7 @@ class Channel:
                 level_bytes = _LEVEL_BYTES[level_byte(level)]
             wake = False
             if self._pending_count and len(self._pending) + size >= self._batch_bytes:
-                self._seal()  # this line would take the batch past its byte limit
+                self._seal(full=True)  # this line would take the batch past its byte limit
             if not self._pending_count:  # a new partial batch: its interval timer starts
                 self._pending_since = time.monotonic()
                 wake = True
@@ -123,7 +123,7 @@ class Channel:
             self._pending_levels += level_bytes
             count = self._pending_count = self._pending_count + 1
             if count >= self._batch_rows:
-                self._seal()
+                self._seal(full=True)
                 wake = True
             return wake
 
@@ -136,8 +136,8 @@ class Channel:
             self._replaying = True  # one call may proceed though this thread holds the lock
             self.offer(line, flags, level)
 
-    def _seal(self) -> None:
-        batch = Batch(self._pending, self._pending_count, self._pending_levels)
+    def _seal(self, *, full: bool = False) -> None:
+        batch = Batch(self._pending, self._pending_count, self._pending_levels, full=full)
         pending, levels = bytearray(), bytearray()
         # The change (no call from here).
         ready = self._ready
@@ -240,6 +240,15 @@ class Channel:
                     return due_at
                 self._seal()
             return self._claim_head()
+
+    def full_batch_ready(self) -> bool:
+        """Whether the next batch to send is full (``Batch.full``). Unlocked: a hint for the
+        lane's pacing, which ``take`` then serves in order.
+        """
+        try:
+            return self._ready[0].full
+        except IndexError:
+            return False
 
     def _claim_head(self) -> Batch | None:
         if not self._ready:

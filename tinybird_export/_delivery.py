@@ -248,7 +248,7 @@ class Delivery:
                 gzipped=gzipped,
                 connect_timeout=connect_timeout,
             )
-            lane.pacing.answered(answer.status, answer.headers)
+            lane.pacing.answered(answer.status, answer.headers, time.monotonic())
             self.refusals.note(answer.status, answer.kind, now)
             lane.refused = answer.status is None and answer.kind == "refused"
             self._apply(lane, source, answer)

@@ -51,6 +51,8 @@ class Sigterm:
         self._draining_here = draining_here
         self._deferred = 0  # a signal that interrupted the drain: die by it after
         self._redelivered = 0  # consecutive re-deliveries of a signal
+        self.installed = False
+        """Whether ``install_sigterm_handler()`` installed its handler in this process."""
 
     def after_fork_in_child(self) -> None:
         """The parent's pending signal is not the child's."""
@@ -76,6 +78,7 @@ class Sigterm:
 
         on_sigterm._tinybird_export = True  # type: ignore[attr-defined]
         signal.signal(signal.SIGTERM, on_sigterm)
+        self.installed = True
 
     def install_in_child(self) -> None:
         """Multiprocessing stops its children with SIGTERM (``Pool.terminate()``, which

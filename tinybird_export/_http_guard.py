@@ -73,7 +73,7 @@ def refusal(headers: Message, names: Collection[str] = (), scheme: str = "http")
         return (
             f"Host {host!r} is not this server's name: it answers requests addressed to "
             f"{served} or an IP address, so that no web page can reach it through a DNS name "
-            "it controls (DNS rebinding). Use http://127.0.0.1:<port>, or start the server "
+            "it controls (DNS rebinding). Use http://localhost:<port>, or start the server "
             "with --host <that name>"
         )
     if origins and not _same_origin(origins[0], host, scheme):

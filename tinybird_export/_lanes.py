@@ -42,11 +42,14 @@ class Lane:
     def __repr__(self) -> str:
         return f"<Lane {self.datasource} busy={self.busy}>"
 
-    def ready_at(self, draining: bool) -> float:
-        """When it may send next (``time.monotonic()``); at exit, pacing does not hold."""
+    def ready_at(self, draining: bool, full_batch: bool = False) -> float:
+        """When it may send next (``time.monotonic()``); at exit, pacing does not hold, and
+        a full batch is not paced, only held while the server's window has no room
+        (``_pacing``).
+        """
         if draining:
             return self.paused_until
-        return max(self.paused_until, self.pacing.not_before())
+        return max(self.paused_until, self.pacing.not_before(full_batch=full_batch))
 
     def reset(self) -> None:
         """As new (a forked child)."""

@@ -10,11 +10,17 @@ An event over ``max_event_bytes`` is shrunk by the same walk, in at most four pa
 of which visits a bounded number of values (``_NODE_BUDGET``): the longest strings are cut,
 then the containers, each cut marked. The cost of one call is bounded by its input's size
 (one ``orjson.dumps`` of it) plus a constant, however large or deep the input is.
+
+**A line is always one JSON object**, whatever the event holds: one value that cannot be
+written must cost that value, never the event, and never its batch (the Events API refuses
+a body with a line that is not an object). Subclasses of ``str``, ``int`` and ``float``
+(``numpy.float64``, ``IntEnum``) are read for their value without calling their methods; a
+value that raises even so, or a walk that fails, keeps each field as its text; an event
+that is not a mapping at all is wrapped as ``{"value": ...}``. Nothing raises to the caller.
 """
 
 from __future__ import annotations
 
-import decimal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -42,29 +48,42 @@ def default(value: Any) -> Any:
     """Orjson's fallback for types it does not know: a faithful form, or ``TypeError`` so
     that the repairing walk takes over (and counts the repair).
     """
+    if isinstance(value, float):  # a subclass (numpy.float64): its value, still a number
+        return float.__float__(value)
     if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    if isinstance(value, set | frozenset):
-        return list(value)
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    try:  # a Mapping or Sequence that is not a dict or list: encoded as one
+        data = _bytes(value)
+        if data is None:
+            raise TypeError(type(value).__name__)
+        return data.decode("utf-8", "backslashreplace")
+    try:  # a set, or a Mapping or Sequence that is not a dict or list: encoded as one
+        if isinstance(value, set | frozenset):
+            return list(value)
         if isinstance(value, Mapping):
             return dict(value.items())
         if isinstance(value, Sequence) and not isinstance(value, str):
             return list(value)
     except Exception:  # noqa: BLE001 - a container that raises when read: repaired
         raise TypeError(type(value).__name__) from None
-    text = _text(value)
+    text = _text(value)  # Decimal, and any other object: its str()
     if text is None:
         raise TypeError(type(value).__name__)
     return text
 
 
+def _bytes(value: bytes | bytearray | memoryview) -> bytes | None:
+    """The bytes of a bytes-like value, or ``None`` if they cannot be read (a released
+    memoryview, a subclass whose ``__bytes__`` raises).
+    """
+    try:
+        return bytes(value)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def safe_str(value: Any) -> str:
     """``str(value)``, falling back to ``repr`` and then to the type name if those raise."""
     text = _text(value)
-    return f"<unprintable {type(value).__qualname__}>" if text is None else text
+    return f"<unprintable {_type_name(value)}>" if text is None else text
 
 
 def _text(value: Any) -> str | None:
@@ -83,7 +102,7 @@ def encode(value: Any) -> bytes:
     """Encode any value as JSON bytes; never raises."""
     try:
         return orjson.dumps(value, default=default, option=OPTIONS)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
+    except Exception:  # noqa: BLE001 - orjson.JSONEncodeError is a TypeError; anything else too
         return _dumps(_Walk().value(value, 0))
 
 
@@ -101,23 +120,37 @@ def to_text(value: Any) -> str:
 
 
 def encode_event(event: Mapping[str, Any], max_bytes: int) -> tuple[bytes | None, int]:
-    """Encode an event as one NDJSON line of at most ``max_bytes``.
+    """Encode an event as one NDJSON line of at most ``max_bytes``: always a JSON object.
 
     Returns:
         ``(line, flags)``: ``TRUNCATED`` and ``REPAIRED`` as they apply; ``line`` is
         ``None`` when even shrinking could not make the event fit (the caller counts it
         as dropped, reason ``too_large``).
     """
-    flags = 0
-    try:
-        line = orjson.dumps(event, default=default, option=OPTIONS)
-    except TypeError:
-        walk = _Walk()
-        line = _dumps(walk.value(event, 0))
-        flags = walk.flags()
+    if issubclass(type(event), dict):  # orjson writes a dict (and a subclass) as an object
+        try:
+            line, flags = orjson.dumps(event, default=default, option=OPTIONS), 0
+        except Exception:  # noqa: BLE001 - orjson refused a value: the walk repairs it
+            line, flags = _repaired(event)
+    else:
+        line, flags = _repaired(event)
     if len(line) <= max_bytes:
         return line, flags
     return _shrink(event, max_bytes, len(line), flags)
+
+
+def _repaired(event: Any, string_limit: int = 0, keep: float = 1.0) -> tuple[bytes, int]:
+    """One walk over the event: its line (an object) and the walk's flags."""
+    walk = _Walk(string_limit=string_limit, keep=keep)
+    fields = walk.fields(event)
+    try:
+        line = orjson.dumps(fields, option=OPTIONS)
+    except Exception:  # noqa: BLE001 - Defensive: a value changed since the walk looked (a
+        walk.repaired = True  # thread): each field on its own, as text if orjson refuses it
+        line = b"{%s}" % b",".join(
+            b"%s:%s" % (orjson.dumps(k), _dumps(v)) for k, v in fields.items()
+        )
+    return line, walk.flags()
 
 
 def _shrink(event: Any, max_bytes: int, size: int, flags: int) -> tuple[bytes | None, int]:
@@ -125,18 +158,29 @@ def _shrink(event: Any, max_bytes: int, size: int, flags: int) -> tuple[bytes | 
     ratio = max_bytes / size * 0.8
     passes = ((max_bytes // 2, 1.0), (max_bytes // 8, ratio), (1024, ratio / 4), (0, 0.0))
     for string_limit, keep in passes:
-        walk = _Walk(string_limit=max(string_limit, _MIN_FIELD_CHARS), keep=keep)
-        line = _dumps(walk.value(event, 0))
+        line, cut = _repaired(event, max(string_limit, _MIN_FIELD_CHARS), keep)
         if len(line) <= max_bytes:
-            return line, flags | walk.flags()
+            return line, flags | cut
     return None, flags | TRUNCATED
 
 
 def _dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value, option=OPTIONS)
-    except TypeError:  # Defensive: the walk missed a case; keep the value as text
-        return orjson.dumps(safe_str(value).encode("utf-8", "backslashreplace").decode())
+    except Exception:  # noqa: BLE001 - Defensive: the walk missed a case; keep the value as text
+        return orjson.dumps(_plain_text(value))
+
+
+def _type_name(value: Any) -> str:
+    try:
+        return str(type(value).__qualname__)
+    except Exception:  # noqa: BLE001 - a metaclass with a hostile __qualname__
+        return "object"
+
+
+def _plain_text(value: Any) -> str:
+    """``safe_str(value)`` as a string JSON can carry (lone surrogates escaped)."""
+    return safe_str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _Walk:
@@ -157,24 +201,52 @@ class _Walk:
     def flags(self) -> int:
         return (REPAIRED if self.repaired else 0) | (TRUNCATED if self.truncated else 0)
 
+    def fields(self, event: Any) -> dict[str, Any]:
+        """The event as a JSON-safe dict: ``{"value": ...}`` for a mapping that cannot be
+        read, or for something else (a ``before_send`` that returned a string).
+        """
+        copy = self.value(event, 0)
+        if type(copy) is dict:
+            return copy
+        self.repaired = True
+        return {"value": copy}
+
     def value(self, value: Any, depth: int) -> Any:
         self.budget -= 1
-        if isinstance(value, str):
+        kind = type(value)
+        if kind is str:
             return self.text(value)
-        if value is None or isinstance(value, bool | float):
-            return value
-        if isinstance(value, int):
+        if kind is int:
             return self.integer(value)
-        if isinstance(value, bytes | bytearray | memoryview | decimal.Decimal | set | frozenset):
-            return self.value(default(value), depth)
-        if isinstance(value, Mapping | list | tuple) or (
+        if value is None or kind is bool or kind is float:
+            return value
+        try:
+            return self.other(value, depth)
+        except Exception:  # noqa: BLE001 - its type checks raise (a hostile __class__)
+            return self.placeholder(value, "unreadable")
+
+    def other(self, value: Any, depth: int) -> Any:
+        # Subclasses (numpy.float64, IntEnum, a str with its own methods): their value,
+        # read by the base type's own slot, so that no method of theirs runs or raises.
+        if isinstance(value, str):
+            return self.text(str.__str__(value))
+        if isinstance(value, float):
+            return float.__float__(value)
+        if isinstance(value, int):
+            return self.integer(int.__int__(value))
+        if isinstance(value, bytes | bytearray | memoryview):
+            data = _bytes(value)
+            if data is None:
+                return self.placeholder(value, "unreadable")
+            return self.text(data.decode("utf-8", "backslashreplace"))
+        if isinstance(value, Mapping | list | tuple | set | frozenset) or (
             isinstance(value, Sequence) and not isinstance(value, str)
         ):
             return self.container(value, depth)
         try:
             orjson.dumps(value, option=OPTIONS)  # datetimes, UUIDs, enums: orjson's own form
-        except TypeError:
-            text = _text(value)  # other objects: their str()
+        except Exception:  # noqa: BLE001 - other objects (Decimal): their str()
+            text = _text(value)
             return self.text(self.placeholder(value, "unprintable") if text is None else text)
         return value
 
@@ -196,13 +268,17 @@ class _Walk:
         if -_SAFE_INT < value < _SAFE_INT:
             return value
         self.repaired = True
-        if value.bit_length() > _MAX_INT_BITS:
-            return f"<int of {value.bit_length()} bits>"
-        return str(value)
+        return self.digits(value)
+
+    def digits(self, value: int) -> str:
+        if value.bit_length() <= _MAX_INT_BITS:
+            return str(value)
+        self.repaired = True  # str() refuses them
+        return f"<int of {value.bit_length()} bits>"
 
     def placeholder(self, value: Any, what: str) -> str:
         self.repaired = True
-        return f"<{what} {type(value).__qualname__}>"
+        return f"<{what} {_type_name(value)}>"
 
     def container(self, value: Any, depth: int) -> Any:
         if id(value) in self._active:
@@ -237,7 +313,24 @@ class _Walk:
         return copy
 
     def key(self, key: Any) -> str:
-        if isinstance(key, str):
+        """A key as orjson's ``OPT_NON_STR_KEYS`` writes it (``null``, ``true``, ``1.5``, an
+        enum's value, a long integer's digits); another object's text, as a repair.
+        """
+        if type(key) is str:
             return self.text(key)
-        self.repaired = self.repaired or not isinstance(key, int | float | bool)
+        try:
+            if isinstance(key, str):
+                return self.text(str.__str__(key))
+            if isinstance(key, bool) or key is None:
+                return "true" if key is True else "false" if key is False else "null"
+            if isinstance(key, int):
+                return self.digits(int.__int__(key))
+            if isinstance(key, float):
+                return orjson.dumps(float.__float__(key)).decode()
+            form = orjson.loads(orjson.dumps(key, option=OPTIONS))  # datetimes, UUIDs, enums
+            if isinstance(form, str | bool | int | float) or form is None:
+                return self.key(form)
+        except Exception:  # noqa: BLE001, S110 - not a key orjson writes (or a hostile one)
+            pass
+        self.repaired = True
         return self.text(safe_str(key))

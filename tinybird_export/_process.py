@@ -188,6 +188,22 @@ class Process:
         reached = [worker.wait_until(flush.reached, deadline) for worker, flush in rounds]
         return all(reached) and not any(flush.lost() for _, flush in rounds)
 
+    def spill_queued(self) -> int:
+        """What every producer still holds goes to the spool where its worker has one,
+        without entering exit (``serverless.flush_after``: the platform freezes the process
+        next); the events written.
+        """
+        return sum(worker.spill_queued() for worker in self.workers())
+
+    def undelivered(self) -> int:
+        """Events the producers of this process hold, queued or in flight."""
+        total = 0
+        for worker in self.workers():
+            for channel in worker.channels():
+                stats = channel.stats()
+                total += stats.queued + stats.in_flight
+        return total
+
     def exit(self, budget: float | None = None) -> bool:
         """Send what is queued within the exit budget, spool or report what could not be
         sent; whether nothing was left undelivered.

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from tinybird_export import _diagnostics, _exit
+from tinybird_export import _diagnostics, _exit, _runtime_checks
 from tinybird_export._batch import Limits
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
@@ -71,7 +71,9 @@ class Producer:
         elif config.enabled:
             self.worker = self._process.attach(config, self.channel, label)
             _exit.check_uwsgi()
+            _runtime_checks.producer_started()
         self._accepting = self.channel if self.worker is not None else None
+        self._checks_pending = self.worker is not None  # at its first batches, not per record
         self._before_send = config.before_send
         self.has_before_send = config.before_send is not None
         self.max_event_bytes = config.max_event_bytes
@@ -113,6 +115,8 @@ class Producer:
         if worker is None:
             return
         worker.notify(channel)
+        if self._checks_pending:
+            self._checks_pending = not _runtime_checks.at_first_batches(self.label)
         if self._sends_late and self._process.exiting() and not self.flush():
             # After the exit drain (a later atexit hook, a __del__) nothing would send it
             # any more: it was sent now, within what is left of the budget, or is counted

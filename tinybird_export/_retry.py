@@ -3,11 +3,16 @@
 urllib3's own retries and redirects are off (see ``_client``); every decision about an
 Events API answer is made here. Status meanings follow Tinybird's Events API docs
 ("Response codes", "Rate limits"): 429 carries ``Retry-After`` (seconds) and
-``X-RateLimit-Reset`` (seconds from now, not an epoch).
+``X-RateLimit-Reset`` (seconds from now, not an epoch), and Tinybird's rate-limit window
+is one second. A gateway in front may send an epoch there instead, or garbage: a wait
+longer than an hour is not taken for one (the backoff schedule applies, so the first
+answer after the endpoint recovers ends the pause), and a plausible one is honoured up to
+a minute.
 """
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import enum
 import ipaddress
@@ -25,10 +30,13 @@ from typing import Final
 RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 _BACKOFF_BASE: Final = 0.5
 _BACKOFF_CAP: Final = 30.0
-# A bogus header must not park a data source for hours (Tinybird's windows are seconds),
-# nor make a tight loop of a retry ("0", a date in the past).
-_RATE_LIMIT_CAP: Final = 300.0
+# A bogus header must not park a data source (Tinybird's window is a second), nor make a
+# tight loop of a retry ("0", a date in the past): a wait is kept between these two...
+_RATE_LIMIT_CAP: Final = 60.0
 _RATE_LIMIT_FLOOR: Final = _BACKOFF_BASE
+# ...and one beyond this is not a wait at all: an epoch (X-RateLimit-Reset: 1e9, as
+# gateways send, and as tinybird-python-sdk reads it), a unit error, 1e308.
+_PLAUSIBLE_WAIT: Final = 3600.0
 
 REGION_HOSTS: Final = (
     "https://api.tinybird.co, https://api.us-east.tinybird.co, "
@@ -120,8 +128,9 @@ def delay(status: int | None, headers: Mapping[str, str], failures: int) -> floa
 
 def server_delay(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """The wait a 429/503 asks for: ``Retry-After`` (seconds or HTTP-date), else
-    ``X-RateLimit-Reset`` (seconds from now), kept between half a second and five minutes;
-    ``None`` if absent or not a finite number or date.
+    ``X-RateLimit-Reset`` (seconds from now), kept between half a second and a minute;
+    ``None`` if neither is a plausible wait (absent, not a finite number or a date, or
+    more than an hour away), so that the caller's backoff applies.
 
     Args:
         headers: The answer's headers, names in lower case (HTTP/2 proxies send them so).
@@ -137,18 +146,40 @@ def server_delay(headers: Mapping[str, str], now: float | None = None) -> float 
     return None
 
 
+def rate_limit_reset(headers: Mapping[str, str]) -> float | None:
+    """``X-RateLimit-Reset`` of any answer: the seconds until the rate-limit window resets
+    (at least 0), or ``None`` if absent or not a plausible number of seconds.
+    """
+    value = headers.get("x-ratelimit-reset")
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return max(seconds, 0.0) if _plausible(seconds) else None
+
+
 def _parse_delay(value: str, now: float) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
         pass
     else:  # float() also takes "nan" and "inf": neither is a wait
-        return seconds if math.isfinite(seconds) else None
+        return seconds if _plausible(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return when.timestamp() - now
+    if when.tzinfo is None:  # "-0000": an HTTP-date is always GMT (RFC 9110, 5.6.7)
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    seconds = when.timestamp() - now
+    return seconds if _plausible(seconds) else None
+
+
+def _plausible(seconds: float) -> bool:
+    """A finite wait of at most an hour (a past date or a negative one counts: floored)."""
+    return math.isfinite(seconds) and seconds <= _PLAUSIBLE_WAIT
 
 
 def failure_hint(status: int | None, kind: str, host: str) -> str:

@@ -168,7 +168,11 @@ class Scheduler:
         turn; else when one may be due.
         """
         lane = group.lane
-        ready_at = lane.ready_at(draining)
+        channels = group.channels
+        # Until the pacing's time, only a channel whose next batch is full may send.
+        paced_until = lane.ready_at(draining)
+        full = paced_until > now and any(c.full_batch_ready() for c in channels)
+        ready_at = lane.ready_at(draining, full_batch=full) if full else paced_until
         if ready_at > now:
             return ready_at
         spooled = first(lane) if first is not None else None
@@ -177,10 +181,12 @@ class Scheduler:
         if spooled is not None:
             return Claim(lane, spooled)
         due_at: float | None = None
-        channels = group.channels
         for index in range(len(channels)):
             channel = channels[(group.rotation + index) % len(channels)]
             if channel in skip:
+                continue
+            if now < paced_until and not channel.full_batch_ready():
+                due_at = _earliest(due_at, paced_until)
                 continue
             got = channel.take(now, lane.pacing.interval(channel.limits.flush_interval), draining)
             if isinstance(got, float):

@@ -246,6 +246,15 @@ class Worker:
             self._bridge.spill(channel)
         self._release_spool_claims([lane for lane, _ in self._scheduler.lanes()])
 
+    def spill_queued(self) -> int:
+        """Whatever is still queued or in flight goes to the spool now, if there is one,
+        outside exit (a function about to be frozen); its claimed files stay claimed. The
+        events written.
+        """
+        if self._bridge is None:
+            return 0
+        return sum(self._bridge.spill(channel) for channel in self.channels())
+
     def _release_spool_claims(self, lanes: Iterable[Lane]) -> None:
         bridge = self._bridge
         if bridge is None:

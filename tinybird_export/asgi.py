@@ -25,17 +25,28 @@ This matters under uvicorn: after its graceful shutdown it restores SIGTERM's de
 action and re-raises the signal, so the process dies by it and the exit drain (``atexit``)
 never runs. Records logged after lifespan shutdown (uvicorn's own last lines) are lost
 there; see the README.
+
+**Apps without lifespan.** An application that does not speak the lifespan protocol
+(Django's ASGI handler raises on it; a bare app returns) gets it answered by the
+middleware: ``startup.complete``, then delivery and ``shutdown.complete``. An app that
+received a lifespan message and then failed keeps its failure (the server decides). When
+no lifespan scope arrives at all (``uvicorn --lifespan off``), the first request finds the
+uvicorn server serving the process and delivers at the end of its graceful shutdown
+(``_uvicorn``); under another server that leaves SIGTERM at its default, it says once on
+stderr what to do.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
-from tinybird_export import _diagnostics, flush
+from tinybird_export import _diagnostics, _uvicorn, flush
 from tinybird_export._async import run_blocking
 from tinybird_export._context import (
     RequestContext,
@@ -102,13 +113,20 @@ class RequestContextMiddleware:
         if not self.keep_query:
             strip_access_lines("uvicorn.access")  # uvicorn's own request lines
         self.shutdown_timeout = shutdown_timeout
+        self._lifespan_seen = False
+        self._first_request = True
+        _uvicorn.note_middleware()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection: a request with its context, or the lifespan."""
         kind = scope.get("type")
         if kind in ("http", "websocket"):
+            if self._first_request:
+                self._first_request = False
+                self._without_lifespan()
             await self._serve(scope, receive, send)
         elif kind == "lifespan":
+            self._lifespan_seen = True
             await self._lifespan(scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -152,17 +170,21 @@ class RequestContextMiddleware:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the lifespan through; deliver before the server hears that shutdown is
         done (so records of the app's shutdown handlers are delivered too), and also when
-        the app ends after ``lifespan.shutdown`` without saying so.
+        the app ends after ``lifespan.shutdown`` without saying so. An app that ends
+        before it received or sent any lifespan message does not speak the protocol:
+        the middleware answers it instead (``_answer_lifespan``).
         """
-        state = {"shutting_down": False, "delivered": False}
+        state = {"spoke": False, "shutting_down": False, "delivered": False}
 
         async def receive_and_watch() -> Message:
+            state["spoke"] = True
             message = await receive()
             if message.get("type") == "lifespan.shutdown":
                 state["shutting_down"] = True
             return message
 
         async def deliver_then_send(message: Message) -> None:
+            state["spoke"] = True
             if message.get("type") in _SHUTDOWN_DONE and not state["delivered"]:
                 state["delivered"] = True
                 await self._deliver()
@@ -170,10 +192,64 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive_and_watch, deliver_then_send)
+        except Exception:
+            if state["spoke"]:
+                raise  # a lifespan app that failed: the server decides what that means
+            # The ASGI spec lets an app refuse the lifespan scope by raising (Django's
+            # handler does: "Django can only handle ASGI/HTTP connections").
+            await self._answer_lifespan(receive, send)
+            return
         finally:
             if state["shutting_down"] and not state["delivered"]:
                 state["delivered"] = True
                 await self._deliver()
+        if not state["spoke"]:  # returned at once: it does not speak lifespan either
+            await self._answer_lifespan(receive, send)
+
+    async def _answer_lifespan(self, receive: Receive, send: Send) -> None:
+        """The lifespan of an app that does not speak it: startup completes at once, and
+        shutdown completes once what is queued is delivered.
+        """
+        while True:
+            message = await receive()
+            kind = message.get("type")
+            if kind == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif kind == "lifespan.shutdown":
+                await self._deliver()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _without_lifespan(self) -> None:
+        """At the first request: if no lifespan scope came, deliver at the end of
+        uvicorn's graceful shutdown, or say what to do where nothing would deliver.
+        """
+        if self._lifespan_seen:
+            return
+        try:
+            if _uvicorn.deliver_at_shutdown(self._deliver):
+                return
+            if _uvicorn.serving_server() is not None:  # a uvicorn unlike the ones we know
+                _diagnostics.say_once(
+                    "asgi-no-lifespan",
+                    "no ASGI lifespan reached RequestContextMiddleware, and this uvicorn's "
+                    "shutdown could not be hooked: on SIGTERM the events still queued would "
+                    "be lost. Run uvicorn with its lifespan on (drop --lifespan off).",
+                )
+                return
+            if threading.current_thread() is not threading.main_thread():
+                return  # not the server's main loop: we cannot tell what SIGTERM does
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                return  # the server handles SIGTERM (and, we trust, exits normally)
+        except Exception:  # noqa: BLE001 - a check must never fail a request
+            return
+        _diagnostics.say_once(
+            "asgi-no-lifespan",
+            "no ASGI lifespan reached RequestContextMiddleware and SIGTERM is left at its "
+            "default action, which ends the process without the exit drain: events still "
+            "queued then would be lost. Enable the server's lifespan support, or call "
+            "tinybird_export.install_sigterm_handler() at start-up.",
+        )
 
     async def _deliver(self) -> None:
         timeout = self.shutdown_timeout

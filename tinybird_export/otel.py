@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from tinybird_export import _runtime_checks
 from tinybird_export._config import ExporterSettings, TinybirdConfig, kind
 from tinybird_export._otel_mapper import (
     log_to_flat,
@@ -146,6 +147,13 @@ class TinybirdLogExporter(_Exporter, _LogExporterBase):
             {"flat": log_to_flat, "otel": log_to_otel},
             {"datasource": datasource, **settings},
         )
+        # Known to the check for logs stored twice (a TinybirdHandler on the same records).
+        _runtime_checks.log_exporter_opened(self, self._producer.config.datasource)
+
+    def shutdown(self, timeout_millis: float | None = None) -> None:
+        """As ``TinybirdSpanExporter.shutdown``."""
+        _runtime_checks.log_exporter_closed(self)
+        super().shutdown(timeout_millis)
 
     def export(self, batch: Sequence[Any]) -> Any:
         """Convert and queue the log records (no I/O); FAILURE after shutdown."""

@@ -138,20 +138,42 @@ def test_a_paused_lane_is_due_when_its_pause_ends_even_at_exit() -> None:
 
 
 def test_pacing_spaces_requests_but_not_at_exit() -> None:
-    """The rate limit's spacing gates the next request, except in the exit drain."""
+    """The rate limit's spacing gates the next (partial) request, except in the exit drain."""
     plan = scheduler()
-    channel = make_channel(rows=1)
+    channel = make_channel()
     plan.add(channel, adaptive=True)
     channel.offer(b"1")
-    channel.offer(b"2")
     now = later()
     lane, source = claimed(plan.claim(now, draining=False).claim)
     lane.pacing.started(now)
-    lane.pacing.answered(429, {})  # spacing: one flush_interval
+    lane.pacing.answered(429, {}, now)  # spacing: one flush_interval
     source.retry("429")
     plan.release(lane)
     assert plan.claim(now + 0.5, draining=False).due_at == now + 1.0
     assert plan.claim(now + 0.5, draining=True).claim is not None
+
+
+def test_a_full_batch_is_not_paced_while_a_partial_one_waits() -> None:
+    """Pacing spaces partial batches only: a batch sealed at its row limit goes at once,
+    and the partial one of another channel of the lane still waits for the spacing."""
+    plan = scheduler()
+    full, partial = make_channel(rows=2), make_channel(rows=100)
+    plan.add(full, adaptive=True)
+    plan.add(partial, adaptive=True)
+    now = later()
+    lane = plan.lane("ds")
+    assert lane is not None
+    lane.pacing.started(now)
+    for _ in range(3):
+        lane.pacing.answered(429, {}, now)  # spacing: four flush intervals
+    partial.offer(b"p")
+    assert plan.claim(now + 1.5, draining=False).due_at == now + 4.0
+    full.offer(b"1")
+    full.offer(b"2")  # sealed at its row limit: full
+    got = plan.claim(now + 1.5, draining=False).claim
+    assert got is not None and got.source.channel is full
+    plan.release(got.lane)
+    assert plan.claim(now + 1.5, draining=False).due_at == now + 4.0
 
 
 def test_adaptive_false_never_paces() -> None:
@@ -160,7 +182,7 @@ def test_adaptive_false_never_paces() -> None:
     plan.add(make_channel(), adaptive=False)
     lane = plan.lane("ds")
     assert lane is not None
-    lane.pacing.answered(429, {})
+    lane.pacing.answered(429, {}, 0.0)
     assert lane.ready_at(draining=False) == lane.paused_until == 0.0
 
 
@@ -172,7 +194,7 @@ def test_the_send_interval_grows_with_the_spacing() -> None:
     lane = plan.lane("ds")
     assert lane is not None
     for _ in range(3):
-        lane.pacing.answered(429, {})
+        lane.pacing.answered(429, {}, 0.0)
     channel.offer(b"x")
     now = time.monotonic()
     due_at = plan.claim(now, draining=False).due_at

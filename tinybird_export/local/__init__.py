@@ -2,26 +2,29 @@
 
 ``tinybird-export local`` (or ``python -m tinybird_export.local``) serves ``POST /v0/events``
 with Tinybird's semantics, ``/v0/sql`` (read-only, ClickHouse's own SQL on the ClickHouse
-engine), and the workspace, Data Sources, jobs and Forward build/deploy routes that Tinybird's
-CLIs and SDKs call. Data is stored by the ClickHouse engine (chDB, ``tinybird-export[local]``)
-or the SQLite engine (no dependency). ``LocalServer`` runs one in-process (tests, examples);
-``spawn`` starts one in its own process.
+engine), the workspace, Data Sources, jobs and Forward build/deploy routes that Tinybird's
+CLIs and SDKs call, and a page at ``/`` to look at the data. Data is stored by the ClickHouse
+engine (chDB, ``tinybird-export[local]``) or the SQLite engine (no dependency).
+``LocalServer`` runs one in-process (tests, examples); ``spawn`` starts one in its own process.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TextIO
 
 from tinybird_export._fields import DATASOURCES_DIR
 from tinybird_export.local._api import State
 from tinybird_export.local._datafile import DataFile, load_datasources
 from tinybird_export.local._engine import Engine, open_engine, resolve_engine
 from tinybird_export.local._http import Handler, HTTPServer
+from tinybird_export.local._requestlog import RequestLog
 
 __all__ = [
     "DATASOURCES_DIR",
@@ -88,6 +91,9 @@ class LocalServer:
             ``simple_events``, ``traces``, ``logs``, ``otel_*``).
         allow_remote_tokens: Answer ``GET /tokens`` to other machines too (by default only
             clients on this machine get the token from it).
+        request_log: Print one line per request there (method, path, status, rows,
+            milliseconds; repeats summed per second), as the command does on stdout; by
+            default nothing is printed.
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class LocalServer:
         engine: str = "sqlite",
         package_datasources: bool = True,
         allow_remote_tokens: bool = False,
+        request_log: TextIO | None = None,
     ) -> None:
         self.engine_name = resolve_engine(engine)
         declared = declared_datafiles(
@@ -133,7 +140,11 @@ class LocalServer:
             host_names=frozenset(names),
             allow_remote_tokens=allow_remote_tokens,
         )
+        self._url = _base_url(self._httpd.server_address[0], self._httpd.server_address[1])
+        if request_log is not None:
+            self._httpd.request_log = RequestLog(request_log, hide=[self.token])
         self._thread: threading.Thread | None = None
+        self._stopped = False
 
     @property
     def loopback(self) -> bool:
@@ -146,9 +157,15 @@ class LocalServer:
 
     @property
     def url(self) -> str:
-        """The base URL to use as ``host``."""
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
+        """The base URL to use as ``host``: ``http://localhost:PORT`` on loopback, the name
+        Tinybird's ``tb`` CLI takes for a local server.
+        """
+        return self._url
+
+    @property
+    def page_url(self) -> str:
+        """The page's URL, with the token in its fragment (which browsers never send)."""
+        return _page_url(self.url, self.token)
 
     def start(self) -> LocalServer:
         """Serve in a background thread."""
@@ -164,12 +181,17 @@ class LocalServer:
         self._httpd.serve_forever()
 
     def stop(self) -> None:
-        """Stop serving and close the database."""
+        """Stop serving and close the database (once: later calls do nothing)."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(10)
         self._httpd.server_close()
         self.store.close()
+        if self._httpd.request_log is not None:
+            self._httpd.request_log.close()
 
     def __repr__(self) -> str:
         return f"LocalServer(url={self.url!r}, engine={self.engine_name!r})"  # no token
@@ -191,6 +213,11 @@ class SpawnedServer:
 
     def __repr__(self) -> str:
         return f"SpawnedServer(url={self.url!r}, pid={self.process.pid})"  # no token
+
+    @property
+    def page_url(self) -> str:
+        """The page's URL, with the token in its fragment (which browsers never send)."""
+        return _page_url(self.url, self.token)
 
     def env(self) -> dict[str, str]:
         """``os.environ`` plus ``TINYBIRD_HOST`` and ``TINYBIRD_TOKEN`` for this server."""
@@ -219,6 +246,9 @@ class SpawnedServer:
 def spawn(data: str = ":memory:", *extra_args: str) -> SpawnedServer:
     """Start ``python -m tinybird_export.local`` on a free port and return its URL and token.
 
+    It runs with ``--quiet``: no request lines (its stdout is a pipe that nobody reads after
+    the banner, and the terminal is its caller's).
+
     Args:
         data: The ``--data`` path (default in memory).
         *extra_args: More command-line options (``--strict``, ``--engine sqlite``...).
@@ -228,7 +258,17 @@ def spawn(data: str = ":memory:", *extra_args: str) -> SpawnedServer:
     """
     # The command is this interpreter and this package: no untrusted input.
     process = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "tinybird_export.local", "--port", "0", "--data", data, *extra_args],
+        [
+            sys.executable,
+            "-m",
+            "tinybird_export.local",
+            "--port",
+            "0",
+            "--data",
+            data,
+            "--quiet",
+            *extra_args,
+        ],
         stdout=subprocess.PIPE,
         text=True,
         # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground process
@@ -251,6 +291,30 @@ def spawn(data: str = ":memory:", *extra_args: str) -> SpawnedServer:
         process.communicate(timeout=10)
         raise RuntimeError(f"tinybird-export local did not start (see its stderr): {lines!r}")
     return SpawnedServer(process, found["TINYBIRD_HOST"], found["TINYBIRD_TOKEN"])
+
+
+def _page_url(url: str, token: str) -> str:
+    """The page of the server at ``url``, opened with ``token`` (in the fragment only)."""
+    return f"{url}/#token={token}"
+
+
+def _base_url(host: str | bytes | bytearray, port: int) -> str:
+    """``http://localhost:PORT`` when bound to 127.0.0.1 (Tinybird's ``tb`` CLI takes a host
+    for local when its name has ``localhost``), else the address it is bound to.
+    """
+    name = host if isinstance(host, str) else bytes(host).decode()
+    if name == "127.0.0.1" and _localhost_is_127(port):
+        return f"http://localhost:{port}"
+    return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
+
+
+def _localhost_is_127(port: int) -> bool:
+    """Whether ``localhost`` reaches 127.0.0.1 here (it does, but for odd hosts files)."""
+    try:
+        found = socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return any(address[4][0] == "127.0.0.1" for address in found)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -207,7 +207,8 @@ def _append(
         state.engine.truncate(name)
     ok, quarantined = state.engine.ingest(name, rows, create=False)
     job = state.add_job(name, ok, quarantined)
-    return Response.json(200, {**job, "datasource": datasource_json(find(state, name) or info)})
+    answer = {**job, "datasource": datasource_json(find(state, name) or info)}
+    return dataclasses.replace(Response.json(200, answer), rows=ok, quarantined=quarantined)
 
 
 def _truncate(state: State, request: Request, args: dict[str, str]) -> Response:
@@ -278,7 +279,7 @@ def _sql(state: State, request: Request, args: dict[str, str]) -> Response:
         result = state.engine.query(sql, request.cancel)
     except QueryError as exc:
         return Response.error(exc.status, f"[Error] {exc}")
-    return Response(200, result.body, result.content_type)
+    return Response(200, result.body, result.content_type, rows=result.rows)
 
 
 def urlencoded_sql(text: str) -> str:

@@ -17,6 +17,7 @@ failed while writing it (a timeout, a result limit), which would be another clie
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,9 @@ from tinybird_export.local._engine import (
 from tinybird_export.local._limits import Cancel
 
 _CHECKED_MAX = 1024
+_ROWS = re.compile(rb'"rows":\s*(\d+)')
+_LINE_FORMATS = {"CSV": 0, "CSVWithNames": 1, "TSV": 0, "TSVWithNames": 1, "TabSeparated": 0}
+_LINE_FORMATS |= {"TabSeparatedWithNames": 1, "JSONEachRow": 0, "JSONCompactEachRow": 0}
 Reader = tuple[Any, str]  # a chDB connection and its log_comment
 
 
@@ -84,7 +88,8 @@ class Reads:
                 answer = reader.query(text, fmt)
             except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors
                 raise self._error(exc) from None
-            return QueryResult(answer.bytes(), CONTENT_TYPES[fmt]), text
+            body = answer.bytes()
+            return QueryResult(body, CONTENT_TYPES[fmt], answer_rows(fmt, body)), text
 
     def _checked_text(self, reader: Any, sql: str) -> tuple[str, str]:
         """The query as ClickHouse spells it (what runs), and its FORMAT, once allowed.
@@ -141,3 +146,15 @@ class Reads:
             reader.close()
         with self._control_lock:
             self._control.close()
+
+
+def answer_rows(fmt: str, body: bytes) -> int | None:
+    """How many rows ClickHouse's answer holds, for the request log: the ``rows`` its JSON
+    formats end with, the lines of the line formats; None for the others.
+    """
+    if fmt.startswith("JSON") and not fmt.endswith("EachRow"):
+        found = _ROWS.findall(body[-512:])  # after the data: a value's quotes are escaped
+        return int(found[-1]) if found else None
+    if fmt in _LINE_FORMATS:
+        return max(body.count(b"\n") - _LINE_FORMATS[fmt], 0)
+    return None

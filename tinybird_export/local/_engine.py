@@ -101,10 +101,13 @@ class DataSourceInfo:
 
 @dataclasses.dataclass(frozen=True)
 class QueryResult:
-    """A ``/v0/sql`` answer: the body and its Content-Type."""
+    """A ``/v0/sql`` answer: the body, its Content-Type and how many rows it holds (None
+    when the format does not say cheaply).
+    """
 
     body: bytes
     content_type: str
+    rows: int | None = None
 
 
 class Engine(Protocol):

@@ -9,6 +9,7 @@ unchanged data source keeps its rows). A project with any other kind of file (``
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import PurePosixPath
 from typing import Any
@@ -164,7 +165,8 @@ def _append_v1(state: State, request: Request, args: dict[str, str]) -> Response
         return Response.error(exc.status, str(exc))
     ok, quarantined = state.engine.ingest(name, rows, create=False)
     job = state.add_job(name, ok, quarantined)
-    return Response.json(200, {"id": job["id"], "import_id": job["id"], "job": job})
+    answer = Response.json(200, {"id": job["id"], "import_id": job["id"], "job": job})
+    return dataclasses.replace(answer, rows=ok, quarantined=quarantined)
 
 
 ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [

@@ -8,13 +8,15 @@
    ``_workspace``, ``_forward``).
 3. While a query runs, a watcher notices when its client goes away and cancels it.
 
-Tokens are compared, never logged; requests are not logged at all (the CLIs put the token in
-the query string). No answer carries a CORS header.
+The page at ``/`` (``_page``) is public: its files hold no data. Tokens are compared, never
+logged; the request log (``_requestlog``, when the server has one) prints a request's path,
+never its query string (the CLIs put the token there). No answer carries a CORS header.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import http.server
 import ipaddress
@@ -23,20 +25,23 @@ import select
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 from tinybird_export import _http_guard, _ingest_body
-from tinybird_export.local import _api, _forward, _workspace
+from tinybird_export.local import _api, _forward, _page, _workspace
 from tinybird_export.local._api import State
 from tinybird_export.local._datafile import DatafileError
 from tinybird_export.local._engine import InvalidName, QueryError, UnknownDataSource
 from tinybird_export.local._limits import Cancel
 from tinybird_export.local._request import Request, Response
+from tinybird_export.local._requestlog import RequestLog
 
 _ROUTES = [*_workspace.ROUTES, *_api.ROUTES, *_forward.ROUTES]
-_OPEN = frozenset({"/tokens", "/v0/health"})  # answered without the token, as Tinybird Local
+# Answered without the token: as Tinybird Local, and the page's files (no data in them).
+_OPEN = frozenset({"/tokens", "/v0/health", *_page.PATHS})
 _QUERIES = re.compile(r"/v0/sql/?|/v[01]/datasources/\w+/delete/?")
 _WATCH_SECONDS = 0.1
 
@@ -46,6 +51,7 @@ class HTTPServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
     state: State
+    request_log: RequestLog | None = None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Quiet about clients that went away (a timed-out client, a reset)."""
@@ -69,9 +75,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_expect_100(self) -> bool:
         """Refuse before the client sends its body, or let it send."""
+        started = time.perf_counter()
         refused, _ = self._before_body()
         if refused is not None:
-            self._answer(refused, close=True)
+            self._answer(refused, started, close=True)
             return False
         return super().handle_expect_100()
 
@@ -88,9 +95,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._handle("PUT")
 
     def _handle(self, method: str) -> None:
+        started = time.perf_counter()
         refused, length = self._before_body()
         if refused is not None:
-            self._answer(refused, close=True)
+            self._answer(refused, started, close=True)
             _ingest_body.discard(self.rfile, self.connection, length)
             return
         parts = urllib.parse.urlsplit(self.path)
@@ -103,7 +111,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             response = Response.error(404, f"Data Source {exc} does not exist")
         except QueryError as exc:  # 429 busy, 503 stopping, from any route
             response = Response.error(exc.status, str(exc))
-        self._answer(response)
+        self._answer(response, started)
 
     def _before_body(self) -> tuple[Response | None, int]:
         """The refusal decided from the request line and headers alone, if any, and the
@@ -136,6 +144,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._tokens()
         if path == "/v0/health":
             return Response.json(200, {"status": "ok"})
+        if request.method == "GET" and path in _page.PATHS:
+            return _page.answer(path)
         if path == "/v0/events" and request.method == "POST":
             return self._events(request)
         if request.method == "GET" and path in _api.EMPTY:
@@ -220,20 +230,35 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "data sources, as Forward workspaces do)",
             )
         status = 200 if wait else 202
-        return Response.json(status, {"successful_rows": ok, "quarantined_rows": quarantined})
+        answer = Response.json(status, {"successful_rows": ok, "quarantined_rows": quarantined})
+        return dataclasses.replace(answer, rows=ok, quarantined=quarantined)
 
-    def _answer(self, response: Response, *, close: bool = False) -> None:
+    def _answer(self, response: Response, started: float, *, close: bool = False) -> None:
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Cache-Control", "no-store")
+        for name, value in response.headers:
+            self.send_header(name, value)
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
         self.wfile.write(response.body)
         self.wfile.flush()
+        log = self.server.request_log
+        if log is not None:
+            path = re.split(r"[?#]", self.path, maxsplit=1)[0]  # never the query: ?token=
+            seconds = time.perf_counter() - started
+            log.record(
+                self.command,
+                path,
+                response.status,
+                rows=response.rows,
+                quarantined=response.quarantined,
+                seconds=seconds,
+            )
 
 
 def _watch(connection: socket.socket, cancel: Cancel, done: threading.Event) -> None:

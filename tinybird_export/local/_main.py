@@ -19,9 +19,10 @@ from tinybird_export.local._engine import (
 
 _DESCRIPTION = """\
 A local Tinybird on this machine, no account and no Docker: the Events API (POST /v0/events),
-read-only SQL (/v0/sql) and the workspace, Data Sources, jobs and Forward build/deploy routes
-that Tinybird's CLIs and SDKs use. The package's own data sources (app_logs, simple_events,
-traces, logs, otel_logs, otel_traces, otel_metrics_*) are declared from the start."""
+read-only SQL (/v0/sql), the workspace, Data Sources, jobs and Forward build/deploy routes
+that Tinybird's CLIs and SDKs use, and a page to look at the data (the URL it prints). The
+package's own data sources (app_logs, simple_events, traces, logs, otel_logs, otel_traces,
+otel_metrics_*) are declared from the start. It prints one line per request."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -93,6 +94,12 @@ def parser() -> argparse.ArgumentParser:
         "machines too, for tb --local from another machine or a container; default: this "
         "machine only",
     )
+    options.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print no line per request (by default: method, path, status, rows and "
+        "milliseconds, a path's repeats summed once a second)",
+    )
     return options
 
 
@@ -118,6 +125,7 @@ def run(argv: list[str] | None = None) -> int:
             engine=engine,
             package_datasources=not options.no_package_datasources,
             allow_remote_tokens=options.allow_remote_tokens,
+            request_log=None if options.quiet else sys.stdout,
         )
     except DatafileError as exc:
         return _fail(str(exc))
@@ -131,7 +139,7 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(f"cannot serve on {options.host}:{options.port}: {exc.strerror or exc}")
     except RuntimeError as exc:
         return _fail(str(exc))
-    print(banner(server, data), flush=True)
+    print(banner(server, data, log_requests=not options.quiet), flush=True)
     previous: dict[int, object] = {}
     try:
         previous = _stop_gracefully_on(signal.SIGTERM, getattr(signal, "SIGHUP", None))
@@ -168,9 +176,9 @@ def _stop_gracefully_on(*signals: signal.Signals | None) -> dict[int, object]:
     return {signum: signal.signal(signum, stop) for signum in installed}
 
 
-def banner(server: object, data: str) -> str:
-    """What the server prints on start: URL, engine, data, data sources, strict mode, and
-    ``export`` lines to paste.
+def banner(server: object, data: str, *, log_requests: bool = False) -> str:
+    """What the server prints on start: URL, the page's URL, engine, data, data sources,
+    strict mode, the request log, and ``export`` lines to paste.
     """
     from tinybird_export.local import LocalServer  # noqa: PLC0415
 
@@ -200,14 +208,21 @@ def banner(server: object, data: str) -> str:
             "workspace: the token travels unencrypted in every request;",
             f"                {tokens}",
         ]
+    requests = (
+        "one line each below (a path's repeats summed once a second; --quiet for none)"
+        if log_requests
+        else "not printed"
+    )
     return "\n".join(
         [
             f"tinybird-export local: serving the Events API at {server.url}",
             *exposed,
+            f"  page:         {server.page_url}",
             f"  engine:       {engine}",
             f"  data:         {data}",
             f"  data sources: {', '.join(server.declared) or 'none declared'}",
             f"  strict mode:  {strict}",
+            f"  requests:     {requests}",
             "",
             f"export TINYBIRD_HOST={server.url}",
             f"export TINYBIRD_TOKEN={server.token}",

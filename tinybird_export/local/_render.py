@@ -42,7 +42,7 @@ def render(
             writer.writerow(names)
         writer.writerows([[_cell(v) for v in row] for row in rows])
         body = out.getvalue().encode()
-    return QueryResult(body, CONTENT_TYPES[fmt])
+    return QueryResult(body, CONTENT_TYPES[fmt], len(rows))
 
 
 def _cell(value: Any) -> Any:

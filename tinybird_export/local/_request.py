@@ -76,11 +76,16 @@ class Request:
 
 @dataclasses.dataclass
 class Response:
-    """An answer: status, body and Content-Type."""
+    """An answer: status, body and Content-Type, the headers of its own, and the rows it
+    wrote or returned (for the request log).
+    """
 
     status: int
     body: bytes = b""
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    rows: int | None = None
+    quarantined: int = 0
 
     @classmethod
     def json(cls, status: int, payload: Any) -> Response:

@@ -176,11 +176,17 @@ class Store:
         )
 
     def datasources(self) -> list[DataSourceInfo]:
-        """Every data source, with its row count."""
+        """Every data source, with its row count and its quarantine's."""
         with self._lock:
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
             for name, info in self.infos.items():
-                info.row_count = self._db.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]  # noqa: S608
+                info.row_count = self._count(name)
+                quarantine = f"{name}_quarantine"
+                info.quarantine_rows = self._count(quarantine) if quarantine in tables else 0
             return list(self.infos.values())
+
+    def _count(self, table: str) -> int:
+        return int(self._db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])  # noqa: S608
 
     def truncate(self, name: str) -> None:
         """Delete every row of ``name`` and its quarantine."""
