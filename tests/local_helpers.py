@@ -57,6 +57,11 @@ def sql(server: LocalServer, text: str) -> dict[str, Any]:
     return query(server.url, server.token, text)
 
 
+def datasource_names(server: LocalServer) -> list[str]:
+    """The data sources the server's engine holds, as its Data Sources API lists them."""
+    return sorted(info.name for info in server.store.datasources())
+
+
 def raw_sql(server: LocalServer, text: str, method: str = "GET") -> urllib3.BaseHTTPResponse:
     """``/v0/sql`` with ``text`` as is (no wrapping)."""
     headers = {"Authorization": f"Bearer {server.token}"}

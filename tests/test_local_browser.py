@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.local_helpers import ENGINES, EVENT
+from tests.local_helpers import ENGINES, EVENT, datasource_names
 from tinybird_export import _http_guard
 from tinybird_export.local import LocalServer
 
@@ -174,7 +174,7 @@ def test_a_page_from_another_origin_writes_and_runs_nothing(
             event_json=json.dumps(EVENT),
         )
         dom = chromium(f"{origin}/attack.html", tmp_path / "profile")
-        datasources = sorted(local.store.infos)
+        datasources = datasource_names(local)
     seen = re.search(r'<pre id="out">(.*?)</pre>', dom, re.DOTALL)
     report = seen.group(1) if seen else ""
     assert "done" in report, dom  # the page ran to its end
