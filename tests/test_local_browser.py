@@ -158,6 +158,7 @@ def refusals(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_a_page_from_another_origin_writes_and_runs_nothing(
     engine: str, tmp_path: Path, attacker: tuple[str, dict[str, str]], refusals: list[str]
 ) -> None:
+    """A page on another origin, in real Chromium, writes no event or file and reads no token."""
     origin, pages = attacker
     target = tmp_path / "bashrc"
     with LocalServer(tmp_path / "data", engine=engine) as local:

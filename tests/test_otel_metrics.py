@@ -264,6 +264,7 @@ class TestCollectorLines:
     def test_line_is_json_equal_to_the_collectors(
         self, name: str, server: EventsServer, exporter_for: Any
     ) -> None:
+        """Each kind of point's line is JSON-equal to the Collector's own test case."""
         metric, resource, scope, expected = self.case(name)
         exporter = exporter_for(server)
         batch = metrics_data(metric, resource=resource, scope=scope)
@@ -371,6 +372,7 @@ class TestInstruments:
     def test_every_field_has_a_column_and_every_column_a_field(
         self, server: EventsServer, exporter_for: Any, meter_for: Any
     ) -> None:
+        """Each kind's row has exactly its .datasource's columns, and each value fits its type."""
         exporter = exporter_for(server)
         meter, provider = meter_for(
             exporter,
@@ -441,6 +443,7 @@ class TestInstruments:
         ]
 
     def test_the_mapping_is_the_otlp_exporters(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each temporality preference maps instruments as the SDK's OTLP/HTTP exporter does."""
         otlp = pytest.importorskip(
             "opentelemetry.exporter.otlp.proto.http.metric_exporter",
             reason="the OTLP exporter is in the bench dependency group",
@@ -461,6 +464,7 @@ class TestInstruments:
     def test_a_bad_preference_names_the_variable_and_the_fix(
         self, variable: str, value: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """An unknown temporality or histogram preference raises naming the variable and the fix."""
         monkeypatch.setenv(variable, value)
         with pytest.raises(ValueError, match=f"{variable} is '{value}': use "):
             TinybirdMetricExporter(enabled=False)
@@ -472,6 +476,7 @@ class TestInstruments:
         exporter_for: Any,
         meter_for: Any,
     ) -> None:
+        """The environment's default histogram aggregation sends histograms as exponential ones."""
         monkeypatch.setenv(
             "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
             "base2_exponential_bucket_histogram",
@@ -489,6 +494,7 @@ class TestInstruments:
     def test_exemplars_recorded_inside_a_span_carry_its_ids(
         self, server: EventsServer, exporter_for: Any, meter_for: Any
     ) -> None:
+        """Exemplars recorded inside a span carry its trace and span ids, value and time."""
         exporter = exporter_for(server)
         meter, provider = meter_for(exporter)
         latency = meter.create_histogram("latency")
@@ -552,6 +558,7 @@ class TestBadData:
     def test_a_non_finite_exemplar_is_left_out_alone(
         self, server: EventsServer, exporter_for: Any
     ) -> None:
+        """A NaN exemplar is left out, and the point keeps its finite exemplars."""
         from opentelemetry.sdk.metrics import Exemplar  # type: ignore[attr-defined,unused-ignore]
 
         exemplars = [Exemplar({}, math.nan, 5, 1, 1), Exemplar({}, 2.5, 5, 2, 2)]
@@ -592,6 +599,8 @@ class TestBadData:
     def test_export_never_raises_into_the_readers_thread(
         self, server: EventsServer, exporter_for: Any, capsys: pytest.CaptureFixture[str]
     ) -> None:
+        """A point that raises, an unknown type, a non-batch: said, not raised; the rest arrive."""
+
         class Unreadable:
             start_time_unix_nano, time_unix_nano, value = 1, 2, 1.0
 
@@ -640,6 +649,7 @@ class TestBadData:
     def test_a_huge_attribute_costs_at_most_max_event_bytes(
         self, server: EventsServer, exporter_for: Any
     ) -> None:
+        """A 1 MB attribute is truncated with a marker to fit max_event_bytes, and counted."""
         exporter = exporter_for(server, max_event_bytes=4096)
         point = number(1.0, note="x" * 1_000_000)
         exporter.export(metrics_data(Metric("g", None, None, Gauge([point]))))
@@ -677,6 +687,7 @@ class TestDelivery:
     def test_force_flush_and_shutdown_honour_their_timeouts(
         self, server: EventsServer, exporter_for: Any
     ) -> None:
+        """Against a hanging endpoint, force_flush and shutdown return within their timeouts."""
         server.respond(Reply(hang=True))
         exporter = exporter_for(server, timeout=30, flush_timeout=30)
         points = metrics_data(
@@ -705,6 +716,7 @@ class TestDelivery:
     def test_stats_add_up_the_four_data_sources(
         self, server: EventsServer, exporter_for: Any
     ) -> None:
+        """stats() adds up the four data sources' counts; last_error names the one that failed."""
         server.script(Reply(status=403))
         exporter = exporter_for(server)
         exporter.export(
@@ -774,6 +786,8 @@ class TestSettings:
     def test_data_sources_by_argument_and_environment(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """Each kind's data source: its argument, else its variable; no two kinds share one."""
+
         def names(exporter: TinybirdMetricExporter) -> list[str]:
             return list(exporter.datasource_stats())
 
@@ -789,6 +803,7 @@ class TestSettings:
             TinybirdMetricExporter(enabled=False, gauge_datasource="my_sums")
 
     def test_a_setting_that_does_not_apply_says_why(self) -> None:
+        """A setting the exporter does not take is a TypeError saying why, or what was meant."""
         with pytest.raises(TypeError, match="'shape' does not apply to TinybirdMetricExporter"):
             TinybirdMetricExporter(shape="otel")  # type: ignore[call-arg]
         with pytest.raises(TypeError, match="did you mean 'flush_interval'"):
@@ -896,6 +911,7 @@ class TestSettings:
             assert (indexes, warnings) == (6, [])
 
     def test_entry_point(self) -> None:
+        """OTEL_METRICS_EXPORTER=tinybird finds TinybirdMetricExporter through its entry point."""
         (entry_point,) = importlib.metadata.entry_points(
             group="opentelemetry_metrics_exporter", name="tinybird"
         )
@@ -1003,6 +1019,7 @@ def docs_metrics_queries() -> list[str]:
 
 
 def test_the_docs_have_the_three_day_one_queries() -> None:
+    """docs/integrations.md's metrics section has its three day-one queries, as SQL blocks."""
     assert len(docs_metrics_queries()) == 3
 
 
