@@ -57,19 +57,32 @@ def sql(server: LocalServer, text: str) -> dict[str, Any]:
     return query(server.url, server.token, text)
 
 
+def datasource_names(server: LocalServer) -> list[str]:
+    """The data sources the server's engine holds, as its Data Sources API lists them."""
+    return sorted(info.name for info in server.store.datasources())
+
+
+# urllib3.request() gives up after 3 s by default: on a loaded machine a query's first use of
+# a chDB feature, or a 408 at the 2 s limit, can take longer than that to answer. The tests
+# assert how long answers take where it matters; the client just waits for them.
+_ANSWER_TIMEOUT = 30
+
+
 def raw_sql(server: LocalServer, text: str, method: str = "GET") -> urllib3.BaseHTTPResponse:
     """``/v0/sql`` with ``text`` as is (no wrapping)."""
     headers = {"Authorization": f"Bearer {server.token}"}
+    url = f"{server.url}/v0/sql"
     if method == "GET":
         return urllib3.request(
-            "GET", f"{server.url}/v0/sql", fields={"q": text}, headers=headers, retries=False
+            "GET", url, fields={"q": text}, headers=headers, retries=False, timeout=_ANSWER_TIMEOUT
         )
     return urllib3.request(
-        "POST", f"{server.url}/v0/sql", body=text.encode(), headers=headers, retries=False
+        "POST", url, body=text.encode(), headers=headers, retries=False, timeout=_ANSWER_TIMEOUT
     )
 
 
 def api(server: LocalServer, method: str, path: str, **kwargs: Any) -> urllib3.BaseHTTPResponse:
     """A Tinybird API call with the server's token as a Bearer header."""
     headers = {"Authorization": f"Bearer {server.token}", **kwargs.pop("headers", {})}
+    kwargs.setdefault("timeout", _ANSWER_TIMEOUT)
     return urllib3.request(method, f"{server.url}{path}", headers=headers, retries=False, **kwargs)

@@ -23,7 +23,7 @@ import orjson
 import pytest
 import urllib3
 
-from tests.local_helpers import ENGINES, EVENT, ndjson, sql
+from tests.local_helpers import ENGINES, EVENT, datasource_names, ndjson, sql
 from tinybird_export import _http_guard
 from tinybird_export.local import LocalServer, spawn
 from tinybird_export.local import _http as local_http
@@ -84,8 +84,10 @@ def either(request: pytest.FixtureRequest) -> Iterator[LocalServer | EventsServe
 def stored(server: LocalServer | EventsServer, name: str) -> int:
     if isinstance(server, EventsServer):
         return len(server.events(name))
-    answer = sql(server, f"select count() n from {name}") if name in server.store.infos else None
-    return answer["data"][0]["n"] if answer else 0
+    if name not in datasource_names(server):
+        return 0
+    count: int = sql(server, f"select count() n from {name}")["data"][0]["n"]
+    return count
 
 
 class TestDNSRebinding:
@@ -96,6 +98,7 @@ class TestDNSRebinding:
         "path", ["/tokens", "/v0/health", "/v0/sql?q=select+1", "/v0/datasources"]
     )
     def test_a_foreign_host_gets_403_saying_why(self, local: LocalServer, path: str) -> None:
+        """Any route under a foreign Host is a 403 naming DNS rebinding, without the token."""
         host = f"attacker.example:{port_of(local.url)}"
         response = call(
             local.url, "GET", path, {"Host": host, "Authorization": f"Bearer {local.token}"}
@@ -106,6 +109,7 @@ class TestDNSRebinding:
         assert local.token.encode() not in response.data
 
     def test_a_rebound_post_writes_nothing(self, either: LocalServer | EventsServer) -> None:
+        """An event posted under a foreign Host, token included, is a 403 and stores nothing."""
         token = either.token or ""
         host = f"attacker.example:{port_of(either.url)}"
         headers = {"Host": host, "Authorization": f"Bearer {token}"}
@@ -126,12 +130,14 @@ class TestDNSRebinding:
     def test_its_own_names_and_ip_addresses_are_answered(
         self, local: LocalServer, host: str
     ) -> None:
+        """Loopback names in any case, and IP addresses (no DNS to rebind), are answered."""
         response = call(
             local.url, "GET", "/v0/health", {"Host": host.format(port=port_of(local.url))}
         )
         assert response.status == 200
 
     def test_the_host_it_was_given_is_its_own(self) -> None:
+        """A host name it was given is allowed, and a name that merely starts with one is not."""
         assert _http_guard.host_allowed("devbox.internal:7181", {"devbox.internal"})
         assert not _http_guard.host_allowed(
             "devbox.internal.attacker.example:7181", {"devbox.internal"}
@@ -146,6 +152,7 @@ class TestCrossOrigin:
 
     @pytest.mark.parametrize("engine", ENGINES)
     def test_a_form_post_with_the_token_writes_nothing(self, engine: str) -> None:
+        """Posts from another site, port or null origin, token in the body: 403s, nothing stored."""
         with LocalServer(engine=engine) as server:
             for headers in (
                 {"Origin": FOREIGN, "Content-Type": "text/plain"},
@@ -156,10 +163,11 @@ class TestCrossOrigin:
                 response = send_event(server.url, f"name=forged&token={server.token}", headers)
                 assert response.status == 403, headers
                 assert "cross-" in orjson.loads(response.data)["error"]
-            assert "forged" not in server.store.infos
+            assert "forged" not in datasource_names(server)
 
     @pytest.mark.parametrize("engine", ENGINES)
     def test_sql_from_another_origin_is_not_run(self, engine: str, tmp_path: Path) -> None:
+        """SQL posted by another origin is a 403 and never runs: no file written."""
         target = tmp_path / "bashrc"
         query = f"SELECT 'echo pwned' INTO OUTFILE '{target}' FORMAT TSV"
         with LocalServer(engine=engine) as server:
@@ -174,6 +182,7 @@ class TestCrossOrigin:
         assert not target.exists()
 
     def test_the_events_server_refuses_other_origins_too(self) -> None:
+        """The test server refuses another origin's event with a 403 too, and records it."""
         with EventsServer() as server:
             headers = {"Origin": FOREIGN, "Authorization": f"Bearer {server.token}"}
             response = send_event(server.url, "name=forged", headers)
@@ -197,6 +206,7 @@ class TestCrossOrigin:
         assert send_event(either.url, "name=own", headers).status == 403
 
     def test_a_typed_url_is_allowed(self, local: LocalServer) -> None:
+        """A URL typed in the address bar (Sec-Fetch-Site: none) is answered."""
         response = call(
             local.url,
             "GET",
@@ -206,6 +216,7 @@ class TestCrossOrigin:
         assert response.status == 200
 
     def test_no_answer_invites_another_origin(self, local: LocalServer) -> None:
+        """No answer, preflight or own-origin, carries an Access-Control-* header."""
         preflight = call(
             local.url,
             "OPTIONS",
@@ -231,11 +242,13 @@ class TestTokens:
         ],
     )
     def test_a_browser_never_gets_it(self, local: LocalServer, headers: dict[str, str]) -> None:
+        """/tokens is a 403 without the token to a browser, navigating or fetching same-origin."""
         headers = {k: v.format(url=local.url) for k, v in headers.items()}
         response = call(local.url, "GET", "/tokens", headers)
         assert response.status == 403 and local.token.encode() not in response.data
 
     def test_other_machines_get_it_only_when_allowed(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """/tokens answers another machine only under --allow-remote-tokens, and else says so."""
         monkeypatch.setattr(local_http, "_loopback", lambda address: False)  # a remote client
         for allowed in (False, True):
             with LocalServer(allow_remote_tokens=allowed) as server:
@@ -246,6 +259,7 @@ class TestTokens:
                     assert "--allow-remote-tokens" in orjson.loads(response.data)["error"]
 
     def test_ipv4_mapped_loopback_is_this_machine(self) -> None:
+        """::ffff:127.0.0.1 is loopback; a LAN address and nonsense are not."""
         assert local_http._loopback("::ffff:127.0.0.1") and local_http._loopback("127.0.0.1")
         assert not local_http._loopback("192.168.1.5") and not local_http._loopback("nonsense")
 
@@ -292,6 +306,7 @@ class TestBodies:
     past the cap."""
 
     def test_an_announced_gigabyte_is_refused_unread(self, served: tuple[str, str, int]) -> None:
+        """A 2 GiB Content-Length is a 413 at once, unread, and the server's memory stays flat."""
         url, token, pid = served
         head = f"POST /v0/events?name=big HTTP/1.1\nHost: 127.0.0.1\nAuthorization: Bearer {token}\nContent-Length: {2**31}"
         before = _peak_rss_mib(pid)
@@ -301,6 +316,7 @@ class TestBodies:
         assert call(url, "GET", "/nothing").status in (403, 404)  # still serving
 
     def test_no_token_no_body_read(self, served: tuple[str, str, int]) -> None:
+        """A wrong token is a 403 before a byte of its body is read."""
         url, _, _ = served
         head = "POST /v0/events?name=x HTTP/1.1\nHost: 127.0.0.1\nAuthorization: Bearer wrong\nContent-Length: 5000000"
         answer, took = exchange(url, head)
@@ -309,6 +325,7 @@ class TestBodies:
     def test_expect_100_continue_is_answered_before_the_body(
         self, served: tuple[str, str, int]
     ) -> None:
+        """Expect: 100-continue is a 403 for a wrong token and a 100 for the right one."""
         url, token, _ = served
         head = "POST /v0/events?name=x HTTP/1.1\nHost: 127.0.0.1\nExpect: 100-continue\nContent-Length: 5000000"
         refused, _ = exchange(url, f"{head}\nAuthorization: Bearer wrong")
@@ -317,6 +334,7 @@ class TestBodies:
         assert welcome.startswith(b"HTTP/1.1 100")
 
     def test_a_chunked_body_gets_411(self, served: tuple[str, str, int]) -> None:
+        """A chunked body gets a 411, as Tinybird wants a Content-Length."""
         url, token, _ = served
         head = f"POST /v0/events?name=x HTTP/1.1\nHost: 127.0.0.1\nAuthorization: Bearer {token}\nTransfer-Encoding: chunked"
         answer, _ = exchange(url, head, b"5\r\nhello\r\n0\r\n\r\n")
@@ -325,6 +343,7 @@ class TestBodies:
     def test_a_gzip_bomb_is_413_quickly_in_bounded_memory(
         self, served: tuple[str, str, int]
     ) -> None:
+        """2 GiB of gzipped zeros is a 413 within 2 s, and the server grows by under 100 MiB."""
         url, token, pid = served
         bomb = _gzip_bomb(2 << 30)  # 2 GiB of zeros in about 2 MiB
         assert len(bomb) < 10_000_000
@@ -357,6 +376,7 @@ class TestBodies:
                 assert response.status == 413
 
     def test_gzip_members_and_padding_decode_as_gzip_does(self, either: Any) -> None:
+        """Concatenated gzip members and zero padding decode as gzip does; 100 members are a 400."""
         headers = {"Authorization": f"Bearer {either.token or ''}", "Content-Encoding": "gzip"}
         body = gzip.compress(ndjson(EVENT)) + gzip.compress(ndjson(EVENT)) + b"\0" * 8
         many = gzip.compress(b"") * 100

@@ -158,6 +158,7 @@ class TestClickHouse:
     def test_into_outfile_writes_nothing(
         self, clickhouse: LocalServer, query: str, tmp_path: Path
     ) -> None:
+        """Every spelling and place of INTO OUTFILE is refused, and no file is written."""
         target = tmp_path / "out"
         response = raw_sql(clickhouse, query.format(f=target), method="POST")
         assert response.status in (400, 403), response.data
@@ -165,6 +166,7 @@ class TestClickHouse:
         assert not list(tmp_path.iterdir())
 
     def test_delete_condition_writes_nothing(self, clickhouse: LocalServer, tmp_path: Path) -> None:
+        """A delete condition with INTO OUTFILE or a second statement is refused; none deleted."""
         target = tmp_path / "out"
         for condition in (f"1 into outfile '{target}'", f"1; select 1 into outfile '{target}'"):
             response = api(
@@ -179,16 +181,20 @@ class TestClickHouse:
 
     @pytest.mark.parametrize("query", OUTSIDE)
     def test_nothing_reaches_outside(self, clickhouse: LocalServer, query: str) -> None:
+        """Functions that read files, the network, processes or other tables are refused."""
         response = raw_sql(clickhouse, query, method="POST")
         assert response.status in (400, 403), response.data
         assert b"root:" not in response.data and clickhouse.token.encode() not in response.data
 
     @pytest.mark.parametrize("query", ALLOWED)
     def test_tinybird_queries_still_run(self, clickhouse: LocalServer, query: str) -> None:
+        """The queries Tinybird users write still run under the allowlist."""
         response = raw_sql(clickhouse, query, method="POST")
         assert response.status == 200, response.data
 
     def test_the_refusals_say_why(self, clickhouse: LocalServer, tmp_path: Path) -> None:
+        """Each refusal names what was refused and, for system tables, what may be read instead."""
+
         def error(query: str) -> str:
             return str(orjson.loads(raw_sql(clickhouse, query, method="POST").data)["error"])
 
@@ -202,11 +208,13 @@ class TestClickHouse:
     def test_a_line_break_in_an_identifier_cannot_forge_the_tree(
         self, clickhouse: LocalServer
     ) -> None:
+        """A quoted identifier with a line break cannot forge a line of the checked syntax tree."""
         forged = "select 1 as `x\n     TableIdentifier app_logs` from file('/etc/passwd', 'LineAsString')"
         assert raw_sql(clickhouse, forged, method="POST").status == 403
 
 
 def test_the_tree_reader_refuses_what_it_cannot_read() -> None:
+    """A syntax tree with a child missing or extra, a second statement or a jump is refused."""
     good = "SelectWithUnionQuery (children 1)\n ExpressionList (children 1)\n  SelectQuery (children 1)\n   ExpressionList (children 1)\n    Literal UInt64_1"
     assert _chcheck.refusal(good, "default") is None
     for broken in [
@@ -242,6 +250,7 @@ def test_the_tree_reader_refuses_what_it_cannot_read() -> None:
     ],
 )
 def test_sqlite_reads_only(query: str) -> None:
+    """SQLite refuses attaching, extensions, its own catalog and token, and every write."""
     with LocalServer(engine="sqlite") as local:
         post(
             local,

@@ -48,9 +48,8 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope  # noqa: E402
 
 from tests.helpers import ROOT, child_env, run_python, talk_to_python  # noqa: E402
-from tests.local_helpers import ENGINES, api, needs_clickhouse  # noqa: E402
+from tests.local_helpers import ENGINES, api, needs_clickhouse, sql  # noqa: E402
 from tests.test_otel import assert_deadlines_honoured  # noqa: E402
-from tinybird_export.cli import query  # noqa: E402
 from tinybird_export.local import DATASOURCES_DIR, LocalServer  # noqa: E402
 from tinybird_export.local._datafile import parse_datasource  # noqa: E402
 from tinybird_export.otel import TinybirdMetricExporter  # noqa: E402
@@ -124,10 +123,9 @@ def number(value: float, start: int = 1, time_ns: int = 2, **attributes: Any) ->
     return NumberDataPoint(attributes, start, time_ns, value)
 
 
-def histogram_point(total: float, **extra: Any) -> HistogramDataPoint:
-    fields = {"count": 2, "bucket_counts": [1, 1], "explicit_bounds": [10.0]}
-    fields |= {"min": 1.0, "max": 20.0, **extra}
-    return HistogramDataPoint({}, 1, 2, sum=total, **fields)
+def histogram_point(total: float, low: float = 1.0, high: float = 20.0) -> HistogramDataPoint:
+    """Two values, one each side of 10; ``low``/``high`` its min and max."""
+    return HistogramDataPoint({}, 1, 2, 2, total, [1, 1], [10.0], low, high)
 
 
 def rows_by_table(server: EventsServer) -> dict[str, list[dict[str, Any]]]:
@@ -179,7 +177,9 @@ class TestCollectorLines:
         expected = dict(self.BASE)
         if name == "sum":
             resource = Resource({}, self.SCHEMA)
-            data: Any = Sum([number(42.5, self.START, self.TIME)], 2, True)
+            data: Any = Sum(
+                [number(42.5, self.START, self.TIME)], AggregationTemporality.CUMULATIVE, True
+            )
             metric = Metric("test.sum", "Test sum metric", "count", data)
             expected |= {"resource_attributes": {}, "service_name": "", "value": 42.5}
             expected |= {"aggregation_temporality": 2, "is_monotonic": True}
@@ -194,8 +194,8 @@ class TestCollectorLines:
                     self.SCHEMA,
                     {"telemetry.sdk.name": "opentelemetry"},  # type: ignore[call-arg,unused-ignore]
                 )
-            point = number(1024, self.START, self.TIME, host="server-1", region="us-west")
-            metric = Metric("test.gauge", "Test gauge metric", "bytes", Gauge([point]))
+            reading = number(1024, self.START, self.TIME, host="server-1", region="us-west")
+            metric = Metric("test.gauge", "Test gauge metric", "bytes", Gauge([reading]))
             expected = json.loads(self.GAUGE_LINE)
             if not SCOPE_ATTRIBUTES:
                 expected["scope_attributes"] = {}
@@ -212,11 +212,11 @@ class TestCollectorLines:
                 0x0102030405060708090A0B0C0D0E0F10,
             )
             # min/max +inf/-inf: the SDK's "not recorded" (the Go case sets none).
-            point = HistogramDataPoint(
+            buckets = HistogramDataPoint(
                 {}, self.START, self.TIME, 100, 50.5, [10, 20, 30, 40], [0.5, 1.0, 1.5],
                 math.inf, -math.inf, [exemplar],  # type: ignore[call-arg,unused-ignore]
             )  # fmt: skip
-            data = Histogram([point], AggregationTemporality.DELTA)
+            data = Histogram([buckets], AggregationTemporality.DELTA)
             metric = Metric("test.histogram", "Test histogram metric", "seconds", data)
             expected |= {
                 "exemplars_filtered_attributes": [{"exemplar.type": "outlier"}],
@@ -231,11 +231,11 @@ class TestCollectorLines:
                 "aggregation_temporality": 1,
             }
         else:
-            point = ExponentialHistogramDataPoint(
+            exponential = ExponentialHistogramDataPoint(
                 {}, self.START, self.TIME, 200, 100.0, 2, 50, Buckets(1, [10, 20, 30]),
                 Buckets(-1, [5, 15, 25]), 0, 0.1, 10.0,
             )  # fmt: skip
-            data = ExponentialHistogram([point], AggregationTemporality.CUMULATIVE)
+            data = ExponentialHistogram([exponential], AggregationTemporality.CUMULATIVE)
             metric = Metric(
                 "test.exponential_histogram", "Test exponential histogram metric", "bytes", data
             )
@@ -264,6 +264,7 @@ class TestCollectorLines:
     def test_line_is_json_equal_to_the_collectors(
         self, name: str, server: EventsServer, exporter_for: Any
     ) -> None:
+        """Each kind of point's line is JSON-equal to the Collector's own test case."""
         metric, resource, scope, expected = self.case(name)
         exporter = exporter_for(server)
         batch = metrics_data(metric, resource=resource, scope=scope)
@@ -317,8 +318,9 @@ class TestInstruments:
             for info in api(local, "GET", "/v0/datasources").json()["datasources"]:
                 assert info["quarantine_rows"] == 0, info
 
-            def rows(sql: str) -> list[dict[str, Any]]:
-                return query(local.url, local.token, sql)["data"]  # type: ignore[no-any-return]
+            def rows(text: str) -> list[dict[str, Any]]:
+                answer: list[dict[str, Any]] = sql(local, text)["data"]
+                return answer
 
             sums = rows(
                 "select MetricName, Value, IsMonotonic, AggregationTemporality, Attributes "
@@ -370,6 +372,7 @@ class TestInstruments:
     def test_every_field_has_a_column_and_every_column_a_field(
         self, server: EventsServer, exporter_for: Any, meter_for: Any
     ) -> None:
+        """Each kind's row has exactly its .datasource's columns, and each value fits its type."""
         exporter = exporter_for(server)
         meter, provider = meter_for(
             exporter,
@@ -440,6 +443,7 @@ class TestInstruments:
         ]
 
     def test_the_mapping_is_the_otlp_exporters(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each temporality preference maps instruments as the SDK's OTLP/HTTP exporter does."""
         otlp = pytest.importorskip(
             "opentelemetry.exporter.otlp.proto.http.metric_exporter",
             reason="the OTLP exporter is in the bench dependency group",
@@ -460,6 +464,7 @@ class TestInstruments:
     def test_a_bad_preference_names_the_variable_and_the_fix(
         self, variable: str, value: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """An unknown temporality or histogram preference raises naming the variable and the fix."""
         monkeypatch.setenv(variable, value)
         with pytest.raises(ValueError, match=f"{variable} is '{value}': use "):
             TinybirdMetricExporter(enabled=False)
@@ -471,6 +476,7 @@ class TestInstruments:
         exporter_for: Any,
         meter_for: Any,
     ) -> None:
+        """The environment's default histogram aggregation sends histograms as exponential ones."""
         monkeypatch.setenv(
             "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
             "base2_exponential_bucket_histogram",
@@ -488,6 +494,7 @@ class TestInstruments:
     def test_exemplars_recorded_inside_a_span_carry_its_ids(
         self, server: EventsServer, exporter_for: Any, meter_for: Any
     ) -> None:
+        """Exemplars recorded inside a span carry its trace and span ids, value and time."""
         exporter = exporter_for(server)
         meter, provider = meter_for(exporter)
         latency = meter.create_histogram("latency")
@@ -517,9 +524,14 @@ class TestBadData:
         """The Collector's JSON encoder fails there and drops the whole request for good."""
         exporter = exporter_for(server)
         gauge = Gauge([number(math.nan, room="a"), number(21.5, room="b")])
-        total = Sum([number(math.inf, route="/a"), number(3, route="/b")], 2, True)
+        total = Sum(
+            [number(math.inf, route="/a"), number(3, route="/b")],
+            AggregationTemporality.CUMULATIVE,
+            True,
+        )
         histogram = Histogram(
-            [histogram_point(math.nan), histogram_point(21.0, min=math.inf, max=-math.inf)], 2
+            [histogram_point(math.nan), histogram_point(21.0, low=math.inf, high=-math.inf)],
+            AggregationTemporality.CUMULATIVE,
         )
         batch = metrics_data(
             Metric("temperature", None, None, gauge),
@@ -546,6 +558,7 @@ class TestBadData:
     def test_a_non_finite_exemplar_is_left_out_alone(
         self, server: EventsServer, exporter_for: Any
     ) -> None:
+        """A NaN exemplar is left out, and the point keeps its finite exemplars."""
         from opentelemetry.sdk.metrics import Exemplar  # type: ignore[attr-defined,unused-ignore]
 
         exemplars = [Exemplar({}, math.nan, 5, 1, 1), Exemplar({}, 2.5, 5, 2, 2)]
@@ -586,6 +599,8 @@ class TestBadData:
     def test_export_never_raises_into_the_readers_thread(
         self, server: EventsServer, exporter_for: Any, capsys: pytest.CaptureFixture[str]
     ) -> None:
+        """A point that raises, an unknown type, a non-batch: said, not raised; the rest arrive."""
+
         class Unreadable:
             start_time_unix_nano, time_unix_nano, value = 1, 2, 1.0
 
@@ -603,7 +618,7 @@ class TestBadData:
             Metric("strange", None, None, Strange()),  # type: ignore[arg-type]
         )
         assert exporter.export(batch) is MetricExportResult.SUCCESS
-        assert exporter.export(object()) is MetricExportResult.SUCCESS  # type: ignore[arg-type]
+        assert exporter.export(object()) is MetricExportResult.SUCCESS
         assert exporter.force_flush(10_000)
         assert [r["value"] for r in server.events("otel_metrics_gauge")] == [2.0]
         assert exporter.stats().dropped_by_reason == {"unreadable": 1}
@@ -634,6 +649,7 @@ class TestBadData:
     def test_a_huge_attribute_costs_at_most_max_event_bytes(
         self, server: EventsServer, exporter_for: Any
     ) -> None:
+        """A 1 MB attribute is truncated with a marker to fit max_event_bytes, and counted."""
         exporter = exporter_for(server, max_event_bytes=4096)
         point = number(1.0, note="x" * 1_000_000)
         exporter.export(metrics_data(Metric("g", None, None, Gauge([point]))))
@@ -671,11 +687,12 @@ class TestDelivery:
     def test_force_flush_and_shutdown_honour_their_timeouts(
         self, server: EventsServer, exporter_for: Any
     ) -> None:
+        """Against a hanging endpoint, force_flush and shutdown return within their timeouts."""
         server.respond(Reply(hang=True))
         exporter = exporter_for(server, timeout=30, flush_timeout=30)
         points = metrics_data(
             Metric("g", None, None, Gauge([number(1)])),
-            Metric("s", None, None, Sum([number(1)], 2, True)),
+            Metric("s", None, None, Sum([number(1)], AggregationTemporality.CUMULATIVE, True)),
         )
         exporter.export(points)
         assert_deadlines_honoured(exporter, server, points, MetricExportResult.FAILURE)
@@ -699,12 +716,13 @@ class TestDelivery:
     def test_stats_add_up_the_four_data_sources(
         self, server: EventsServer, exporter_for: Any
     ) -> None:
+        """stats() adds up the four data sources' counts; last_error names the one that failed."""
         server.script(Reply(status=403))
         exporter = exporter_for(server)
         exporter.export(
             metrics_data(
                 Metric("g", None, None, Gauge([number(1), number(2)])),
-                Metric("s", None, None, Sum([number(1)], 2, True)),
+                Metric("s", None, None, Sum([number(1)], AggregationTemporality.CUMULATIVE, True)),
             )
         )
         exporter.force_flush(10_000)
@@ -768,6 +786,8 @@ class TestSettings:
     def test_data_sources_by_argument_and_environment(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """Each kind's data source: its argument, else its variable; no two kinds share one."""
+
         def names(exporter: TinybirdMetricExporter) -> list[str]:
             return list(exporter.datasource_stats())
 
@@ -783,6 +803,7 @@ class TestSettings:
             TinybirdMetricExporter(enabled=False, gauge_datasource="my_sums")
 
     def test_a_setting_that_does_not_apply_says_why(self) -> None:
+        """A setting the exporter does not take is a TypeError saying why, or what was meant."""
         with pytest.raises(TypeError, match="'shape' does not apply to TinybirdMetricExporter"):
             TinybirdMetricExporter(shape="otel")  # type: ignore[call-arg]
         with pytest.raises(TypeError, match="did you mean 'flush_interval'"):
@@ -890,6 +911,7 @@ class TestSettings:
             assert (indexes, warnings) == (6, [])
 
     def test_entry_point(self) -> None:
+        """OTEL_METRICS_EXPORTER=tinybird finds TinybirdMetricExporter through its entry point."""
         (entry_point,) = importlib.metadata.entry_points(
             group="opentelemetry_metrics_exporter", name="tinybird"
         )
@@ -997,6 +1019,7 @@ def docs_metrics_queries() -> list[str]:
 
 
 def test_the_docs_have_the_three_day_one_queries() -> None:
+    """docs/integrations.md's metrics section has its three day-one queries, as SQL blocks."""
     assert len(docs_metrics_queries()) == 3
 
 
@@ -1024,15 +1047,15 @@ def test_the_docs_metrics_queries_answer_on_clickhouse(
             meter.create_observable_gauge(
                 "queue.depth", callbacks=[lambda _: [Observation(depth[0], {"queue": "emails"})]]
             )
-            for values in (range(1, 51), range(51, 101)):  # two collections
-                for value in values:
+            for collection in (range(1, 51), range(51, 101)):  # two collections
+                for value in collection:
                     requests.add(1, {"route": "/cart"})
                     duration.record(value, {"route": "/cart"})
                 depth[0] += 7
                 provider.force_flush()
             provider.shutdown()
             assert exporter.stats().quarantined == 0
-        answers = [query(local.url, local.token, sql)["data"] for sql in docs_metrics_queries()]
+        answers = [sql(local, text)["data"] for text in docs_metrics_queries()]
     rate, p95, depth_now = answers
     for service in ("shop-cumulative", "shop-delta"):
         # 100 requests in all, whichever minutes the two collections fell in.

@@ -181,13 +181,17 @@ class TestSupervisedWorker:
             return original(status)
 
         monkeypatch.setattr(_retry, "classify", exits_once)
+        # The first answer waits until the test has seen the thread: answered at once, the
+        # thread could end before it is looked for (a loaded machine did that).
+        server.script(Reply(hang=True))
         handler = make_handler(flush_interval=0.05)
         logger.addHandler(handler)
         before = worker_threads()
         logger.info("first")
-        assert server.wait_for(lambda: server.request_count >= 1, 10)
-        started = worker_threads() - before  # the thread this handler started
+        assert server.wait_for(lambda: server.arrivals >= 1, 10)
+        started = worker_threads() - before  # the thread this handler started, waiting
         assert len(started) == 1
+        server.release()
         assert wait_until(lambda: not any(t.is_alive() for t in started))  # it is gone
         logger.info("second")
         assert server.wait_for(lambda: len(server.events()) == 3, 10)
@@ -201,6 +205,10 @@ class TestSupervisedWorker:
 class TestMemoryBudget:
     def test_dictconfig_reloads_during_an_outage_share_one_budget(self) -> None:
         """Five dictConfig reloads in an outage hold one bound and report in one line."""
+        # The closed handlers keep what they hold until exit (their close deadline, their
+        # flush_timeout, is far off), so the bound must hold all of it; a closed handler's own
+        # deadline is test_a_closed_handlers_queue_is_given_up_at_its_deadline's. With 0.3 s,
+        # a loaded machine passed one deadline per reload, each said in a line of its own.
         result = run_python(
             """
             import logging, logging.config
@@ -209,7 +217,7 @@ class TestMemoryBudget:
                    "handlers": {"tb": {"class": "tinybird_export.TinybirdHandler",
                                        "queue_max_bytes": 2 * 1024 * 1024,
                                        "batch_max_bytes": 1024 * 1024,
-                                       "flush_timeout": 0.3, "exit_timeout": 0.5}},
+                                       "flush_timeout": 30, "exit_timeout": 0.5}},
                    "root": {"handlers": ["tb"], "level": "INFO"}}
             handlers = []
             for reload in range(5):
@@ -228,13 +236,11 @@ class TestMemoryBudget:
         )
         assert result.returncode == 0, result.stderr
         assert int(result.stdout) <= 2 * 1024 * 1024
-        # What is lost is reported in one line, one entry for the one data source and host:
-        # at exit, or (on a loaded machine, where a closed handler's 0.3 s deadline may pass
-        # first) at that deadline, and then at exit for what remains.
+        # What is lost is reported at exit in one line, one entry for the one data source and
+        # host, whichever handler held it.
         lines = [line for line in result.stderr.splitlines() if "not delivered" in line]
-        assert 1 <= len(lines) <= 2, result.stderr
-        assert sum("not delivered at exit" in line for line in lines) <= 1, result.stderr
-        assert all(line.count("'app_logs'") == 1 for line in lines), lines
+        assert len(lines) == 1 and "not delivered at exit" in lines[0], result.stderr
+        assert lines[0].count("'app_logs'") == 1, lines
 
     def test_a_closed_handlers_queue_is_given_up_at_its_deadline(
         self, make_handler: Any, logger: logging.Logger
