@@ -9,7 +9,10 @@ process (``python -m tinybird_export.local``, in memory) and one client:
 - ingest: posts pre-built NDJSON batches of ``--batch`` small events for ``--seconds``, raw
   then gzip, and counts the events the server answered as stored;
 - query: loads ``--rows`` events, then times ``select count()`` and a ``group by`` through
-  ``/v0/sql`` (the median of 5 runs each), and the engine's own ``statistics.elapsed``.
+  ``/v0/sql`` (the median of 5 runs each), and the engine's own ``statistics.elapsed``;
+- functions: ClickHouse's ``countIf`` against the plain ``count() ... where`` it stands for,
+  and ``quantile(0.9)``, ``toStartOfFiveMinutes``: on the SQLite engine these are Python
+  functions (``tinybird_export/local/_sqlite_functions.py``), a row at a time.
 """
 
 from __future__ import annotations
@@ -63,6 +66,19 @@ def ingest(local: SpawnedServer, raw: bytes, size: int, seconds: float) -> dict[
     return results
 
 
+QUERIES = (
+    ("count", "select count() c from bench_query"),
+    ("group by", "select event, count() c from bench_query group by event order by event"),
+    ("count where", "select count() n from bench_query where event = 'click'"),
+    ("countIf", "select countIf(event = 'click') n from bench_query"),
+    ("quantile", "select quantile(0.9)(length(href)) q from bench_query"),
+    (
+        "5 minutes",
+        "select toStartOfFiveMinutes(timestamp) t, count() n from bench_query group by t",
+    ),
+)
+
+
 def queries(local: SpawnedServer, rows: int, size: int) -> dict[str, float]:
     pool = urllib3.PoolManager()
     headers = {"Authorization": f"Bearer {local.token}"}
@@ -75,10 +91,7 @@ def queries(local: SpawnedServer, rows: int, size: int) -> dict[str, float]:
         )
         assert response.status == 202, response.data
     timings: dict[str, float] = {}
-    for label, sql in (
-        ("count", "select count() c from bench_query"),
-        ("group by", "select event, count() c from bench_query group by event order by event"),
-    ):
+    for label, sql in QUERIES:
         runs, inside = [], []
         for _ in range(5):
             started = time.perf_counter()
@@ -135,6 +148,16 @@ def main() -> None:
         "\nselect count() and group by: the median of 5 answers through /v0/sql, HTTP included; "
         "elapsed: the engine's own statistics.elapsed in those answers"
     )
+    print(
+        "\n| engine | count() where event = 'click' | countIf(event = 'click') "
+        "| quantile(0.9)(length(href)) | toStartOfFiveMinutes group by |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for engine, r in results.items():
+        print(
+            f"| {engine} | {r['count where'] * 1000:.1f} ms | {r['countIf'] * 1000:.1f} ms "
+            f"| {r['quantile'] * 1000:.1f} ms | {r['5 minutes'] * 1000:.1f} ms |"
+        )
     if len(results) == 2:
         sqlite, clickhouse = results["sqlite"], results["clickhouse"]
         print(

@@ -37,7 +37,10 @@ if __name__ == "__main__" and "CELERY_DATA_DIR" not in os.environ:
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
         env = {**os.environ, "CELERY_DATA_DIR": folder}
         if not os.environ.get("TINYBIRD_TOKEN"):
-            env.update(stack.enter_context(spawn()).env())
+            # Strict, as a Forward workspace: it sends only to data sources it declares.
+            datasources = str(Path(__file__).resolve().parent / "datasources")
+            strict = spawn(":memory:", "--strict", "--datasources", datasources)
+            env.update(stack.enter_context(strict).env())
         run = subprocess.run([sys.executable, __file__], env=env, check=False)
         sys.exit(run.returncode)
 

@@ -18,11 +18,15 @@ import os
 import subprocess
 import sys
 
+# The examples' data sources (examples/datasources): what a workspace needs for them.
+EXAMPLE_DATASOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "datasources")
+
 if __name__ == "__main__" and not os.environ.get("TINYBIRD_TOKEN"):
     # No Tinybird token: start the embedded local server and run this script against it.
     from tinybird_export.local import spawn
 
-    with spawn() as local:
+    # Strict, as a Forward workspace: the example sends only to data sources it declares.
+    with spawn(":memory:", "--strict", "--datasources", EXAMPLE_DATASOURCES) as local:
         run = subprocess.run([sys.executable, __file__], env=local.env(), check=False)
         sys.exit(run.returncode)
 

@@ -6,16 +6,18 @@ export TINYBIRD_HOST=... TINYBIRD_TOKEN=...   # the lines tinybird-export local 
 
 import logging.config
 
-from tinybird_export import TinybirdEvents
+from tinybird_export import TinybirdEvents, TinybirdHandler
 
 logging.config.dictConfig(
     {
         "version": 1,
+        "disable_existing_loggers": False,  # keep the loggers your libraries already made
         "handlers": {
             # The token and host come from TINYBIRD_TOKEN and TINYBIRD_HOST.
-            "tinybird": {"class": "tinybird_export.TinybirdHandler", "datasource": "app_logs"}
+            "tinybird": {"class": "tinybird_export.TinybirdHandler", "datasource": "app_logs"},
+            "console": {"class": "logging.StreamHandler"},  # your terminal keeps its lines
         },
-        "root": {"handlers": ["tinybird"], "level": "INFO"},
+        "root": {"handlers": ["console", "tinybird"], "level": "INFO"},
     }
 )
 log = logging.getLogger("shop")
@@ -29,5 +31,5 @@ except KeyError:
 with TinybirdEvents(datasource="simple_events") as events:
     events.send({"href": "https://shop.example/", "event": "page_view"})
 
-handler = logging.getLogger().handlers[0]
-print("acknowledged:", handler.flush(5), handler.stats())  # type: ignore[attr-defined]
+handler = next(h for h in logging.getLogger().handlers if isinstance(h, TinybirdHandler))
+print("acknowledged:", handler.flush(5), handler.stats())

@@ -22,7 +22,9 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
+from typing import Any, TextIO
 
 from tinybird_export import TinybirdEvents
 from tinybird_export.cli import query
@@ -49,6 +51,54 @@ def count_rows(host: str, token: str, datasource: str) -> str:
     except Exception as exc:  # noqa: BLE001 - a token without read scope, for instance
         return f"unavailable ({exc})"
     return str(result["data"][0]["c"])  # type: ignore[index]
+
+
+class LiveLine:
+    """The progress line on a terminal, rewritten in place. The package's diagnostics go to
+    stderr from its sender thread, at any moment: they are printed above the line, which is
+    drawn again below them, rather than in its middle.
+    """
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self._out, self._err = out, err
+        self._lock = threading.Lock()
+        self._text = ""
+
+    def show(self, text: str) -> None:
+        with self._lock:
+            self._out.write(f"\r{text}{' ' * (len(self._text) - len(text))}")
+            self._out.flush()
+            self._text = text
+
+    def end(self) -> None:
+        """Leave the line as it is and go to the next one."""
+        with self._lock:
+            if self._text:
+                self._out.write("\n")
+                self._out.flush()
+            self._text = ""
+
+    def stderr(self) -> Any:
+        """A stand-in for ``sys.stderr`` that writes above the line."""
+        line = self
+
+        class _AboveTheLine:
+            def write(self, text: str) -> int:
+                with line._lock:
+                    if line._text:
+                        line._out.write(f"\r{' ' * len(line._text)}\r")
+                        line._out.flush()
+                    written = line._err.write(text)
+                    line._err.flush()
+                    if line._text and text.endswith("\n"):
+                        line._out.write(line._text)
+                        line._out.flush()
+                    return written
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(line._err, name)
+
+        return _AboveTheLine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,8 +137,11 @@ def stream(options: argparse.Namespace, host: str, token: str) -> int:
         batch_max_rows=options.sample_size,
         flush_interval=0.2,
     )
-    live = sys.stdout.isatty()
+    live = LiveLine(sys.stdout, sys.stderr) if sys.stdout.isatty() else None
+    if live is not None:
+        sys.stderr = live.stderr()
     rng = random.Random(7)
+    progress = Progress(events)
     started = last = time.monotonic()
     deadline = None if options.duration is None else started + options.duration
     interrupted = False
@@ -99,9 +152,12 @@ def stream(options: argparse.Namespace, host: str, token: str) -> int:
             if events.stats().queued > 50 * options.sample_size:
                 events.flush(1)  # keep the demo's backlog small rather than dropping
             now = time.monotonic()
-            if now - last >= (1.0 if live else _LOG_EVERY):
+            if now - last >= (_LOG_EVERY if live is None else 1.0):
                 last = now
-                print(progress(events, now - started), end="\r" if live else "\n", flush=True)
+                if live is not None:
+                    live.show(progress.line(now - started))
+                else:
+                    print(progress.line(now - started), flush=True)
     except KeyboardInterrupt:
         interrupted = True
     # A second Ctrl-C while the summary is printed ends the script at once.
@@ -109,9 +165,10 @@ def stream(options: argparse.Namespace, host: str, token: str) -> int:
     # After Ctrl-C the summary comes within 2 s: a short last flush, then the count.
     delivered = events.flush(1.5 if interrupted else 30)
     elapsed = time.monotonic() - started
-    if live:
-        print()
-    print(progress(events, elapsed))
+    if live is not None:
+        live.end()
+        sys.stderr = sys.__stderr__
+    print(progress.line(elapsed))
     stats = events.stats()
     print(
         f"sent {stats.sent:,} events in {stats.requests:,} requests over {elapsed:.1f} s "
@@ -124,13 +181,28 @@ def stream(options: argparse.Namespace, host: str, token: str) -> int:
     return 0 if delivered or interrupted else 1
 
 
-def progress(events: TinybirdEvents, elapsed: float) -> str:
-    stats = events.stats()
-    line = (
-        f"{stats.sent / elapsed:10,.0f} events/s  {stats.requests / elapsed:7.1f} requests/s  "
-        f"{stats.wire_bytes_sent / elapsed / 1000:9.1f} kB/s  ({stats.sent:,} sent)"
-    )
-    return f"{line}  last error: {stats.last_error[:80]}" if stats.last_error else line
+class Progress:
+    """The progress line: rates so far, and the last error while sending fails (a retry or a
+    drop since the previous line, or nothing delivered meanwhile), not after a recovery.
+    """
+
+    def __init__(self, events: TinybirdEvents) -> None:
+        self._events = events
+        self._sent = self._failures = 0
+
+    def line(self, elapsed: float) -> str:
+        stats = self._events.stats()
+        line = (
+            f"{stats.sent / elapsed:10,.0f} events/s  {stats.requests / elapsed:7.1f} "
+            f"requests/s  {stats.wire_bytes_sent / elapsed / 1000:9.1f} kB/s  "
+            f"({stats.sent:,} sent)"
+        )
+        failures = stats.retries + stats.dropped
+        failing = failures > self._failures or (stats.sent == self._sent and stats.queued > 0)
+        self._sent, self._failures = stats.sent, failures
+        if failing and stats.last_error:
+            return f"{line}  last error: {stats.last_error[:80]}"
+        return line
 
 
 if __name__ == "__main__":

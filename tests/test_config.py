@@ -117,6 +117,7 @@ class TestDisabled:
         logger.info("not sent")
         err = capsys.readouterr().err
         assert err.count("TINYBIRD_TOKEN is not set") == 1
+        assert "`tinybird-export local`" in err  # the way to try it without an account
         assert handlers[0].stats().dropped_by_reason == {"disabled": 1}
         assert handlers[0].flush() is True
         for handler in handlers:

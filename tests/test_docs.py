@@ -50,6 +50,15 @@ def test_the_module_map_names_every_module() -> None:
     assert stale == set(), "docs/development.md names modules that do not exist"
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_file_path_named_exists(page: Path) -> None:
+    """A path in backticks (`tests/offline/sitecustomize.py`) names a file of the tree."""
+    text = page.read_text()
+    named = re.findall(r"`((?:tests|examples|bench|docs|tinybird_export)/[\w./-]+\.\w+)`", text)
+    missing = [path for path in named if not (ROOT / path).exists()]
+    assert missing == [], f"{page.name} names files that do not exist"
+
+
 def test_every_test_says_what_it_checks() -> None:
     """Each test function has a docstring: the behaviour it holds, in a line."""
     undocumented = []

@@ -232,3 +232,28 @@ def test_a_bad_datafile_in_a_build_names_file_and_line(local: LocalServer) -> No
     assert answer["result"] == "failed"
     error = answer["errors"][0]["error"]
     assert "bad.datasource" in error and ("3" in error or "Strng" in error)
+
+
+def test_tokens_created_by_name_are_the_one_token() -> None:
+    """What Classic ``tb push`` does for a ``TOKEN "name" APPEND`` line: list, create by name,
+    add a scope (PUT), and ``tb token copy`` reads it back."""
+    with LocalServer(engine="sqlite") as local:
+        scope = "scope=DATASOURCES:APPEND:app_logs"
+        created = api(local, "POST", f"/v0/tokens?name=appender&origin=DS&{scope}", body=b"")
+        assert created.status == 200
+        assert orjson.loads(created.data)["token"] == local.token
+        listed = orjson.loads(api(local, "GET", "/v0/tokens").data)["tokens"]
+        assert [t["name"] for t in listed] == ["admin token", "appender"]
+        assert all(t["token"] == local.token and t["scopes"] == [{"type": "ADMIN"}] for t in listed)
+        assert api(local, "PUT", f"/v0/tokens/appender?{scope}", body=b"").status == 200
+        again = api(local, "POST", f"/v0/tokens?name=appender&{scope}", body=b"")
+        assert again.status == 200
+        assert len(orjson.loads(api(local, "GET", "/v0/tokens").data)["tokens"]) == 2
+        by_id = orjson.loads(api(local, "GET", "/v0/tokens/appender").data)["id"]
+        assert orjson.loads(api(local, "GET", f"/v0/tokens/{by_id}").data)["name"] == "appender"
+        assert api(local, "GET", "/v0/tokens/nobody").status == 404
+        assert api(local, "POST", "/v0/tokens?name=a%0Ab", body=b"").status == 400
+        unauthenticated = urllib3.request(
+            "POST", f"{local.url}/v0/tokens?name=x", body=b"", retries=False
+        )
+        assert unauthenticated.status == 403

@@ -99,6 +99,36 @@ class TestSQLCommand:
         err = capsys.readouterr().err
         assert "nope" in err and "simple_events" in err and "app_logs" in err
 
+    def test_show_tables_and_describe_as_typed(
+        self, local: LocalServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Not SELECTs: sent as they are, not inside tb sql's subquery (a syntax error)."""
+        assert cli_main(["sql", "show tables", "--host", local.url]) == 0
+        out = capsys.readouterr().out
+        assert "| simple_events " in out and "| app_logs " in out
+        assert cli_main(["sql", "describe simple_events;", "--host", local.url]) == 0
+        out = capsys.readouterr().out
+        assert "| name " in out and "| type " in out
+        assert "| session_id " in out and "| DEFAULT " in out
+        assert cli_main(["sql", "desc nothing_here", "--host", local.url]) == 1
+        assert "simple_events" in capsys.readouterr().err  # the data sources there are
+
+    def test_multi_line_values_keep_the_table_whole(
+        self, local: LocalServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A traceback spans lines inside its column; tabs do not shift the columns."""
+        traceback = "Traceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'card'"
+        row = {**EVENT, "event_id": "1", "level": "ERROR", "logger": "shop"}
+        row["exception"] = traceback
+        assert post(local, "app_logs", ndjson(row, {**row, "exception": "\tone line"}))[0] == 202
+        args = ["sql", "select level, exception from app_logs order by exception", "--host"]
+        assert cli_main([*args, local.url]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len({len(line) for line in lines}) == 1, lines  # every line as wide
+        assert all(line[0] in "|-" and line[-1] in "|-" for line in lines), lines
+        assert any("KeyError: 'card'" in line for line in lines)
+        assert not any("\t" in line for line in lines)
+
     def test_no_server_says_how_to_start_one(self, capsys: pytest.CaptureFixture[str]) -> None:
         """Without a server, sql says how to start one."""
         with socket.socket() as probe:
@@ -322,7 +352,7 @@ def test_without_chdb_the_sqlite_engine_serves(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert refused.returncode == 2 and "pip install 'tinybird-export[local]'" in refused.stderr
+    assert refused.returncode == 2 and "pip install -e '.[local]'" in refused.stderr
     run = block + (
         "from tinybird_export.local import LocalServer; import urllib3, orjson\n"
         "with LocalServer(engine='auto') as s:\n"

@@ -268,3 +268,91 @@ class TestClickHouse:
             ]:
                 response = raw_sql(local, statement)
                 assert response.status == 403 and local.token.encode() not in response.data
+
+
+# Each ClickHouse function the SQLite engine implements, over the same rows on both engines:
+# the same answer (ClickHouse's is the reference). ``line`` is the number 0..5.
+SAME_ON_BOTH = [
+    "select countIf(level = 'INFO') c, countIf(event = 'click') k from app_logs",
+    "select countIf(event = 'nothing') c, sumIf(line, event = 'nothing') s from app_logs",
+    "select sumIf(line, event = 'click') s, avgIf(line, event = 'view') a from app_logs",
+    "select minIf(line, event = 'click') lo, maxIf(line, event = 'view') hi from app_logs",
+    "select uniqIf(href, event = 'click') u, uniqExactIf(href, line > 2) x from app_logs",
+    "select quantile(0.5)(line) q, quantile(0.9)(line) q9, median(line) m from app_logs",
+    "select quantileExact(0.5)(line) q, quantileExact(0.99)(line) q99 from app_logs",
+    "select argMax(href, line) a, argMin(event, line) b from app_logs",
+    "select event, any(event) a, anyLast(level) l from app_logs group by event order by event",
+    "select toStartOfFiveMinutes(timestamp) t, toStartOfFifteenMinutes(timestamp) f,"
+    " toStartOfDay(timestamp) d, count() c from app_logs group by t, f, d order by t",
+    "select toStartOfMonth(timestamp) m, count() c from app_logs group by m",
+    "select if(line > 2, 'high', 'low') h, count() c from app_logs group by h order by h",
+    "select toString(line) s, toFloat64(attributes['k']) fl, toInt64(attributes['k']) i"
+    " from app_logs order by line limit 2",
+    "select empty(exception) e, notEmpty(href) n, startsWith(href, '/p1') s,"
+    " endsWith(href, '2') x from app_logs order by line limit 3",
+]
+
+
+@needs_clickhouse
+@pytest.mark.parametrize("query", SAME_ON_BOTH)
+def test_sqlite_answers_clickhouses_common_functions_as_clickhouse(query: str) -> None:
+    """Each ClickHouse function the SQLite engine implements answers what ClickHouse answers."""
+    answers = []
+    rows = [{**row, "line": number} for number, row in enumerate(ROWS)]
+    for engine in ("sqlite", "clickhouse"):
+        with LocalServer(engine=engine) as server:
+            assert post(server, "app_logs", ndjson(*rows))[1]["quarantined_rows"] == 0
+            answers.append(sql(server, query)["data"])
+    sqlite, clickhouse = answers
+    assert _comparable(sqlite) == _comparable(clickhouse)
+
+
+DATES = {"t", "f", "d", "m"}
+
+
+def _comparable(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Booleans as 0/1 and date-times as text, as both engines' JSON spell them."""
+    return [
+        {k: int(v) if isinstance(v, bool) else str(v) if k in DATES else v for k, v in r.items()}
+        for r in rows
+    ]
+
+
+class TestSQLiteSaysItsEngine:
+    def test_a_clickhouse_only_function_names_the_engine_and_the_fix(self) -> None:
+        """On SQLite, an unknown function, ClickHouse's syntax or an array names the engine and the fix."""
+        with LocalServer(engine="sqlite") as server:
+            for query in (
+                "select arrayJoin(tags) x from app_logs",  # no such function
+                "select quantiles(0.5)(line) from app_logs",  # syntax error
+                "select [1, 2] x",  # a quoted name in SQLite: no such column
+            ):
+                response = raw_sql(server, query)
+                error = orjson.loads(response.data)["error"]
+                assert response.status == 400
+                assert "SQLite engine" in error and "pip install -e '.[local]'" in error, error
+                if "column" not in error:
+                    assert "countIf" in error  # what it does answer
+
+    @pytest.mark.parametrize("engine", ENGINES)
+    def test_show_tables_describe_and_exists(self, engine: str) -> None:
+        """SHOW TABLES, DESCRIBE and EXISTS answer in ClickHouse's columns on both engines."""
+        with LocalServer(engine=engine) as server:
+            tables = orjson.loads(raw_sql(server, "show tables FORMAT JSON").data)
+            assert {"name": "app_logs"} in tables["data"]
+            assert all(not t["name"].endswith("_quarantine") for t in tables["data"])
+            for statement in ("describe simple_events", "DESC TABLE simple_events"):
+                described = orjson.loads(raw_sql(server, f"{statement} FORMAT JSON").data)
+                assert [c["name"] for c in described["meta"]][:4] == [
+                    "name",
+                    "type",
+                    "default_type",
+                    "default_expression",
+                ]
+                session = next(r for r in described["data"] if r["name"] == "session_id")
+                assert session["type"] == "String" and session["default_type"] == "DEFAULT"
+                assert session["default_expression"] == "''"
+            exists = orjson.loads(raw_sql(server, "exists app_logs FORMAT JSON").data)
+            assert exists["data"] == [{"result": 1}]
+            missing = raw_sql(server, "describe nothing_here FORMAT JSON")
+            assert missing.status == 400 and b"app_logs" in missing.data

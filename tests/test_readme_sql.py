@@ -1,4 +1,7 @@
-"""Every SQL example in the README and docs/local.md runs unchanged on the ClickHouse engine."""
+"""Every SQL example in the README and the docs runs unchanged on both engines: SQLite, which a
+plain install gets, and ClickHouse (chDB, the ``local`` extra, which the tests' install adds).
+The ClickHouse-only queries of docs/integrations.md (its ``sql`` blocks, which say so) run in
+tests/test_otel_metrics.py."""
 
 from __future__ import annotations
 
@@ -9,13 +12,14 @@ from typing import Any
 
 import pytest
 
-from tests.local_helpers import ndjson, needs_clickhouse, post
+from tests.local_helpers import ENGINES, ndjson, post
 from tinybird_export.cli import main as cli_main
 from tinybird_export.local import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
-# The README and the local server's page, which hold the SQL examples.
-README = "\n".join((ROOT / name).read_text() for name in ("README.md", "docs/local.md"))
+# The pages that hold SQL examples: `tinybird-export sql "..."` lines and inline `select ...`.
+PAGES = ("README.md", "docs/local.md", "docs/integrations.md")
+README = "\n".join((ROOT / name).read_text() for name in PAGES)
 
 
 def examples() -> list[str]:
@@ -50,6 +54,32 @@ ROWS: dict[str, list[dict[str, Any]]] = {
         {"timestamp": "2024-01-01 00:00:00", "event": "page_view", "session_id": "s1"},
         {"timestamp": "2024-01-01 00:00:01", "event": "click", "session_id": "s1"},
     ],
+    "otel_metrics_sum": [
+        {
+            "resource_attributes": {},
+            "resource_schema_url": "",
+            "scope_name": "shop",
+            "scope_version": "",
+            "scope_attributes": {},
+            "scope_schema_url": "",
+            "service_name": "shop",
+            "metric_name": "http.server.requests",
+            "metric_description": "",
+            "metric_unit": "1",
+            "metric_attributes": {"route": "/"},
+            "start_timestamp": "2024-01-01 00:00:00",
+            "timestamp": "2024-01-01 00:01:00",
+            "value": 3.0,
+            "flags": 0,
+            "exemplars_trace_id": [],
+            "exemplars_span_id": [],
+            "exemplars_timestamp": [],
+            "exemplars_value": [],
+            "exemplars_filtered_attributes": [],
+            "aggregation_temporality": 1,
+            "is_monotonic": True,
+        }
+    ],
     "traces": [
         {
             "timestamp": "2024-01-01 00:00:00",
@@ -70,11 +100,13 @@ def test_the_readme_has_sql_examples() -> None:
     assert len(examples()) >= 5
 
 
-@needs_clickhouse
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("example", examples())
-def test_readme_sql_runs_on_clickhouse(example: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Every SQL example of the README and docs runs on ClickHouse, quietly."""
-    with LocalServer(engine="clickhouse") as local:
+def test_readme_sql_runs_on_both_engines(
+    example: str, engine: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every SQL example of the README and docs runs on both engines, quietly."""
+    with LocalServer(engine=engine) as local:
         for name, rows in ROWS.items():
             assert post(local, name, ndjson(*rows))[1]["quarantined_rows"] == 0
         assert cli_main(["sql", example, "--host", local.url, "--format", "json"]) == 0

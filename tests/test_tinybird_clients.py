@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import urllib3
 
 from tinybird_export.local import SpawnedServer, spawn
 from tinybird_export.local._engine import clickhouse_available
@@ -317,3 +319,101 @@ def test_sdk(server: SpawnedServer, home: Path, tmp_path: Path) -> None:
     assert result["sql"] == [{"n": n, "who": w} for n, w in zip(range(1, 6), "abcde", strict=True)]
     assert result["after_delete"] == [{"c": 4}]
     assert result["after_truncate"] == [{"c": 0}]
+
+
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+# docs/deploy.md's rehearsal, line by line: each must be in the page as written, and runs here
+# (the server on a free port rather than 7181, which tb --local is told with TB_LOCAL_PORT;
+# .venv/bin/ is this interpreter's).
+SERVER_LINE = (
+    ".venv/bin/tinybird-export local --port 7181 --data :memory: --no-package-datasources --strict"
+)
+WRITE_LINE = ".venv/bin/tinybird-export datasources tinybird --include examples/datasources"
+FORWARD_LINE = "cd tinybird && tb --local build && tb --local deploy"
+CLASSIC_LINE = "cd tinybird && tb --host http://localhost:7181 --token $TINYBIRD_TOKEN push"
+QUICKSTART_LINE = ".venv/bin/python examples/quickstart.py"
+SQL_LINE = 'tb --local sql "select level, event from app_logs"'
+DEPLOYED = 16  # the package's ten and the examples' six
+
+
+class TestGoingToTinybird:
+    """The folder ``tinybird-export datasources`` writes, deployed by Tinybird's own CLIs to
+    a local server that declares nothing and refuses unknown data sources (a new Forward
+    workspace), then the package's events into it."""
+
+    @pytest.fixture
+    def workspace(self) -> Iterator[SpawnedServer]:
+        words = shlex.split(SERVER_LINE)
+        assert words[1:6] == ["local", "--port", "7181", "--data", ":memory:"]
+        with spawn(":memory:", "--engine", ENGINE, *words[6:]) as local:
+            yield local
+
+    @pytest.fixture
+    def folder(self, tmp_path: Path) -> Path:
+        """The project folder, written as the page says, from a directory that has the
+        repository's ``examples/`` (not the repository: the command writes into the cwd)."""
+        for line in (SERVER_LINE, WRITE_LINE, FORWARD_LINE, CLASSIC_LINE, QUICKSTART_LINE):
+            assert line in DEPLOY_DOC.read_text(), line
+        (tmp_path / "examples").symlink_to(ROOT / "examples")
+        args = shlex.split(WRITE_LINE)[1:]
+        done = subprocess.run(
+            [sys.executable, "-m", "tinybird_export.cli", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert len(list((tmp_path / "tinybird" / "datasources").iterdir())) == DEPLOYED
+        return tmp_path / "tinybird"
+
+    def _quickstart_lands(self, workspace: SpawnedServer) -> None:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / shlex.split(QUICKSTART_LINE)[1])],
+            env={**os.environ, **workspace.env()},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "acknowledged: True" in done.stdout, done.stdout + done.stderr
+        assert "dropped=0" in done.stdout and "quarantined=0" in done.stdout, done.stdout
+
+    def test_forward_builds_and_deploys_it(
+        self, workspace: SpawnedServer, folder: Path, home: Path
+    ) -> None:
+        """tb --local build and deploy of the folder, then the quickstart's events and tb --local sql."""
+        python = venv_python("forward")
+        host, _, port = workspace.url.removeprefix("http://").rpartition(":")
+        env = client_env(home, TB_LOCAL_HOST=host, TB_LOCAL_PORT=port)
+        before = urllib3.request(
+            "POST",
+            f"{workspace.url}/v0/events?name=app_logs",
+            body=b"{}",
+            headers={"Authorization": f"Bearer {workspace.token}"},
+            retries=False,
+        )
+        assert before.status == 404  # nothing is deployed yet: strict, as Forward
+        cd, build, deploy = (shlex.split(part) for part in FORWARD_LINE.split("&&"))
+        assert cd == ["cd", "tinybird"] and build[0] == deploy[0] == "tb"
+        built = run(python, build[1:], folder, env)
+        for name in ("app_logs", "otel_metrics_sum", "flask_logs", "asyncio_events"):
+            assert f"{name}.datasource created" in built, built
+        assert "is live" in run(python, deploy[1:], folder, env)
+        self._quickstart_lands(workspace)
+        out = run(python, ["--output", "csv", *shlex.split(SQL_LINE)[1:]], folder, env)
+        assert '"INFO","checkout"' in out and '"ERROR","payment failed"' in out, out
+
+    def test_classic_pushes_it_with_its_token(
+        self, workspace: SpawnedServer, folder: Path, home: Path
+    ) -> None:
+        """Classic tb push of the folder creates the data sources and the named token."""
+        python = venv_python("classic")
+        env = client_env(home)
+        auth = ["--host", workspace.url, "--token", workspace.token]
+        out = run(python, [*auth, "push"], folder, env)
+        assert out.count("created") >= DEPLOYED, out
+        assert "Token tinybird_export_append not found, creating one" in out, out
+        assert "tinybird_export_append" in run(python, [*auth, "token", "ls"], folder, env)
+        self._quickstart_lands(workspace)

@@ -219,6 +219,8 @@ class Delivery:
         self._exit_deadline = exit_deadline
         self._spooling = spooling
         self._failing_since: float | None = None
+        self.refusals = _retry.Refusals()
+        """Whether nothing listens at the host (a wait stops for it: ``Worker``)."""
 
     def attempt(self, lane: Lane, source: Source, deadline: float | None) -> None:
         """Send ``source`` once, on this thread, and resolve it by the answer.
@@ -247,6 +249,8 @@ class Delivery:
                 connect_timeout=connect_timeout,
             )
             lane.pacing.answered(answer.status, answer.headers, time.monotonic())
+            self.refusals.note(answer.status, answer.kind, now)
+            lane.refused = answer.status is None and answer.kind == "refused"
             self._apply(lane, source, answer)
             resolved = True
         except Exception as exc:  # noqa: BLE001 - a bug is not a transport error: drop it

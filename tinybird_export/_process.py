@@ -223,7 +223,11 @@ class Process:
             self.drain(workers, deadline)
             spooled = self._spill_at_exit(workers, spooled_before)
             channels = [c for w in workers for c in w.channels()]
-            lost = report_undelivered(channels, f"at exit (exit budget {self._exit_budget:g} s)")
+            when = f"exit budget {self._exit_budget:g} s"
+            refusing = [w.host for w in workers if w.refused_for() is not None]
+            if refusing:
+                when += f", not waited out: nothing accepts connections at {', '.join(refusing)}"
+            lost = report_undelivered(channels, f"at exit ({when})")
         finally:
             self._exiting_thread = outer
         if outer is None:

@@ -64,7 +64,9 @@ class Producer:
                 "no-token",
                 f"TINYBIRD_TOKEN is not set, so {label} is disabled and its events are "
                 "dropped (counted as 'disabled'). Set TINYBIRD_TOKEN (or token=) to send "
-                "them, or TINYBIRD_ENABLED=false to disable it quietly.",
+                "them: to try it without an account, `tinybird-export local` serves a "
+                "Tinybird on this machine and prints the TINYBIRD_HOST and TINYBIRD_TOKEN "
+                "to export. Or set TINYBIRD_ENABLED=false to disable it quietly.",
             )
         elif config.enabled:
             self.worker = self._process.attach(config, self.channel, label)

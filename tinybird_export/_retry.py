@@ -48,6 +48,47 @@ REGION_HOSTS: Final = (
 )
 
 
+REFUSED_GIVE_UP: Final = 0.75
+"""Seconds of refused connections after which waiting for a host stops (three attempts
+with the backoff below: 0, 0.25-0.5 and 0.75-1.5 s)."""
+
+
+class Refusals:
+    """Whether nothing listens at a host: its attempts refused, in a row, for at least
+    ``REFUSED_GIVE_UP`` seconds.
+
+    A flush, a close and the exit drain then stop waiting once a refusal comes during the
+    wait, rather than spend their whole timeout: a wrong port, or a local server that is
+    not running, would otherwise hold a short script for each of them in turn. (A refused
+    connection costs the host nothing, so a wait first retries at once: ``Worker``.) Any
+    answer, or any other kind of failure (a timeout may be an overloaded server), starts
+    the count again. Nothing is dropped by this: a flush returns False and the events stay
+    queued; a close or the exit gives them up (or spools them) as its deadline would have.
+    """
+
+    def __init__(self) -> None:
+        self._first: float | None = None
+        self._last = 0.0
+
+    def note(self, status: int | None, kind: str, at: float) -> None:
+        """Count one attempt's outcome (its start time ``at``, monotonic)."""
+        if status is None and kind == "refused":
+            if self._first is None:
+                self._first = at
+            self._last = at
+        else:
+            self._first = None
+
+    def lasting(self, since: float = 0.0) -> float | None:
+        """How long the host has refused every connection, once that is past
+        ``REFUSED_GIVE_UP`` and the last refusal came at ``since`` or later; else ``None``.
+        """
+        first, last = self._first, self._last
+        if first is None or last - first < REFUSED_GIVE_UP or last < since:
+            return None
+        return last - first
+
+
 class Outcome(enum.Enum):
     """What the worker does with a batch after one attempt."""
 

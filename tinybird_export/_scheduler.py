@@ -110,13 +110,22 @@ class Scheduler:
         """Its sender is done with ``lane``."""
         self._table.release(lane)
 
-    def claim(self, now: float, draining: bool, first: FirstSource | None = None) -> Pick:
+    def claim(
+        self,
+        now: float,
+        draining: bool,
+        first: FirstSource | None = None,
+        *,
+        give_up_closed: bool = False,
+    ) -> Pick:
         """The next due source at ``now``, with its lane claimed.
 
         Args:
             now: ``time.monotonic()``, or a test's clock.
             draining: The exit drain: everything is due, and pacing does not hold.
             first: Asked before a lane's memory: its spool file, or ``BUSY``.
+            give_up_closed: Closed channels are done now, whatever their deadline (nothing
+                listens at the host).
         """
         finished: list[Channel] = []
         due_at: float | None = None
@@ -127,7 +136,7 @@ class Scheduler:
             group = groups[(start + offset) % len(groups)]
             for channel in group.channels:  # closed ones: done, given up, or their deadline
                 deadline = channel.close_deadline
-                if deadline is not None and (channel.empty() or now >= deadline):
+                if deadline is not None and (channel.empty() or now >= deadline or give_up_closed):
                     finished.append(channel)
                 elif deadline is not None:
                     due_at = _earliest(due_at, deadline)

@@ -207,33 +207,37 @@ class Senders:
 
     # -- the caller's thread ----------------------------------------------------------------
 
-    def wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
-        """Have everything sent until ``done()`` or ``deadline``: by the threads when they
-        run (a dead one is replaced first), else on this thread.
+    def wait_until(
+        self, done: Callable[[], bool], deadline: float, give_up: Callable[[], bool] = bool
+    ) -> bool:
+        """Have everything sent until ``done()`` or ``deadline`` (or ``give_up()``: False):
+        by the threads when they run (a dead one is replaced first), else on this thread.
         """
         if self.running == 0 and self._can_start() and not self.stopping:
             self.start()
         if not self.running:
-            return self.run_here(done, deadline)
+            return self.run_here(done, deadline, give_up)
         self.wake()
         progress = self._wait_primitives()[1]
         with progress:
             while not done():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or give_up():
                     return False
                 progress.wait(min(remaining, _POLL))
         return True
 
-    def run_here(self, done: Callable[[], bool], deadline: float) -> bool:
-        """The step on this thread until ``done()`` or ``deadline`` (the exit drain, and
-        ``background=False``): it sends too when no thread can take a due lane.
+    def run_here(
+        self, done: Callable[[], bool], deadline: float, give_up: Callable[[], bool] = bool
+    ) -> bool:
+        """The step on this thread until ``done()`` or ``deadline`` (or ``give_up()``) (the
+        exit drain, and ``background=False``): it sends too when no thread can take a due lane.
         """
         progress = self._wait_primitives()[1]
         with self._guard.marked():
             while not done():
                 now = time.monotonic()
-                if now >= deadline:
+                if now >= deadline or give_up():
                     return False
                 try:
                     got = self._step(deadline)

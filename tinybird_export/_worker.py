@@ -180,12 +180,14 @@ class Worker:
 
     def wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
         """Send until ``done()`` or ``deadline`` (at most the exit deadline): by the
-        threads when they run, else on this thread.
+        threads when they run, else on this thread. Sooner False when nothing listens at
+        the host (``refused_for``).
         """
         exit_deadline = self._shared.exit_deadline()
         if exit_deadline is not None:
             deadline = min(deadline, exit_deadline)
-        return self._senders.wait_until(done, deadline)
+        began = self._retry_refused()
+        return self._senders.wait_until(done, deadline, lambda: self.refused_for(began) is not None)
 
     def hurry(self) -> None:
         """Make every queued event due now (a flush of every channel)."""
@@ -195,8 +197,34 @@ class Worker:
             self._senders.wake()
 
     def drain(self, deadline: float) -> None:
-        """Send everything queued until ``deadline``, on this thread too (the exit drain)."""
-        self._senders.run_here(lambda: all(c.empty() for c in self.channels()), deadline)
+        """Send everything queued until ``deadline``, on this thread too (the exit drain);
+        sooner when nothing listens at the host.
+        """
+        began = self._retry_refused()
+        self._senders.run_here(
+            lambda: all(c.empty() for c in self.channels()),
+            deadline,
+            lambda: self.refused_for(began) is not None,
+        )
+
+    def refused_for(self, since: float = 0.0) -> float | None:
+        """How long the host has refused every connection, once waiting for it is pointless
+        (``_retry.Refusals``: long enough, the last refusal at ``since`` or later); else
+        ``None``.
+        """
+        return self._delivery.refusals.lasting(since)
+
+    def _retry_refused(self) -> float:
+        """At the start of a wait: the lanes whose connection was refused may try again at
+        once (a refused connection costs the host nothing: nothing listens), so that the
+        wait learns now whether the host is back. When the wait began.
+        """
+        began = time.monotonic()
+        if self._delivery.refusals.lasting() is not None:
+            for lane, _ in self._scheduler.lanes():
+                if lane.refused:
+                    lane.paused_until = 0.0
+        return began
 
     # -- the spool ---------------------------------------------------------------------------
 
@@ -257,7 +285,10 @@ class Worker:
         if bridge is not None:
             bridge.step(self._scheduler.lanes(), time.monotonic(), draining)
         pick = self._scheduler.claim(
-            time.monotonic(), draining, bridge.first if bridge is not None else None
+            time.monotonic(),
+            draining,
+            bridge.first if bridge is not None else None,
+            give_up_closed=self.refused_for() is not None,
         )
         try:
             if pick.claim is None:
@@ -283,7 +314,15 @@ class Worker:
             if self._bridge is not None and not channel.empty():
                 self._bridge.spill(channel)
             lost = channel.abandon("close_timeout")
-            if lost:
+            refused = self.refused_for()
+            if lost and refused is not None:
+                _diagnostics.say(
+                    f"{lost} event(s) of a closed producer for {channel.datasource!r} were not "
+                    f"delivered: nothing accepts connections at {self.host} (refused for "
+                    f"{refused:.1f} s), so its close deadline was not waited out; counted as "
+                    "'close_timeout'."
+                )
+            elif lost:
                 _diagnostics.say(
                     f"{lost} event(s) of a closed producer for {channel.datasource!r} were not "
                     f"delivered by its close deadline ({channel.last_error() or 'no answer'}); "

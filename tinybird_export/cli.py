@@ -1,4 +1,6 @@
-"""The ``tinybird-export`` command: ``local`` (serve a local Tinybird) and ``sql``."""
+"""The ``tinybird-export`` command: ``local`` (serve a local Tinybird), ``sql`` and
+``datasources`` (the package's data sources as a project folder, for deploying).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import csv
 import importlib.metadata
 import io
 import os
+import re
 import sys
 
 import orjson
@@ -19,7 +22,12 @@ __all__ = ["main", "query", "render", "sql_main"]
 
 _DESCRIPTION = """\
 Stream Python logs, events and traces to the Tinybird Events API. This command runs a local
-Tinybird (local) and queries one, or Tinybird itself (sql)."""
+Tinybird (local), queries one or Tinybird itself (sql), and writes the package's data sources
+as a project folder to deploy to Tinybird (datasources)."""
+
+
+# Statements that are not a SELECT: ``describe x`` cannot be wrapped as a subquery.
+_NOT_A_SELECT = re.compile(r"(DESCRIBE|DESC|SHOW|EXISTS|EXPLAIN)\b", re.IGNORECASE)
 
 
 class SQLError(RuntimeError):
@@ -35,11 +43,18 @@ def main(argv: list[str] | None = None) -> int:
         return local_main(args[1:])
     if args and args[0] == "sql":
         return sql_main(args[1:])
+    if args and args[0] == "datasources":
+        from tinybird_export._project import main as datasources_main  # noqa: PLC0415
+
+        return datasources_main(args[1:])
     parser = argparse.ArgumentParser(prog="tinybird-export", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(title="commands", metavar="{local,sql}")
+    commands = parser.add_subparsers(title="commands", metavar="{local,sql,datasources}")
     commands.add_parser("local", help="serve a local Tinybird (Events API, SQL, Data Sources)")
     commands.add_parser("sql", help="run a query, like tb sql (--help for its options)")
+    commands.add_parser(
+        "datasources", help="write the package's .datasource files into a folder to deploy"
+    )
     if not args:
         parser.print_help(sys.stderr)
         return 2
@@ -107,8 +122,11 @@ def query(host: str, token: str, sql: str, rows_limit: int = 100) -> dict[str, o
             query (with its message).
     """
     # The user's own query to their own server: wrapped as tb sql does, not an injection.
-    inner = sql.strip().rstrip(";")
-    wrapped = f"SELECT * FROM ({inner}) LIMIT {rows_limit} FORMAT JSON"  # noqa: S608
+    inner = sql.strip().rstrip(";").strip()
+    if _NOT_A_SELECT.match(inner):  # no subquery can hold these: sent as they are
+        wrapped = f"{inner} FORMAT JSON"
+    else:
+        wrapped = f"SELECT * FROM ({inner}) LIMIT {rows_limit} FORMAT JSON"  # noqa: S608
     response = _request(
         host,
         "POST",
@@ -161,17 +179,42 @@ def render(result: dict[str, object], fmt: str) -> str:
         writer.writerow(names)
         writer.writerows([[_cell(row[n]) for n in names] for row in data])
         return out.getvalue()
-    cells = [[_cell(row[n]) for n in names] for row in data]
-    widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
+    # A cell is a list of lines: a traceback or a CREATE statement spans several, each in
+    # its column, and rows are then ruled apart.
+    cells = [[_cell(row[n]).split("\n") for n in names] for row in data]
+    widths = [
+        max([len(n)] + [len(part) for c in cells for part in c[i]]) for i, n in enumerate(names)
+    ]
     line = "-" * (sum(widths) + 3 * len(widths) + 1)
-    rows = [" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
     header = " | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
-    body = "\n".join(f"| {r} |" for r in rows)
+    rows = []
+    for row in cells:
+        height = max((len(c) for c in row), default=1)
+        rows.append(
+            "\n".join(
+                "| "
+                + " | ".join(
+                    (c[k] if k < len(c) else "").ljust(w) for c, w in zip(row, widths, strict=True)
+                )
+                + " |"
+                for k in range(height)
+            )
+        )
+    tall = any(len(c) > 1 for row in cells for c in row)
+    body = f"\n{line}\n".join(rows) if tall else "\n".join(rows)
     return f"{line}\n| {header} |\n{line}\n{body + chr(10) if body else ''}{line}\n"
 
 
 def _cell(value: object) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
+    """A value as one line or several: tabs and other control characters, which would move
+    the cursor and break the columns, are shown escaped; line breaks make lines.
+    """
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    text = text.replace("\r\n", "\n").replace("\t", "    ")
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 
 if __name__ == "__main__":

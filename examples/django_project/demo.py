@@ -15,6 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+# The examples' data sources (examples/datasources): what a workspace needs for them.
+EXAMPLE_DATASOURCES = str(Path(__file__).resolve().parent.parent / "datasources")
+
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
@@ -42,6 +45,7 @@ if __name__ == "__main__":
     else:  # no Tinybird token: run against the embedded local server
         from tinybird_export.local import spawn
 
-        with spawn() as local:
+        # Strict, as a Forward workspace: it sends only to data sources it declares.
+        with spawn(":memory:", "--strict", "--datasources", EXAMPLE_DATASOURCES) as local:
             run = subprocess.run([sys.executable, __file__], env=local.env(), check=False)
             sys.exit(run.returncode)

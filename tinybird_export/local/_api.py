@@ -43,6 +43,8 @@ class State:
     allow_remote_tokens: bool = False
     """Answer ``GET /tokens`` to other machines too."""
     workspaces: list[str] = dataclasses.field(default_factory=lambda: [WORKSPACE])
+    token_names: list[str] = dataclasses.field(default_factory=list)
+    """Names given to the one token (``TOKEN`` lines pushed by Classic ``tb push``)."""
     jobs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     deployments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)

@@ -130,11 +130,13 @@ def _column(line: str, filename: str, number: int, lenient: bool) -> Column:
     try:
         column_type = parse_type(type_text, lenient=lenient)
     except UnsupportedType:
+        from tinybird_export.local._engine import INSTALL_CLICKHOUSE  # noqa: PLC0415 - a cycle
+
         raise DatafileError(
             f"{filename}:{number}: column {name!r} has type {type_text!r}, which the SQLite "
             "engine does not know (it checks String, UUID, [U]Int8-256, Float32/64, Bool, "
             "Date, DateTime, DateTime64 and Nullable, LowCardinality, Array, Map of them; the "
-            "ClickHouse engine, pip install 'tinybird-export[local]', takes every type)"
+            f"ClickHouse engine takes every type: {INSTALL_CLICKHOUSE})"
         ) from None
     rest = rest[end:].strip()
     jsonpath = f"$.{name}"

@@ -21,6 +21,9 @@ from tinybird_export.local._schema import CheckError, Column, json_text
 if TYPE_CHECKING:
     from tinybird_export.local._limits import Cancel
 
+INSTALL_CLICKHOUSE = "pip install -e '.[local]' in a clone of tinybird-export, or pip install chdb"
+"""How to get the ClickHouse engine (the package is not on the index yet: no ``[local]`` by
+name), for every message that suggests it."""
 VALID_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 """Data source names, as Tinybird accepts them; anything else is refused before SQL."""
 GUESS_SAMPLE = 1000
@@ -161,8 +164,7 @@ def resolve_engine(kind: str) -> str:
         return "clickhouse" if clickhouse_available() else "sqlite"
     if kind == "clickhouse" and not clickhouse_available():
         raise EngineUnavailable(
-            "--engine clickhouse needs chDB: pip install 'tinybird-export[local]' "
-            "(or use --engine sqlite)"
+            f"--engine clickhouse needs chDB: {INSTALL_CLICKHOUSE} (or use --engine sqlite)"
         )
     return kind
 

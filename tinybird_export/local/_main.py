@@ -10,7 +10,12 @@ import threading
 from types import FrameType
 
 from tinybird_export.local._datafile import DatafileError
-from tinybird_export.local._engine import ENGINES, EngineUnavailable, resolve_engine
+from tinybird_export.local._engine import (
+    ENGINES,
+    INSTALL_CLICKHOUSE,
+    EngineUnavailable,
+    resolve_engine,
+)
 
 _DESCRIPTION = """\
 A local Tinybird on this machine, no account and no Docker: the Events API (POST /v0/events),
@@ -54,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
         "--engine",
         choices=ENGINES,
         default="auto",
-        help="storage and SQL: clickhouse (chDB, pip install 'tinybird-export[local]'), sqlite "
+        help=f"storage and SQL: clickhouse (chDB: {INSTALL_CLICKHOUSE}), sqlite "
         "(no dependency), auto = clickhouse when chDB is installed",
     )
     options.add_argument(
@@ -183,8 +188,8 @@ def banner(server: object, data: str, *, log_requests: bool = False) -> str:
         engine = "ClickHouse (chDB): ClickHouse's own SQL"
     else:
         engine = (
-            "SQLite: a few ClickHouse spellings (pip install 'tinybird-export[local]' for "
-            "ClickHouse's own SQL)"
+            "SQLite: SQLite's SQL with ClickHouse's everyday functions (for ClickHouse's own "
+            f"SQL: {INSTALL_CLICKHOUSE})"
         )
     strict = (
         "on: unknown data sources get 404, as in Forward workspaces"

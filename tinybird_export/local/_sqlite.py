@@ -21,12 +21,58 @@ SPELLINGS = (
     (re.compile(r"\bnow\(\s*\)", re.I), "datetime('now')"),
     (re.compile(r"\btoStartOfMinute\(", re.I), "strftime('%Y-%m-%d %H:%M:00', "),
     (re.compile(r"\btoStartOfHour\(", re.I), "strftime('%Y-%m-%d %H:00:00', "),
+    # Parametric aggregates, quantile(0.95)(x): SQLite functions take one argument list.
+    (
+        re.compile(r"\bquantile(Exact)?(?:Timing|TDigest)?\(\s*([0-9.]+)\s*\)\s*\(", re.I),
+        r"quantile\1(\2, ",
+    ),
     # A Map column's value by key (``attributes['cart_id']``): maps are stored as JSON text.
     (
         re.compile(r"\b([A-Za-z_]\w*)\[\s*'([^'\"\\]*)'\s*\]"),
         "json_extract(\\1, '$.\"\\2\"')",
     ),
 )
+
+
+_SHOW_TABLES = re.compile(r"SHOW\s+TABLES\Z", re.I)
+_DESCRIBE = re.compile(r"(?:DESCRIBE|DESC)\s+(?:TABLE\s+)?[`\"]?(\w+)[`\"]?\Z", re.I)
+_EXISTS = re.compile(r"EXISTS\s+(?:TABLE\s+)?[`\"]?(\w+)[`\"]?\Z", re.I)
+_DESCRIBE_COLUMNS = (
+    "name",
+    "type",
+    "default_type",
+    "default_expression",
+    "comment",
+    "codec_expression",
+    "ttl_expression",
+)
+
+
+def catalog_answer(
+    text: str, infos: dict[str, DataSourceInfo]
+) -> tuple[list[str], list[str], list[list[Any]]] | None:
+    """``SHOW TABLES``, ``DESCRIBE [TABLE] x`` and ``EXISTS [TABLE] x``, answered from the
+    catalog in ClickHouse's columns (SQLite has no such statements); ``None`` for any other
+    query. The data sources' names and types only, which the Data Sources API gives too.
+
+    Raises:
+        KeyError: ``DESCRIBE`` of a data source that does not exist (its name).
+    """
+    text = text.strip()
+    if _SHOW_TABLES.match(text):
+        return ["name"], ["String"], [[name] for name in sorted(infos)]
+    described = _DESCRIBE.match(text)
+    if described:
+        info = infos[described.group(1)]
+        rows = [
+            [c.name, c.type.name, "DEFAULT" if c.has_default else "", c.default_sql, "", "", ""]
+            for c in info.columns
+        ]
+        return list(_DESCRIBE_COLUMNS), ["String"] * len(_DESCRIBE_COLUMNS), rows
+    exists = _EXISTS.match(text)
+    if exists:
+        return ["result"], ["UInt8"], [[int(exists.group(1) in infos)]]
+    return None
 
 
 def info_to_json(info: DataSourceInfo) -> dict[str, Any]:

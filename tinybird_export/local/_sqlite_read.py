@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tinybird_export.local import _limits
+from tinybird_export.local import _limits, _sqlite_functions
 from tinybird_export.local._engine import QueryError
 
 _READ_ACTIONS = frozenset(
@@ -55,6 +55,7 @@ class Reader:
     def __init__(self, path: str) -> None:
         uri = f"{Path(path).resolve().as_uri()}?mode=ro"
         self.db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        _sqlite_functions.register(self.db)  # before the authorizer: nothing to authorize
         self.db.set_authorizer(read_only)
         self.deadline = float("inf")
         self.db.set_progress_handler(self._past_deadline, _PROGRESS_STEPS)

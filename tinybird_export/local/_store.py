@@ -4,8 +4,9 @@ One table per data source (columns as declared or guessed), ``<name>_quarantine`
 that do not fit, and a catalog that keeps schemas and the local token across restarts. The
 SQL endpoint is read-only by construction: queries run on read-only connections whose
 authorizer refuses every action but reading (``_sqlite_read``), so ``insert``/``drop``/
-``pragma`` fail inside SQLite, whatever their spelling. Its SQL is SQLite's, with a few
-ClickHouse spellings rewritten; the ClickHouse engine (``_clickhouse.py``) answers
+``pragma`` fail inside SQLite, whatever their spelling. Its SQL is SQLite's, with ClickHouse's
+everyday functions (``_sqlite``'s spellings, ``_sqlite_functions``) and ``SHOW TABLES`` /
+``DESCRIBE`` / ``EXISTS`` from the catalog; the ClickHouse engine (``_clickhouse.py``) answers
 ClickHouse's own. The database is always a file in WAL mode, so that readers never block the
 writer: ``:memory:`` is a private temporary file, deleted on close.
 """
@@ -23,10 +24,11 @@ from typing import Any
 
 import orjson
 
-from tinybird_export.local import _limits, _render, _sqlite
+from tinybird_export.local import _limits, _render, _sqlite, _sqlite_functions
 from tinybird_export.local._datafile import DataFile
 from tinybird_export.local._engine import (
     GUESS_SAMPLE,
+    INSTALL_CLICKHOUSE,
     DataSourceInfo,
     QueryError,
     QueryResult,
@@ -243,15 +245,22 @@ class Store:
         text, fmt = split_format(sql)
         if fmt not in _render.FORMATS:
             raise QueryError(
-                f"FORMAT {fmt} needs the ClickHouse engine (tinybird-export[local]); the SQLite "
+                f"FORMAT {fmt} needs the ClickHouse engine ({INSTALL_CLICKHOUSE}); the SQLite "
                 f"engine writes {', '.join(_render.FORMATS)}"
             )
+        started = time.perf_counter()
+        try:
+            catalog = _sqlite.catalog_answer(text, self.infos)
+        except KeyError as exc:
+            raise self._error(sqlite3.OperationalError(f"no such table: {exc.args[0]}")) from None
+        if catalog is not None:
+            return _render.render(fmt, *catalog, time.perf_counter() - started)
         for pattern, replacement in _sqlite.SPELLINGS:
             text = pattern.sub(replacement, text)
-        started = time.perf_counter()
+        text = _sqlite_functions.zero_if_empty(text)
         names, rows = self._read(text, cancel)
         # SQLite names a column by its (rewritten) expression; ClickHouse says count().
-        names = [name.replace("count(*)", "count()") for name in names]
+        names = [_sqlite_functions.column_name(n).replace("count(*)", "count()") for n in names]
         types = self._types(names, rows, text)
         data = [[_sqlite.output(v, t) for v, t in zip(row, types, strict=True)] for row in rows]
         return _render.render(fmt, names, types, data, time.perf_counter() - started)
@@ -284,7 +293,7 @@ class Store:
                 f"Unknown table {table.group(1)!r}. Data sources: "
                 f"{', '.join(sorted(self.infos)) or 'none yet (send events first)'}"
             )
-        return QueryError(message)
+        return QueryError(_sqlite_functions.engine_note(message))
 
     def _types(self, names: list[str], rows: list[tuple[Any, ...]], sql: str) -> list[str]:
         """ClickHouse type names for the result columns: the column's declared type when
@@ -298,7 +307,7 @@ class Store:
         for index, name in enumerate(names):
             if name in declared:
                 types.append(declared[name])
-            elif re.fullmatch(r"count\(.*\)", name, re.I):
+            elif re.fullmatch(r"(count|countIf|uniq\w*)\(.*\)", name, re.I):
                 types.append("UInt64")
             else:
                 types.append(_sqlite.value_type(row[index] for row in rows))
