@@ -29,9 +29,7 @@ drain and ``flush()`` call this module: never the caller's thread of a logging c
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import dataclasses
 import errno
 import itertools
 import math
@@ -44,64 +42,32 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-import orjson
-
 from tinybird_export import _diagnostics
 from tinybird_export._spool_disk import Disk
 from tinybird_export._spool_format import (
     ACKNOWLEDGED,
     CLAIMED,
-    OWNER,
-    RECEIPT,
     SUFFIX,
-    TEMPORARY,
     Acknowledged,
     SpooledBatch,
     SpoolError,
-    base_of,
     batch_name,
-    claimed_by,
     encode,
     gzip,
     host_key,
-    lane_of,
     read,
     temporary_name,
-    temporary_parts,
 )
 from tinybird_export._spool_ledger import Ledger
+from tinybird_export._spool_listing import LISTING_TTL, Key, Listing
 from tinybird_export._spool_owners import Owners
+from tinybird_export._spool_receipts import Receipt, Receipts
+from tinybird_export._spool_upkeep import SCAN_EVERY, count_held, scan
 
-__all__ = ["SUFFIX", "Receipt", "Spool", "SpoolError", "SpooledBatch", "host_key"]
+__all__ = ["LISTING_TTL", "SUFFIX", "Receipt", "Spool", "SpoolError", "SpooledBatch", "host_key"]
 
-LISTING_TTL: Final = 1.0
-"""Seconds a listing of the directory is used for (other processes write too)."""
-_SCAN_EVERY: Final = 60.0
-"""Seconds between scans (dead processes' claims and leftovers, the ledger's recount)."""
-_ODD_TEMPORARY: Final = 3600.0
-"""A temporary file with no owner in its name this old (or this far in the future: a clock
-step) is a crash's leftover."""
 _FAILPOINT_ENV: Final = "TINYBIRD_SPOOL_FAILPOINT"  # tests' crash injection: "<point>:<n>"
 _FULL: Final = (errno.ENOSPC, errno.EDQUOT)
-_RECEIPTS_KEPT: Final = 10_000
-
-
-@dataclasses.dataclass(frozen=True)
-class Receipt:
-    """Another process resolved one of this process's files: what became of its events."""
-
-    serial: int  # the writing channel
-    count: int
-    outcome: str  # "sent", or a drop reason
-    quarantined: int
-
-
-class _Lane:
-    """One (host key, data source) in the last listing."""
-
-    def __init__(self) -> None:
-        self.unclaimed: collections.deque[str] = collections.deque()  # oldest first
-        self.present: collections.Counter[str] = collections.Counter()  # bases, claimed too
 
 
 class Spool:
@@ -119,23 +85,21 @@ class Spool:
         self.max_bytes = max_bytes
         self.disk = disk or Disk()
         self.owners = Owners(self.directory, self.disk)
-        self.ledger = Ledger(self.directory, self.disk, self._count_held)
+        self.ledger = Ledger(
+            self.directory, self.disk, lambda: count_held(self.directory, self.disk)
+        )
         self.corrupt = 0
         self.refusal = ("", "")
         """Why the last write was refused: (drop reason, what the disk said)."""
-        self._lock = threading.RLock()  # the listing, the lists below
-        self._receipts_lock = threading.Lock()  # one writer of receipts at a time
-        self._listing_lock = threading.Lock()  # one listing at a time
+        self._lock = threading.Lock()  # the acknowledged files' lists, the counter
         self._counter = itertools.count()
         self._failpoints = _failpoints()
         self._reported: set[str] = set()
-        self._lanes: dict[tuple[str, str], _Lane] = {}
-        self._listed_at = -math.inf
         self._scanned_at = -math.inf
         self._unremoved: dict[Path, tuple[str, int]] = {}  # acknowledged: (name, size)
         self._acknowledged: set[str] = set()  # their names: no longer waited for
-        self._outcomes: list[tuple[SpooledBatch, str, int]] = []  # receipts to leave
-        self._receipts: list[Receipt] = []  # receipts read, for this process's channels
+        self.receipts = Receipts(self.directory, self.disk, self.identity)
+        self.listing = Listing(self.directory, self.disk, self._settled, self._other)
         try:
             self.disk.mkdir(self.directory)
         except OSError as exc:
@@ -209,7 +173,7 @@ class Spool:
             return None
         with contextlib.suppress(OSError):  # renamed: written; only a power loss undoes it
             self.disk.fsync_directory(self.directory)
-        self._added(final.name, new=not replacing)
+        self.listing.added(final.name, newest=not replacing)
         self.refusal = ("", "")
         return final
 
@@ -227,11 +191,11 @@ class Spool:
         most a second old.
         """
         self.maintain()
-        return bool(self._lane((host_key(host), datasource)).unclaimed)
+        return bool(self.listing.lane((host_key(host), datasource)).unclaimed)
 
     def pending(self, host: str, datasource: str) -> list[str]:
         """Unclaimed file names for ``host`` and ``datasource``, oldest first."""
-        return list(self._lane((host_key(host), datasource), fresh=True).unclaimed)
+        return list(self.listing.lane((host_key(host), datasource), fresh=True).unclaimed)
 
     def claim(self, host: str, datasource: str) -> SpooledBatch | None:
         """The oldest file for ``host`` and ``datasource``, claimed; ``None`` if none."""
@@ -247,10 +211,10 @@ class Spool:
         self.maintain()
         if not self.owners.ensure():
             return []
-        key = (host_key(host), datasource)
+        key: Key = (host_key(host), datasource)
         got: list[SpooledBatch] = []
         rows = raw = 0
-        while (name := self._next(key)) is not None:
+        while (name := self.listing.next(key)) is not None:
             path = self.directory / name
             claimed = self.directory / f"{name}{CLAIMED}{self.identity}"
             try:
@@ -258,13 +222,13 @@ class Spool:
             except FileNotFoundError:  # another process claimed it first
                 continue
             except OSError as exc:  # a read-only directory, another user's file
-                self._put_back(key, name)
+                self.listing.put_back(key, name)
                 self._cannot("claim", exc)
                 break
             try:
                 batch = read(self.disk, claimed, name, host, datasource)
-            except Acknowledged:
-                self._remove(claimed, self._size(claimed))
+            except Acknowledged:  # sent by a process that could not remove it: never again
+                self._remove_acknowledged(claimed, name, self._size(claimed))
                 continue
             except SpoolError as exc:
                 self._quarantine(claimed, name, exc)
@@ -297,10 +261,10 @@ class Spool:
         removed once the directory lets it.
         """
         try:
-            self._remove(batch.path, batch.size, raising=True)
+            self.ledger.remove(batch.path, batch.size)
         except OSError as exc:
-            self._keep_acknowledged(batch, exc)
-        self._gone(batch.name)
+            self._mark_acknowledged(batch, exc)
+        self.listing.gone(batch.name)
 
     def release(self, batch: SpooledBatch) -> None:
         """Give a claimed file back, for this process later or another one (exit)."""
@@ -308,8 +272,7 @@ class Spool:
             self.disk.rename(batch.path, self.directory / batch.name)
         except OSError:
             return  # still claimed: released by the next process's scan once this one ends
-        with self._lock:
-            self._listed_at = -math.inf  # its place in the order: at the next listing
+        self.listing.reorder()
 
     def split(self, batch: SpooledBatch, host: str, datasource: str) -> bool:
         """413 for a claimed file: write its two halves in its place in the order (the
@@ -335,7 +298,7 @@ class Spool:
         if self.write(second, rest, host, datasource, batch.owner, replacing=stem + "-b"):
             return True
         self._remove(first, self._size(first))  # all or nothing: the caller drops the batch
-        self._gone(first.name)
+        self.listing.gone(first.name)
         return False
 
     # -- upkeep, and what flush() waits for --------------------------------------------------
@@ -345,46 +308,40 @@ class Spool:
         scan it every minute, retry removals, leave receipts, renew this process's owner.
         """
         now = time.monotonic()
-        if now - self._scanned_at > _SCAN_EVERY:
-            self._scan(now)
-        if now - self._listed_at > LISTING_TTL:
-            self._list(now)
+        if now - self._scanned_at > SCAN_EVERY:
+            self._scanned_at = now
+            scan(self.directory, self.disk, self.identity, self._alive, self.ledger)
+        if self.listing.due(now):
+            self.listing.list()
             self._retry_removals()
-        if self._outcomes:
-            self._leave_receipts(now)
+        if self.receipts.owed:
+            self.receipts.leave(self._alive)
         self.owners.heartbeat(now)
 
     def settle(self) -> None:
-        """At exit: leave the receipts still owed, and retry the removals still owed."""
+        """At exit: retry the removals owed, and leave the receipts owed."""
         self._retry_removals()
-        self._leave_receipts(time.monotonic(), wait=1.0)
+        self.receipts.leave(self._alive, wait=1.0)
 
     def backlog(self, host: str, datasource: str) -> frozenset[str]:
         """The batches on disk for the lane now (claimed by anyone, or not), from a listing
         at most a second old: what a flush waits for.
         """
-        lane = self._lane((host_key(host), datasource), fresh=True)
-        return frozenset(lane.present)
+        return frozenset(self.listing.lane((host_key(host), datasource), fresh=True).present)
 
     def remaining(self, host: str, datasource: str, batches: Iterable[str]) -> bool:
         """Whether any of ``batches`` (a ``backlog``) is still on disk, unresolved, as the
         last listing and this process's own removals say (no disk access).
         """
-        present = self._lanes.get((host_key(host), datasource))
-        return present is not None and any(base in present.present for base in batches)
+        return self.listing.present((host_key(host), datasource), batches)
 
     def take_receipts(self, serials: set[int]) -> list[Receipt]:
         """The receipts read for the channels ``serials`` of this process."""
-        with self._lock:
-            mine = [r for r in self._receipts if r.serial in serials]
-            self._receipts = [r for r in self._receipts if r.serial not in serials]
-        return mine
+        return self.receipts.take(serials)
 
     def note_outcome(self, batch: SpooledBatch, outcome: str, quarantined: int = 0) -> None:
         """This process resolved another's file: leave it a receipt (at the next upkeep)."""
-        if batch.owner[0] != self.identity:
-            with self._lock:
-                self._outcomes.append((batch, outcome, quarantined))
+        self.receipts.owe(batch, outcome, quarantined)
 
     def held_bytes(self) -> int:
         """Bytes the directory holds, as this process last counted them."""
@@ -395,13 +352,12 @@ class Spool:
         unknown here): they are kept for a process that does.
         """
         known = {(host_key(host), datasource) for host, datasource in lanes}
-        self._lane(("", ""), fresh=True)
-        with self._lock:
-            others = {
-                key[1]: len(lane.present)
-                for key, lane in self._lanes.items()
-                if key not in known and lane.present
-            }
+        self.listing.lane(("", ""), fresh=True)
+        others = {
+            key[1]: len(lane.present)
+            for key, lane in self.listing.lanes().items()
+            if key not in known and lane.present
+        }
         for datasource, count in others.items():
             if datasource not in self._reported:
                 self._reported.add(datasource)
@@ -420,93 +376,29 @@ class Spool:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _lane(self, key: tuple[str, str], fresh: bool = False) -> _Lane:
-        if fresh and time.monotonic() - self._listed_at > LISTING_TTL:
-            self._list(time.monotonic())
-        return self._lanes.get(key) or _Lane()
-
-    def _next(self, key: tuple[str, str]) -> str | None:
-        """The lane's oldest unclaimed name, listing again once if it has none."""
-        for attempt in range(2):
-            with self._lock:
-                lane = self._lanes.get(key)
-                if lane is not None and lane.unclaimed:
-                    return lane.unclaimed.popleft()
-            if attempt or time.monotonic() - self._listed_at < LISTING_TTL / 10:
-                return None
-            self._list(time.monotonic())
-        return None
-
-    def _put_back(self, key: tuple[str, str], name: str) -> None:
-        with self._lock:
-            self._lanes.setdefault(key, _Lane()).unclaimed.appendleft(name)
-
-    def _give_back(self, key: tuple[str, str], claimed: Path, name: str) -> None:
+    def _give_back(self, key: Key, claimed: Path, name: str) -> None:
         try:
             self.disk.rename(claimed, self.directory / name)
         except OSError:
             return
-        self._put_back(key, name)
+        self.listing.put_back(key, name)
 
-    def _list(self, now: float) -> None:
-        """One listing: each lane's unclaimed names (sorted) and every batch on disk; the
-        receipts left for this process are read and removed.
-        """
-        with self._listing_lock:
-            try:
-                names = self.disk.listdir(self.directory)
-            except OSError:
-                names = []
-            lanes: dict[tuple[str, str], _Lane] = {}
-            receipts = f"{RECEIPT}{self.identity}-"
-            for name in names:
-                if name.endswith(SUFFIX):
-                    lane = lanes.setdefault(lane_of(name), _Lane())
-                    lane.unclaimed.append(name)
-                elif CLAIMED in name and name.split(CLAIMED)[0].endswith(SUFFIX):
-                    lane = lanes.setdefault(lane_of(name), _Lane())
-                else:
-                    if name.startswith(receipts):
-                        self._read_receipt(self.directory / name)
-                    continue
-                if name.split(CLAIMED)[0] not in self._acknowledged:
-                    lane.present[base_of(name)] += 1
-            for lane in lanes.values():
-                lane.unclaimed = collections.deque(sorted(lane.unclaimed))
-            with self._lock:
-                self._lanes, self._listed_at = lanes, now
-
-    def _added(self, name: str, *, new: bool) -> None:
+    def _settled(self) -> set[str]:
         with self._lock:
-            lane = self._lanes.setdefault(lane_of(name), _Lane())
-            lane.present[base_of(name)] += 1
-            if new:
-                lane.unclaimed.append(name)  # the newest
-            else:
-                self._listed_at = -math.inf  # a half: its place at the next listing
+            return set(self._acknowledged)
 
-    def _gone(self, name: str) -> None:
-        with self._lock:
-            lane = self._lanes.get(lane_of(name))
-            if lane is not None:
-                base = base_of(name)
-                lane.present[base] -= 1
-                if lane.present[base] <= 0:
-                    del lane.present[base]
+    def _other(self, name: str) -> None:
+        """A listed name that is not a batch file: a receipt for this process is read."""
+        if self.receipts.mine(name):
+            self.receipts.read(name)
 
-    def _remove(self, path: Path, size: int, *, raising: bool = False) -> None:
-        """Unlink ``path``, counting its ``size`` off the ledger."""
-        with self.ledger.step() as entry:
-            try:
-                self.disk.unlink(path)
-            except FileNotFoundError:
-                return
-            except OSError:
-                if raising:
-                    raise
-                return
-            if entry is not None:
-                entry.held -= size
+    def _alive(self, identity: str) -> bool:
+        return self.owners.alive(identity, time.monotonic())
+
+    def _remove(self, path: Path, size: int) -> None:
+        """Unlink ``path``, counting its ``size`` off the ledger; never raises."""
+        with contextlib.suppress(OSError):
+            self.ledger.remove(path, size)
 
     def _size(self, path: Path) -> int:
         try:
@@ -514,7 +406,7 @@ class Spool:
         except OSError:
             return 0
 
-    def _keep_acknowledged(self, batch: SpooledBatch, exc: OSError) -> None:
+    def _mark_acknowledged(self, batch: SpooledBatch, exc: OSError) -> None:
         """Acknowledged, not removable: mark it so in place (a read-only directory still
         lets this process write its own file), and remove it when the directory lets it.
         """
@@ -529,9 +421,7 @@ class Spool:
                 self.disk.close(fd)
         except OSError:
             pass
-        with self._lock:
-            self._unremoved[batch.path] = (batch.name, batch.size)
-            self._acknowledged.add(batch.name)
+        self._remove_acknowledged(batch.path, batch.name, batch.size, retry_only=True)
         then = (
             "it is marked sent, and removed once the directory lets it"
             if marked
@@ -543,12 +433,26 @@ class Spool:
             f"cannot remove an acknowledged spool file in {self.directory} ({_why(exc)}): {then}.",
         )
 
+    def _remove_acknowledged(
+        self, path: Path, name: str, size: int, *, retry_only: bool = False
+    ) -> None:
+        """Remove a file whose batch was acknowledged, or remember to, and not wait for it."""
+        if not retry_only:
+            try:
+                self.ledger.remove(path, size)
+                return
+            except OSError:
+                pass
+        with self._lock:
+            self._unremoved[path] = (name, size)
+            self._acknowledged.add(name)
+
     def _retry_removals(self) -> None:
         with self._lock:
             unremoved = list(self._unremoved.items())
         for path, (name, size) in unremoved:
             try:
-                self._remove(path, size, raising=True)
+                self.ledger.remove(path, size)
             except OSError:
                 return  # still refused: next time
             with self._lock:
@@ -570,127 +474,11 @@ class Spool:
             where = f"moved to {corrupt}"
         except OSError as err:  # left claimed: the next process sets it aside
             where = f"left in place ({_why(err)})"
-        self._gone(name)
+        self.listing.gone(name)
         _diagnostics.say(
             f"spool file {name} failed its check ({exc}): {where}, not sent (counted in "
             "stats().spool_corrupt)."
         )
-
-    def _scan(self, now: float) -> None:
-        """Release dead processes' claims, remove their temporary files, owner files and
-        receipts, and recount the ledger.
-        """
-        self._scanned_at = now
-        try:
-            names = self.disk.listdir(self.directory)
-        except OSError:
-            return
-        alive, me = self.owners.alive, self.identity
-        for name in sorted(names, key=lambda n: n.startswith(OWNER)):  # owners last
-            path = self.directory / name
-            try:
-                if CLAIMED in name:
-                    holder = claimed_by(name)
-                    if holder != me and not (holder and alive(holder, now)):
-                        self.disk.rename(path, self.directory / name.split(CLAIMED)[0])
-                elif name.startswith(TEMPORARY):
-                    parts = temporary_parts(name)
-                    if parts is None:
-                        self._remove_if_old(path)
-                    elif parts[0] != me and not alive(parts[0], now):
-                        self._remove(path, parts[1])
-                elif name.startswith((OWNER, RECEIPT)):
-                    holder = name.removeprefix(OWNER).removeprefix(RECEIPT)[:16]
-                    if name.endswith(".new"):
-                        self._remove_if_old(path)
-                    elif holder != me and not alive(holder, now):
-                        self.disk.unlink(path)
-            except OSError:
-                continue
-        self.ledger.recount()
-
-    def _remove_if_old(self, path: Path) -> None:
-        """A leftover without an owner in its name: gone after an hour, or if it is dated
-        an hour ahead (the clock stepped back since).
-        """
-        age = time.time() - self.disk.stat(path).st_mtime
-        if abs(age) > _ODD_TEMPORARY:
-            self.disk.unlink(path)
-
-    def _count_held(self) -> int:
-        """The ledger's recount: batch files (claimed too) and temporary files at the size
-        they reserved, whichever process wrote them.
-        """
-        total = 0
-        try:
-            names = self.disk.listdir(self.directory)
-        except OSError:
-            return self.ledger.held
-        for name in names:
-            parts = temporary_parts(name) if name.startswith(TEMPORARY) else None
-            if parts is not None:
-                total += parts[1]
-            elif SUFFIX in name:
-                total += self._size(self.directory / name)
-        return total
-
-    def _leave_receipts(self, now: float, wait: float = 0.0) -> None:
-        """Write the receipts owed: one thread at a time (the exit's ``settle`` waits for a
-        sender writing some, which the interpreter's exit would cut short).
-        """
-        if (
-            not self._receipts_lock.acquire(timeout=wait)
-            if wait
-            else not self._receipts_lock.acquire(False)
-        ):
-            return
-        try:
-            self._write_receipts(now)
-        finally:
-            self._receipts_lock.release()
-
-    def _write_receipts(self, now: float) -> None:
-        with self._lock:
-            outcomes, self._outcomes = self._outcomes, []
-        for batch, outcome, quarantined in outcomes:
-            writer, serial = batch.owner
-            if not self.owners.alive(writer, now):
-                continue  # a restart's predecessor: nobody to tell
-            receipt = orjson.dumps(
-                {"serial": serial, "count": batch.count, "outcome": outcome, "q": quarantined}
-            )
-            stem = batch.name.removesuffix(SUFFIX)
-            final = self.directory / f"{RECEIPT}{writer}-{stem}"
-            temporary = self.directory / temporary_name(self.identity, 0, f"r{stem}")
-            try:
-                fd = self.disk.create(temporary)
-                try:
-                    self.disk.write_all(fd, receipt)
-                finally:
-                    self.disk.close(fd)
-                self.disk.rename(temporary, final)
-            except OSError:
-                self._remove(temporary, 0)  # the writer's count stays as it was
-
-    def _read_receipt(self, path: Path) -> None:
-        try:
-            fd = self.disk.open(path)
-            try:
-                data = self.disk.read(fd, 4096, 0)
-            finally:
-                self.disk.close(fd)
-            self.disk.unlink(path)
-        except OSError:
-            return
-        try:
-            fields = orjson.loads(data)
-            serial, count, outcome = fields["serial"], fields["count"], fields["outcome"]
-            receipt = Receipt(int(serial), int(count), str(outcome), int(fields["q"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return
-        with self._lock:
-            self._receipts.append(receipt)
-            del self._receipts[:-_RECEIPTS_KEPT]  # for channels gone since: the oldest go
 
     def _cannot(self, what: str, exc: OSError) -> None:
         _diagnostics.say_once(

@@ -45,10 +45,10 @@ class Ledger:
         directory: The spool directory.
         disk: Its system calls.
         recount: What the directory holds now, counted file by file (with every temporary
-            file at the size it reserved).
+            file at the size it reserved); ``None`` if it cannot be counted.
     """
 
-    def __init__(self, directory: Path, disk: Disk, recount: Callable[[], int]) -> None:
+    def __init__(self, directory: Path, disk: Disk, recount: Callable[[], int | None]) -> None:
         self._path = directory / LEDGER
         self._disk = disk
         self._recount = recount
@@ -82,6 +82,18 @@ class Ledger:
                 self._disk.unlock(self._fd)
             self._lock.release()
 
+    def remove(self, path: Path, size: int) -> None:
+        """Unlink ``path`` and count its ``size`` off, in one locked step (a file already
+        gone is no error; another ``OSError`` is raised, the count unchanged).
+        """
+        with self.step() as entry:
+            try:
+                self._disk.unlink(path)
+            except FileNotFoundError:
+                return
+            if entry is not None:
+                entry.held -= size
+
     def peek(self) -> None:
         """Read the count without the lock (for ``stats()`` before this process's first
         change: one read, no listing); left as it is if the ledger is missing or torn.
@@ -104,9 +116,9 @@ class Ledger:
         were removed, other processes' removals may have gone uncounted).
         """
         with self.step() as entry:
-            if entry is not None:
-                entry.held = self._recount()
-                self._counted_at = time.monotonic()
+            counted = self._recount() if entry is not None else None
+            if entry is not None and counted is not None:
+                entry.held, self._counted_at = counted, time.monotonic()
 
     def _locked(self, wait: float) -> int | None:
         """The ledger's descriptor, locked; ``None`` (shared) if that failed."""
@@ -127,7 +139,7 @@ class Ledger:
     def _read(self, fd: int | None) -> int:
         if fd is None:  # alone: a recent listing, and this process's changes since
             if time.monotonic() - self._counted_at > _LOCAL_RECOUNT:
-                self.held, self._counted_at = self._recount(), time.monotonic()
+                self.held, self._counted_at = self._counted(), time.monotonic()
             return self.held
         try:
             text = self._disk.read(fd, _WIDTH + 1, 0)
@@ -136,9 +148,13 @@ class Ledger:
         if len(text) == _WIDTH and text.isdigit():
             self.held = int(text)
         else:  # new, or torn by a crash: count the directory
-            self.held = self._recount()
+            self.held = self._counted()
             self._write(fd, self.held)
         return self.held
+
+    def _counted(self) -> int:
+        counted = self._recount()
+        return self.held if counted is None else counted
 
     def _write(self, fd: int | None, held: int) -> None:
         held = max(held, 0)
