@@ -126,6 +126,34 @@ class TestOnDisk:
         assert spool.claim(HOST, "app_logs") is not None  # its first scan released it
         assert Spool(str(tmp_path), 1 << 20).claim(HOST, "app_logs") is None  # and holds it
 
+    def test_a_forked_child_is_another_owner_and_never_frees_its_parents_claims(
+        self, tmp_path: Path
+    ) -> None:
+        """After fork the child draws its own identity; dropping its copy of the parent's
+        locked owner file leaves the parent's lock held, so the child leaves the parent's
+        claim alone and claims the next file."""
+        result = run_python(
+            f"""
+            import os, time
+            from tinybird_export._spool import Spool
+            parent = Spool({str(tmp_path)!r}, 1 << 20)
+            for n in range(2):
+                parent.write(b'{{"n":%d}}\\n' % n, 1, "h", "ds", (parent.identity, 1))
+            held = parent.claim("h", "ds")
+            pid = os.fork()
+            if pid == 0:
+                parent.forget_in_child()  # what the package's fork hook does
+                child = Spool({str(tmp_path)!r}, 1 << 20)
+                got = child.claim("h", "ds")
+                ok = child.identity != parent.identity and got is not None and got.name != held.name
+                ok = ok and child.owners.alive(parent.identity, time.monotonic())
+                os._exit(0 if ok else 1)
+            _, status = os.waitpid(pid, 0)
+            print(os.waitstatus_to_exitcode(status), held.path.exists())
+        """
+        )
+        assert result.stdout.split() == ["0", "True"], result.stderr
+
     def test_the_bound_refuses_writes_past_it(self, tmp_path: Path) -> None:
         """spool_max_bytes refuses the writes that would pass it."""
         spool = Spool(str(tmp_path), 2 * 1024 * 1024)

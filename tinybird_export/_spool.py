@@ -95,7 +95,7 @@ class Spool:
         self._counter = itertools.count()
         self._failpoints = _failpoints()
         self._reported: set[str] = set()
-        self._scanned_at = -math.inf
+        self._scanned_at = self._removals_at = -math.inf
         self._unremoved: dict[Path, tuple[str, int]] = {}  # acknowledged: (name, size)
         self._acknowledged: set[str] = set()  # their names: no longer waited for
         self.receipts = Receipts(self.directory, self.disk, self.identity)
@@ -151,11 +151,13 @@ class Spool:
                 self._refuse("spool_full", f"spool_max_bytes ({self.max_bytes}) reached")
                 return None
             try:
+                entry.held += size  # reserved: a recount counts the temporary file at this size
+                entry.save()
                 fd = self.disk.create(temporary)
             except OSError as exc:
+                entry.held -= size
                 self._refuse_error(exc)
                 return None
-            entry.held += size  # reserved: a recount counts the temporary file at this size
         final = self.directory / (stem + SUFFIX)
         try:
             try:
@@ -313,6 +315,8 @@ class Spool:
             scan(self.directory, self.disk, self.identity, self._alive, self.ledger)
         if self.listing.due(now):
             self.listing.list()
+        if self._unremoved and now - self._removals_at > LISTING_TTL:
+            self._removals_at = now
             self._retry_removals()
         if self.receipts.owed:
             self.receipts.leave(self._alive)

@@ -74,7 +74,7 @@ class Disk:
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> None:
         """Write ``data`` at ``offset`` (a few bytes: the ledger, a state byte), whole."""
-        self.check("write", fd)
+        self.check("pwrite", fd)
         if os.pwrite(fd, data, offset) != len(data):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

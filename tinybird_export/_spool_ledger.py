@@ -32,10 +32,17 @@ _LOCAL_RECOUNT: Final = 1.0
 
 
 class Entry:
-    """The count inside one locked step: read it, change it; written back at the end."""
+    """The count inside one locked step: read it, change it; written back at the end, or
+    at once with ``save`` (a reservation must be on disk before its file is written).
+    """
 
-    def __init__(self, held: int) -> None:
+    def __init__(self, held: int, save: Callable[[int], None]) -> None:
         self.held = held
+        self._save = save
+
+    def save(self) -> None:
+        """Write the count now; ``OSError`` if the ledger could not be written."""
+        self._save(self.held)
 
 
 class Ledger:
@@ -73,7 +80,7 @@ class Ledger:
             if fd is None and self._shared:
                 yield None
                 return
-            entry = Entry(self._read(fd))
+            entry = Entry(self._read(fd), lambda held: self._write(fd, held, raising=True))
             yield entry
             if entry.held != self.held:
                 self._write(fd, entry.held)
@@ -156,13 +163,15 @@ class Ledger:
         counted = self._recount()
         return self.held if counted is None else counted
 
-    def _write(self, fd: int | None, held: int) -> None:
+    def _write(self, fd: int | None, held: int, *, raising: bool = False) -> None:
         held = max(held, 0)
         if fd is not None:
             try:
                 self._disk.pwrite(fd, b"%0*d" % (_WIDTH, held), 0)
             except OSError:
-                return  # read back next time: a torn or stale count is recounted
+                if raising:
+                    raise
+                return  # a removal not counted off: too high until the next recount
         self.held = held
 
     def forget_in_child(self) -> None:
