@@ -485,16 +485,18 @@ class Spool:
         )
 
     def _cannot(self, what: str, exc: OSError) -> None:
-        _diagnostics.say_once(
-            f"spool-{what}:{self.directory}",
-            f"cannot {what} in the spool {self.directory} ({_why(exc)}); "
-            + (
-                "batches that cannot be sent are kept in memory, then dropped as the memory "
-                "bound says."
-                if what == "write"
-                else "its files are left for later, or for a process that can."
-            ),
-        )
+        """Say once per directory that it refuses writes, or claims."""
+        if what == "write":
+            text = (
+                f"cannot write to the spool {self.directory} ({_why(exc)}); batches that cannot "
+                "be sent are kept in memory, then dropped as the memory bound says."
+            )
+        else:
+            text = (
+                f"cannot claim files in the spool {self.directory} ({_why(exc)}); they are left "
+                "for later, or for a process that can."
+            )
+        _diagnostics.say_once(f"spool-{what}:{self.directory}", text)
 
     def failpoint(self, point: str) -> None:
         """The tests' crash injection (``TINYBIRD_SPOOL_FAILPOINT``); nothing otherwise."""

@@ -82,7 +82,7 @@ def test_a_write_the_disk_refuses_leaves_nothing_and_says_why(
     assert spool.refusal == (reason, os.strerror(code))
     assert batch_files(spool.directory) == []
     assert spool.held_bytes() == 0
-    assert "cannot write in the spool" in capsys.readouterr().err
+    assert "cannot write to the spool" in capsys.readouterr().err
     disk.heal()
     assert spool.write(lines(3), 3, HOST, "ds", owner) is not None
     claimed = spool.claim(HOST, "ds")
