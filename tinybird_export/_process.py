@@ -229,12 +229,13 @@ class Process:
     @staticmethod
     def _spill_at_exit(workers: list[Worker], spooled_before: dict[int, int]) -> int:
         """What the drain could not send goes to the spool, where there is one (failing
-        lanes spilled during the drain already): say how much, and where.
+        lanes spilled during the drain already): say how much, and where; how many events
+        were spooled, or refused by the spool (and dropped).
         """
         total = 0
         for worker in workers:
             try:
-                worker.spill_remaining()
+                total += worker.spill_remaining()
             except Exception as exc:  # noqa: BLE001 - a bug: said once, the exit goes on
                 report_internal_error(exc, "")
             written: dict[str, int] = {}

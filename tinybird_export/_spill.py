@@ -89,6 +89,7 @@ class SpillBridge:
         self._created = time.monotonic()
         self._orphans_reported = False
         self._watched_until = 0.0
+        self._refusals: dict[int, tuple[str, str]] = {}  # by channel: its last spill's
 
     def after_fork_in_child(self, spool: Spool) -> None:
         """The child's own spool object; the parent's claims are the parent's."""
@@ -164,9 +165,11 @@ class SpillBridge:
                 self.spool.release(batch)
             work.slot = None
 
-    def refusal(self) -> tuple[str, str]:
-        """Why the spool refused its last write: (drop reason, what the disk said)."""
-        return self.spool.refusal
+    def refusal(self, channel: Channel) -> tuple[str, str]:
+        """Why the spool refused the last write of ``channel``'s last spill: (drop reason,
+        what the disk said); ``("", "")`` if it refused none.
+        """
+        return self._refusals.get(channel.serial, ("", ""))
 
     def backlog(self, lanes: Iterable[Lane], *, failing_settles: bool = False) -> Backlog:
         """What a flush (or, with ``failing_settles``, the exit drain) waits for on disk: the
@@ -216,6 +219,7 @@ class SpillBridge:
         bound, down to a quarter (``everything``: all of them); the events written.
         """
         written = 0
+        self._refusals.pop(channel.serial, None)
         if not everything and channel.held_bytes() <= channel.spill_mark():
             return 0
         while everything or channel.held_bytes() > channel.spill_mark() // 2:
@@ -225,6 +229,7 @@ class SpillBridge:
             owner = (self.spool.identity, channel.serial)
             if not self.spool.write(batch.body, batch.count, self._host, channel.datasource, owner):
                 channel.unclaim(batch)  # full: memory's drop policy applies
+                self._refusals[channel.serial] = self.spool.refusal
                 break
             channel.spooled(batch)
             written += batch.count
