@@ -41,6 +41,12 @@ def read_only() -> Iterator[list[ReadOnly]]:
         directory.off()
 
 
+def in_flight(server: EventsServer) -> bool:
+    """Wait until a request arrived since the server was last reset (the one in flight)."""
+    before = server.arrivals - len(server.requests)  # what earlier answered requests made
+    return server.wait_for(lambda: server.arrivals - len(server.requests) > before, 20)
+
+
 def count_of(server: EventsServer, prefix: str) -> int:
     """How many events starting with ``prefix`` arrived."""
     return sum(1 for e in server.events() if e["event"].startswith(prefix))
@@ -65,7 +71,7 @@ class TestReadOnlyBlip:
         read_only.append(blip)
         server.respond(Reply(hang=True))  # the first spool file waits in flight
         with driven(server, spool_dir, ONE_FILE_PER_REQUEST) as child:
-            assert server.wait_for(lambda: server.arrivals >= 1, 20)
+            assert in_flight(server)
             blip.on()
             server.release()  # acknowledged: its removal fails
             assert child.ask("wait_unspooled 50") != "0"
@@ -105,7 +111,7 @@ class TestReadOnlyBlip:
         read_only.append(blip)
         server.respond(Reply(hang=True))
         with driven(server, spool_dir, ONE_FILE_PER_REQUEST) as child:
-            assert server.wait_for(lambda: server.arrivals >= 1, 20)
+            assert in_flight(server)
             blip.on()
             server.release()
             assert child.ask("wait_unspooled 50") != "0"
@@ -194,7 +200,7 @@ class TestIdentity:
         spool_at_exit(server, spool_dir, 200)
         server.respond(Reply(hang=True))
         with driven(server, spool_dir, prefix=in_pid_namespace([])) as first:
-            assert server.wait_for(lambda: server.arrivals >= 1, 20)
+            assert in_flight(server)
             with driven(server, spool_dir, prefix=in_pid_namespace([])) as second:
                 second.ask("flush 1")  # its scan ran, and it sent what it could claim
                 server.release()
@@ -213,7 +219,7 @@ class TestIdentity:
         spool_at_exit(server, spool_dir, 200)
         server.respond(Reply(hang=True))
         with driven(server, spool_dir) as first:
-            assert server.wait_for(lambda: server.arrivals >= 1, 20)
+            assert in_flight(server)
             with driven(server, spool_dir, env={"CLOCK_STEP": "3600"}) as stepped:
                 stepped.ask("flush 1")
                 server.release()
