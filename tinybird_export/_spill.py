@@ -165,11 +165,20 @@ class SpillBridge:
                 self.spool.release(batch)
             work.slot = None
 
-    def refusal(self, channel: Channel) -> tuple[str, str]:
-        """Why the spool refused the last write of ``channel``'s last spill: (drop reason,
-        what the disk said); ``("", "")`` if it refused none.
+    def give_up(self, channel: Channel, when: str) -> int:
+        """Exit, or a close deadline: everything ``channel`` holds goes to the spool, and
+        what the spool refuses is dropped for the reason it gave (``spool_full``,
+        ``spool_error``) and said; how many events were dropped.
         """
-        return self._refusals.get(channel.serial, ("", ""))
+        self.spill(channel)
+        reason, why = self._refusals.get(channel.serial, ("", ""))
+        lost = channel.abandon(reason) if reason and not channel.empty() else 0
+        if lost:
+            _diagnostics.say(
+                f"{lost} event(s) for {channel.datasource!r} could not be spooled {when} to "
+                f"{self.spool.directory} ({why}): counted as {reason!r}."
+            )
+        return lost
 
     def backlog(self, lanes: Iterable[Lane], *, failing_settles: bool = False) -> Backlog:
         """What a flush (or, with ``failing_settles``, the exit drain) waits for on disk: the

@@ -250,24 +250,10 @@ class Worker:
         refused = 0
         for channel in self.channels():
             bridge.spool.failpoint("exit")  # killed during the exit drain (the tests)
-            bridge.spill(channel)
-            if not channel.empty() and bridge.refusal(channel)[0]:
-                refused += self._refused(channel, "at exit")
+            refused += bridge.give_up(channel, "at exit")
         self._release_spool_claims([lane for lane, _ in self._scheduler.lanes()])
         bridge.spool.settle()
         return refused
-
-    def _refused(self, channel: Channel, when: str) -> int:
-        """What the spool could not take is dropped for its reason, and said."""
-        assert self._bridge is not None  # noqa: S101 - only called with a spool
-        reason, why = self._bridge.refusal(channel)
-        lost = channel.abandon(reason)
-        if lost:
-            _diagnostics.say(
-                f"{lost} event(s) for {channel.datasource!r} could not be spooled {when} to "
-                f"{self._bridge.spool.directory} ({why}): counted as {reason!r}."
-            )
-        return lost
 
     def _release_spool_claims(self, lanes: Iterable[Lane]) -> None:
         bridge = self._bridge
@@ -324,9 +310,7 @@ class Worker:
         """
         for channel in channels:
             if self._bridge is not None and not channel.empty():
-                self._bridge.spill(channel)
-                if not channel.empty() and self._bridge.refusal(channel)[0]:
-                    self._refused(channel, "at its close deadline")
+                self._bridge.give_up(channel, "at its close deadline")
             lost = channel.abandon("close_timeout")
             if lost:
                 _diagnostics.say(
