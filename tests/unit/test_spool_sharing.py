@@ -5,6 +5,7 @@ once."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import time
@@ -164,3 +165,21 @@ def test_a_413_for_several_files_sends_them_one_by_one_then_halves_the_requests(
         sizes.append(len(nxt.batches))
         nxt.sent(0, 0)
     assert sum(sizes) == 7 and max(sizes) <= 4
+
+
+def test_without_locks_an_owner_is_dead_after_ten_minutes_without_a_renewal(
+    tmp_path: Path,
+) -> None:
+    """A file system without flock: liveness by renewals, seen on the observer's own
+    monotonic clock (only whether the file's time changed counts, never its value)."""
+    owner = Spool(str(tmp_path), 1 << 20)
+    assert owner.owners.ensure()
+    disk = FaultyDisk()
+    disk.fail("lock", errno.ENOLCK)
+    observer = Spool(str(tmp_path), 1 << 20, disk).owners
+    now = time.monotonic()
+    assert observer.alive(owner.identity, now)
+    assert observer.alive(owner.identity, now + 500)  # seen unchanged for 500 s: not yet
+    os.utime(owner.owners.path, (0, 0))  # renewed (its time changed, whatever to)
+    assert observer.alive(owner.identity, now + 700)  # the renewal restarts the count
+    assert not observer.alive(owner.identity, now + 1400)  # 700 s without a renewal
