@@ -67,11 +67,14 @@ def run_python(
     )
 
 
-def talk_to_python(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    """Start ``python *args`` with stdin, stdout and stderr piped (text), for a test that
-    drives the child step by step (use it as a context manager)."""
+def talk_to_python(
+    args: list[str], env: dict[str, str], *, prefix: list[str] | None = None
+) -> subprocess.Popen[str]:
+    """Start ``python *args`` (after the command ``prefix``, if any) with stdin, stdout and
+    stderr piped (text), for a test that drives the child step by step (use it as a context
+    manager)."""
     return subprocess.Popen(
-        [sys.executable, *args],
+        [*(prefix or []), sys.executable, *args],
         env={**os.environ, **env},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

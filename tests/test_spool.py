@@ -3,6 +3,7 @@ injection (SIGKILL at points hypothesis chooses) and by outages and restarts."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import subprocess
@@ -18,26 +19,34 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import child_env, run_python, talk_to_python
-from tinybird_export import _spool
+from tests.spool_helpers import FaultyDisk
 from tinybird_export._spool import SUFFIX, Spool
 from tinybird_export.testing import EventsServer, Reply
 
 HOST = "https://api.tinybird.co"
+BOOKKEEPING = (".ledger", ".owner-")  # the shared count, and this process's lock
+OTHER = ("0123456789abcdef", 2)  # a batch of another process's channel
+ANOTHER = ("fedcba9876543210", 4)
 
 
 def lines(count: int, start: int = 0) -> bytes:
     return b"".join(b'{"event_id":"e%d"}\n' % i for i in range(start, start + count))
 
 
+def one_line(size: int) -> bytes:
+    """One incompressible line of ``size`` bytes, its newline included."""
+    return bytes(b if b != 10 else 11 for b in os.urandom(size - 1)) + b"\n"
+
+
 class TestOnDisk:
     def test_a_batch_round_trips_and_is_removed_once_sent(self, tmp_path: Path) -> None:
         """A spooled batch comes back oldest first, and is removed once done."""
         spool = Spool(str(tmp_path), 1 << 20)
-        assert spool.write(lines(3), 3, HOST, "app_logs", (os.getpid(), 7))
-        assert spool.write(lines(2, 3), 2, HOST, "app_logs", (os.getpid(), 7))
+        assert spool.write(lines(3), 3, HOST, "app_logs", (spool.identity, 7))
+        assert spool.write(lines(2, 3), 2, HOST, "app_logs", (spool.identity, 7))
         first = spool.claim(HOST, "app_logs")
         assert first is not None and gzip.decompress(first.body) == lines(3)
-        assert first.own(7) and not first.own(8)
+        assert spool.owns(first, 7) and not spool.owns(first, 8)
         spool.done(first)
         second = spool.claim(HOST, "app_logs")
         assert second is not None and second.count == 2  # oldest first
@@ -47,16 +56,18 @@ class TestOnDisk:
         spool.done(again)
         assert spool.claim(HOST, "app_logs") is None
         assert spool.held_bytes() == 0
-        assert [p.name for p in tmp_path.iterdir()] == []
+        assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(BOOKKEEPING)] == []
 
     def test_each_file_has_its_header_and_never_the_token(self, tmp_path: Path) -> None:
         """Each file has its header, mode 0600, and never the token."""
         spool = Spool(str(tmp_path), 1 << 20)
-        spool.write(lines(1), 1, HOST, "app_logs", (1, 2))
-        (path,) = tmp_path.iterdir()
-        header = orjson.loads(path.read_bytes().partition(b"\n")[0])
+        spool.write(lines(1), 1, HOST, "app_logs", OTHER)
+        (path,) = tmp_path.glob(f"*{SUFFIX}")
+        state, header_line = path.read_bytes()[:1], path.read_bytes()[1:].partition(b"\n")[0]
+        header = orjson.loads(header_line)
+        assert state == b"P"  # pending
         assert {k: header[k] for k in ("v", "datasource", "host", "count")} == {
-            "v": 1,
+            "v": 2,
             "datasource": "app_logs",
             "host": HOST,
             "count": 1,
@@ -69,8 +80,8 @@ class TestOnDisk:
     ) -> None:
         """A file failing its checksum goes to corrupt/, counted, never sent."""
         spool = Spool(str(tmp_path), 1 << 20)
-        spool.write(lines(2), 2, HOST, "app_logs", (1, 2))
-        spool.write(lines(1, 2), 1, HOST, "app_logs", (1, 2))
+        spool.write(lines(2), 2, HOST, "app_logs", OTHER)
+        spool.write(lines(1, 2), 1, HOST, "app_logs", OTHER)
         oldest = sorted(tmp_path.glob(f"*{SUFFIX}"))[0]
         data = bytearray(oldest.read_bytes())
         data[-5] ^= 0xFF  # a flipped bit in the body
@@ -82,24 +93,28 @@ class TestOnDisk:
         assert "failed its check" in capsys.readouterr().err
 
     def test_a_claim_is_atomic_between_processes(self, tmp_path: Path) -> None:
-        """Two processes cannot claim one file."""
+        """Two processes cannot claim one file: not while its claimer lives."""
         spool = Spool(str(tmp_path), 1 << 20)
-        spool.write(lines(1), 1, HOST, "app_logs", (1, 2))
-        result = run_python(
-            f"""
+        spool.write(lines(1), 1, HOST, "app_logs", OTHER)
+        code = f"""
+            import sys
             from tinybird_export._spool import Spool
             other = Spool({str(tmp_path)!r}, 1 << 20)
-            got = other.claim({HOST!r}, "app_logs")
-            print(got is not None)
+            print(other.claim({HOST!r}, "app_logs") is not None, flush=True)
+            sys.stdin.readline()  # holds the claim until told
         """
-        )
-        assert result.stdout.strip() == "True", result.stderr
-        assert spool.claim(HOST, "app_logs") is None  # the other process holds it
+        with talk_to_python(["-c", textwrap.dedent(code)], {}) as other:
+            assert other.stdout is not None and other.stdin is not None
+            assert other.stdout.readline().strip() == "True"
+            assert spool.claim(HOST, "app_logs") is None  # the other process holds it
+            other.stdin.write("\n")
+            other.stdin.flush()
+            other.communicate(timeout=30)
 
     def test_a_dead_processes_claim_is_released_at_the_next_scan(self, tmp_path: Path) -> None:
         """A dead process's claim is released by the next process's scan."""
         spool = Spool(str(tmp_path), 1 << 20)
-        spool.write(lines(1), 1, HOST, "app_logs", (1, 2))
+        spool.write(lines(1), 1, HOST, "app_logs", OTHER)
         run_python(
             f"""
             import os
@@ -108,62 +123,83 @@ class TestOnDisk:
             os._exit(0)  # dies holding the claim
         """
         )
-        assert spool.claim(HOST, "app_logs") is None
-        later = Spool(str(tmp_path), 1 << 20)  # a new process scans
-        assert later.claim(HOST, "app_logs") is not None
+        assert spool.claim(HOST, "app_logs") is not None  # its first scan released it
+        assert Spool(str(tmp_path), 1 << 20).claim(HOST, "app_logs") is None  # and holds it
+
+    def test_a_forked_child_is_another_owner_and_never_frees_its_parents_claims(
+        self, tmp_path: Path
+    ) -> None:
+        """After fork the child draws its own identity; dropping its copy of the parent's
+        locked owner file leaves the parent's lock held, so the child leaves the parent's
+        claim alone and claims the next file."""
+        result = run_python(
+            f"""
+            import os, time
+            from tinybird_export._spool import Spool
+            parent = Spool({str(tmp_path)!r}, 1 << 20)
+            for n in range(2):
+                parent.write(b'{{"n":%d}}\\n' % n, 1, "h", "ds", (parent.identity, 1))
+            held = parent.claim("h", "ds")
+            pid = os.fork()
+            if pid == 0:
+                parent.forget_in_child()  # what the package's fork hook does
+                child = Spool({str(tmp_path)!r}, 1 << 20)
+                got = child.claim("h", "ds")
+                ok = child.identity != parent.identity and got is not None and got.name != held.name
+                ok = ok and child.owners.alive(parent.identity, time.monotonic())
+                os._exit(0 if ok else 1)
+            _, status = os.waitpid(pid, 0)
+            print(os.waitstatus_to_exitcode(status), held.path.exists())
+        """
+        )
+        assert result.stdout.split() == ["0", "True"], result.stderr
 
     def test_the_bound_refuses_writes_past_it(self, tmp_path: Path) -> None:
         """spool_max_bytes refuses the writes that would pass it."""
         spool = Spool(str(tmp_path), 2 * 1024 * 1024)
-        payload = os.urandom(600_000)  # incompressible
-        written = [spool.write(payload, 1, HOST, "app_logs", (1, 2)) for _ in range(5)]
+        payload = one_line(600_000)  # incompressible
+        written = [spool.write(payload, 1, HOST, "app_logs", OTHER) for _ in range(5)]
         assert [path is not None for path in written] == [True, True, True, False, False]
         assert spool.held_bytes() <= 2 * 1024 * 1024
 
-    def test_the_bound_counts_what_other_processes_wrote_and_claimed(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_the_bound_counts_what_other_processes_wrote_and_claimed(self, tmp_path: Path) -> None:
         """gunicorn workers share one directory: each one's bound is the directory's."""
-        monkeypatch.setattr(_spool, "_LISTING_TTL", 0.0)  # recount at every write
         mine = Spool(str(tmp_path), 2 * 1024 * 1024)
         theirs = Spool(str(tmp_path), 2 * 1024 * 1024)  # as another process sees it
-        payload = os.urandom(600_000)
-        assert all(theirs.write(payload, 1, HOST, "app_logs", (1, 2)) for _ in range(3))
+        payload = one_line(600_000)
+        assert all(theirs.write(payload, 1, HOST, "app_logs", OTHER) for _ in range(3))
         claimed = theirs.claim(HOST, "app_logs")  # in flight: still on disk
         assert claimed is not None
-        assert mine.write(payload, 1, HOST, "app_logs", (3, 4)) is None  # the directory is full
+        assert mine.write(payload, 1, HOST, "app_logs", ANOTHER) is None  # the directory is full
         theirs.done(claimed)
-        assert mine.write(payload, 1, HOST, "app_logs", (3, 4)) is not None
+        assert mine.write(payload, 1, HOST, "app_logs", ANOTHER) is not None
         assert 0 < mine.held_bytes() <= 2 * 1024 * 1024
 
     def test_a_directory_that_refuses_fsync_after_the_rename_still_has_the_file(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path
     ) -> None:
         """Reported unwritten, the batch would stay in memory and be written again."""
-        spool = Spool(str(tmp_path), 1 << 20)
-
-        def refuse() -> None:
-            raise OSError(5, "Input/output error")
-
-        monkeypatch.setattr(spool, "_fsync_directory", refuse)
-        path = spool.write(lines(2), 2, HOST, "app_logs", (1, 2))
+        disk = FaultyDisk()
+        spool = Spool(str(tmp_path), 1 << 20, disk)
+        disk.fail("fsync", errno.EIO, on=str(tmp_path))  # the directory's (a file's is an fd)
+        path = spool.write(lines(2), 2, HOST, "app_logs", OTHER)
         assert path is not None and path.exists()
         assert spool.held_bytes() == path.stat().st_size
 
     def test_a_claim_of_a_file_spooled_long_ago_is_not_taken_by_another_process(
         self, tmp_path: Path
     ) -> None:
-        """An outage longer than the stale-claim age: the claim counts from the claim."""
+        """An outage longer than any claim age: a live claimer's claim is its own."""
         spool = Spool(str(tmp_path), 1 << 20)
-        spool.write(lines(1), 1, HOST, "app_logs", (1, 2))
-        (path,) = tmp_path.iterdir()
+        spool.write(lines(1), 1, HOST, "app_logs", OTHER)
+        (path,) = tmp_path.glob(f"*{SUFFIX}")
         an_hour_ago = time.time() - 3600
         os.utime(path, (an_hour_ago, an_hour_ago))
         assert spool.claim(HOST, "app_logs") is not None  # this process sends it
         result = run_python(
             f"""
             from tinybird_export._spool import Spool
-            other = Spool({str(tmp_path)!r}, 1 << 20)  # scans at start
+            other = Spool({str(tmp_path)!r}, 1 << 20)  # scans at its first claim
             print(other.claim({HOST!r}, "app_logs") is None)
         """
         )
@@ -172,18 +208,18 @@ class TestOnDisk:
     def test_a_413_splits_a_spooled_batch_in_its_place(self, tmp_path: Path) -> None:
         """A spooled batch's halves take its place in the order."""
         spool = Spool(str(tmp_path), 1 << 20)
-        spool.write(lines(5), 5, HOST, "app_logs", (os.getpid(), 7))
-        spool.write(lines(1, 5), 1, HOST, "app_logs", (os.getpid(), 7))
+        spool.write(lines(5), 5, HOST, "app_logs", (spool.identity, 7))
+        spool.write(lines(1, 5), 1, HOST, "app_logs", (spool.identity, 7))
         big = spool.claim(HOST, "app_logs")
         assert big is not None and spool.split(big, HOST, "app_logs")
         spool.done(big)
         order = []
         while (got := spool.claim(HOST, "app_logs")) is not None:
-            assert got.own(7)  # the halves keep their writer
+            assert spool.owns(got, 7)  # the halves keep their writer
             order.append(gzip.decompress(got.body))
             spool.done(got)
         assert order == [lines(2), lines(3, 2), lines(1, 5)]
-        one = spool.write(lines(1), 1, HOST, "app_logs", (1, 2))
+        one = spool.write(lines(1), 1, HOST, "app_logs", OTHER)
         single = spool.claim(HOST, "app_logs")
         assert one is not None and single is not None and not spool.split(single, HOST, "app_logs")
 
@@ -192,7 +228,7 @@ class TestOnDisk:
     ) -> None:
         """Files nobody here sends are kept, and said once."""
         spool = Spool(str(tmp_path), 1 << 20)
-        spool.write(lines(1), 1, "https://other.example", "gone", (1, 2))
+        spool.write(lines(1), 1, "https://other.example", "gone", OTHER)
         spool.report_unmatched({(HOST, "app_logs")})
         spool.report_unmatched({(HOST, "app_logs")})
         assert capsys.readouterr().err.count("'gone'") == 1

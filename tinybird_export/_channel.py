@@ -387,16 +387,24 @@ class Channel:
                 self._leave([batch], "spool")
 
     def unspooled(
-        self, count: int, *, own: bool, sent: bool, reason: str = "", quarantined: int = 0
+        self,
+        count: int,
+        *,
+        own: bool,
+        sent: bool,
+        reason: str = "",
+        quarantined: int = 0,
+        relayed: bool = False,
     ) -> None:
         """``count`` events were sent from the spool, or refused for ``reason``; ``own``:
-        this channel wrote them, so they move from spooled to sent (or dropped).
+        this channel wrote them, so they move from spooled to sent (or dropped). ``relayed``:
+        another process sent them (its receipt says so), not this one.
         """
         with self._lock:
             tally = self._tally
             total = 0 if sent else tally.dropped.get(reason, 0) + count
             # The change (no call from here).
-            if sent:
+            if sent and not relayed:
                 tally.unspooled += count
             if not own:
                 return

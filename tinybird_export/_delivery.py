@@ -133,14 +133,17 @@ class MemorySource:
 
 
 class SpoolSource:
-    """A claimed spool file. It stays claimed, first in its lane, until it is resolved;
-    its channel is the one that wrote it (``own``), else one of its lane's.
+    """Claimed spool files sent as one request: one file, or several small consecutive
+    ones of a lane (their lines in order). They stay claimed, first in their lane, until
+    resolved. Each file is accounted to the channel that wrote it (``writers``), or, if
+    another process did, to a channel of the lane (unspooled only) with a receipt left for
+    its writer. Resolving never raises: the spool handles its own disk errors.
 
     Args:
-        spool: The spool it was claimed from.
-        batch: The claimed file.
-        channel: Its writer, or another channel of its lane.
-        resolved: Called once it is acknowledged or dropped (the bridge frees the slot).
+        spool: The spool they were claimed from.
+        batches: The claimed files, oldest first.
+        writers: Each file's channel: its writer, or another channel of its lane.
+        resolved: Called once they are acknowledged or dropped (the bridge frees the slot).
     """
 
     origin = " from the spool"
@@ -148,31 +151,40 @@ class SpoolSource:
     def __init__(
         self,
         spool: Spool,
-        batch: SpooledBatch,
-        channel: Channel,
+        batches: list[SpooledBatch],
+        writers: list[Channel],
         resolved: Callable[[SpoolSource], None],
     ) -> None:
         self.spool = spool
-        self.batch = batch
-        self.channel = channel
-        self.count = batch.count
-        self.own = batch.own(channel.serial)
-        self.split_requested = False  # the bridge writes its halves
+        self.batches = batches
+        self.writers = writers
+        self.channel = writers[0]
+        self.count = sum(batch.count for batch in batches)
+        self.body = spool.combine(batches)  # here, in the bridge: not on the send path
+        self.split_requested = False  # the bridge writes its halves (or sends them apart)
         self._attempts = 0
         self._resolved = resolved
+
+    @property
+    def batch(self) -> SpooledBatch:
+        """Its first (oldest) file."""
+        return self.batches[0]
+
+    @property
+    def own(self) -> bool:
+        """Whether this process's channel wrote its first file."""
+        return self.spool.owns(self.batches[0], self.channel.serial)
 
     @property
     def attempts(self) -> int:
         return self._attempts
 
     def payload(self) -> tuple[bytes | bytearray, bytes | None]:
-        return b"", self.batch.body
+        return b"", self.body
 
     def sent(self, quarantined: int, wire_bytes: int) -> None:
         self.spool.failpoint("acked")  # killed after the answer, before the file is removed
-        self.spool.done(self.batch)
-        self.channel.unspooled(self.count, own=self.own, sent=True, quarantined=quarantined)
-        self._resolved(self)
+        self._resolve("sent", quarantined)
 
     def retry(self, error: str) -> None:
         self._attempts += 1
@@ -183,10 +195,22 @@ class SpoolSource:
         return self.split_requested
 
     def drop(self, reason: str, error: str, *, requested: bool) -> None:
-        self.spool.done(self.batch)
         if error:
             self.channel.note_error(error)
-        self.channel.unspooled(self.count, own=self.own, sent=False, reason=reason)
+        self._resolve(reason, 0)
+
+    def _resolve(self, outcome: str, quarantined: int) -> None:
+        sent = outcome == "sent"
+        for batch, channel in zip(self.batches, self.writers, strict=True):
+            self.spool.done(batch)
+            own = self.spool.owns(batch, channel.serial)
+            reason = "" if sent else outcome
+            channel.unspooled(
+                batch.count, own=own, sent=sent, reason=reason, quarantined=quarantined
+            )
+            if not own:
+                self.spool.note_outcome(batch, outcome, quarantined)
+            quarantined = 0  # the answer's count, once: to the first file's channel
         self._resolved(self)
 
     def release(self) -> None:

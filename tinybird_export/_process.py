@@ -34,7 +34,7 @@ from tinybird_export import _diagnostics, _fields
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
-from tinybird_export._delivery import Transport
+from tinybird_export._delivery import Transport, report_internal_error
 from tinybird_export._exit import Sigterm
 from tinybird_export._lanes import LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
@@ -184,7 +184,10 @@ class Process:
         if timeout is None:
             timeout = max((w.exit_timeout for w in workers), default=0.0)
         deadline = time.monotonic() + self.cap_at_exit(max(timeout, 0.0))
-        rounds = [(worker, FlushRound(worker.channels())) for worker in workers]
+        rounds = [
+            (worker, FlushRound(worker.channels(), worker.spool_backlog(worker.channels())))
+            for worker in workers
+        ]
         reached = [worker.wait_until(flush.reached, deadline) for worker, flush in rounds]
         return all(reached) and not any(flush.lost() for _, flush in rounds)
 
@@ -246,11 +249,15 @@ class Process:
     @staticmethod
     def _spill_at_exit(workers: list[Worker], spooled_before: dict[int, int]) -> int:
         """What the drain could not send goes to the spool, where there is one (failing
-        lanes spilled during the drain already): say how much, and where.
+        lanes spilled during the drain already): say how much, and where; how many events
+        were spooled, or refused by the spool (and dropped).
         """
         total = 0
         for worker in workers:
-            worker.spill_remaining()
+            try:
+                total += worker.spill_remaining()
+            except Exception as exc:  # noqa: BLE001 - a bug: said once, the exit goes on
+                report_internal_error(exc, "")
             written: dict[str, int] = {}
             for channel in worker.channels():
                 count = channel.spooled_count() - spooled_before.get(id(channel), 0)
@@ -309,7 +316,9 @@ class Process:
         self.sending.after_fork_in_child()
         self.sigterm.after_fork_in_child()
         self.lanes.after_fork_in_child()
-        self._spools = {}  # new locks and a fresh scan
+        for spool in self._spools.values():
+            spool.forget_in_child()  # the parent's descriptors and locks stay the parent's
+        self._spools = {}  # new locks, identity and scan
         self._exit_deadline = None
         self._exiting_thread = None
         for worker in self._workers.values():

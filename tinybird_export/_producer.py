@@ -168,18 +168,24 @@ class Producer:
         return result
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued before the call is acknowledged, or ``timeout``.
+        """Wait until everything queued before the call is acknowledged, and the spool files
+        of its data source then on disk (a previous process's too) are delivered, or
+        ``timeout``.
 
         Never waits while the caller holds ``logging``'s module lock (``dictConfig``,
         ``logging.shutdown``): the worker is woken and the call returns at once.
         """
+        return self._flush(timeout, spooled=True)
+
+    def _flush(self, timeout: float | None, *, spooled: bool) -> bool:
         worker, channel = self.worker, self.channel
         if worker is None:
             return channel.empty()
-        flush = FlushRound([channel])
         if _holds_logging_lock():
+            flush = FlushRound([channel])  # (no disk work under logging's lock)
             worker.notify(channel)
             return flush.reached() and not flush.lost()
+        flush = FlushRound([channel], worker.spool_backlog([channel]) if spooled else None)
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
         wait = self._process.cap_at_exit(wait)
         done = worker.wait_until(flush.reached, time.monotonic() + wait)
@@ -201,7 +207,7 @@ class Producer:
             channel.close(time.monotonic() + wait)
             return
         self._process.close(channel, time.monotonic() + wait)
-        self.flush(wait)
+        self._flush(wait, spooled=False)  # its own events: the spool's are the worker's
         if channel.empty():
             self._process.detach(worker, channel)
         elif self._process.exiting():

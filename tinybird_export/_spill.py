@@ -8,11 +8,17 @@ happens here, never while a lane is claimed for a send. For each lane, the bridg
 - spills: while the lane is failing (or its spool holds older files) and a channel holds
   more than half its bound, its oldest batches go to disk, down to a quarter (everything
   at exit when the lane is failing, and at a close deadline);
-- claims the lane's oldest spool file into its *slot* once the lane may send: the
-  scheduler sends a slot's file before any batch in memory, so the data source's order
-  holds across memory and disk. A file that fails retryably stays claimed in its slot,
-  and a 413 has its halves written here, in its place;
-- says once which files no producer of this process will send.
+- claims the lane's oldest spool files into its *slot* once the lane may send, as many
+  consecutive ones as fit in one request (the batch limits of the lane's first channel):
+  the scheduler sends a slot before any batch in memory, so the data source's order holds
+  across memory and disk. A slot that fails retryably stays claimed; a 413 has its halves
+  written here, in its place (a slot of several files is sent one file at a time instead);
+- hands each channel the receipts other processes left for its files (``stats()`` follow
+  its events wherever they were sent), and says once which files no producer here sends.
+
+A flush and the exit drain wait for the files their lanes had on disk when they began
+(``backlog``); while one waits, the senders look at the directory every second, so that
+files another process sent count as resolved too.
 
 One bridge step at a time per lane (the lane's work lock, never waited for by a sender):
 two spills of one channel would each take the batch the other is writing.
@@ -20,7 +26,6 @@ two spills of one channel would each take the batch the other is writing.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -31,14 +36,17 @@ from tinybird_export._channel import Channel
 from tinybird_export._delivery import SpoolSource
 from tinybird_export._lanes import Lane
 from tinybird_export._scheduler import BUSY
-from tinybird_export._spool import Spool
+from tinybird_export._spool import LISTING_TTL, Spool
 
 _SPILL_WAIT: Final = 2.0
 """Seconds an exit or close spill waits for a bridge step under way on the same lane."""
 _REPORT_AFTER: Final = 5.0
 """Seconds after which every producer of the app exists: then unmatched files are said."""
-_KEEP_CLAIM: Final = 60.0
-"""How often a claim held across retries is renewed (other processes release old ones)."""
+_WATCH: Final = 2.0
+"""Seconds a waiting flush keeps the senders looking at the directory after it last asked."""
+_RECEIPTS_EVERY: Final = 5.0
+"""How often a process whose events are on disk looks for receipts (another process may
+send them meanwhile)."""
 
 
 class _LaneWork:
@@ -48,7 +56,7 @@ class _LaneWork:
         self.lock = threading.Lock()
         self.thread = 0  # the thread at work (a signal handler on it must not wait)
         self.slot: SpoolSource | None = None
-        self.kept_at = 0.0
+        self.max_bytes = 0  # after a 413 for several files: what fits in one request (0: any)
         self.skipped = False  # the scheduler found it busy: wake the worker after
 
 
@@ -70,7 +78,7 @@ class SpillBridge:
         wake: Callable[[], None],
     ) -> None:
         self.spool = spool
-        self._host = host
+        self._host = self.host = host
         self._known_lanes = known_lanes
         self._wake = wake
         self._reset()
@@ -80,6 +88,8 @@ class SpillBridge:
         self._work: dict[str, _LaneWork] = {}
         self._created = time.monotonic()
         self._orphans_reported = False
+        self._watched_until = 0.0
+        self._refusals: dict[int, tuple[str, str]] = {}  # by channel: its last spill's
 
     def after_fork_in_child(self, spool: Spool) -> None:
         """The child's own spool object; the parent's claims are the parent's."""
@@ -106,6 +116,9 @@ class SpillBridge:
 
     def step(self, lanes: Iterable[tuple[Lane, list[Channel]]], now: float, draining: bool) -> None:
         """Spill, split and claim for each lane that needs it (see the module docstring)."""
+        lanes = list(lanes)
+        self.spool.maintain()
+        self._apply_receipts(lanes)
         if not self._orphans_reported and now - self._created > _REPORT_AFTER:
             self._orphans_reported = True
             self.spool.report_unmatched(self._known_lanes())
@@ -127,12 +140,8 @@ class SpillBridge:
         if lane.failing or backlog:
             for channel in channels:
                 self._spill(channel, everything=draining and lane.failing)
-        if work.slot is None and backlog and lane.ready_at(draining) <= now:
-            work.slot = self._claim(lane.datasource, channels)
-            work.kept_at = now
-        elif work.slot is not None and now - work.kept_at > _KEEP_CLAIM:
-            self.spool.keep_claimed(work.slot.batch)
-            work.kept_at = now
+        if work.slot is None and backlog and channels and lane.ready_at(draining) <= now:
+            work.slot = self._claim(work, lane.datasource, channels)
 
     def spill(self, channel: Channel) -> int:
         """Everything ``channel`` holds, to the spool (exit, a close deadline); the events
@@ -147,17 +156,53 @@ class SpillBridge:
             self._leave(work)
 
     def release(self, lane: Lane) -> None:
-        """Give the lane's claimed file back (exit, or the lane left): call with the lane
-        claimed, so that no sender has it in flight.
+        """Give the lane's claimed files back (exit, or the lane left): call with the lane
+        claimed, so that no sender has them in flight.
         """
         work = self._work.get(lane.datasource)
         if work is not None and work.slot is not None:
-            self.spool.release(work.slot.batch)
+            for batch in work.slot.batches:
+                self.spool.release(batch)
             work.slot = None
 
-    def pending(self, datasource: str) -> bool:
-        """Whether files wait for ``datasource`` (a previous process's, say)."""
-        return self.spool.has_pending(self._host, datasource)
+    def give_up(self, channel: Channel, when: str) -> int:
+        """Exit, or a close deadline: everything ``channel`` holds goes to the spool, and
+        what the spool refuses is dropped for the reason it gave (``spool_full``,
+        ``spool_error``) and said; how many events were dropped.
+        """
+        self.spill(channel)
+        reason, why = self._refusals.get(channel.serial, ("", ""))
+        lost = channel.abandon(reason) if reason and not channel.empty() else 0
+        if lost:
+            _diagnostics.say(
+                f"{lost} event(s) for {channel.datasource!r} could not be spooled {when} to "
+                f"{self.spool.directory} ({why}): counted as {reason!r}."
+            )
+        return lost
+
+    def backlog(self, lanes: Iterable[Lane], *, failing_settles: bool = False) -> Backlog:
+        """What a flush (or, with ``failing_settles``, the exit drain) waits for on disk: the
+        files its ``lanes`` have in the spool now. Lists the directory if the last listing
+        is old (on the caller's thread: a flush blocks anyway).
+        """
+        marks = [(lane, self.spool.backlog(self._host, lane.datasource)) for lane in lanes]
+        self.watched()
+        return Backlog(self, [(lane, bases) for lane, bases in marks if bases], failing_settles)
+
+    def watched(self) -> None:
+        """A flush waits for the spool: the senders keep looking at the directory."""
+        self._watched_until = time.monotonic() + _WATCH
+
+    def next_look(self, now: float, channels: Iterable[Channel]) -> float | None:
+        """When a sender should look at the directory again though nothing is due: soon
+        while a flush waits for files, now and then while this process's events are on
+        disk (another process may send them and leave receipts); else ``None``.
+        """
+        if now < self._watched_until:
+            return now + LISTING_TTL
+        if any(channel.spooled_count() for channel in channels):
+            return now + _RECEIPTS_EVERY
+        return None
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -183,29 +228,35 @@ class SpillBridge:
         bound, down to a quarter (``everything``: all of them); the events written.
         """
         written = 0
+        self._refusals.pop(channel.serial, None)
         if not everything and channel.held_bytes() <= channel.spill_mark():
             return 0
         while everything or channel.held_bytes() > channel.spill_mark() // 2:
             batch = channel.take_for_spool(everything)
             if batch is None:
                 break
-            owner = (os.getpid(), channel.serial)
+            owner = (self.spool.identity, channel.serial)
             if not self.spool.write(batch.body, batch.count, self._host, channel.datasource, owner):
                 channel.unclaim(batch)  # full: memory's drop policy applies
+                self._refusals[channel.serial] = self.spool.refusal
                 break
             channel.spooled(batch)
             written += batch.count
         return written
 
-    def _claim(self, datasource: str, channels: list[Channel]) -> SpoolSource | None:
-        batch = self.spool.claim(self._host, datasource)
-        if batch is None:
+    def _claim(
+        self, work: _LaneWork, datasource: str, channels: list[Channel]
+    ) -> SpoolSource | None:
+        limits = channels[0].limits
+        max_bytes = min(limits.batch_max_bytes, work.max_bytes or limits.batch_max_bytes)
+        batches = self.spool.claim_many(self._host, datasource, limits.batch_max_rows, max_bytes)
+        if not batches:
             return None
-        if not channels:  # its last channel was detached meanwhile
-            self.spool.release(batch)
-            return None
-        writer = next((c for c in channels if batch.own(c.serial)), channels[0])
-        return SpoolSource(self.spool, batch, writer, self._resolved)
+        writers = [
+            next((c for c in channels if self.spool.owns(batch, c.serial)), channels[0])
+            for batch in batches
+        ]
+        return SpoolSource(self.spool, batches, writers, self._resolved)
 
     def _resolved(self, source: SpoolSource) -> None:
         work = self._work.get(source.channel.datasource)
@@ -213,7 +264,18 @@ class SpillBridge:
             work.slot = None
 
     def _split(self, work: _LaneWork, source: SpoolSource) -> None:
-        """413 for the slot's file: its halves in its place, in the order (all or nothing)."""
+        """413 for the slot: several files are sent one at a time, one file's halves are
+        written in its place, in the order (all or nothing); and from now on a request of
+        the lane's files carries at most half what was refused.
+        """
+        work.max_bytes = max(sum(batch.raw_bytes for batch in source.batches) // 2, 1)
+        if len(source.batches) > 1:
+            for batch in source.batches[1:]:
+                self.spool.release(batch)
+            work.slot = SpoolSource(
+                self.spool, source.batches[:1], source.writers[:1], self._resolved
+            )
+            return
         datasource = source.channel.datasource
         if self.spool.split(source.batch, self._host, datasource):
             self.spool.done(source.batch)
@@ -225,4 +287,52 @@ class SpillBridge:
             f"a spooled batch of {source.count} event(s) for {datasource!r} was too large for "
             f"the server (413) and its halves could not be written to {self.spool.directory}; "
             "dropped, counted as 'too_large'.",
+        )
+
+    def _apply_receipts(self, lanes: list[tuple[Lane, list[Channel]]]) -> None:
+        """Another process sent (or dropped) files this process's channels wrote: their
+        counters follow (from spooled to sent, or dropped).
+        """
+        channels = {channel.serial: channel for _, group in lanes for channel in group}
+        for receipt in self.spool.take_receipts(set(channels)):
+            sent = receipt.outcome == "sent"
+            channels[receipt.serial].unspooled(
+                receipt.count,
+                own=True,
+                sent=sent,
+                reason="" if sent else receipt.outcome,
+                quarantined=receipt.quarantined,
+                relayed=True,
+            )
+
+
+class Backlog:
+    """The files a flush (or the exit drain) waits for: those its lanes had on disk when it
+    began, until they are resolved, by this process or another (no disk access: the
+    senders' listings and this process's removals say so).
+
+    Args:
+        bridge: The worker's bridge.
+        marks: Each lane with the batches it had on disk.
+        failing_settles: The exit drain: a lane that fails is not waited for (its files
+            stay for the next process; the exit does not wait out its budget).
+    """
+
+    def __init__(
+        self, bridge: SpillBridge, marks: list[tuple[Lane, frozenset[str]]], failing_settles: bool
+    ) -> None:
+        self._bridge = bridge
+        self._marks = marks
+        self._failing_settles = failing_settles
+
+    def settled(self) -> bool:
+        """Whether every file it waits for is resolved (or its lane fails, at exit)."""
+        if not self._marks:
+            return True
+        self._bridge.watched()
+        spool, host = self._bridge.spool, self._bridge.host
+        return all(
+            (self._failing_settles and lane.failing)
+            or not spool.remaining(host, lane.datasource, bases)
+            for lane, bases in self._marks
         )

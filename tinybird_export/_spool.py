@@ -1,31 +1,36 @@
 """An opt-in disk spool: batches that cannot be delivered now outlive the memory bound, the
 exit budget and the process.
 
-One file per batch, named so that the oldest sorts first and that a process can pick the
-files of its host and data source without opening the others::
-
-    <time_ns>-<host hash>-<datasource>-<pid>-<n>.tbspool
-
-A file is a header line (format version, data source, host, event count, raw size, SHA-256
-of the body, the writing process and channel) and the gzip-compressed NDJSON body. The
-token is never written. It is written to a temporary name, fsynced, renamed and its
-directory fsynced: a file either exists whole or not at all.
+One file per batch (``_spool_format``: its names, header and checks). Each is written to a
+temporary name whose size was reserved in the directory's shared count (``_spool_ledger``),
+written whole (a short write is finished or fails), fsynced, renamed, and its directory
+fsynced: a file exists whole or not at all, and a disk that fills up leaves no part of one.
 
 Several processes may share a directory (gunicorn workers, a restart that overlaps the old
-process): a sender claims a file by renaming it to ``<name>.claimed-<pid>`` (atomic; the
-loser of a race gets ``FileNotFoundError``) and removes it once the server acknowledged it.
-A claim whose process is gone is released by the next process that scans. A file that
-fails its checksum is moved to ``corrupt/``, counted, and never sent. Files for a host or
-data source that no producer of this process sends to are left alone, and reported once.
+process, containers on one volume): a sender claims a file by renaming it to
+``<name>.claimed-<identity>`` (atomic; the loser of a race gets ``FileNotFoundError``) and
+removes it once the server acknowledged it. Identities and liveness are ``_spool_owners``'s:
+a dead process's claims and temporary files are released by the next scan, a live one's
+never, whatever the clocks say. When another process sends (or sets aside) a file whose
+writer lives, it leaves the writer a receipt, so the writer's ``stats()`` follow its events.
 
-Only sender threads and the exit drain call this module: never the caller's thread.
+Every ``OSError`` is handled where it happens (a read-only directory, EIO, ENOSPC): a write
+is refused and says why (``refusal``), a claim gives up, and a file acknowledged but not
+removable is marked acknowledged in place and removed once the directory lets it; nothing
+here raises into a sender or the exit drain. A file that fails its checks is moved to
+``corrupt/``, counted, and never sent. Files for a host or data source that no producer of
+this process sends to are left alone, and reported once.
+
+The directory is listed once per second at most, and its batch names kept sorted per lane,
+so that draining N files costs O(N log N), not one listing per file; a sender claims as many
+consecutive small files as fit in one request (``claim``). Only sender threads, the exit
+drain and ``flush()`` call this module: never the caller's thread of a logging call.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
+import errno
 import itertools
 import math
 import os
@@ -33,44 +38,36 @@ import signal
 import threading
 import time
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-import orjson
-
 from tinybird_export import _diagnostics
+from tinybird_export._spool_disk import Disk
+from tinybird_export._spool_format import (
+    ACKNOWLEDGED,
+    CLAIMED,
+    SUFFIX,
+    Acknowledged,
+    SpooledBatch,
+    SpoolError,
+    batch_name,
+    encode,
+    gzip,
+    host_key,
+    read,
+    temporary_name,
+)
+from tinybird_export._spool_ledger import Ledger
+from tinybird_export._spool_listing import LISTING_TTL, Key, Listing
+from tinybird_export._spool_owners import Owners
+from tinybird_export._spool_receipts import Receipt, Receipts
+from tinybird_export._spool_upkeep import SCAN_EVERY, count_held, scan
 
-FORMAT: Final = 1
-SUFFIX: Final = ".tbspool"
-_CLAIMED: Final = ".claimed-"
-_STALE_CLAIM: Final = 600.0  # seconds: a claim this old is released even if its pid lives
-_LISTING_TTL: Final = 1.0
+__all__ = ["LISTING_TTL", "SUFFIX", "Receipt", "Spool", "SpoolError", "SpooledBatch", "host_key"]
+
 _FAILPOINT_ENV: Final = "TINYBIRD_SPOOL_FAILPOINT"  # tests' crash injection: "<point>:<n>"
-
-
-class SpoolError(Exception):
-    """A spool file that cannot be used (bad header, checksum, I/O)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SpooledBatch:
-    """A claimed spool file: its body (gzip) and what its header says."""
-
-    path: Path
-    name: str
-    body: bytes
-    count: int
-    raw_bytes: int
-    owner: tuple[int, int]  # (pid, channel id) that wrote it
-
-    def own(self, channel_id: int) -> bool:
-        """Whether this process's channel ``channel_id`` wrote it."""
-        return self.owner == (os.getpid(), channel_id)
-
-
-def host_key(host: str) -> str:
-    """A file-name-safe key for a host URL."""
-    return hashlib.sha256(host.encode()).hexdigest()[:12]
+_FULL: Final = (errno.ENOSPC, errno.EDQUOT)
 
 
 class Spool:
@@ -78,23 +75,45 @@ class Spool:
 
     Args:
         directory: Where the files live (created, mode 0700).
-        max_bytes: What the directory may hold at most; past it, writes are refused and
-            the memory policy applies (the newest events are dropped).
+        max_bytes: What the directory may hold at most, shared by every process that writes
+            there; past it, writes are refused and the memory policy applies.
+        disk: Its system calls (a test's faults).
     """
 
-    def __init__(self, directory: str, max_bytes: int) -> None:
+    def __init__(self, directory: str, max_bytes: int, disk: Disk | None = None) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self.disk = disk or Disk()
+        self.owners = Owners(self.directory, self.disk)
+        self.ledger = Ledger(
+            self.directory, self.disk, lambda: count_held(self.directory, self.disk)
+        )
+        self.corrupt = 0
+        self.refusal = ("", "")
+        """Why the last write was refused: (drop reason, what the disk said)."""
+        self._lock = threading.Lock()  # the acknowledged files' lists, the counter
         self._counter = itertools.count()
         self._failpoints = _failpoints()
-        self.corrupt = 0
         self._reported: set[str] = set()
-        self._listed: dict[tuple[str, str], tuple[float, bool]] = {}
-        self._scanned_at = -math.inf
-        self._bytes = self._scan()
-        self._counted_at = time.monotonic()
+        self._scanned_at = self._removals_at = -math.inf
+        self._unremoved: dict[Path, tuple[str, int]] = {}  # acknowledged: (name, size)
+        self._acknowledged: set[str] = set()  # their names: no longer waited for
+        self.receipts = Receipts(self.directory, self.disk, self.identity)
+        self.listing = Listing(self.directory, self.disk, self._settled, self._other)
+        try:
+            self.disk.mkdir(self.directory)
+        except OSError as exc:
+            self._cannot("write", exc)
+        self.ledger.peek()  # what stats() says until the first scan: one read, no listing
+
+    @property
+    def identity(self) -> str:
+        """This process's identity in the directory (not its PID)."""
+        return self.owners.identity
+
+    def owns(self, batch: SpooledBatch, serial: int) -> bool:
+        """Whether this process's channel ``serial`` wrote ``batch``."""
+        return batch.owner == (self.identity, serial)
 
     # -- writing (a sender spilling, or the exit drain) -----------------------------------
 
@@ -104,138 +123,158 @@ class Spool:
         count: int,
         host: str,
         datasource: str,
-        owner: tuple[int, int],
+        owner: tuple[str, int],
         *,
         replacing: str = "",
     ) -> Path | None:
-        """Store one batch: its file, or ``None`` if the spool is full or the disk refused.
+        """Store one batch whole: its file, or ``None`` if the spool is full or the disk
+        refused (``refusal`` says which).
 
-        ``replacing`` (a half of a spooled batch) is the file name to use instead of a new
-        one, so that the half keeps the batch's place in the order; the bound does not
-        apply (the halves replace a file already counted).
+        ``replacing`` (a half of a spooled batch) is the stem to use instead of a new one,
+        so that the half keeps the batch's place in the order; the bound does not refuse it
+        (the halves replace a file already counted).
         """
-        body = _gzip(ndjson)
-        header = orjson.dumps(
-            {
-                "v": FORMAT,
-                "datasource": datasource,
-                "host": host,
-                "count": count,
-                "raw_bytes": len(ndjson),
-                "sha256": hashlib.sha256(body).hexdigest(),
-                "owner": list(owner),
-            }
-        )
-        data = header + b"\n" + body
-        if time.monotonic() - self._counted_at > _LISTING_TTL:
-            held = _held_bytes(self.directory)  # other processes write here too
-            with self._lock:
-                self._bytes, self._counted_at = held, time.monotonic()
-        with self._lock:
-            if not replacing and self._bytes + len(data) > self.max_bytes:
-                return None
-            self._bytes += len(data)
-        serial = f"{os.getpid()}-{next(self._counter)}"
-        name = replacing or f"{time.time_ns():020d}-{host_key(host)}-{datasource}-{serial}"
-        final = self.directory / (name + SUFFIX)
-        temporary = self.directory / f".tmp-{name}-{serial}"  # unique, even for a half
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                half = len(data) // 2
-                os.write(fd, data[:half])
-                self.failpoint("write")  # killed with half a temporary file
-                os.write(fd, data[half:])
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self.failpoint("rename")  # killed with a whole temporary file
-            os.rename(temporary, final)
-        except OSError as exc:
-            with self._lock:
-                self._bytes = max(0, self._bytes - len(data))
-            temporary.unlink(missing_ok=True)
-            _diagnostics.say_once(
-                f"spool-write:{self.directory}",
-                f"cannot write to the spool {self.directory} ({exc}); batches that cannot be "
-                "sent are kept in memory, then dropped as the memory bound says.",
-            )
+        if not self.owners.ensure():
+            self._refuse("spool_error", "its owner file cannot be written")
             return None
-        # Renamed: the file is in place, so the batch is written (reporting it unwritten
-        # would keep it in memory too and write it again). A directory that refuses fsync
-        # (some network file systems) only weakens durability across a power loss.
-        with contextlib.suppress(OSError):
-            self._fsync_directory()
-        self._listed[(host_key(host), datasource)] = (time.monotonic(), True)
+        data = encode(ndjson, count, host, datasource, owner)
+        size = len(data)
+        stem = replacing or batch_name(
+            time.time_ns(), host, datasource, self.identity, next(self._counter)
+        )
+        temporary = self.directory / temporary_name(self.identity, size, stem)
+        with self.ledger.step() as entry:
+            if entry is None:
+                self._refuse("spool_error", "its ledger is locked by another process")
+                return None
+            if not replacing and entry.held + size > self.max_bytes:
+                self._refuse("spool_full", f"spool_max_bytes ({self.max_bytes}) reached")
+                return None
+            try:
+                entry.held += size  # reserved: a recount counts the temporary file at this size
+                entry.save()
+                fd = self.disk.create(temporary)
+            except OSError as exc:
+                entry.held -= size
+                self._refuse_error(exc)
+                return None
+        final = self.directory / (stem + SUFFIX)
+        try:
+            try:
+                self.disk.write_all(fd, data[: size // 2])
+                self.failpoint("write")  # killed with half a temporary file
+                self.disk.write_all(fd, data[size // 2 :])
+                self.disk.fsync(fd)
+            finally:
+                self.disk.close(fd)
+            self.failpoint("rename")  # killed with a whole temporary file
+            self.disk.rename(temporary, final)
+        except OSError as exc:
+            self._remove(temporary, size)
+            self._refuse_error(exc)
+            return None
+        with contextlib.suppress(OSError):  # renamed: written; only a power loss undoes it
+            self.disk.fsync_directory(self.directory)
+        self.listing.added(final.name, newest=not replacing)
+        self.refusal = ("", "")
         return final
+
+    def _refuse(self, reason: str, why: str) -> None:
+        self.refusal = (reason, why)
+
+    def _refuse_error(self, exc: OSError) -> None:
+        self._cannot("write", exc)
+        self._refuse("spool_full" if exc.errno in _FULL else "spool_error", _why(exc))
 
     # -- reading (a sender resending) -------------------------------------------------------
 
+    def has_pending(self, host: str, datasource: str) -> bool:
+        """Whether unclaimed files wait for ``host`` and ``datasource``, from a listing at
+        most a second old.
+        """
+        self.maintain()
+        return bool(self.listing.lane((host_key(host), datasource)).unclaimed)
+
     def pending(self, host: str, datasource: str) -> list[str]:
         """Unclaimed file names for ``host`` and ``datasource``, oldest first."""
-        key = host_key(host)
-        names = sorted(
-            name
-            for name in _listing(self.directory)
-            if name.endswith(SUFFIX) and _key_of(name) == (key, datasource)
-        )
-        with self._lock:
-            self._listed[(key, datasource)] = (time.monotonic(), bool(names))
-        return names
-
-    def has_pending(self, host: str, datasource: str) -> bool:
-        """Whether files wait for ``host`` and ``datasource``: from a listing at most a
-        second old (other processes write too), or fresh after this one wrote.
-        """
-        key = (host_key(host), datasource)
-        listed_at, found = self._listed.get(key, (-math.inf, False))
-        now = time.monotonic()
-        if now - listed_at < _LISTING_TTL:
-            return found
-        if now - self._scanned_at > _STALE_CLAIM / 10:
-            held = self._scan()  # release the claims of processes that died since
-            with self._lock:
-                self._bytes, self._counted_at = held, time.monotonic()
-        return bool(self.pending(host, datasource))
+        return list(self.listing.lane((host_key(host), datasource), fresh=True).unclaimed)
 
     def claim(self, host: str, datasource: str) -> SpooledBatch | None:
         """The oldest file for ``host`` and ``datasource``, claimed; ``None`` if none."""
-        for name in self.pending(host, datasource):
+        got = self.claim_many(host, datasource, 1, 1)
+        return got[0] if got else None
+
+    def claim_many(
+        self, host: str, datasource: str, max_rows: int, max_bytes: int
+    ) -> list[SpooledBatch]:
+        """The oldest files for the lane, claimed, as many consecutive ones as fit in one
+        request of ``max_rows`` and ``max_bytes`` (at least one); ``[]`` if none.
+        """
+        self.maintain()
+        if not self.owners.ensure():
+            return []
+        key: Key = (host_key(host), datasource)
+        got: list[SpooledBatch] = []
+        rows = raw = 0
+        while (name := self.listing.next(key)) is not None:
             path = self.directory / name
-            claimed = self.directory / f"{name}{_CLAIMED}{os.getpid()}"
+            claimed = self.directory / f"{name}{CLAIMED}{self.identity}"
             try:
-                # A claim's age (for _STALE_CLAIM) counts from now, not from the write: a
-                # rename keeps the mtime, and a file spooled during a long outage would
-                # otherwise look stale to the next scan while it is being sent.
-                os.utime(path)
-                os.rename(path, claimed)
+                self.disk.rename(path, claimed)
             except FileNotFoundError:  # another process claimed it first
                 continue
-            except OSError as exc:  # not ours to take (another user's file, a read-only mount)
-                _diagnostics.say_once(
-                    f"spool-claim:{self.directory}",
-                    f"cannot claim spool files in {self.directory} ({exc}); they are left "
-                    "for a process that can.",
-                )
-                return None
+            except OSError as exc:  # a read-only directory, another user's file
+                self.listing.put_back(key, name)
+                self._cannot("claim", exc)
+                break
             try:
-                batch = self._read(claimed, name, host, datasource)
+                batch = read(self.disk, claimed, name, host, datasource)
+            except Acknowledged:  # sent by a process that could not remove it: never again
+                self._remove_acknowledged(claimed, name, self._size(claimed))
+                continue
             except SpoolError as exc:
                 self._quarantine(claimed, name, exc)
                 continue
+            except OSError as exc:  # unreadable now (EIO): another process may read it
+                self._give_back(key, claimed, name)
+                self._cannot("claim", exc)
+                break
+            if got and (rows + batch.count > max_rows or raw + batch.raw_bytes > max_bytes):
+                self._give_back(key, claimed, name)
+                break
+            got.append(batch)
+            rows, raw = rows + batch.count, raw + batch.raw_bytes
             self.failpoint("resend")  # killed holding a claim
-            return batch
-        return None
+            if rows >= max_rows or raw >= max_bytes:
+                break
+        return got
+
+    def combine(self, batches: list[SpooledBatch]) -> bytes:
+        """One gzip body for the claimed ``batches`` (one file's own, or several's lines in
+        order, compressed as one stream).
+        """
+        if len(batches) == 1:
+            return batches[0].body
+        return gzip(b"".join(zlib.decompress(batch.body, 31) for batch in batches))
 
     def done(self, batch: SpooledBatch) -> None:
-        """The server acknowledged it (or refused it for good): remove it."""
+        """The server acknowledged it (or refused it for good): remove it. A file that
+        cannot be removed now is marked acknowledged in place, never sent again, and
+        removed once the directory lets it.
+        """
         try:
-            size = batch.path.stat().st_size
-            batch.path.unlink()
-        except FileNotFoundError:
-            return
-        with self._lock:
-            self._bytes = max(0, self._bytes - size)
+            self.ledger.remove(batch.path, batch.size)
+        except OSError as exc:
+            self._mark_acknowledged(batch, exc)
+        self.listing.gone(batch.name)
+
+    def release(self, batch: SpooledBatch) -> None:
+        """Give a claimed file back, for this process later or another one (exit)."""
+        try:
+            self.disk.rename(batch.path, self.directory / batch.name)
+        except OSError:
+            return  # still claimed: released by the next process's scan once this one ends
+        self.listing.reorder()
 
     def split(self, batch: SpooledBatch, host: str, datasource: str) -> bool:
         """413 for a claimed file: write its two halves in its place in the order (the
@@ -248,7 +287,7 @@ class Spool:
         except zlib.error:
             return False
         middle = len(lines) // 2
-        # "<name>-a" and "<name>-b" sort where the batch did, in order, and so do the
+        # "<stem>-a" and "<stem>-b" sort where the batch did, in order, and so do the
         # halves of a half.
         stem = batch.name.removesuffix(SUFFIX)
         first = self.write(
@@ -260,41 +299,69 @@ class Spool:
         rest = len(lines) - middle
         if self.write(second, rest, host, datasource, batch.owner, replacing=stem + "-b"):
             return True
-        with contextlib.suppress(OSError):  # all or nothing: the caller drops the batch
-            size = first.stat().st_size
-            first.unlink()
-            with self._lock:
-                self._bytes = max(0, self._bytes - size)
+        self._remove(first, self._size(first))  # all or nothing: the caller drops the batch
+        self.listing.gone(first.name)
         return False
 
-    def keep_claimed(self, batch: SpooledBatch) -> None:
-        """Renew a claim held across retries: a claim's age counts from its last renewal,
-        and other processes release claims older than ``_STALE_CLAIM``.
-        """
-        with contextlib.suppress(OSError):
-            os.utime(batch.path)
+    # -- upkeep, and what flush() waits for --------------------------------------------------
 
-    def release(self, batch: SpooledBatch) -> None:
-        """Give a claimed file back (its attempt failed; it is retried later)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(batch.path, self.directory / batch.name)
+    def maintain(self) -> None:
+        """What a sender does between requests: list the directory if the listing is old,
+        scan it every minute, retry removals, leave receipts, renew this process's owner.
+        """
+        now = time.monotonic()
+        if now - self._scanned_at > SCAN_EVERY:
+            self._scanned_at = now
+            scan(self.directory, self.disk, self.identity, self._alive, self.ledger)
+        if self.listing.due(now):
+            self.listing.list()
+        if self._unremoved and now - self._removals_at > LISTING_TTL:
+            self._removals_at = now
+            self._retry_removals()
+        if self.receipts.owed:
+            self.receipts.leave(self._alive)
+        self.owners.heartbeat(now)
+
+    def settle(self) -> None:
+        """At exit: retry the removals owed, and leave the receipts owed."""
+        self._retry_removals()
+        self.receipts.leave(self._alive, wait=1.0)
+
+    def backlog(self, host: str, datasource: str) -> frozenset[str]:
+        """The batches on disk for the lane now (claimed by anyone, or not), from a listing
+        at most a second old: what a flush waits for.
+        """
+        return frozenset(self.listing.lane((host_key(host), datasource), fresh=True).present)
+
+    def remaining(self, host: str, datasource: str, batches: Iterable[str]) -> bool:
+        """Whether any of ``batches`` (a ``backlog``) is still on disk, unresolved, as the
+        last listing and this process's own removals say (no disk access).
+        """
+        return self.listing.present((host_key(host), datasource), batches)
+
+    def take_receipts(self, serials: set[int]) -> list[Receipt]:
+        """The receipts read for the channels ``serials`` of this process."""
+        return self.receipts.take(serials)
+
+    def note_outcome(self, batch: SpooledBatch, outcome: str, quarantined: int = 0) -> None:
+        """This process resolved another's file: leave it a receipt (at the next upkeep)."""
+        self.receipts.owe(batch, outcome, quarantined)
 
     def held_bytes(self) -> int:
-        """Bytes the spool holds, as this process last counted them."""
-        return self._bytes
+        """Bytes the directory holds, as this process last counted them."""
+        return self.ledger.held
 
     def report_unmatched(self, lanes: set[tuple[str, str]]) -> None:
         """Say once which files no producer of this process will send (host, data source
         unknown here): they are kept for a process that does.
         """
         known = {(host_key(host), datasource) for host, datasource in lanes}
-        others: dict[str, int] = {}
-        for name in _listing(self.directory):
-            if not name.endswith(SUFFIX):
-                continue
-            parts = name.split("-")
-            if len(parts) >= 5 and (parts[1], _datasource_of(name)) not in known:
-                others[_datasource_of(name)] = others.get(_datasource_of(name), 0) + 1
+        self.listing.lane(("", ""), fresh=True)
+        others = {
+            key[1]: len(lane.present)
+            for key, lane in self.listing.lanes().items()
+            if key not in known and lane.present
+        }
         for datasource, count in others.items():
             if datasource not in self._reported:
                 self._reported.add(datasource)
@@ -304,72 +371,132 @@ class Spool:
                     "they are kept for one that does."
                 )
 
+    def forget_in_child(self) -> None:
+        """A forked child: let go of the parent's descriptors (the child has its own
+        spool, identity and locks).
+        """
+        self.owners.forget_in_child()
+        self.ledger.forget_in_child()
+
     # -- helpers -----------------------------------------------------------------------------
 
-    def _read(self, path: Path, name: str, host: str, datasource: str) -> SpooledBatch:
+    def _give_back(self, key: Key, claimed: Path, name: str) -> None:
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise SpoolError(f"unreadable: {exc}") from None
-        line, _, body = data.partition(b"\n")
-        try:
-            header = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise SpoolError("bad header") from None
-        if not isinstance(header, dict) or header.get("v") != FORMAT:
-            raise SpoolError("unknown format")
-        if hashlib.sha256(body).hexdigest() != header.get("sha256"):
-            raise SpoolError("checksum mismatch")
-        if header.get("host") != host or header.get("datasource") != datasource:
-            raise SpoolError("header does not match its name")
-        owner = header.get("owner") or [0, 0]
-        return SpooledBatch(
-            path, name, body, int(header["count"]), int(header["raw_bytes"]), (owner[0], owner[1])
-        )
-
-    def _quarantine(self, path: Path, name: str, exc: SpoolError) -> None:
-        corrupt = self.directory / "corrupt"
-        corrupt.mkdir(exist_ok=True)
-        try:
-            size = path.stat().st_size
-            os.rename(path, corrupt / name)
+            self.disk.rename(claimed, self.directory / name)
         except OSError:
             return
+        self.listing.put_back(key, name)
+
+    def _settled(self) -> set[str]:
         with self._lock:
-            self._bytes = max(0, self._bytes - size)
-            self.corrupt += 1
-        _diagnostics.say(
-            f"spool file {name} failed its check ({exc}): moved to {corrupt}, not sent "
-            "(counted in stats().spool_corrupt)."
+            return set(self._acknowledged)
+
+    def _other(self, name: str) -> None:
+        """A listed name that is not a batch file: a receipt for this process is read."""
+        if self.receipts.mine(name):
+            self.receipts.read(name)
+
+    def _alive(self, identity: str) -> bool:
+        return self.owners.alive(identity, time.monotonic())
+
+    def _remove(self, path: Path, size: int) -> None:
+        """Unlink ``path``, counting its ``size`` off the ledger; never raises."""
+        with contextlib.suppress(OSError):
+            self.ledger.remove(path, size)
+
+    def _size(self, path: Path) -> int:
+        try:
+            return self.disk.stat(path).st_size
+        except OSError:
+            return 0
+
+    def _mark_acknowledged(self, batch: SpooledBatch, exc: OSError) -> None:
+        """Acknowledged, not removable: mark it so in place (a read-only directory still
+        lets this process write its own file), and remove it when the directory lets it.
+        """
+        marked = False
+        try:
+            fd = self.disk.open(batch.path, write=True)
+            try:
+                self.disk.pwrite(fd, ACKNOWLEDGED, 0)
+                self.disk.fsync(fd)
+                marked = True
+            finally:
+                self.disk.close(fd)
+        except OSError:
+            pass
+        self._remove_acknowledged(batch.path, batch.name, batch.size, retry_only=True)
+        then = (
+            "it is marked sent, and removed once the directory lets it"
+            if marked
+            else "it is removed once the directory lets it; if this process ends before, "
+            "the next one may send it again (the whole batch: deduplicate on event_id)"
+        )
+        _diagnostics.say_once(
+            f"spool-remove:{self.directory}",
+            f"cannot remove an acknowledged spool file in {self.directory} ({_why(exc)}): {then}.",
         )
 
-    def _scan(self) -> int:
-        """The bytes held, releasing claims whose process is gone (a crash) and removing
-        temporary files a crash left (old ones only: another process may be writing one).
-        """
-        first_scan = self._scanned_at == -math.inf
-        self._scanned_at = time.monotonic()
-        now = time.time()
-        for name in _listing(self.directory):
-            path = self.directory / name
+    def _remove_acknowledged(
+        self, path: Path, name: str, size: int, *, retry_only: bool = False
+    ) -> None:
+        """Remove a file whose batch was acknowledged, or remember to, and not wait for it."""
+        if not retry_only:
             try:
-                age = now - path.stat().st_mtime
-                if _CLAIMED in name:
-                    original, _, pid = name.rpartition(_CLAIMED)
-                    if not _alive(int(pid), first_scan) or age > _STALE_CLAIM:
-                        os.rename(path, self.directory / original)
-                elif name.startswith(".tmp-") and age > _STALE_CLAIM / 10:
-                    path.unlink()
-            except (OSError, ValueError):
-                continue
-        return _held_bytes(self.directory)
+                self.ledger.remove(path, size)
+                return
+            except OSError:
+                pass
+        with self._lock:
+            self._unremoved[path] = (name, size)
+            self._acknowledged.add(name)
 
-    def _fsync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
+    def _retry_removals(self) -> None:
+        with self._lock:
+            unremoved = list(self._unremoved.items())
+        for path, (name, size) in unremoved:
+            try:
+                self.ledger.remove(path, size)
+            except OSError:
+                return  # still refused: next time
+            with self._lock:
+                del self._unremoved[path]
+                self._acknowledged.discard(name)
+
+    def _quarantine(self, path: Path, name: str, exc: SpoolError) -> None:
+        """Set a corrupt file aside in ``corrupt/`` (outside the bound), counted, said."""
+        corrupt = self.directory / "corrupt"
+        size = self._size(path)
+        with self._lock:
+            self.corrupt += 1
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self.disk.mkdir(corrupt)
+            with self.ledger.step() as entry:
+                self.disk.rename(path, corrupt / name)
+                if entry is not None:
+                    entry.held -= size
+            where = f"moved to {corrupt}"
+        except OSError as err:  # left claimed: the next process sets it aside
+            where = f"left in place ({_why(err)})"
+        self.listing.gone(name)
+        _diagnostics.say(
+            f"spool file {name} failed its check ({exc}): {where}, not sent (counted in "
+            "stats().spool_corrupt)."
+        )
+
+    def _cannot(self, what: str, exc: OSError) -> None:
+        """Say once per directory that it refuses writes, or claims."""
+        if what == "write":
+            text = (
+                f"cannot write to the spool {self.directory} ({_why(exc)}); batches that cannot "
+                "be sent are kept in memory, then dropped as the memory bound says."
+            )
+        else:
+            text = (
+                f"cannot claim files in the spool {self.directory} ({_why(exc)}); they are left "
+                "for later, or for a process that can."
+            )
+        _diagnostics.say_once(f"spool-{what}:{self.directory}", text)
 
     def failpoint(self, point: str) -> None:
         """The tests' crash injection (``TINYBIRD_SPOOL_FAILPOINT``); nothing otherwise."""
@@ -389,51 +516,5 @@ def _failpoints() -> dict[str, int]:
     return {point: int(count)} if point and count.isdigit() else {}
 
 
-def _listing(directory: Path) -> list[str]:
-    try:
-        return [entry.name for entry in os.scandir(directory) if entry.is_file()]
-    except OSError:
-        return []
-
-
-def _held_bytes(directory: Path) -> int:
-    """What the directory's batch files take, claimed ones included (they stay on disk
-    until acknowledged), whichever process wrote them.
-    """
-    total = 0
-    with contextlib.suppress(OSError), os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.name.endswith(SUFFIX) or _CLAIMED in entry.name:
-                with contextlib.suppress(OSError):
-                    total += entry.stat().st_size
-    return total
-
-
-def _key_of(name: str) -> tuple[str, str]:
-    # <time>-<host key>-<datasource>-<pid>-<n>.tbspool; data source names have no '-'.
-    parts = name.split("-")
-    return (parts[1], parts[2]) if len(parts) >= 5 else ("", "")
-
-
-def _datasource_of(name: str) -> str:
-    return _key_of(name)[1]
-
-
-def _alive(pid: int, first_scan: bool) -> bool:
-    """Whether the process that holds a claim may still be sending it."""
-    if pid == os.getpid():
-        # This process's claims are held by its senders until released; at its first
-        # scan it has none, so a claim in its name is a previous process's (pid reuse).
-        return not first_scan
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _gzip(data: bytes | bytearray) -> bytes:
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
-    return compressor.compress(data) + compressor.flush()
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__

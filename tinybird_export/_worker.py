@@ -29,7 +29,7 @@ from tinybird_export._lanes import Lane, LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._scheduler import Scheduler
 from tinybird_export._senders import Senders, SendingThreads
-from tinybird_export._spill import SpillBridge
+from tinybird_export._spill import Backlog, SpillBridge
 from tinybird_export._spool import Spool
 
 
@@ -47,15 +47,21 @@ class Shared:
 
 class FlushRound:
     """What one flush waits for: every event its channels accepted before it began (made
-    due now), resolved; and whether any of them was dropped meanwhile.
+    due now), resolved; the spool files of their data sources when it began (``spooled``:
+    a previous process's too), resolved; and whether any event was dropped meanwhile.
     """
 
-    def __init__(self, channels: Iterable[Channel]) -> None:
+    def __init__(self, channels: Iterable[Channel], spooled: Backlog | None = None) -> None:
         self._marks = [(channel, channel.request_flush()) for channel in channels]
+        self._spooled = spooled
 
     def reached(self) -> bool:
-        """Every event accepted before the round was sent or dropped."""
-        return all(channel.reached(mark) for channel, mark in self._marks)
+        """Every event accepted before the round was sent or dropped, and every spool file
+        of its data sources then on disk is resolved.
+        """
+        return all(channel.reached(mark) for channel, mark in self._marks) and (
+            self._spooled is None or self._spooled.settled()
+        )
 
     def lost(self) -> bool:
         """Whether queued events were dropped since the round began."""
@@ -197,12 +203,20 @@ class Worker:
             self._senders.wake()
 
     def drain(self, deadline: float) -> None:
-        """Send everything queued until ``deadline``, on this thread too (the exit drain);
-        sooner when nothing listens at the host.
+        """Send everything queued until ``deadline``, on this thread too (the exit drain),
+        and the spool files of its data sources that do not fail; sooner when nothing
+        listens at the host.
         """
         began = self._retry_refused()
+        bridge = self._bridge
+        backlog = None
+        if bridge is not None:
+            lanes = [lane for lane, _ in self._scheduler.lanes()]
+            backlog = bridge.backlog(lanes, failing_settles=True)
         self._senders.run_here(
-            lambda: all(c.empty() for c in self.channels()),
+            lambda: (
+                all(c.empty() for c in self.channels()) and (backlog is None or backlog.settled())
+            ),
             deadline,
             lambda: self.refused_for(began) is not None,
         )
@@ -229,22 +243,41 @@ class Worker:
     # -- the spool ---------------------------------------------------------------------------
 
     def resume_spool(self, channel: Channel) -> None:
-        """A new producer: if the spool holds files for its data source (a previous
-        process's), start sending them now rather than at its first event.
+        """A new producer: a sender looks at the spool now (its first scan, and a previous
+        process's files for its data source), rather than at its first event; the
+        constructor itself does no disk work.
         """
-        if self._bridge is not None and self._bridge.pending(channel.datasource):
+        if self._bridge is not None:
             self.notify(channel)
 
-    def spill_remaining(self) -> None:
-        """At exit, after the drain: whatever is still queued or in flight goes to the
-        spool, if there is one, and its claimed files go back for the next process.
+    def spool_backlog(self, channels: Iterable[Channel]) -> Backlog | None:
+        """The spool files a flush of ``channels`` waits for (``None`` without a spool); once
+        the process exits, as the exit drain does: not those of a failing data source.
         """
         if self._bridge is None:
-            return
+            return None
+        lanes = [self._scheduler.lane(channel.datasource) for channel in channels]
+        exiting = self._shared.exit_deadline() is not None
+        return self._bridge.backlog(
+            [lane for lane in lanes if lane is not None], failing_settles=exiting
+        )
+
+    def spill_remaining(self) -> int:
+        """At exit, after the drain: whatever is still queued or in flight goes to the
+        spool, if there is one, and its claimed files go back for the next process. What
+        the spool refused is dropped for the reason it gave (``spool_full``,
+        ``spool_error``), and said; how many events that was.
+        """
+        bridge = self._bridge
+        if bridge is None:
+            return 0
+        refused = 0
         for channel in self.channels():
-            self._bridge.spool.failpoint("exit")  # killed during the exit drain (the tests)
-            self._bridge.spill(channel)
+            bridge.spool.failpoint("exit")  # killed during the exit drain (the tests)
+            refused += bridge.give_up(channel, "at exit")
         self._release_spool_claims([lane for lane, _ in self._scheduler.lanes()])
+        bridge.spool.settle()
+        return refused
 
     def spill_queued(self) -> int:
         """Whatever is still queued or in flight goes to the spool now, if there is one,
@@ -292,7 +325,8 @@ class Worker:
         )
         try:
             if pick.claim is None:
-                return pick.due_at
+                look = bridge.next_look(time.monotonic(), self.channels()) if bridge else None
+                return look if pick.due_at is None else min(pick.due_at, look or pick.due_at)
             lane, source = pick.claim
             try:
                 self._senders.handoff()
@@ -312,7 +346,7 @@ class Worker:
         """
         for channel in channels:
             if self._bridge is not None and not channel.empty():
-                self._bridge.spill(channel)
+                self._bridge.give_up(channel, "at its close deadline")
             lost = channel.abandon("close_timeout")
             refused = self.refused_for()
             if lost and refused is not None:

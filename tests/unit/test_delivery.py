@@ -4,7 +4,6 @@ a bug, and an attempt cut short."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from tinybird_export._lanes import Lane
 from tinybird_export._spool import SUFFIX, Spool
 
 HOST = "http://127.0.0.1:9"
+OTHER = "0123456789abcdef"  # another process's identity
 LINES = [b'{"n":%d}' % i for i in range(4)]
 
 
@@ -49,12 +49,12 @@ class Case:
             assert isinstance(batch, Batch)
             return MemorySource(self.channel, batch)
         while (batch := self.channel.take_for_spool(True)) is not None:
-            owner = (os.getpid(), self.channel.serial)
+            owner = (self.spool.identity, self.channel.serial)
             assert self.spool.write(batch.body, batch.count, HOST, "ds", owner)
             self.channel.spooled(batch)
         claimed = self.spool.claim(HOST, "ds")
         assert claimed is not None
-        return SpoolSource(self.spool, claimed, self.channel, self.resolved.append)
+        return SpoolSource(self.spool, [claimed], [self.channel], self.resolved.append)
 
     def attempt(self, deadline: float | None = None) -> None:
         """One attempt of the current source."""
@@ -215,11 +215,11 @@ def test_a_foreign_spool_file_is_counted_as_unspooled_only(tmp_path: Path) -> No
     """A file another process wrote is sent for its data source: unspooled, but not this
     producer's sent (it never emitted it), and the invariant holds."""
     spool = Spool(str(tmp_path), 1 << 20)
-    spool.write(b'{"n":1}\n', 1, HOST, "ds", (1, 2))
+    spool.write(b'{"n":1}\n', 1, HOST, "ds", (OTHER, 2))
     claimed = spool.claim(HOST, "ds")
     assert claimed is not None
     channel = make_channel()
-    source = SpoolSource(spool, claimed, channel, lambda s: None)
+    source = SpoolSource(spool, [claimed], [channel], lambda s: None)
     assert not source.own
     transport = RecordingTransport(accepted())
     Delivery(HOST, transport, lambda: (3.0, 10.0), lambda: None, spooling=True).attempt(
