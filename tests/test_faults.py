@@ -8,10 +8,14 @@ import gc
 import itertools
 import logging
 import math
+import os
 import re
 import ssl
+import subprocess
+import sys
 import time
 import types
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import child_env, closed_port_url, run_python, worker_threads
+from tests.helpers import ROOT, child_env, closed_port_url, run_python, worker_threads
 from tinybird_export import TinybirdHandler, _retry
 from tinybird_export.testing import EventsServer, Reply
 
@@ -197,6 +201,40 @@ class TestRefusals:
         assert hint in err
         if status >= 400:
             assert f"server says {status}" in err
+
+    def test_flush_is_false_after_drops_made_before_it_and_true_once_delivering(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        """50 records dropped (404) before flush() is called: it says False; once the data
+        source exists, the next round, all acknowledged, says True."""
+        server.respond(Reply(status=404))
+        handler = make_handler(datasource="missing", flush_interval=0.01)
+        logger.addHandler(handler)
+        for i in range(50):
+            logger.warning("n %d", i)
+        assert server.wait_for(lambda: handler.stats().dropped == 50, 10)
+        assert handler.flush(5) is False
+        server.reset()
+        logger.warning("delivered")
+        assert handler.flush(5) is True
+        assert [e["event"] for e in server.events()] == ["delivered"]
+
+    def test_the_streaming_example_says_false_against_a_missing_data_source(
+        self, server: EventsServer
+    ) -> None:
+        """The main job against a workspace without the data source: not 'all acknowledged',
+        and a failing exit status."""
+        server.respond(Reply(status=404))
+        result = subprocess.run(
+            [sys.executable, str(Path(ROOT) / "examples" / "stream_events.py"), "--duration", "1"],
+            env={**os.environ, "TINYBIRD_TOKEN": server.token or "", "TINYBIRD_HOST": server.url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "all acknowledged: False" in result.stdout, result.stdout + result.stderr
+        assert result.returncode == 1
 
     def test_404_from_a_cloud_host_lists_the_region_hosts(self) -> None:
         """A 404 from a cloud host says it may be the wrong region, listing the hosts."""

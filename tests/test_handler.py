@@ -231,7 +231,8 @@ class TestFlushAndStats:
         assert stats.emitted == stats.sent + stats.dropped + stats.queued + stats.in_flight
         assert stats.dropped_by_reason == {"queue_full": 70}
         server.release()
-        assert handler.flush(10)
+        assert handler.flush(10) is False  # 70 were dropped since the handler was made
+        assert handler.flush(10) is True  # and nothing since that flush
         stats = handler.stats()
         assert (stats.sent, stats.dropped, stats.queued, stats.in_flight) == (50, 70, 0, 0)
         assert stats.requests >= 1
@@ -318,7 +319,7 @@ class TestHandlerContract:
         logger.info("lost")  # does not raise
         monkeypatch.undo()
         logger.info("kept")
-        assert handler.flush(10)
+        assert handler.flush(10) is False  # "lost" was dropped, counted as error
         assert [e["event"] for e in server.events()] == ["kept"]
         assert handler.stats().dropped_by_reason == {"error": 1}
         assert "RuntimeError: mapper bug" in capsys.readouterr().err  # logging's handleError

@@ -528,7 +528,8 @@ class TestBadData:
         )
         for _ in range(2):
             assert exporter.export(batch) is MetricExportResult.SUCCESS
-        assert exporter.force_flush(10_000)
+        assert exporter.force_flush(10_000) is False  # the non-finite points were dropped
+        assert exporter.force_flush(10_000) is True  # nothing dropped since
         rows = rows_by_table(server)
         assert [r["metric_attributes"] for r in rows["gauge"]] == [{"room": "b"}] * 2
         assert [r["metric_attributes"] for r in rows["sum"]] == [{"route": "/b"}] * 2
@@ -604,7 +605,7 @@ class TestBadData:
         )
         assert exporter.export(batch) is MetricExportResult.SUCCESS
         assert exporter.export(object()) is MetricExportResult.SUCCESS  # type: ignore[arg-type]
-        assert exporter.force_flush(10_000)
+        assert exporter.force_flush(10_000) is False  # the unreadable point was dropped
         assert [r["value"] for r in server.events("otel_metrics_gauge")] == [2.0]
         assert exporter.stats().dropped_by_reason == {"unreadable": 1}
         err = capsys.readouterr().err

@@ -63,10 +63,9 @@ class Batch:
 
 
 class FlushMark(NamedTuple):
-    """What a flush waits for: every event accepted before it resolved, none dropped."""
+    """What a flush waits for: every event accepted before it, resolved (sent or dropped)."""
 
     target: int
-    drops: int
 
 
 def level_byte(level: object) -> int:

@@ -34,6 +34,9 @@ from tinybird_export.stats import DeliveryStats
 
 _serials = itertools.count(1)
 _LEVEL_BYTES: Final = {level: bytes((level,)) for level in range(256)}
+CHOSEN: Final = frozenset({"before_send", "disabled", "recursion"})
+"""Drop reasons the application chose (its ``before_send`` filter, a disabled producer, its
+own records logged while sending): not a delivery failure, so ``flush()`` is not False."""
 
 
 class Channel:
@@ -73,7 +76,9 @@ class Channel:
         self._ready: collections.deque[Batch] = collections.deque()  # sealed, not yet sent
         self._in_flight: Batch | None = None
         self._queued_events = self._queued_bytes = 0
-        self._resolved = self._dropped_after_queue = self._flush_target = 0
+        self._resolved = self._flush_target = 0
+        self._losses = 0  # events dropped but for a reason the application chose (CHOSEN)
+        self._losses_seen: dict[str, int] = {}  # by whose flush: _losses when it returned
         self._emitted = 0  # every event that entered, queued or refused
         self._tally = Tally()  # where they went
         self._planner = Planner()  # backpressure, with its memory of the last shortfall
@@ -164,6 +169,7 @@ class Channel:
             total, at_level = dropped.get("queue_full", 0) + 1, by_level.get(level, 0) + 1
             # The change (no call from here).
             self._emitted += 1
+            self._losses += 1
             dropped["queue_full"] = total
             if level:
                 by_level[level] = at_level
@@ -184,7 +190,7 @@ class Channel:
         self._queued_bytes -= plan.nbytes
         self._resolved += plan.events
         dropped["queue_full"] = total
-        self._dropped_after_queue += plan.events
+        self._losses += plan.events
         by_level.update(at_levels)  # not in the invariant: last
         return True
 
@@ -198,10 +204,12 @@ class Channel:
         """Count ``count`` events that entered and were dropped before they could be queued."""
         if count < 1:
             return
+        lost = 0 if reason in CHOSEN else count
         with self._lock:
             total = self._tally.dropped.get(reason, 0) + count
             # The change (no call from here).
             self._emitted += count
+            self._losses += lost
             self._tally.dropped[reason] = total
 
     def request_flush(self) -> FlushMark:
@@ -209,15 +217,25 @@ class Channel:
         with self._lock:
             target = self._resolved + self._queued_events + len(self._deferred)
             self._flush_target = max(self._flush_target, target)
-            return FlushMark(target, self._dropped_after_queue)
+            return FlushMark(target)
 
     def reached(self, mark: FlushMark) -> bool:
         """Every event accepted before ``mark`` was resolved (sent or dropped)."""
         return self._resolved >= mark.target
 
-    def lost_since(self, mark: FlushMark) -> bool:
-        """Whether queued events were dropped since ``mark``."""
-        return self._dropped_after_queue != mark.drops
+    def lost_since_flush(self, by: str, *, returning: bool) -> bool:
+        """Whether events were dropped (for a reason the application did not choose) since
+        ``by``'s previous flush returned, or since the channel started.
+
+        Args:
+            by: Whose flushes: each caller (the producer, the process) has its own.
+            returning: That flush returns now: the next one starts from here.
+        """
+        losses = self._losses  # one read: a drop after it is the next round's
+        lost = losses != self._losses_seen.get(by, 0)
+        if returning:
+            self._losses_seen[by] = losses
+        return lost
 
     # -- the sender's side -------------------------------------------------------------
 
@@ -338,7 +356,7 @@ class Channel:
             tally.wire_bytes_sent += wire_bytes
         elif count:
             tally.dropped[to] = total
-            self._dropped_after_queue += count
+            self._losses += count
         return count
 
     def abandon(self, reason: str) -> int:
@@ -398,7 +416,7 @@ class Channel:
                 tally.quarantined += quarantined
             else:
                 tally.dropped[reason] = total
-                self._dropped_after_queue += count
+                self._losses += count
 
     def spooled_count(self) -> int:
         """Events of this channel held in the spool (no lock, no check: the exit path)."""

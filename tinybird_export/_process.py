@@ -184,9 +184,9 @@ class Process:
         if timeout is None:
             timeout = max((w.exit_timeout for w in workers), default=0.0)
         deadline = time.monotonic() + self.cap_at_exit(max(timeout, 0.0))
-        rounds = [(worker, FlushRound(worker.channels())) for worker in workers]
+        rounds = [(worker, FlushRound(worker.channels(), "process")) for worker in workers]
         reached = [worker.wait_until(flush.reached, deadline) for worker, flush in rounds]
-        return all(reached) and not any(flush.lost() for _, flush in rounds)
+        return all([flush.result(done) for (_, flush), done in zip(rounds, reached, strict=True)])
 
     def exit(self, budget: float | None = None) -> bool:
         """Send what is queued within the exit budget, spool or report what could not be
@@ -365,8 +365,12 @@ def flush(timeout: float | None = None) -> bool:
             ``exit_timeout`` of the producers). At exit, what is left of the exit budget.
 
     Returns:
-        Whether every event emitted before the call was acknowledged in time (none
-        dropped, none still queued).
+        Whether every event emitted since the previous ``flush()`` call returned (or since
+        the producers started) was acknowledged in time: False if any of it was dropped
+        (each producer's ``stats()`` says why; events ``before_send`` filtered out and
+        disabled producers do not count), even before this call, or is still queued; True
+        again once a later call finds everything since acknowledged. Producers' own
+        ``flush()`` keep their own "since the previous call".
     """
     return PROCESS.flush(timeout)
 

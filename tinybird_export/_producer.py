@@ -162,22 +162,34 @@ class Producer:
         return result
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued before the call is acknowledged, or ``timeout``.
+        """Wait until everything queued before the call is acknowledged, or ``timeout``;
+        whether everything handed to it since the previous ``flush()`` returned (or since
+        it started) was acknowledged: False if any of it was dropped (``stats()`` says
+        why), or is still queued when the time is up.
 
         Never waits while the caller holds ``logging``'s module lock (``dictConfig``,
-        ``logging.shutdown``): the worker is woken and the call returns at once.
+        ``logging.shutdown``): the worker is woken and the call returns at once, without
+        ending the round (the next flush still reports what was dropped).
         """
         worker, channel = self.worker, self.channel
         if worker is None:
             return channel.empty()
-        flush = FlushRound([channel])
+        flush = FlushRound([channel], "producer")
         if _holds_logging_lock():
             worker.notify(channel)
-            return flush.reached() and not flush.lost()
+            return flush.result(flush.reached(), returning=False)
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
         wait = self._process.cap_at_exit(wait)
-        done = worker.wait_until(flush.reached, time.monotonic() + wait)
-        return done and not flush.lost()
+        return flush.result(worker.wait_until(flush.reached, time.monotonic() + wait))
+
+    def make_due(self) -> None:
+        """Make everything queued due now and wake the worker, without waiting: a flush that
+        does not end a round (``flush()``'s result is not consumed).
+        """
+        worker = self.worker
+        if worker is not None:
+            self.channel.request_flush()
+            worker.notify(self.channel)
 
     def close(self, timeout: float | None = None) -> None:
         """Flush within ``timeout`` (default ``flush_timeout``) and detach; idempotent.

@@ -47,19 +47,31 @@ class Shared:
 
 class FlushRound:
     """What one flush waits for: every event its channels accepted before it began (made
-    due now), resolved; and whether any of them was dropped meanwhile.
+    due now), resolved. It is *all acknowledged* when, besides, nothing its channels were
+    handed since the same caller's previous round returned (or since they started) was
+    dropped: a drop before the round began says False too, once.
+
+    Args:
+        channels: The channels it flushes.
+        by: Whose rounds (``"producer"``, ``"process"``): each caller keeps its own
+            "since the previous round returned".
     """
 
-    def __init__(self, channels: Iterable[Channel]) -> None:
+    def __init__(self, channels: Iterable[Channel], by: str) -> None:
+        self._by = by
         self._marks = [(channel, channel.request_flush()) for channel in channels]
 
     def reached(self) -> bool:
         """Every event accepted before the round was sent or dropped."""
         return all(channel.reached(mark) for channel, mark in self._marks)
 
-    def lost(self) -> bool:
-        """Whether queued events were dropped since the round began."""
-        return any(channel.lost_since(mark) for channel, mark in self._marks)
+    def result(self, reached: bool, *, returning: bool = True) -> bool:
+        """Whether the round is all acknowledged, given whether it was ``reached``; with
+        ``returning`` the round ends here (the next one looks at drops from now on).
+        """
+        by = self._by
+        lost = [channel.lost_since_flush(by, returning=returning) for channel, _ in self._marks]
+        return reached and not any(lost)
 
 
 class Worker:

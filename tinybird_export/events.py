@@ -69,7 +69,11 @@ class TinybirdEvents:
         """Wait until every event sent before the call is acknowledged, or ``timeout``.
 
         Returns:
-            Whether all of them were acknowledged in time.
+            Whether every event sent since the previous ``flush()`` returned (or since the
+            sender was made) was acknowledged in time: False if any of them was dropped
+            (``stats().dropped_by_reason`` says why; events ``before_send`` filtered out do
+            not count), even before this call; True again once a later flush finds
+            everything since acknowledged.
         """
         return self._producer.flush(timeout)
 
@@ -84,7 +88,8 @@ class TinybirdEvents:
         """``flush(timeout)`` for a coroutine: waits on a thread, never blocking the loop.
 
         Returns:
-            Whether every event sent before the call was acknowledged in time.
+            What ``flush`` returns: whether every event sent since the previous flush
+            returned was acknowledged in time (none dropped).
         """
         return await run_blocking(lambda: self.flush(timeout))
 

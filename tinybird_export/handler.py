@@ -108,8 +108,11 @@ class TinybirdHandler(logging.Handler):
                 while the caller holds ``logging``'s module lock.
 
         Returns:
-            Whether everything emitted before the call was acknowledged (quarantined rows
-            included) within the timeout.
+            Whether every record emitted since the previous ``flush()`` returned (or since
+            the handler was made) was acknowledged (quarantined rows included) within the
+            timeout: False if any of them was dropped (``stats().dropped_by_reason`` says
+            why; records filtered by ``before_send`` do not count), even before this call;
+            True again once a later flush finds everything since acknowledged.
         """
         return self._producer.flush(timeout)
 
@@ -124,8 +127,8 @@ class TinybirdHandler(logging.Handler):
         """``flush(timeout)`` for a coroutine: waits on a thread, never blocking the loop.
 
         Returns:
-            What ``flush`` returns: whether everything emitted before the call was
-            acknowledged within the timeout.
+            What ``flush`` returns: whether every record emitted since the previous
+            flush returned was acknowledged within the timeout (none dropped).
         """
         return await run_blocking(lambda: self.flush(timeout))
 
