@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import ROOT, child_env, closed_port_url, run_python, worker_threads
 from tinybird_export import TinybirdHandler, _retry
+from tinybird_export._client import EventsClient
 from tinybird_export.testing import EventsServer, Reply
 
 
@@ -71,6 +72,24 @@ class TestRetries:
         assert log_and_flush(handler, logger, 2)
         assert len(server.events()) == 2
         assert handler.stats().retries == 1
+
+    def test_an_attempt_says_whether_the_request_may_have_been_stored(
+        self, server: EventsServer
+    ) -> None:
+        """A read timeout (sent whole, no answer) may have been stored; a refused
+        connection, an early answer and a connect failure were not."""
+        server.respond(Reply(hang=True))
+        client = EventsClient(server.url, server.token or "", connect_timeout=1)
+        timed_out = client.post("ds", b'{"a":1}\n', wait=False, read_timeout=0.3)
+        server.release()
+        refused = EventsClient(closed_port_url(), "t").post(
+            "ds", b"{}\n", wait=False, read_timeout=1
+        )
+        answered = client.post("ds", b"{}\n", wait=False, read_timeout=5)
+        client.close()
+        assert (timed_out.status, timed_out.kind, timed_out.unanswered) == (None, "timeout", True)
+        assert (refused.kind, refused.unanswered) == ("refused", False)
+        assert (answered.status, answered.unanswered) == (202, False)
 
     def test_read_timeout_is_retried_and_event_id_dedupes(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger

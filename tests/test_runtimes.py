@@ -327,3 +327,81 @@ class TestLateSends:
         )
         assert result.returncode == 0, result.stderr
         assert [e["event"] for e in server.events("late")] == ["session closed"], result.stderr
+
+
+LATE_IN_A_CHILD = """
+import logging, multiprocessing, sys
+from multiprocessing import util
+from tinybird_export import TinybirdHandler
+log = logging.getLogger("app"); log.propagate = False; log.setLevel(logging.INFO)
+log.addHandler(TinybirdHandler(flush_interval=60))
+
+def late():
+    for i in range(50):
+        log.info("late %d", i)
+
+def work():
+    log.info("task")
+    util.Finalize(None, late, exitpriority=1)  # runs after the package's drain (100)
+
+if __name__ == "__main__":
+    process = multiprocessing.get_context(sys.argv[1]).Process(target=work)
+    process.start(); process.join(30)
+    print(process.exitcode, flush=True)
+"""
+
+
+class TestLateRecords:
+    @pytest.mark.parametrize("method", ["fork", "spawn"])
+    def test_records_of_a_later_finalizer_in_a_child_arrive(
+        self, server: EventsServer, tmp_path: Path, method: str
+    ) -> None:
+        """A multiprocessing child's finalizer that runs after the exit drain logs 50
+        records: all arrive (47 of 50 were lost, unsaid)."""
+        (tmp_path / "late.py").write_text(LATE_IN_A_CHILD)
+        result = subprocess.run(
+            [sys.executable, str(tmp_path / "late.py"), method],
+            env={**os.environ, **child_env(server)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.stdout.strip() == "0", result.stderr
+        events = sorted(e["event"] for e in server.events())
+        assert events == sorted(["task", *(f"late {i}" for i in range(50))]), result.stderr
+
+    def test_an_event_sent_during_teardown_is_counted_at_once_with_why(
+        self, server: EventsServer
+    ) -> None:
+        """A __del__ run by the interpreter's teardown (a module global), once nothing can
+        be sent: counted as after_exit and said so at once, not after the whole exit
+        budget as "the endpoint did not answer"; one collected by the teardown's first
+        garbage collection (a cycle), while sending still works, arrives."""
+        started = time.monotonic()
+        result = run_python(
+            """
+            from tinybird_export import TinybirdEvents
+            events = TinybirdEvents(datasource="late", flush_interval=60, exit_timeout=5)
+            class Session:
+                def __init__(self, name):
+                    self.name = name
+                def __del__(self):
+                    events.send({"event": self.name})
+                    print(self.name, dict(events.stats().dropped_by_reason), flush=True)
+            def cycle():
+                session = Session("collected in a cycle"); session.me = session
+            cycle()
+            session = Session("a module global")
+            events.send({"event": "before exit"})
+        """,
+            child_env(server),
+        )
+        elapsed = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        assert elapsed < 4, (elapsed, result.stderr)  # not the 5 s budget
+        arrived = sorted(e["event"] for e in server.events("late"))
+        assert arrived == ["before exit", "collected in a cycle"], result.stderr
+        assert "a module global {'after_exit': 1}" in result.stdout, result.stdout
+        assert "1 event(s) not delivered after the exit drain" in result.stderr
+        assert "teardown" in result.stderr and "did not answer" not in result.stderr

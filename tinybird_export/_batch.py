@@ -35,12 +35,15 @@ class Batch:
         levels: Each line's logging level (one byte per line, 0 for unlevelled events),
             for the severity-aware drop policy.
         attempts: Requests made for it so far.
+        maybe_stored: Its last request was sent whole and got no answer (a read timeout):
+            the server may have stored it, so giving it up is not "not delivered".
     """
 
     body: bytes | bytearray
     count: int
     levels: bytes | bytearray = b""
     attempts: int = 0
+    maybe_stored: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -92,6 +95,7 @@ class Tally:
     wire_bytes_sent: int = 0
     spooled: int = 0
     unspooled: int = 0
+    unknown: int = 0  # given up while its request was under way: maybe stored
     last_error: str = ""
     # Plain dicts, not Counters: a Counter's missing key runs Python code (__missing__),
     # where a signal handler may run in the middle of the channel's change.
@@ -125,4 +129,5 @@ class Tally:
             send_interval=interval,
             spooled=self.spooled,
             unspooled=self.unspooled,
+            unknown=self.unknown,
         )

@@ -25,12 +25,27 @@ import collections
 import itertools
 import threading
 import time
-from typing import Final
+from typing import Final, NamedTuple
 
 from tinybird_export._backpressure import DISPLACES_FROM, Planner
 from tinybird_export._batch import Batch, FlushMark, Limits, Tally, level_byte
 from tinybird_export._line_encoder import REPAIRED, TRUNCATED
 from tinybird_export.stats import DeliveryStats
+
+
+class Abandoned(NamedTuple):
+    """What ``Channel.abandon`` gave up: events dropped unsent, and events whose request
+    was under way (sent, no answer yet: of unknown fate).
+    """
+
+    dropped: int
+    unknown: int
+
+    @property
+    def total(self) -> int:
+        """Both."""
+        return self.dropped + self.unknown
+
 
 _serials = itertools.count(1)
 _LEVEL_BYTES: Final = {level: bytes((level,)) for level in range(256)}
@@ -75,6 +90,7 @@ class Channel:
         self._pending_since = 0.0
         self._ready: collections.deque[Batch] = collections.deque()  # sealed, not yet sent
         self._in_flight: Batch | None = None
+        self._unanswered: Batch | None = None  # given up in flight (abandon): unknown
         self._queued_events = self._queued_bytes = 0
         self._resolved = self._flush_target = 0
         self._losses = 0  # events dropped but for a reason the application chose (CHOSEN)
@@ -272,6 +288,7 @@ class Channel:
         """The server acknowledged ``batch``; False if it had been abandoned meanwhile."""
         with self._lock:
             if self._in_flight is not batch:
+                self._answered_late(batch, "sent", quarantined)
                 return False
             self._count_request(batch)
             self._leave([batch], "sent", quarantined=quarantined, wire_bytes=wire_bytes)
@@ -286,13 +303,18 @@ class Channel:
                 self._count_request(batch)
             if self._in_flight is batch:
                 self._leave([batch], reason)
+            elif requested:
+                self._answered_late(batch, reason)
 
-    def retry(self, batch: Batch, error: str) -> None:
-        """``batch`` failed retryably: it goes back to the head of the queue, in order."""
+    def retry(self, batch: Batch, error: str, *, maybe_stored: bool = False) -> None:
+        """``batch`` failed retryably: it goes back to the head of the queue, in order;
+        ``maybe_stored``: its request was sent whole and got no answer.
+        """
         with self._lock:
             self._tally.last_error = error
             self._count_request(batch)
             if self._in_flight is batch:
+                batch.maybe_stored = maybe_stored
                 self._back_from_flight(batch)
 
     def unclaim(self, batch: Batch) -> None:
@@ -350,7 +372,10 @@ class Channel:
             tally.spooled += count
             return count
         self._resolved += count
-        if to == "sent":
+        if to == "unknown":
+            tally.unknown += count
+            self._losses += count  # not acknowledged, as far as anyone can tell
+        elif to == "sent":
             tally.sent, tally.bytes_sent = tally.sent + count, tally.bytes_sent + raw
             tally.quarantined += quarantined
             tally.wire_bytes_sent += wire_bytes
@@ -359,16 +384,44 @@ class Channel:
             self._losses += count
         return count
 
-    def abandon(self, reason: str) -> int:
-        """Drop everything queued or in flight; how many events (a later answer for the
-        batch in flight is ignored: each event is counted once).
+    def abandon(self, reason: str) -> Abandoned:
+        """Give up everything queued, dropped for ``reason``, but the batch in flight and
+        the batches whose last request got no answer: of unknown fate (the server may
+        have stored them); how many events of each. Each event is counted once: a later
+        answer for the batch in flight only moves it from unknown to sent or dropped.
         """
         with self._lock:
             self._append_deferred()  # lines a signal handler logged count too
             if self._pending_count:
                 self._seal()
-            batches = [*self._ready, *([self._in_flight] if self._in_flight else [])]
-            return self._leave(batches, reason, ready=collections.deque())
+            in_flight = self._in_flight
+            unsent = [batch for batch in self._ready if not batch.maybe_stored]
+            unanswered = [batch for batch in self._ready if batch.maybe_stored]
+            if in_flight is not None:
+                unanswered.append(in_flight)
+                self._unanswered = in_flight
+            # Two changes, each whole: the counters agree between them too.
+            dropped = self._leave(unsent, reason, ready=collections.deque())
+            unknown = self._leave(unanswered, "unknown") if unanswered else 0
+            return Abandoned(dropped, unknown)
+
+    def _answered_late(self, batch: Batch, to: str, quarantined: int = 0) -> None:
+        """The answer for the batch in flight that ``abandon`` gave up, if ``batch`` is that
+        one: it leaves unknown for ``to`` ("sent" or a drop reason). ``flush()`` said it was
+        not acknowledged meanwhile, and is not told otherwise.
+        """
+        if self._unanswered is not batch:
+            return
+        tally, count = self._tally, batch.count
+        total = tally.dropped.get(to, 0) + count
+        # The change (no call from here).
+        self._unanswered = None
+        tally.unknown -= count
+        if to == "sent":
+            tally.sent, tally.bytes_sent = tally.sent + count, tally.bytes_sent + batch.nbytes
+            tally.quarantined += quarantined
+        else:
+            tally.dropped[to] = total
 
     # -- the disk spool (a sender, or the exit drain) -------------------------------------
 
@@ -437,6 +490,10 @@ class Channel:
     def held_by_this_thread(self) -> bool:
         """Whether this thread is inside one of its methods (a signal landed in an offer)."""
         return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
+    def in_flight(self) -> bool:
+        """A batch of it is being sent."""
+        return self._in_flight is not None
 
     def empty(self) -> bool:
         """Nothing queued or in flight."""

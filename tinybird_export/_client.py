@@ -53,6 +53,9 @@ class Attempt:
     kind: str = ""
     """For a transport failure: ``dns``, ``refused``, ``tls``, ``timeout`` or ``connection``
     (``_retry.failure_hint`` says what each means)."""
+    unanswered: bool = False
+    """For a transport failure: the request was sent whole and the answer did not come (a
+    read timeout, a reset while reading): the server may have stored it."""
 
 
 class EventsClient:
@@ -145,7 +148,10 @@ class EventsClient:
                 error = f"no complete answer within the attempt's deadline ({deadline - now:.1f} s)"
             else:
                 error = self.redact(_describe(exc))
-            return Attempt(None, {}, error=error, wire_bytes=len(body), kind=kind)
+            unanswered = _deadline.answer_awaited()
+            return Attempt(
+                None, {}, error=error, wire_bytes=len(body), kind=kind, unanswered=unanswered
+            )
         headers = {name.lower(): value for name, value in response.headers.items()}
         if response.status in (200, 202):
             successful, quarantined = _rows(data)

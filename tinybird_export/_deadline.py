@@ -42,10 +42,19 @@ def attempt(deadline: float) -> Iterator[None]:
     (``time.monotonic()``).
     """
     _attempt.deadline = deadline
+    _attempt.awaited = False
     try:
         yield
     finally:
         _attempt.deadline = None
+
+
+def answer_awaited() -> bool:
+    """Whether this thread's last attempt sent its request whole and was reading the
+    answer (http.client reads only once the body is written): if it failed then, the
+    server may have stored the request.
+    """
+    return bool(getattr(_attempt, "awaited", False))
 
 
 class DeadlineSocket:
@@ -74,10 +83,12 @@ class DeadlineSocket:
 
     # Arguments passed on as given: SSLSocket's defaults differ from socket's.
     def recv_into(self, buffer: Any, *args: Any) -> int:
+        _attempt.awaited = True
         self._arm()
         return self._sock.recv_into(buffer, *args)
 
     def recv(self, *args: Any) -> bytes:
+        _attempt.awaited = True
         self._arm()
         return self._sock.recv(*args)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from tinybird_export import _diagnostics, _retry
@@ -79,8 +79,10 @@ class Source(Protocol):
         """Acknowledged."""
         ...
 
-    def retry(self, error: str) -> None:
-        """Failed retryably: stays first in its lane."""
+    def retry(self, error: str, *, maybe_stored: bool = False) -> None:
+        """Failed retryably: stays first in its lane (``maybe_stored``: sent whole, no
+        answer).
+        """
         ...
 
     def split(self) -> bool:
@@ -116,8 +118,8 @@ class MemorySource:
     def sent(self, quarantined: int, wire_bytes: int) -> None:
         self.channel.sent(self.batch, quarantined=quarantined, wire_bytes=wire_bytes)
 
-    def retry(self, error: str) -> None:
-        self.channel.retry(self.batch, error)
+    def retry(self, error: str, *, maybe_stored: bool = False) -> None:
+        self.channel.retry(self.batch, error, maybe_stored=maybe_stored)
 
     def split(self) -> bool:
         if self.count < 2:
@@ -174,7 +176,7 @@ class SpoolSource:
         self.channel.unspooled(self.count, own=self.own, sent=True, quarantined=quarantined)
         self._resolved(self)
 
-    def retry(self, error: str) -> None:
+    def retry(self, error: str, *, maybe_stored: bool = False) -> None:
         self._attempts += 1
         self.channel.note_error(error)
 
@@ -265,7 +267,7 @@ class Delivery:
             pause = _retry.delay(answer.status, answer.headers, source.attempts)
             lane.paused_until = time.monotonic() + pause
             lane.failing = True
-            source.retry(describe(self.host, answer))
+            source.retry(describe(self.host, answer), maybe_stored=answer.unanswered)
             self._say_failing(lane.datasource, answer)
             return
         lane.failing = False
@@ -359,3 +361,57 @@ def report_internal_error(
         redact(f"internal error in the sender ({type(exc).__name__}: {exc}{where}){dropped}.")
         + advice,
     )
+
+
+_UNKNOWN_NOTE = (
+    "the server may have stored them or not: counted as unknown in stats(), not as "
+    "dropped; event_id tells duplicates apart"
+)
+
+
+def give_up(channels: Iterable[Channel], when: str, reason: str, first: str) -> int:
+    """Abandon what ``channels`` still hold and say so in one line, one entry per data
+    source; how many events.
+
+    What is queued was not sent: dropped for ``reason``, with the channel's last failure,
+    or ``first`` (why it was not sent: "the exit budget ran out first"). A batch in flight
+    was sent and its answer had not come: of unknown fate, said apart (the server may
+    have stored it).
+    """
+    by_datasource: dict[str, tuple[int, int, str]] = {}
+    for channel in channels:
+        gone = channel.abandon(reason)
+        if gone.total:
+            dropped, unknown, error = by_datasource.get(channel.datasource, (0, 0, ""))
+            error = channel.last_error() or error if gone.dropped else error
+            by_datasource[channel.datasource] = (
+                dropped + gone.dropped,
+                unknown + gone.unknown,
+                error,
+            )
+    dropped = sum(d for d, _, _ in by_datasource.values())
+    unknown = sum(u for _, u, _ in by_datasource.values())
+    if not dropped and not unknown:
+        return 0
+    entries = []
+    for name, (not_sent, unanswered, error) in by_datasource.items():
+        if not unanswered:
+            entries.append(f"{not_sent} for {name!r} ({error or first})")
+        elif not not_sent:
+            entries.append(f"{unanswered} for {name!r} ({_UNKNOWN_NOTE})")
+        else:
+            entries.append(
+                f"{not_sent} for {name!r} ({error or first}) and {unanswered} sent unanswered "
+                f"({_UNKNOWN_NOTE})"
+            )
+    if not unknown:
+        head = f"{dropped} event(s) not delivered {when}"
+    elif not dropped:
+        head = f"{unknown} event(s) were being sent {when} and got no answer in time"
+    else:
+        head = (
+            f"{dropped} event(s) not delivered {when}, and {unknown} event(s) were being sent "
+            "and got no answer in time"
+        )
+    _diagnostics.say(f"{head}: {'; '.join(entries)}")
+    return dropped + unknown

@@ -34,7 +34,7 @@ from tinybird_export import _diagnostics, _fields
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
-from tinybird_export._delivery import Transport
+from tinybird_export._delivery import Transport, give_up
 from tinybird_export._exit import Sigterm
 from tinybird_export._lanes import LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
@@ -76,6 +76,7 @@ class Process:
         self._exit_deadline: float | None = None
         self._exit_budget = 0.0
         self._exiting_thread: int | None = None  # the thread running exit()
+        self._logging_shutdown_next = False  # the interpreter's atexit ran the drain
         self._multiprocessing_hooked = False
         self._finalizer_pid = 0
         self._shared = Shared(
@@ -214,6 +215,43 @@ class Process:
             self.sigterm.after_exit()
         return not (spooled or lost)
 
+    def exit_at_interpreter_exit(self) -> None:
+        """The ``atexit`` hook: the exit drain, before ``logging.shutdown`` (which then
+        closes the handlers, sending what they got after the drain in one batch).
+        """
+        self._logging_shutdown_next = True
+        self.exit()
+
+    def send_late(self, worker: Worker, channel: Channel, *, flushed_by_logging: bool) -> None:
+        """``channel`` got an event once the process is exiting. During the drain, the
+        drain sends it. After it, nothing else will: it is sent now, on this thread (the
+        sender threads may be gone: a multiprocessing child's finalizer, the interpreter's
+        teardown), within what is left of the exit budget, and what cannot be is counted
+        and said, with why. A handler's events wait for ``logging.shutdown`` when it is
+        still to come (it closes the handler: one batch for all of them).
+        """
+        if self._exiting_thread is not None:
+            return  # an exit drain is running: it sends until every queue is empty
+        finalizing = sys.is_finalizing()
+        if flushed_by_logging and self._logging_shutdown_next and not finalizing:
+            return
+        deadline = self._exit_deadline
+        if deadline is None:
+            return
+        if finalizing and (_modules_torn_down() or not worker.can_send_here(channel)):
+            report_undelivered(
+                [channel],
+                "after the exit drain",
+                "after_exit",
+                "logged during the interpreter's teardown: nothing can be sent any more",
+            )
+        elif not worker.send_here(channel, deadline):
+            report_undelivered(
+                [channel],
+                f"after the exit drain (exit budget {self._exit_budget:g} s)",
+                first="the exit budget had run out",
+            )
+
     def _begin_exit(self, workers: list[Worker], budget: float | None) -> float:
         with self._lock:
             if self._exit_deadline is None:
@@ -292,6 +330,7 @@ class Process:
         self._spools = {}  # new locks and a fresh scan
         self._exit_deadline = None
         self._exiting_thread = None
+        self._logging_shutdown_next = False
         for worker in self._workers.values():
             worker.after_fork_in_child(self._spool_for(worker.settings))
         self.budget.rebalance()
@@ -325,31 +364,30 @@ class Process:
         self.sigterm.install_in_child()
 
 
-def report_undelivered(channels: Iterable[Channel], when: str, reason: str = "exit_timeout") -> int:
-    """Count what is still queued as dropped for ``reason`` and say so in one line, one
-    entry per data source and host; how many events.
+def _modules_torn_down() -> bool:
+    """Whether the interpreter's teardown has begun destroying modules: the import system
+    is gone (``sys.meta_path`` is None), and with it urllib3's lazy imports (a request
+    would be sent and its answer never read). Before that, the teardown's first garbage
+    collection runs ``__del__`` methods while a request can still be made.
     """
-    lost: dict[tuple[str, str], list[int | str]] = {}
-    for channel in channels:
-        count = channel.abandon(reason)
-        if count:
-            entry = lost.setdefault((channel.datasource, channel.host), [0, ""])
-            entry[0] = int(entry[0]) + count
-            entry[1] = channel.last_error() or entry[1]
-    if not lost:
-        return 0
-    total = sum(int(count) for count, _ in lost.values())
-    reasons = "; ".join(
-        f"{count} for {datasource!r} ({error or 'the endpoint did not answer in time'})"
-        for (datasource, _host), (count, error) in lost.items()
-    )
-    _diagnostics.say(f"{total} event(s) not delivered {when}: {reasons}")
-    return total
+    return sys.meta_path is None
+
+
+def report_undelivered(
+    channels: Iterable[Channel],
+    when: str,
+    reason: str = "exit_timeout",
+    first: str = "the exit budget ran out before they could be sent",
+) -> int:
+    """Give up what ``channels`` still hold and say so (``_delivery.give_up``): queued
+    events are dropped for ``reason``, a batch in flight is of unknown fate; how many.
+    """
+    return give_up(channels, when, reason, first)
 
 
 PROCESS = Process()
 
-atexit.register(PROCESS.exit)
+atexit.register(PROCESS.exit_at_interpreter_exit)
 os.register_at_fork(after_in_child=PROCESS._after_fork_in_child)
 
 

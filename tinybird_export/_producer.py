@@ -111,11 +111,11 @@ class Producer:
         if worker is None:
             return
         worker.notify(channel)
-        if self._sends_late and self._process.exiting() and not self.flush():
-            # After the exit drain (a later atexit hook, a __del__) nothing would send it
-            # any more: it was sent now, within what is left of the budget, or is counted
-            # and reported here.
-            report_undelivered([channel], "at exit (sent after the exit drain)")
+        if self._process.exiting():
+            # After the exit drain (a later atexit hook or finalizer, a __del__) nothing
+            # would send it any more: it is sent now, within what is left of the budget,
+            # or counted and said.
+            self._process.send_late(worker, channel, flushed_by_logging=not self._sends_late)
 
     def refuse(self, reason: str, count: int = 1) -> None:
         """Count ``count`` events handed to the producer and dropped before its queue (a

@@ -20,11 +20,10 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterable
 
-from tinybird_export import _diagnostics
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._client import EventsClient
-from tinybird_export._delivery import Delivery, Transport, report_internal_error
+from tinybird_export._delivery import Delivery, Transport, give_up, report_internal_error
 from tinybird_export._lanes import Lane, LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._scheduler import Scheduler
@@ -206,6 +205,21 @@ class Worker:
         for _ in range(max(self._senders.running, 1)):
             self._senders.wake()
 
+    def can_send_here(self, channel: Channel) -> bool:
+        """Whether this thread alone can send ``channel``'s queue: no request of its lane
+        under way (during the interpreter's teardown the sender threads are gone, and a
+        lane or batch they held stays held).
+        """
+        lane = self._scheduler.lane(channel.datasource)
+        return lane is not None and not lane.busy and not channel.in_flight()
+
+    def send_here(self, channel: Channel, deadline: float) -> bool:
+        """Send ``channel``'s queue on this thread until it is empty or ``deadline``
+        (after the exit drain: nothing else will); whether it was emptied.
+        """
+        channel.request_flush()
+        return self._senders.run_here(channel.empty, deadline)
+
     def drain(self, deadline: float) -> None:
         """Send everything queued until ``deadline``, on this thread too (the exit drain)."""
         self._senders.run_here(lambda: all(c.empty() for c in self.channels()), deadline)
@@ -285,13 +299,12 @@ class Worker:
         for channel in channels:
             if self._bridge is not None and not channel.empty():
                 self._bridge.spill(channel)
-            lost = channel.abandon("close_timeout")
-            if lost:
-                _diagnostics.say(
-                    f"{lost} event(s) of a closed producer for {channel.datasource!r} were not "
-                    f"delivered by its close deadline ({channel.last_error() or 'no answer'}); "
-                    "counted as 'close_timeout'."
-                )
+            give_up(
+                [channel],
+                "by a closed producer's close deadline",
+                "close_timeout",
+                "the close deadline passed before they could be sent",
+            )
             self._shared.detach(self, channel)
             self._senders.progressed()
 
