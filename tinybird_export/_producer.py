@@ -7,9 +7,12 @@ producer is handed enters its channel's count (``emitted``), queued or refused.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from tinybird_export import _diagnostics, _exit
@@ -28,9 +31,11 @@ class Producer:
     Args:
         config: The resolved settings.
         label: What to call the owner in diagnostics ("TinybirdHandler").
-        flushed_by_logging: Whether ``logging.shutdown`` flushes it at exit (a handler), so
-            that events queued after the exit drain still go out in one batch; other
-            producers send such late events on the calling thread.
+        flushed_by_logging: Whether it is a ``logging`` handler: ``logging.shutdown``
+            flushes it at exit, so that records queued after the exit drain go out in one
+            batch (other producers send such late events on the calling thread); and a
+            later logging configuration may close it while leaving it attached, so that it
+            reopens when it still gets records, as ``logging.FileHandler`` does.
         process: The owner of process-wide state (``PROCESS``; another in unit tests).
     """
 
@@ -46,18 +51,10 @@ class Producer:
         self.config = config
         self.label = label
         self._sends_late = not flushed_by_logging
-        self.channel = Channel(
-            config.datasource,
-            config.host,
-            wait=config.wait,
-            limits=Limits(
-                queue_max_events=config.queue_max_events,
-                queue_max_bytes=config.queue_max_bytes,
-                batch_max_rows=config.batch_max_rows,
-                batch_max_bytes=config.batch_max_bytes,
-                flush_interval=config.flush_interval,
-            ),
-        )
+        self._reopens = flushed_by_logging
+        self._reopening = threading.Lock()
+        self._retired: list[Channel] = []  # closed channels of earlier openings (stats)
+        self.channel = self._new_channel()
         self.worker: Worker | None = None
         if config.enabled and not config.token:
             _diagnostics.say_once(
@@ -73,6 +70,17 @@ class Producer:
         self._before_send = config.before_send
         self.has_before_send = config.before_send is not None
         self.max_event_bytes = config.max_event_bytes
+
+    def _new_channel(self) -> Channel:
+        config = self.config
+        limits = Limits(
+            queue_max_events=config.queue_max_events,
+            queue_max_bytes=config.queue_max_bytes,
+            batch_max_rows=config.batch_max_rows,
+            batch_max_bytes=config.batch_max_bytes,
+            flush_interval=config.flush_interval,
+        )
+        return Channel(config.datasource, config.host, wait=config.wait, limits=limits)
 
     def put(self, event: dict[str, Any], level: int = 0) -> None:
         """Queue one event on the caller's thread: hook, encode, append.
@@ -93,18 +101,62 @@ class Producer:
         """
         channel = self._accepting  # one check on the caller's hot path: open and enabled
         if channel is None or line is None:
-            self._refuse_line()
-        elif channel.offer(line, flags, level):
+            channel = self._unaccepted(line)
+            if channel is None or line is None:
+                return
+        if channel.offer(line, flags, level):
             self._wake(channel)
 
-    def _refuse_line(self) -> None:
-        """Count an event this producer cannot queue: disabled, closed, or too large."""
+    def _unaccepted(self, line: bytes | None) -> Channel | None:
+        """Count an event this producer cannot queue (disabled, closed, or too large), or
+        reopen a closed handler; the channel to queue ``line`` in, if any.
+        """
         if self.worker is None:
             self.channel.refuse("disabled")
-        elif self.channel.closed:
+            return None
+        if self.channel.closed and not self._reopens:
             self._refuse_closed()
-        else:
-            self.channel.refuse("too_large")
+            return None
+        if self.channel.closed:
+            channel = self._reopen()
+            if channel is None or line is not None:
+                return channel
+        self.channel.refuse("too_large")
+        return None
+
+    def _reopen(self) -> Channel | None:
+        """A closed handler still gets records: a later logging configuration closed it and
+        left it attached (``dictConfig`` closes every existing handler, and leaves it on
+        the loggers it does not configure: ``uvicorn.run()``'s default ``log_config``).
+        It reopens, as ``logging.FileHandler`` does: a new channel on the same data source
+        and worker, in the memory budget; the old one's queue goes on to its deadline. Not
+        once the process is exiting (``logging.shutdown`` closed it): counted then.
+        """
+        with self._reopening:
+            if self._accepting is not None:  # another thread reopened it meanwhile
+                return self._accepting
+            if self._process.exiting():
+                self.channel.refuse("after_exit")
+                _diagnostics.say_once(
+                    f"closed-at-exit:{id(self)}",
+                    f"a record reached {self.label} for {self.channel.datasource!r} after it "
+                    "was closed at exit (logging.shutdown): dropped, counted as 'after_exit'.",
+                )
+                return None
+            channel = self._new_channel()
+            worker = self._process.attach(self.config, channel, self.label)
+            self._retired.append(self.channel)
+            self.channel, self.worker = channel, worker
+            self._accepting = channel
+        _diagnostics.say_once(
+            f"reopened:{id(self)}",
+            f"{self.label} for {channel.datasource!r} was closed but still gets records: a "
+            "later logging configuration closed it and left it attached (a second "
+            "dictConfig, or uvicorn.run()'s default log_config). It reopened, as "
+            "logging.FileHandler does, and sends them. To keep one handler, add it in that "
+            "configuration, or pass log_config=None to uvicorn.run().",
+        )
+        return channel
 
     def _wake(self, channel: Channel) -> None:
         worker = self.worker
@@ -128,9 +180,7 @@ class Producer:
         _diagnostics.say_once(
             f"closed:{id(self)}",
             f"a closed {self.label} for {self.channel.datasource!r} still gets events: they "
-            "are dropped (counted as 'closed'). A later logging configuration closed it (a "
-            "second dictConfig, or uvicorn.run()'s log_config): add the handler in that "
-            "configuration, or pass log_config=None to uvicorn.run().",
+            "are dropped (counted as 'closed'). Close it only once nothing sends to it.",
         )
 
     def refuse_unreadable(self, event: object, exc: Exception) -> None:
@@ -174,7 +224,9 @@ class Producer:
         worker, channel = self.worker, self.channel
         if worker is None:
             return channel.empty()
-        flush = FlushRound([channel], "producer")
+        # A reopened handler's earlier channels: what they still send, and what they drop.
+        retired = [old for old in self._retired if not old.empty()]
+        flush = FlushRound([channel, *retired], "producer")
         if _holds_logging_lock():
             worker.notify(channel)
             return flush.result(flush.reached(), returning=False)
@@ -220,8 +272,10 @@ class Producer:
             worker.notify(channel)  # the worker sends the rest, then detaches the channel
 
     def stats(self) -> DeliveryStats:
-        """A snapshot of this producer's counters."""
+        """A snapshot of this producer's counters (a reopened handler's: every opening's)."""
         stats = self.channel.stats()
+        if self._retired:
+            stats = _combined([*(old.stats() for old in self._retired), stats])
         if self.worker is None:
             return stats
         interval = self.worker.send_interval(self.channel.datasource, stats.send_interval)
@@ -229,6 +283,27 @@ class Producer:
         return dataclasses.replace(
             stats, send_interval=interval, spool_bytes=spool_bytes, spool_corrupt=corrupt
         )
+
+
+def _combined(parts: list[DeliveryStats]) -> DeliveryStats:
+    """Several channels' counters of one producer as one, the last (the open one) last:
+    counts added up, the last non-empty text and the longest interval.
+    """
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(DeliveryStats):
+        items = [getattr(part, field.name) for part in parts]
+        if isinstance(items[-1], str):
+            values[field.name] = next((item for item in reversed(items) if item), "")
+        elif isinstance(items[-1], float):
+            values[field.name] = max(items)
+        elif isinstance(items[-1], Mapping):
+            total: collections.Counter[str] = collections.Counter()
+            for item in items:
+                total.update(item)
+            values[field.name] = dict(total)
+        else:
+            values[field.name] = sum(items)
+    return DeliveryStats(**values)
 
 
 def _holds_logging_lock() -> bool:

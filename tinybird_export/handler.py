@@ -117,7 +117,13 @@ class TinybirdHandler(logging.Handler):
         return self._producer.flush(timeout)
 
     def close(self) -> None:
-        """Flush within ``flush_timeout`` and stop sending for this handler. Idempotent."""
+        """Flush within ``flush_timeout`` and stop sending for this handler. Idempotent.
+
+        A closed handler that still gets records (a later ``dictConfig`` closed it and left
+        it attached to a logger) reopens on the same data source and sends them, as
+        ``logging.FileHandler`` does, and says so once on stderr; after the exit drain it
+        does not (they are counted as ``after_exit``).
+        """
         try:
             self._producer.close()
         finally:
