@@ -27,6 +27,8 @@ import urllib3
 import urllib3.connection
 import urllib3.connectionpool
 
+from tinybird_export._first_connect import FIRST_CONNECTS
+
 _attempt = threading.local()
 
 
@@ -116,14 +118,22 @@ class DeadlineSocket:
 
 class _HTTPConnection(urllib3.connection.HTTPConnection):
     def connect(self) -> None:
-        super().connect()
+        # A fork must not land inside a first connection (_first_connect).
+        with FIRST_CONNECTS.connecting(f"{self.host}:{self.port}", _current_deadline()):
+            super().connect()
         self.sock = DeadlineSocket(self.sock)
 
 
 class _HTTPSConnection(urllib3.connection.HTTPSConnection):
     def connect(self) -> None:
-        super().connect()
+        with FIRST_CONNECTS.connecting(f"{self.host}:{self.port}", _current_deadline()):
+            super().connect()  # the TLS handshake too
         self.sock = DeadlineSocket(self.sock)
+
+
+def _current_deadline() -> float | None:
+    deadline: float | None = getattr(_attempt, "deadline", None)
+    return deadline
 
 
 class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):

@@ -14,9 +14,12 @@ The drain runs on the exiting thread (the worker threads, if alive, keep sending
 and never starts a thread (peers.md §3 row 5: OpenTelemetry's thread-at-shutdown bug).
 
 Fork: no lock of this package is held across ``fork()``: a ``before`` hook registered by
-the application (which may log) can then never deadlock on one. The child forgets the
-parent's queues (the parent sends them), builds new locks, pools and threads lazily, and
-redraws its event-id prefix.
+the application (which may log) can then never deadlock on one. The package's own
+``before`` hook waits for a sender's first connection to a host, if one is under way (its
+resolver and OpenSSL take locks then that a fork would leave held: ``_first_connect``).
+The child forgets the parent's queues (the parent sends them), builds new locks, pools and
+threads lazily (reusing the parent's TLS context: it never builds one), and redraws its
+event-id prefix.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
 from tinybird_export._delivery import Transport, give_up
 from tinybird_export._exit import Sigterm
+from tinybird_export._first_connect import FIRST_CONNECTS
 from tinybird_export._lanes import LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._senders import SendingThreads
@@ -321,6 +325,7 @@ class Process:
         channels, then multiprocessing's hook (its after-fork callbacks run right after).
         """
         _diagnostics.after_fork_in_child()
+        FIRST_CONNECTS.after_fork_in_child()
         self._lock = threading.RLock()
         self.budget.after_fork_in_child()
         _fields.event_ids.reset()
@@ -388,7 +393,7 @@ def report_undelivered(
 PROCESS = Process()
 
 atexit.register(PROCESS.exit_at_interpreter_exit)
-os.register_at_fork(after_in_child=PROCESS._after_fork_in_child)
+os.register_at_fork(before=FIRST_CONNECTS.wait, after_in_child=PROCESS._after_fork_in_child)
 
 
 def flush(timeout: float | None = None) -> bool:

@@ -17,6 +17,7 @@ memory budget, the exit deadline, detaching a finished channel) is lent at const
 from __future__ import annotations
 
 import dataclasses
+import ssl
 import time
 from collections.abc import Callable, Iterable
 
@@ -119,7 +120,7 @@ class Worker:
     def __repr__(self) -> str:
         return f"<Worker {self.host} lanes={len(self._scheduler.lanes())}>"
 
-    def _http_client(self) -> EventsClient:
+    def _http_client(self, context: ssl.SSLContext | None = None) -> EventsClient:
         s = self.settings
         return EventsClient(
             s.host,
@@ -127,6 +128,7 @@ class Worker:
             compression=s.compression,
             ca_bundle=s.ca_bundle,
             connect_timeout=s.connect_timeout,
+            context=context,
         )
 
     @property
@@ -141,8 +143,9 @@ class Worker:
 
     def after_fork_in_child(self, spool: Spool | None) -> None:
         """New locks, pool and (lazily) threads; the parent's queues are forgotten."""
-        if self._own_transport:
-            self._transport = self._delivery.transport = self._http_client()
+        if self._own_transport:  # a new pool; the parent's TLS context (never built here)
+            context = getattr(self._transport, "tls_context", None)
+            self._transport = self._delivery.transport = self._http_client(context)
         self._scheduler.after_fork_in_child()
         self._senders.after_fork_in_child()
         if self._bridge is not None and spool is not None:
