@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tinybird_export import _diagnostics, _exit
+from tinybird_export._async import run_blocking, until
 from tinybird_export._batch import Limits
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
@@ -221,6 +223,34 @@ class Producer:
         ``logging.shutdown``): the worker is woken and the call returns at once, without
         ending the round (the next flush still reports what was dropped).
         """
+        started = self._start_round(timeout)
+        if isinstance(started, bool):
+            return started
+        worker, flush, deadline = started
+        return flush.result(worker.wait_until(flush.reached, deadline))
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """``flush()`` for a coroutine, without a thread and without blocking the loop: the
+        sender that completes the round wakes it (``_async.until``). With no sender
+        threads (``background=False``, or at exit) the round is sent on the process's
+        small shared pool instead.
+        """
+        started = self._start_round(timeout)
+        if isinstance(started, bool):
+            return started
+        worker, flush, deadline = started
+        if worker.background and not self._process.exiting():
+            worker.notify(self.channel)  # a sender runs (started if none does)
+            watch = functools.partial(worker.watch, flush.reached)
+            reached = await until(flush.reached, watch, deadline - time.monotonic())
+        else:
+            reached = await run_blocking(lambda: worker.wait_until(flush.reached, deadline))
+        return flush.result(reached)
+
+    def _start_round(self, timeout: float | None) -> tuple[Worker, FlushRound, float] | bool:
+        """A flush round made due now, with its worker and deadline; or the flush's result
+        at once (a disabled producer; the caller holds ``logging``'s lock).
+        """
         worker, channel = self.worker, self.channel
         if worker is None:
             return channel.empty()
@@ -231,8 +261,7 @@ class Producer:
             worker.notify(channel)
             return flush.result(flush.reached(), returning=False)
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
-        wait = self._process.cap_at_exit(wait)
-        return flush.result(worker.wait_until(flush.reached, time.monotonic() + wait))
+        return worker, flush, time.monotonic() + self._process.cap_at_exit(wait)
 
     def make_due(self) -> None:
         """Make everything queued due now and wake the worker, without waiting: a flush that
@@ -249,17 +278,41 @@ class Producer:
         What is still queued then is sent in the background until that deadline, and then
         given up (counted as ``close_timeout``).
         """
+        wait = self._begin_close(timeout)
+        if wait is not None:
+            self.flush(wait)
+            self._end_close()
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """``close()`` for a coroutine: its flush awaited as ``aflush`` awaits."""
+        wait = self._begin_close(timeout)
+        if wait is not None:
+            await self.aflush(wait)
+            self._end_close()
+
+    def _begin_close(self, timeout: float | None) -> float | None:
+        """Refuse new events and give the queue its deadline; how long the close's flush
+        waits (``None``: nothing to flush, or closed already).
+        """
         worker, channel = self.worker, self.channel
         if channel.closed:
-            return
+            return None
         self._accepting = None  # from now on, events are refused as closed
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
         wait = self._process.cap_at_exit(wait)
         if worker is None:
             channel.close(time.monotonic() + wait)
-            return
+            return None
         self._process.close(channel, time.monotonic() + wait)
-        self.flush(wait)
+        return wait
+
+    def _end_close(self) -> None:
+        """After the close's flush: detach the channel, or leave the rest to the worker
+        until the deadline (at exit, and without threads, the deadline is now).
+        """
+        worker, channel = self.worker, self.channel
+        if worker is None:
+            return
         if channel.empty():
             self._process.detach(worker, channel)
         elif self._process.exiting():

@@ -201,6 +201,12 @@ class Worker:
             deadline = min(deadline, exit_deadline)
         return self._senders.wait_until(done, deadline)
 
+    def watch(self, done: Callable[[], bool], call: Callable[[], None]) -> Callable[[], None]:
+        """Call ``call()`` from a sender thread once ``done()`` holds after a send (an
+        awaited flush: no thread waits); how to stop watching.
+        """
+        return self._senders.watch(done, call)
+
     def hurry(self) -> None:
         """Make every queued event due now (a flush of every channel)."""
         for channel in self.channels():

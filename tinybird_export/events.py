@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tinybird_export._async import run_blocking
 from tinybird_export._config import EventsSettings, TinybirdConfig, kind
 from tinybird_export._producer import Producer
 from tinybird_export._record_mapper import plain_event
@@ -85,17 +84,20 @@ class TinybirdEvents:
         self._producer.close(timeout)
 
     async def aflush(self, timeout: float | None = None) -> bool:
-        """``flush(timeout)`` for a coroutine: waits on a thread, never blocking the loop.
+        """``flush(timeout)`` for a coroutine, never blocking the loop and without a thread
+        of its own: the sender that completes the flush wakes it (asyncio and trio).
 
         Returns:
             What ``flush`` returns: whether every event sent since the previous flush
             returned was acknowledged in time (none dropped).
         """
-        return await run_blocking(lambda: self.flush(timeout))
+        return await self._producer.aflush(timeout)
 
     async def aclose(self) -> None:
-        """``close()`` for a coroutine: flushes within ``flush_timeout`` on a thread."""
-        await run_blocking(self.close)
+        """``close()`` for a coroutine: its flush (within ``flush_timeout``) awaited as
+        ``aflush`` awaits.
+        """
+        await self._producer.aclose()
 
     async def __aenter__(self) -> TinybirdEvents:
         return self

@@ -6,7 +6,6 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from tinybird_export._async import run_blocking
 from tinybird_export._config import HandlerSettings, TinybirdConfig, kind
 from tinybird_export._process import PROCESS
 from tinybird_export._producer import Producer
@@ -130,17 +129,23 @@ class TinybirdHandler(logging.Handler):
             super().close()
 
     async def aflush(self, timeout: float | None = None) -> bool:
-        """``flush(timeout)`` for a coroutine: waits on a thread, never blocking the loop.
+        """``flush(timeout)`` for a coroutine, never blocking the loop and without a thread
+        of its own: the sender that completes the flush wakes it (asyncio and trio).
 
         Returns:
             What ``flush`` returns: whether every record emitted since the previous
             flush returned was acknowledged within the timeout (none dropped).
         """
-        return await run_blocking(lambda: self.flush(timeout))
+        return await self._producer.aflush(timeout)
 
     async def aclose(self) -> None:
-        """``close()`` for a coroutine: flushes within ``flush_timeout`` on a thread."""
-        await run_blocking(self.close)
+        """``close()`` for a coroutine: its flush (within ``flush_timeout``) awaited as
+        ``aflush`` awaits.
+        """
+        try:
+            await self._producer.aclose()
+        finally:
+            super().close()
 
     def stats(self) -> DeliveryStats:
         """A snapshot of this handler's delivery counters (see ``DeliveryStats``)."""
