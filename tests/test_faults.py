@@ -213,8 +213,12 @@ class TestRefusals:
         assert handler.flush(10) is False
         stats = handler.stats()
         assert stats.dropped_by_reason == {f"http_{status}": 4}
-        assert stats.retries == 0
-        assert len(server.requests) == 2  # no retry, redirect not followed
+        if status == 400:  # a 400 naming no line: its batch's halves tried once each (the
+            # search for a bad line finds it about the request), then dropped at once
+            assert (stats.retries, len(server.requests)) == (2, 4)
+        else:
+            assert stats.retries == 0
+            assert len(server.requests) == 2  # no retry, redirect not followed
         err = capsys.readouterr().err
         assert err.count(f"answered {status}") == 1
         assert hint in err
@@ -254,6 +258,34 @@ class TestRefusals:
         )
         assert "all acknowledged: False" in result.stdout, result.stdout + result.stderr
         assert result.returncode == 1
+
+    @pytest.mark.parametrize("named", [True, False], ids=["line named", "line not named"])
+    def test_one_bad_event_does_not_poison_its_batch(
+        self,
+        make_handler: Any,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
+        named: bool,
+    ) -> None:
+        """The server refuses a whole batch of 1,000 for one bad event (400): that event
+        alone is dropped and counted, the 999 others arrive once each (all 1,000 were
+        dropped), and the server's words are quoted once."""
+        with EventsServer(
+            bad_row=lambda row: row.get("event") == "poison", name_bad_lines=named
+        ) as strict:
+            handler = make_handler(host=strict.url, token=strict.token, flush_interval=60)
+            logger.addHandler(handler)
+            for i in range(1000):
+                logger.info("poison" if i == 700 else f"n {i}")
+            assert handler.flush(30) is False  # one was dropped
+            arrived = sorted(e["event"] for e in strict.events())
+            assert arrived == sorted(f"n {i}" for i in range(1000) if i != 700)
+            assert handler.stats().dropped_by_reason == {"http_400": 1}
+            assert len(strict.requests) <= 1 + (1 if named else 2 * 10 + 2)
+        err = capsys.readouterr().err
+        assert err.count("the server refused one event of a batch") == 1, err
+        if named:
+            assert "line 701 is not a valid event" in err
 
     def test_404_from_a_cloud_host_lists_the_region_hosts(self) -> None:
         """A 404 from a cloud host says it may be the wrong region, listing the hosts."""
@@ -571,6 +603,7 @@ class TestTransport:
             assert log_and_flush(via_proxy, logger, 1)
             assert server.requests[0].datasource == "proxied"
         finally:
+            logger.removeHandler(via_proxy)  # a closed handler left attached would reopen
             via_proxy.close()
         monkeypatch.setenv("NO_PROXY", "127.0.0.3")
         direct = TinybirdHandler(

@@ -323,12 +323,56 @@ class Channel:
             if self._in_flight is batch:
                 self._back_from_flight(batch)
 
-    def split(self, batch: Batch) -> None:
-        """413: ``batch`` is replaced at the head by its two halves."""
+    def split(self, batch: Batch, *, requested: bool = True) -> None:
+        """413, or the search for a bad line: ``batch`` is replaced at the head by its two
+        halves (after a request, when ``requested``).
+        """
         with self._lock:
-            self._count_request(batch)
+            if requested:
+                self._count_request(batch)
             if self._in_flight is batch:
                 self._back_from_flight(*batch.halves())
+
+    def park(self, batch: Batch, error: str) -> None:
+        """A 400 for a piece of an unconfirmed search (``_bad_line``): it goes back second,
+        behind the other half, whose answer tells whether it holds a bad line.
+        """
+        with self._lock:
+            self._tally.last_error = error
+            self._count_request(batch)
+            if self._in_flight is not batch:
+                return
+            self._planner.forget()
+            ready = collections.deque(self._ready)
+            ready.insert(1 if ready else 0, batch)
+            # The change (no call from here).
+            batch.parked = True
+            self._ready = ready
+            self._in_flight = None
+
+    def drop_line(self, batch: Batch, index: int, reason: str, error: str) -> None:
+        """The server refused line ``index`` of ``batch`` (and so the request): that line
+        is dropped for ``reason``, the rest goes back to the head, in order.
+        """
+        with self._lock:
+            self._tally.last_error = error
+            self._count_request(batch)
+            if self._in_flight is not batch:
+                return
+            rest, size = batch.without_line(index)
+            self._planner.forget()
+            ready = collections.deque((rest,))
+            ready += self._ready
+            tally = self._tally
+            total = tally.dropped.get(reason, 0) + 1
+            # The change (no call from here).
+            self._ready = ready
+            self._in_flight = None
+            self._queued_events -= 1
+            self._queued_bytes -= size
+            self._resolved += 1
+            self._losses += 1
+            tally.dropped[reason] = total
 
     def _back_from_flight(self, *batches: Batch) -> None:
         """The batch in flight returns to the head as ``batches`` (itself, its halves, or a

@@ -25,7 +25,8 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from tinybird_export import _diagnostics, _retry
+from tinybird_export import _bad_line, _diagnostics, _retry
+from tinybird_export._bad_line import Act
 from tinybird_export._batch import Batch
 from tinybird_export._channel import Channel
 from tinybird_export._client import Attempt
@@ -67,6 +68,11 @@ class Source(Protocol):
     origin: str  # for messages: "" or " from the spool"
 
     @property
+    def batch_in_memory(self) -> Batch | None:
+        """A memory batch: a 400 for one bad line of it drops that line alone."""
+        ...
+
+    @property
     def attempts(self) -> int:
         """Requests made for it so far (its backoff)."""
         ...
@@ -85,7 +91,7 @@ class Source(Protocol):
         """
         ...
 
-    def split(self) -> bool:
+    def split(self, *, requested: bool = True) -> bool:
         """413: replaced by its halves; False if it holds one event."""
         ...
 
@@ -105,7 +111,7 @@ class MemorySource:
 
     def __init__(self, channel: Channel, batch: Batch) -> None:
         self.channel = channel
-        self.batch = batch
+        self.batch = self.batch_in_memory = batch
         self.count = batch.count
 
     @property
@@ -121,10 +127,10 @@ class MemorySource:
     def retry(self, error: str, *, maybe_stored: bool = False) -> None:
         self.channel.retry(self.batch, error, maybe_stored=maybe_stored)
 
-    def split(self) -> bool:
+    def split(self, *, requested: bool = True) -> bool:
         if self.count < 2:
             return False
-        self.channel.split(self.batch)
+        self.channel.split(self.batch, requested=requested)
         return True
 
     def drop(self, reason: str, error: str, *, requested: bool) -> None:
@@ -146,6 +152,7 @@ class SpoolSource:
     """
 
     origin = " from the spool"
+    batch_in_memory: Batch | None = None  # a 400 drops a spool file whole
 
     def __init__(
         self,
@@ -180,7 +187,7 @@ class SpoolSource:
         self._attempts += 1
         self.channel.note_error(error)
 
-    def split(self) -> bool:
+    def split(self, *, requested: bool = True) -> bool:
         self.split_requested = self.count > 1
         return self.split_requested
 
@@ -231,6 +238,10 @@ class Delivery:
         channel = source.channel
         resolved = False
         try:
+            batch = source.batch_in_memory
+            if batch is not None and batch.probe is not None and self._known(lane, source, batch):
+                resolved = True  # its search for a bad line already knows its fate
+                return
             connect_timeout, timeout = self._timeouts()
             # wait=true answers can take ~25 s (events-api docs): 60 s for those.
             timeout = max(timeout, 60.0) if channel.wait else timeout
@@ -271,8 +282,12 @@ class Delivery:
             self._say_failing(lane.datasource, answer)
             return
         lane.failing = False
+        batch = source.batch_in_memory
         if outcome is _retry.Outcome.SENT:
             self._say_recovered()
+            lane.search_400 = True
+            if batch is not None and batch.probe is not None:
+                batch.probe.confirmed = True  # its search's 400 is about lines
             source.sent(answer.quarantined_rows, answer.wire_bytes)
             if answer.quarantined_rows:
                 _diagnostics.say_once(
@@ -281,8 +296,59 @@ class Delivery:
                     f"fit its schema and went to {lane.datasource}_quarantine; they are not "
                     "retried (stats().quarantined counts them).",
                 )
+        elif answer.status == 400 and batch is not None:
+            if not self._bad_line(lane, source, batch, answer):
+                self._drop(lane.datasource, source, answer)
         elif outcome is not _retry.Outcome.SPLIT or not source.split():
             self._drop(lane.datasource, source, answer)
+
+    def _bad_line(self, lane: Lane, source: Source, batch: Batch, answer: Attempt) -> bool:
+        """A 400 for a memory batch: the named line dropped alone, or a step of the search
+        for it (``_bad_line``); False if the batch is to be dropped whole.
+        """
+        act, line = _bad_line.after_400(batch, answer.error, search_allowed=lane.search_400)
+        error = describe(self.host, answer)
+        if act is Act.DROP:
+            probe = batch.probe
+            if probe is not None and probe.aborted:
+                lane.search_400 = False  # the 400 is about the request: no more searches
+            elif probe is not None and probe.confirmed:  # the search found the bad line
+                source.drop("http_400", error, requested=True)
+                self._say_bad_line(lane.datasource, error, "found by halving the batch")
+                return True
+            return False
+        if act is Act.DROP_LINE and line is not None:
+            source.channel.drop_line(batch, line, "http_400", error)
+            self._say_bad_line(lane.datasource, error, "named by the server")
+        elif act is Act.SPLIT:
+            source.split()
+        else:
+            source.channel.park(batch, error)
+        return True
+
+    def _known(self, lane: Lane, source: Source, batch: Batch) -> bool:
+        """Resolve without a request a piece whose search knows its fate: dropped (the
+        search found the 400 is about the request, or this one event is the bad line), or
+        halved (refused, and the other half was accepted). False: send it.
+        """
+        act = _bad_line.before_sending(batch)
+        if act is Act.SPLIT:
+            return source.split(requested=False)
+        if act is Act.DROP and batch.probe is not None:
+            source.drop("http_400", batch.probe.error, requested=False)
+            if not batch.probe.aborted:
+                self._say_bad_line(lane.datasource, batch.probe.error, "found by halving")
+            return True
+        return False
+
+    def _say_bad_line(self, datasource: str, error: str, how: str) -> None:
+        _diagnostics.say_once(
+            f"bad-line:{datasource}",
+            f"{error} for data source {datasource!r}: the server refused one event of a "
+            f"batch ({how}); that event alone was dropped, counted in "
+            "stats().dropped_by_reason['http_400'], and the others were sent again. Later "
+            "ones are counted without this message.",
+        )
 
     def _drop(self, datasource: str, source: Source, answer: Attempt) -> None:
         status = answer.status or 0
