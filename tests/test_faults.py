@@ -621,6 +621,18 @@ class TestTransport:
         finally:
             direct.close()
 
+    def test_a_ca_bundle_that_cannot_be_loaded_is_refused_at_construction(
+        self, tmp_path: Any
+    ) -> None:
+        """The TLS context is built when the handler is made: a missing or non-PEM
+        ca_bundle raises there, naming the setting (not a TLS failure at every attempt)."""
+        (tmp_path / "not.pem").write_text("not a certificate")
+        for bundle in (tmp_path / "missing.pem", tmp_path / "not.pem"):
+            with pytest.raises(ValueError, match="'ca_bundle' .env TINYBIRD_CA_BUNDLE."):
+                TinybirdHandler(
+                    datasource="x", host="https://localhost:9", token="t", ca_bundle=str(bundle)
+                )
+
     def test_tls_is_verified_against_the_ca_bundle_setting(
         self, tmp_path: Any, logger: logging.Logger
     ) -> None:

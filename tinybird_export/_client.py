@@ -292,12 +292,23 @@ def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
     """The context urllib3 would build for each connection (its defaults: TLS 1.2 at
     least, certificates and host names verified), with ``ca_bundle``'s certificates or
     the system's loaded once rather than at every connection.
+
+    Raises:
+        ValueError: ``ca_bundle`` cannot be read as PEM certificates (said at
+            construction, rather than as a TLS failure at every attempt).
     """
     context = urllib3.util.ssl_.create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
-    if ca_bundle:
-        context.load_verify_locations(cafile=ca_bundle)
-    else:
+    if not ca_bundle:
         context.load_default_certs()
+        return context
+    try:
+        context.load_verify_locations(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"tinybird-export: setting 'ca_bundle' (env TINYBIRD_CA_BUNDLE) is {ca_bundle!r}, "
+            f"which cannot be loaded ({type(exc).__name__}: {exc}): point it at a file of "
+            "PEM-encoded CA certificates, or unset it to trust the system's."
+        ) from None
     return context
 
 
