@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -225,6 +226,23 @@ class TestRunBlocking:
                 await run_blocking(lambda: 1 / 0)
 
         asyncio.run(main())
+
+    def test_concurrent_calls_share_a_few_threads(self) -> None:
+        """50 concurrent blocking calls run on at most 4 shared threads, never the loop's,
+        and each result comes back to its own coroutine."""
+
+        def work(i: int) -> tuple[int, int]:
+            time.sleep(0.02)
+            return i, threading.get_ident()
+
+        async def main() -> list[tuple[int, int]]:
+            calls = [functools.partial(work, i) for i in range(50)]
+            return await asyncio.gather(*(run_blocking(call) for call in calls))
+
+        results = asyncio.run(main())
+        assert [i for i, _ in results] == list(range(50))
+        threads = {ident for _, ident in results}
+        assert len(threads) <= 4 and threading.get_ident() not in threads
 
     def test_a_cancelled_await_leaves_the_call_to_finish_on_its_own(self) -> None:
         """A cancelled await lets the blocking call finish by itself, no error."""

@@ -310,7 +310,7 @@ class Worker:
                 self._bridge.spill(channel)
             give_up(
                 [channel],
-                "by a closed producer's close deadline",
+                "when a closed producer's deadline passed",
                 "close_timeout",
                 "the close deadline passed before they could be sent",
             )
