@@ -263,7 +263,8 @@ class TestSignalHandlers:
             check=False,
         )
         logged, signals, ok, dropped = result.stdout.split()
-        assert ok == "True", result.stderr
+        # flush() returned (no deadlock), and is True unless the tight loop had some dropped
+        assert ok == str(dropped == "0"), result.stderr
         events = [e["event"] for e in server.events()]
         # A tight loop may fill the queue (dropped and counted): all else arrives.
         assert len(events) + int(dropped) == int(logged) + int(signals)
