@@ -163,6 +163,8 @@ def stream(options: argparse.Namespace, host: str, token: str) -> int:
     # A second Ctrl-C while the summary is printed ends the script at once.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     # After Ctrl-C the summary comes within 2 s: a short last flush, then the count.
+    # flush() is False if anything sent since the previous flush was dropped; the drops
+    # before that (the backlog flushes above) are in stats().dropped.
     delivered = events.flush(1.5 if interrupted else 30)
     elapsed = time.monotonic() - started
     if live is not None:
@@ -170,6 +172,7 @@ def stream(options: argparse.Namespace, host: str, token: str) -> int:
         sys.stderr = sys.__stderr__
     print(progress.line(elapsed))
     stats = events.stats()
+    delivered = delivered and not stats.dropped
     print(
         f"sent {stats.sent:,} events in {stats.requests:,} requests over {elapsed:.1f} s "
         f"(dropped {stats.dropped:,}, all acknowledged: {delivered})"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import run_example
+from tests.helpers import child_env, run_example, run_python
 from tinybird_export import TinybirdEvents, TinybirdHandler
 from tinybird_export._async import run_blocking
 from tinybird_export.testing import EventsServer, Reply
@@ -106,6 +108,99 @@ class TestAflush:
         assert events.stats().dropped_by_reason.get("closed") == 1
         server.release()
 
+    def test_2000_concurrent_aflush_calls_start_no_thread_and_never_stall_the_loop(
+        self, server: EventsServer, make_events: Any
+    ) -> None:
+        """2,000 coroutines await aflush() at once while the endpoint answers slowly: no
+        thread per call (1,800+ threads were started, and the loop stalled 1 s), the loop
+        keeps ticking, and every call says True."""
+        server.respond(Reply(delay=0.5))
+        events: TinybirdEvents = make_events(flush_interval=60)
+        threads: list[int] = []
+
+        async def all_at_once() -> list[bool]:
+            async def one(i: int) -> bool:
+                events.send({"event": f"n {i}"})
+                threads.append(threading.active_count())
+                return await events.aflush(20)
+
+            return await asyncio.gather(*(one(i) for i in range(2000)))
+
+        async def main() -> tuple[Any, float, int]:
+            return await while_ticking(all_at_once)
+
+        before = threading.active_count()
+        results, longest_gap, _ = asyncio.run(main())
+        assert results == [True] * 2000
+        assert max(threads) <= before + 4, (before, max(threads))  # its sender, at most
+        assert longest_gap < 0.5, longest_gap
+        assert len(server.events()) == 2000
+
+    def test_aflush_never_runs_on_the_loop_when_no_thread_can_be_started(
+        self, server: EventsServer
+    ) -> None:
+        """Under a pids limit (no new thread can start), aflush() waits on the sender that
+        runs, the loop ticking (it ran the flush on the loop's own thread, frozen)."""
+        server.script(Reply(), Reply(delay=1.0))  # the warm-up at once, then a slow answer
+        result = run_python(
+            """
+            import asyncio, itertools, threading, time
+            from tinybird_export import TinybirdEvents
+            events = TinybirdEvents(datasource="pids", flush_interval=60)
+            events.send({"event": "warm"}); assert events.flush(10)  # the sender runs
+            def refuse(self):
+                raise RuntimeError("can't start new thread")
+            threading.Thread.start = refuse  # a container's pids limit, from now on
+            async def main():
+                ticks = []
+                async def tick():
+                    while True:
+                        ticks.append(time.monotonic()); await asyncio.sleep(0.01)
+                ticker = asyncio.create_task(tick()); await asyncio.sleep(0.05)
+                events.send({"event": "slow"})
+                done = await events.aflush(10)
+                ticker.cancel()
+                gap = max(b - a for a, b in itertools.pairwise(ticks + [time.monotonic()]))
+                print(done, round(gap, 2))
+            asyncio.run(main())
+        """,
+            child_env(server),
+        )
+        done, gap = result.stdout.split()
+        assert done == "True", result.stderr
+        assert float(gap) < 0.5, result.stdout  # the 1 s answer did not freeze the loop
+
+    def test_on_trio_aflush_waits_without_a_thread(
+        self, server: EventsServer, make_events: Any
+    ) -> None:
+        """On trio, aflush() is woken by the sender too: delivered, no thread started for
+        the wait."""
+        trio = pytest.importorskip("trio")
+        server.respond(Reply(delay=0.2))
+        events: TinybirdEvents = make_events(flush_interval=60)
+
+        def os_threads() -> int:  # trio's to_thread threads are not in threading's list
+            return len(os.listdir("/proc/self/task"))
+
+        async def main() -> tuple[list[bool], int, int]:
+            results: list[bool] = []
+            counts: list[int] = []
+            before = os_threads()
+
+            async def one(i: int) -> None:
+                events.send({"event": f"n {i}"})
+                results.append(await events.aflush(10))
+                counts.append(os_threads())  # while the others still wait
+
+            async with trio.open_nursery() as nursery:
+                for i in range(200):
+                    nursery.start_soon(one, i)
+            return results, before, max(counts)
+
+        results, before, most = trio.run(main)
+        assert results == [True] * 200
+        assert most <= before + 4, (before, most)  # the sender at most: no thread per call
+
     def test_async_with_sends_and_closes(self, server: EventsServer) -> None:
         """async with TinybirdEvents(...) sends on exit and closes."""
 
@@ -131,6 +226,23 @@ class TestRunBlocking:
                 await run_blocking(lambda: 1 / 0)
 
         asyncio.run(main())
+
+    def test_concurrent_calls_share_a_few_threads(self) -> None:
+        """50 concurrent blocking calls run on at most 4 shared threads, never the loop's,
+        and each result comes back to its own coroutine."""
+
+        def work(i: int) -> tuple[int, int]:
+            time.sleep(0.02)
+            return i, threading.get_ident()
+
+        async def main() -> list[tuple[int, int]]:
+            calls = [functools.partial(work, i) for i in range(50)]
+            return await asyncio.gather(*(run_blocking(call) for call in calls))
+
+        results = asyncio.run(main())
+        assert [i for i, _ in results] == list(range(50))
+        threads = {ident for _, ident in results}
+        assert len(threads) <= 4 and threading.get_ident() not in threads
 
     def test_a_cancelled_await_leaves_the_call_to_finish_on_its_own(self) -> None:
         """A cancelled await lets the blocking call finish by itself, no error."""

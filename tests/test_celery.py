@@ -42,6 +42,12 @@ if os.environ.get("TASK_CONTEXT") == "1":
     import tinybird_export.celery
     tinybird_export.celery.init_app(app)
 
+if os.environ.get("GOODBYE_RECORDS"):  # connected after init_app: runs after its drain
+    @signals.worker_process_shutdown.connect
+    def goodbye(**_):
+        for i in range(int(os.environ["GOODBYE_RECORDS"])):
+            logging.getLogger("shop").info("child ends %d", i)
+
 
 @signals.setup_logging.connect
 def setup_logging(**_):
@@ -178,6 +184,21 @@ class TestWorker:
         outside = [e for e in events if e["logger"].startswith("celery.worker")]
         assert outside and all("task_id" not in e for e in outside)
         assert len({e["event_id"] for e in events}) == len(events)
+
+    def test_records_a_later_shutdown_receiver_logs_arrive(
+        self, server: EventsServer, app_dir: Path, worker_env: dict[str, str]
+    ) -> None:
+        """A worker_process_shutdown receiver that runs after the integration's drain logs
+        30 records in each pool child: all arrive (9 of 60 did)."""
+        env = {**worker_env, "TASK_CONTEXT": "1", "GOODBYE_RECORDS": "30"}
+        stopped, _, _ = run_worker(app_dir, env, "prefork", 4)
+        assert stopped.returncode == 0, stopped.stderr
+        goodbyes = [e for e in server.events() if e["event"].startswith("child ends")]
+        children = {e["process"] for e in goodbyes}
+        assert len(children) == 2, stopped.stderr  # --concurrency 2
+        for child in children:
+            said = sorted(e["event"] for e in goodbyes if e["process"] == child)
+            assert said == sorted(f"child ends {i}" for i in range(30)), stopped.stderr
 
     def test_without_the_integration_prefork_children_lose_what_they_queued(
         self, server: EventsServer, app_dir: Path, worker_env: dict[str, str]

@@ -8,10 +8,14 @@ import gc
 import itertools
 import logging
 import math
+import os
 import re
 import ssl
+import subprocess
+import sys
 import time
 import types
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,8 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import child_env, closed_port_url, run_python, worker_threads
+from tests.helpers import ROOT, child_env, closed_port_url, run_python, worker_threads
 from tinybird_export import TinybirdHandler, _retry
+from tinybird_export._client import EventsClient
 from tinybird_export.testing import EventsServer, Reply
 
 
@@ -67,6 +72,24 @@ class TestRetries:
         assert log_and_flush(handler, logger, 2)
         assert len(server.events()) == 2
         assert handler.stats().retries == 1
+
+    def test_an_attempt_says_whether_the_request_may_have_been_stored(
+        self, server: EventsServer
+    ) -> None:
+        """A read timeout (sent whole, no answer) may have been stored; a refused
+        connection, an early answer and a connect failure were not."""
+        server.respond(Reply(hang=True))
+        client = EventsClient(server.url, server.token or "", connect_timeout=1)
+        timed_out = client.post("ds", b'{"a":1}\n', wait=False, read_timeout=0.3)
+        server.release()
+        refused = EventsClient(closed_port_url(), "t").post(
+            "ds", b"{}\n", wait=False, read_timeout=1
+        )
+        answered = client.post("ds", b"{}\n", wait=False, read_timeout=5)
+        client.close()
+        assert (timed_out.status, timed_out.kind, timed_out.unanswered) == (None, "timeout", True)
+        assert (refused.kind, refused.unanswered) == ("refused", False)
+        assert (answered.status, answered.unanswered) == (202, False)
 
     def test_read_timeout_is_retried_and_event_id_dedupes(
         self, server: EventsServer, make_handler: Any, logger: logging.Logger
@@ -212,13 +235,79 @@ class TestRefusals:
         assert handler.flush(10) is False
         stats = handler.stats()
         assert stats.dropped_by_reason == {f"http_{status}": 4}
-        assert stats.retries == 0
-        assert len(server.requests) == 2  # no retry, redirect not followed
+        if status == 400:  # a 400 naming no line: its batch's halves tried once each (the
+            # search for a bad line finds it about the request), then dropped at once
+            assert (stats.retries, len(server.requests)) == (2, 4)
+        else:
+            assert stats.retries == 0
+            assert len(server.requests) == 2  # no retry, redirect not followed
         err = capsys.readouterr().err
         assert err.count(f"answered {status}") == 1
         assert hint in err
         if status >= 400:
             assert f"server says {status}" in err
+
+    def test_flush_is_false_after_drops_made_before_it_and_true_once_delivering(
+        self, server: EventsServer, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        """50 records dropped (404) before flush() is called: it says False; once the data
+        source exists, the next round, all acknowledged, says True."""
+        server.respond(Reply(status=404))
+        handler = make_handler(datasource="missing", flush_interval=0.01)
+        logger.addHandler(handler)
+        for i in range(50):
+            logger.warning("n %d", i)
+        assert server.wait_for(lambda: handler.stats().dropped == 50, 10)
+        assert handler.flush(5) is False
+        server.reset()
+        logger.warning("delivered")
+        assert handler.flush(5) is True
+        assert [e["event"] for e in server.events()] == ["delivered"]
+
+    def test_the_streaming_example_says_false_against_a_missing_data_source(
+        self, server: EventsServer
+    ) -> None:
+        """The main job against a workspace without the data source: not 'all acknowledged',
+        and a failing exit status."""
+        server.respond(Reply(status=404))
+        result = subprocess.run(
+            [sys.executable, str(Path(ROOT) / "examples" / "stream_events.py"), "--duration", "1"],
+            env={**os.environ, "TINYBIRD_TOKEN": server.token or "", "TINYBIRD_HOST": server.url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "all acknowledged: False" in result.stdout, result.stdout + result.stderr
+        assert result.returncode == 1
+
+    @pytest.mark.parametrize("named", [True, False], ids=["line named", "line not named"])
+    def test_one_bad_event_does_not_poison_its_batch(
+        self,
+        make_handler: Any,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
+        named: bool,
+    ) -> None:
+        """The server refuses a whole batch of 1,000 for one bad event (400): that event
+        alone is dropped and counted, the 999 others arrive once each (all 1,000 were
+        dropped), and the server's words are quoted once."""
+        with EventsServer(
+            bad_row=lambda row: row.get("event") == "poison", name_bad_lines=named
+        ) as strict:
+            handler = make_handler(host=strict.url, token=strict.token, flush_interval=60)
+            logger.addHandler(handler)
+            for i in range(1000):
+                logger.info("poison" if i == 700 else f"n {i}")
+            assert handler.flush(30) is False  # one was dropped
+            arrived = sorted(e["event"] for e in strict.events())
+            assert arrived == sorted(f"n {i}" for i in range(1000) if i != 700)
+            assert handler.stats().dropped_by_reason == {"http_400": 1}
+            assert len(strict.requests) <= 1 + (1 if named else 2 * 10 + 2)
+        err = capsys.readouterr().err
+        assert err.count("the server refused one event of a batch") == 1, err
+        if named:
+            assert "line 701 is not a valid event" in err
 
     def test_404_from_a_cloud_host_lists_the_region_hosts(self) -> None:
         """A 404 from a cloud host says it may be the wrong region, listing the hosts."""
@@ -536,6 +625,7 @@ class TestTransport:
             assert log_and_flush(via_proxy, logger, 1)
             assert server.requests[0].datasource == "proxied"
         finally:
+            logger.removeHandler(via_proxy)  # a closed handler left attached would reopen
             via_proxy.close()
         monkeypatch.setenv("NO_PROXY", "127.0.0.3")
         direct = TinybirdHandler(
@@ -552,6 +642,18 @@ class TestTransport:
             assert re.search("cannot connect|refused", direct.stats().last_error)
         finally:
             direct.close()
+
+    def test_a_ca_bundle_that_cannot_be_loaded_is_refused_at_construction(
+        self, tmp_path: Any
+    ) -> None:
+        """The TLS context is built when the handler is made: a missing or non-PEM
+        ca_bundle raises there, naming the setting (not a TLS failure at every attempt)."""
+        (tmp_path / "not.pem").write_text("not a certificate")
+        for bundle in (tmp_path / "missing.pem", tmp_path / "not.pem"):
+            with pytest.raises(ValueError, match="'ca_bundle' .env TINYBIRD_CA_BUNDLE."):
+                TinybirdHandler(
+                    datasource="x", host="https://localhost:9", token="t", ca_bundle=str(bundle)
+                )
 
     def test_tls_is_verified_against_the_ca_bundle_setting(
         self, tmp_path: Any, logger: logging.Logger

@@ -231,7 +231,8 @@ class TestFlushAndStats:
         assert stats.emitted == stats.sent + stats.dropped + stats.queued + stats.in_flight
         assert stats.dropped_by_reason == {"queue_full": 70}
         server.release()
-        assert handler.flush(10)
+        assert handler.flush(10) is False  # 70 were dropped since the handler was made
+        assert handler.flush(10) is True  # and nothing since that flush
         stats = handler.stats()
         assert (stats.sent, stats.dropped, stats.queued, stats.in_flight) == (50, 70, 0, 0)
         assert stats.requests >= 1
@@ -285,16 +286,29 @@ class TestFlushAndStats:
         assert len(server.requests) == 2
         assert capsys.readouterr().err.count("app_logs_quarantine") == 1
 
-    def test_close_is_idempotent_and_emit_after_close_is_counted(
-        self, make_handler: Any, logger: logging.Logger
+    def test_close_is_idempotent_and_a_record_after_it_reopens_the_handler(
+        self,
+        server: EventsServer,
+        make_handler: Any,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
-        """close() twice is harmless, and a record after it is counted as closed."""
+        """close() twice is harmless; a record after it reopens the handler (as a
+        FileHandler does), is delivered, and the reopening is said once."""
         handler = make_handler()
         logger.addHandler(handler)
+        logger.info("before")
         handler.close()
         handler.close()
-        logger.info("late")
-        assert handler.stats().dropped_by_reason == {"closed": 1}
+        logger.info("after")
+        logger.info("again")
+        assert handler.flush(10) is True
+        assert [e["event"] for e in server.events()] == ["before", "after", "again"]
+        stats = handler.stats()  # every opening's counters
+        assert (stats.emitted, stats.sent, stats.dropped) == (3, 3, 0) and stats.accounted()
+        assert capsys.readouterr().err.count("It reopened") == 1
+        handler.close()
+        assert handler.stats().queued == 0
 
 
 class TestHandlerContract:
@@ -318,7 +332,7 @@ class TestHandlerContract:
         logger.info("lost")  # does not raise
         monkeypatch.undo()
         logger.info("kept")
-        assert handler.flush(10)
+        assert handler.flush(10) is False  # "lost" was dropped, counted as error
         assert [e["event"] for e in server.events()] == ["kept"]
         assert handler.stats().dropped_by_reason == {"error": 1}
         assert "RuntimeError: mapper bug" in capsys.readouterr().err  # logging's handleError

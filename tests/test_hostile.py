@@ -222,7 +222,8 @@ class TestDeadlines:
             child_env(server),
         )
         assert time.monotonic() - started < 1 + 2  # the budget, plus start-up
-        assert "1 event(s) not delivered at exit" in result.stderr
+        # The server holds the request: sent, no answer in time, not "not delivered".
+        assert "1 event(s) were being sent at exit" in result.stderr, result.stderr
         server.release()
 
 
@@ -267,7 +268,8 @@ class TestBoundedWork:
         handler = make_handler(datasource="broken")
         logger.addHandler(handler)
         logger.info("bad", extra={"m": BrokenMapping(), "l": BrokenList([1])})
-        assert events.flush(10) and handler.flush(10)
+        assert events.flush(10) is False  # the unreadable event was dropped
+        assert handler.flush(10) is True
         sent = server.events("broken")
         assert [e["m"] for e in sent] == ["<unreadable BrokenMapping>"] * 2
         assert [e["l"] for e in sent] == ["<unreadable BrokenList>"] * 2

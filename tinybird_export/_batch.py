@@ -26,6 +26,28 @@ class Limits(NamedTuple):
 
 
 @dataclasses.dataclass(eq=False)
+class Probe:
+    """The search for the bad line(s) of a batch the server refused with a 400 that did
+    not say which line (``_bad_line``), shared by the batch's pieces.
+
+    Attributes:
+        budget: Requests the search may still make (then a refused piece is dropped whole).
+        error: The server's answer, quoted when a piece is dropped without a request.
+        confirmed: A piece was accepted, or the server named a line: the 400 is about
+            lines, not about the request.
+        failures: Pieces refused before that.
+        aborted: Two pieces were refused with nothing accepted: the 400 is about the
+            request (its data source name...), and the remaining pieces are dropped unsent.
+    """
+
+    budget: int
+    error: str = ""
+    confirmed: bool = False
+    failures: int = 0
+    aborted: bool = False
+
+
+@dataclasses.dataclass(eq=False)
 class Batch:
     """NDJSON lines (each ending in a newline) sent as one request; kept whole across retries.
 
@@ -37,6 +59,11 @@ class Batch:
         attempts: Requests made for it so far.
         full: Sealed at its row or byte limit (the next line did not fit), not because
             its interval passed: it need not wait for the lane's pacing (``_pacing``).
+        maybe_stored: Its last request was sent whole and got no answer (a read timeout):
+            the server may have stored it, so giving it up is not "not delivered".
+        probe: The search for a bad line it is a piece of, if any.
+        parked: Refused while its search was unconfirmed, and sent back behind the other
+            half: that half's answer tells whether it holds a bad line.
     """
 
     body: bytes | bytearray
@@ -44,6 +71,9 @@ class Batch:
     levels: bytes | bytearray = b""
     attempts: int = 0
     full: bool = False
+    maybe_stored: bool = False
+    probe: Probe | None = None
+    parked: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -60,16 +90,34 @@ class Batch:
             cut = body.rfind(b"\n", 0, len(body) // 2)
         first = body[: cut + 1]
         n = first.count(b"\n")
+        levels, probe = self.levels, self.probe
+        second = Batch(body[cut + 1 :], self.count - n, levels[n:], self.attempts, probe=probe)
+        return Batch(first, n, levels[:n], self.attempts, probe=probe), second
+
+    def without_line(self, index: int) -> tuple[Batch, int]:
+        """The batch without its line ``index`` (0-based), and that line's length (without
+        its newline); needs ``count > 1``.
+        """
+        body = self.body
+        start = 0
+        for _ in range(index):
+            start = body.index(b"\n", start) + 1
+        end = body.index(b"\n", start)
         levels = self.levels
-        second = Batch(body[cut + 1 :], self.count - n, levels[n:], self.attempts)
-        return Batch(first, n, levels[:n], self.attempts), second
+        rest = Batch(
+            body[:start] + body[end + 1 :],
+            self.count - 1,
+            levels[:index] + levels[index + 1 :],
+            self.attempts,
+            probe=self.probe,
+        )
+        return rest, end - start
 
 
 class FlushMark(NamedTuple):
-    """What a flush waits for: every event accepted before it resolved, none dropped."""
+    """What a flush waits for: every event accepted before it, resolved (sent or dropped)."""
 
     target: int
-    drops: int
 
 
 def level_byte(level: object) -> int:
@@ -96,6 +144,7 @@ class Tally:
     wire_bytes_sent: int = 0
     spooled: int = 0
     unspooled: int = 0
+    unknown: int = 0  # given up while its request was under way: maybe stored
     last_error: str = ""
     # Plain dicts, not Counters: a Counter's missing key runs Python code (__missing__),
     # where a signal handler may run in the middle of the channel's change.
@@ -129,4 +178,5 @@ class Tally:
             send_interval=interval,
             spooled=self.spooled,
             unspooled=self.unspooled,
+            unknown=self.unknown,
         )

@@ -25,15 +25,33 @@ import collections
 import itertools
 import threading
 import time
-from typing import Final
+from typing import Final, NamedTuple
 
 from tinybird_export._backpressure import DISPLACES_FROM, Planner
 from tinybird_export._batch import Batch, FlushMark, Limits, Tally, level_byte
 from tinybird_export._line_encoder import REPAIRED, TRUNCATED
 from tinybird_export.stats import DeliveryStats
 
+
+class Abandoned(NamedTuple):
+    """What ``Channel.abandon`` gave up: events dropped unsent, and events whose request
+    was under way (sent, no answer yet: of unknown fate).
+    """
+
+    dropped: int
+    unknown: int
+
+    @property
+    def total(self) -> int:
+        """Both."""
+        return self.dropped + self.unknown
+
+
 _serials = itertools.count(1)
 _LEVEL_BYTES: Final = {level: bytes((level,)) for level in range(256)}
+CHOSEN: Final = frozenset({"before_send", "disabled", "recursion"})
+"""Drop reasons the application chose (its ``before_send`` filter, a disabled producer, its
+own records logged while sending): not a delivery failure, so ``flush()`` is not False."""
 
 
 class Channel:
@@ -72,8 +90,11 @@ class Channel:
         self._pending_since = 0.0
         self._ready: collections.deque[Batch] = collections.deque()  # sealed, not yet sent
         self._in_flight: Batch | None = None
+        self._unanswered: Batch | None = None  # given up in flight (abandon): unknown
         self._queued_events = self._queued_bytes = 0
-        self._resolved = self._dropped_after_queue = self._flush_target = 0
+        self._resolved = self._flush_target = 0
+        self._losses = 0  # events dropped but for a reason the application chose (CHOSEN)
+        self._losses_seen: dict[str, int] = {}  # by whose flush: _losses when it returned
         self._emitted = 0  # every event that entered, queued or refused
         self._tally = Tally()  # where they went
         self._planner = Planner()  # backpressure, with its memory of the last shortfall
@@ -164,6 +185,7 @@ class Channel:
             total, at_level = dropped.get("queue_full", 0) + 1, by_level.get(level, 0) + 1
             # The change (no call from here).
             self._emitted += 1
+            self._losses += 1
             dropped["queue_full"] = total
             if level:
                 by_level[level] = at_level
@@ -184,7 +206,7 @@ class Channel:
         self._queued_bytes -= plan.nbytes
         self._resolved += plan.events
         dropped["queue_full"] = total
-        self._dropped_after_queue += plan.events
+        self._losses += plan.events
         by_level.update(at_levels)  # not in the invariant: last
         return True
 
@@ -198,10 +220,12 @@ class Channel:
         """Count ``count`` events that entered and were dropped before they could be queued."""
         if count < 1:
             return
+        lost = 0 if reason in CHOSEN else count
         with self._lock:
             total = self._tally.dropped.get(reason, 0) + count
             # The change (no call from here).
             self._emitted += count
+            self._losses += lost
             self._tally.dropped[reason] = total
 
     def request_flush(self) -> FlushMark:
@@ -209,15 +233,25 @@ class Channel:
         with self._lock:
             target = self._resolved + self._queued_events + len(self._deferred)
             self._flush_target = max(self._flush_target, target)
-            return FlushMark(target, self._dropped_after_queue)
+            return FlushMark(target)
 
     def reached(self, mark: FlushMark) -> bool:
         """Every event accepted before ``mark`` was resolved (sent or dropped)."""
         return self._resolved >= mark.target
 
-    def lost_since(self, mark: FlushMark) -> bool:
-        """Whether queued events were dropped since ``mark``."""
-        return self._dropped_after_queue != mark.drops
+    def lost_since_flush(self, by: str, *, returning: bool) -> bool:
+        """Whether events were dropped (for a reason the application did not choose) since
+        ``by``'s previous flush returned, or since the channel started.
+
+        Args:
+            by: Whose flushes: each caller (the producer, the process) has its own.
+            returning: That flush returns now: the next one starts from here.
+        """
+        losses = self._losses  # one read: a drop after it is the next round's
+        lost = losses != self._losses_seen.get(by, 0)
+        if returning:
+            self._losses_seen[by] = losses
+        return lost
 
     # -- the sender's side -------------------------------------------------------------
 
@@ -263,6 +297,7 @@ class Channel:
         """The server acknowledged ``batch``; False if it had been abandoned meanwhile."""
         with self._lock:
             if self._in_flight is not batch:
+                self._answered_late(batch, "sent", quarantined)
                 return False
             self._count_request(batch)
             self._leave([batch], "sent", quarantined=quarantined, wire_bytes=wire_bytes)
@@ -277,13 +312,18 @@ class Channel:
                 self._count_request(batch)
             if self._in_flight is batch:
                 self._leave([batch], reason)
+            elif requested:
+                self._answered_late(batch, reason)
 
-    def retry(self, batch: Batch, error: str) -> None:
-        """``batch`` failed retryably: it goes back to the head of the queue, in order."""
+    def retry(self, batch: Batch, error: str, *, maybe_stored: bool = False) -> None:
+        """``batch`` failed retryably: it goes back to the head of the queue, in order;
+        ``maybe_stored``: its request was sent whole and got no answer.
+        """
         with self._lock:
             self._tally.last_error = error
             self._count_request(batch)
             if self._in_flight is batch:
+                batch.maybe_stored = maybe_stored
                 self._back_from_flight(batch)
 
     def unclaim(self, batch: Batch) -> None:
@@ -292,12 +332,56 @@ class Channel:
             if self._in_flight is batch:
                 self._back_from_flight(batch)
 
-    def split(self, batch: Batch) -> None:
-        """413: ``batch`` is replaced at the head by its two halves."""
+    def split(self, batch: Batch, *, requested: bool = True) -> None:
+        """413, or the search for a bad line: ``batch`` is replaced at the head by its two
+        halves (after a request, when ``requested``).
+        """
         with self._lock:
-            self._count_request(batch)
+            if requested:
+                self._count_request(batch)
             if self._in_flight is batch:
                 self._back_from_flight(*batch.halves())
+
+    def park(self, batch: Batch, error: str) -> None:
+        """A 400 for a piece of an unconfirmed search (``_bad_line``): it goes back second,
+        behind the other half, whose answer tells whether it holds a bad line.
+        """
+        with self._lock:
+            self._tally.last_error = error
+            self._count_request(batch)
+            if self._in_flight is not batch:
+                return
+            self._planner.forget()
+            ready = collections.deque(self._ready)
+            ready.insert(1 if ready else 0, batch)
+            # The change (no call from here).
+            batch.parked = True
+            self._ready = ready
+            self._in_flight = None
+
+    def drop_line(self, batch: Batch, index: int, reason: str, error: str) -> None:
+        """The server refused line ``index`` of ``batch`` (and so the request): that line
+        is dropped for ``reason``, the rest goes back to the head, in order.
+        """
+        with self._lock:
+            self._tally.last_error = error
+            self._count_request(batch)
+            if self._in_flight is not batch:
+                return
+            rest, size = batch.without_line(index)
+            self._planner.forget()
+            ready = collections.deque((rest,))
+            ready += self._ready
+            tally = self._tally
+            total = tally.dropped.get(reason, 0) + 1
+            # The change (no call from here).
+            self._ready = ready
+            self._in_flight = None
+            self._queued_events -= 1
+            self._queued_bytes -= size
+            self._resolved += 1
+            self._losses += 1
+            tally.dropped[reason] = total
 
     def _back_from_flight(self, *batches: Batch) -> None:
         """The batch in flight returns to the head as ``batches`` (itself, its halves, or a
@@ -341,25 +425,56 @@ class Channel:
             tally.spooled += count
             return count
         self._resolved += count
-        if to == "sent":
+        if to == "unknown":
+            tally.unknown += count
+            self._losses += count  # not acknowledged, as far as anyone can tell
+        elif to == "sent":
             tally.sent, tally.bytes_sent = tally.sent + count, tally.bytes_sent + raw
             tally.quarantined += quarantined
             tally.wire_bytes_sent += wire_bytes
         elif count:
             tally.dropped[to] = total
-            self._dropped_after_queue += count
+            self._losses += count
         return count
 
-    def abandon(self, reason: str) -> int:
-        """Drop everything queued or in flight; how many events (a later answer for the
-        batch in flight is ignored: each event is counted once).
+    def abandon(self, reason: str) -> Abandoned:
+        """Give up everything queued, dropped for ``reason``, but the batch in flight and
+        the batches whose last request got no answer: of unknown fate (the server may
+        have stored them); how many events of each. Each event is counted once: a later
+        answer for the batch in flight only moves it from unknown to sent or dropped.
         """
         with self._lock:
             self._append_deferred()  # lines a signal handler logged count too
             if self._pending_count:
                 self._seal()
-            batches = [*self._ready, *([self._in_flight] if self._in_flight else [])]
-            return self._leave(batches, reason, ready=collections.deque())
+            in_flight = self._in_flight
+            unsent = [batch for batch in self._ready if not batch.maybe_stored]
+            unanswered = [batch for batch in self._ready if batch.maybe_stored]
+            if in_flight is not None:
+                unanswered.append(in_flight)
+                self._unanswered = in_flight
+            # Two changes, each whole: the counters agree between them too.
+            dropped = self._leave(unsent, reason, ready=collections.deque())
+            unknown = self._leave(unanswered, "unknown") if unanswered else 0
+            return Abandoned(dropped, unknown)
+
+    def _answered_late(self, batch: Batch, to: str, quarantined: int = 0) -> None:
+        """The answer for the batch in flight that ``abandon`` gave up, if ``batch`` is that
+        one: it leaves unknown for ``to`` ("sent" or a drop reason). ``flush()`` said it was
+        not acknowledged meanwhile, and is not told otherwise.
+        """
+        if self._unanswered is not batch:
+            return
+        tally, count = self._tally, batch.count
+        total = tally.dropped.get(to, 0) + count
+        # The change (no call from here).
+        self._unanswered = None
+        tally.unknown -= count
+        if to == "sent":
+            tally.sent, tally.bytes_sent = tally.sent + count, tally.bytes_sent + batch.nbytes
+            tally.quarantined += quarantined
+        else:
+            tally.dropped[to] = total
 
     # -- the disk spool (a sender, or the exit drain) -------------------------------------
 
@@ -415,7 +530,7 @@ class Channel:
                 tally.quarantined += quarantined
             else:
                 tally.dropped[reason] = total
-                self._dropped_after_queue += count
+                self._losses += count
 
     def spooled_count(self) -> int:
         """Events of this channel held in the spool (no lock, no check: the exit path)."""
@@ -436,6 +551,10 @@ class Channel:
     def held_by_this_thread(self) -> bool:
         """Whether this thread is inside one of its methods (a signal landed in an offer)."""
         return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
+    def in_flight(self) -> bool:
+        """A batch of it is being sent."""
+        return self._in_flight is not None
 
     def empty(self) -> bool:
         """Nothing queued or in flight."""

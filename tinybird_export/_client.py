@@ -21,10 +21,11 @@ import urllib.request
 import zlib
 from collections.abc import Mapping
 from importlib import metadata
-from typing import Final
+from typing import Any, Final
 
 import orjson
 import urllib3
+import urllib3.util.ssl_
 
 from tinybird_export import _deadline
 
@@ -53,6 +54,9 @@ class Attempt:
     kind: str = ""
     """For a transport failure: ``dns``, ``refused``, ``tls``, ``timeout`` or ``connection``
     (``_retry.failure_hint`` says what each means)."""
+    unanswered: bool = False
+    """For a transport failure: the request was sent whole and the answer did not come (a
+    read timeout, a reset while reading): the server may have stored it."""
 
 
 class EventsClient:
@@ -60,6 +64,22 @@ class EventsClient:
 
     The token goes only in the ``Authorization`` header: never in the URL, a repr or an
     error message (URLs end up in proxy and server logs).
+
+    The TLS context of an https host is built here, on the constructing thread, once
+    (``tls_context``), never by a request on a sender thread: OpenSSL holds a global lock
+    while it builds a context, and a ``fork()`` then would leave the child's lock held
+    forever (58 of 150 children forked during a first request hung in
+    ``SSLContext.__new__``). A forked child's client reuses the parent's context
+    (``context=``): it never builds one.
+
+    Args:
+        host: The API host.
+        token: The token.
+        compression: ``gzip`` or ``none``.
+        ca_bundle: CA certificates to trust instead of the system's.
+        connect_timeout: Default connect timeout.
+        context: The TLS context to use (a forked child's: its parent's); default one
+            built here for an https host.
     """
 
     def __init__(
@@ -70,6 +90,7 @@ class EventsClient:
         compression: str = "gzip",
         ca_bundle: str | None = None,
         connect_timeout: float = 3.0,
+        context: ssl.SSLContext | None = None,
     ) -> None:
         self._base = host.rstrip("/") + "/v0/events"
         self._token = token
@@ -82,7 +103,11 @@ class EventsClient:
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
         self._connect_timeout = connect_timeout
-        self._pool = _pool_for(host, ca_bundle)
+        self._host, self._ca_bundle = host, ca_bundle
+        if context is None and urllib.parse.urlsplit(host).scheme == "https":
+            context = tls_context(ca_bundle)
+        self.tls_context = context
+        self._pool = _pool_for(host, ca_bundle, context)
 
     def __repr__(self) -> str:
         return f"<EventsClient {self._base}>"
@@ -125,6 +150,8 @@ class EventsClient:
         timeout = urllib3.Timeout(
             connect=min(connect_timeout, remaining), read=min(read_timeout, remaining)
         )
+        if self.tls_context is not None and type(self.tls_context) is not ssl.SSLContext:
+            self._after_ssl_patched()
         try:
             with _deadline.attempt(deadline):
                 response = self._pool.request(
@@ -145,7 +172,10 @@ class EventsClient:
                 error = f"no complete answer within the attempt's deadline ({deadline - now:.1f} s)"
             else:
                 error = self.redact(_describe(exc))
-            return Attempt(None, {}, error=error, wire_bytes=len(body), kind=kind)
+            unanswered = _deadline.answer_awaited()
+            return Attempt(
+                None, {}, error=error, wire_bytes=len(body), kind=kind, unanswered=unanswered
+            )
         headers = {name.lower(): value for name, value in response.headers.items()}
         if response.status in (200, 202):
             successful, quarantined = _rows(data)
@@ -164,6 +194,16 @@ class EventsClient:
     def close(self) -> None:
         """Close the pool's connections."""
         self._pool.clear()
+
+    def _after_ssl_patched(self) -> None:
+        """``ssl`` was patched after the context was built (gevent's ``patch_all()`` in a
+        gunicorn worker forked from a ``--preload`` master): a context of the old class
+        would block the event loop, so urllib3 builds them per connection, as without
+        one (``_delivery.report_internal_error`` says what to do if that fails).
+        """
+        self._pool.clear()
+        self.tls_context = None
+        self._pool = _pool_for(self._host, self._ca_bundle, None)
 
 
 def _gzip(data: bytes | bytearray) -> bytes:
@@ -248,19 +288,50 @@ def _describe(exc: Exception) -> str:
     return f"{type(reason).__name__}: {reason}"[:_MAX_ERROR_TEXT]
 
 
-def _pool_for(base: str, ca_bundle: str | None) -> urllib3.PoolManager:
-    """A pool honouring ``HTTPS_PROXY``/``HTTP_PROXY`` and ``NO_PROXY`` like the stdlib does."""
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """The context urllib3 would build for each connection (its defaults: TLS 1.2 at
+    least, certificates and host names verified), with ``ca_bundle``'s certificates or
+    the system's loaded once rather than at every connection.
+
+    Raises:
+        ValueError: ``ca_bundle`` cannot be read as PEM certificates (said at
+            construction, rather than as a TLS failure at every attempt).
+    """
+    context = urllib3.util.ssl_.create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+    if not ca_bundle:
+        context.load_default_certs()
+        return context
+    try:
+        context.load_verify_locations(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"tinybird-export: setting 'ca_bundle' (env TINYBIRD_CA_BUNDLE) is {ca_bundle!r}, "
+            f"which cannot be loaded ({type(exc).__name__}: {exc}): point it at a file of "
+            "PEM-encoded CA certificates, or unset it to trust the system's."
+        ) from None
+    return context
+
+
+def _pool_for(
+    base: str, ca_bundle: str | None, context: ssl.SSLContext | None
+) -> urllib3.PoolManager:
+    """A pool honouring ``HTTPS_PROXY``/``HTTP_PROXY`` and ``NO_PROXY`` like the stdlib does,
+    with the TLS ``context`` if given (the CA bundle is in it: given to urllib3 too, it
+    would load it again at every connection).
+    """
     host = urllib.parse.urlsplit(base)
     proxy = urllib.request.getproxies().get(host.scheme)
+    tls: dict[str, Any] = (
+        {"ssl_context": context} if context is not None else {"ca_certs": ca_bundle}
+    )
     # Up to one connection per sender thread (a worker runs up to four at once).
     manager: urllib3.PoolManager
     if proxy and not urllib.request.proxy_bypass(host.netloc):
+        proxy_tls: dict[str, Any] = {"proxy_ssl_context": context} if context else {}
         manager = urllib3.ProxyManager(
-            proxy, num_pools=2, maxsize=4, cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle
+            proxy, num_pools=2, maxsize=4, cert_reqs="CERT_REQUIRED", **proxy_tls, **tls
         )
     else:
-        manager = urllib3.PoolManager(
-            num_pools=2, maxsize=4, cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle
-        )
+        manager = urllib3.PoolManager(num_pools=2, maxsize=4, cert_reqs="CERT_REQUIRED", **tls)
     manager.pool_classes_by_scheme = _deadline.POOL_CLASSES
     return manager

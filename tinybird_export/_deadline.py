@@ -27,6 +27,8 @@ import urllib3
 import urllib3.connection
 import urllib3.connectionpool
 
+from tinybird_export._first_connect import FIRST_CONNECTS
+
 _attempt = threading.local()
 
 
@@ -42,10 +44,19 @@ def attempt(deadline: float) -> Iterator[None]:
     (``time.monotonic()``).
     """
     _attempt.deadline = deadline
+    _attempt.awaited = False
     try:
         yield
     finally:
         _attempt.deadline = None
+
+
+def answer_awaited() -> bool:
+    """Whether this thread's last attempt sent its request whole and was reading the
+    answer (http.client reads only once the body is written): if it failed then, the
+    server may have stored the request.
+    """
+    return bool(getattr(_attempt, "awaited", False))
 
 
 class DeadlineSocket:
@@ -74,10 +85,12 @@ class DeadlineSocket:
 
     # Arguments passed on as given: SSLSocket's defaults differ from socket's.
     def recv_into(self, buffer: Any, *args: Any) -> int:
+        _attempt.awaited = True
         self._arm()
         return self._sock.recv_into(buffer, *args)
 
     def recv(self, *args: Any) -> bytes:
+        _attempt.awaited = True
         self._arm()
         return self._sock.recv(*args)
 
@@ -105,14 +118,22 @@ class DeadlineSocket:
 
 class _HTTPConnection(urllib3.connection.HTTPConnection):
     def connect(self) -> None:
-        super().connect()
+        # A fork must not land inside a first connection (_first_connect).
+        with FIRST_CONNECTS.connecting(f"{self.host}:{self.port}", _current_deadline()):
+            super().connect()
         self.sock = DeadlineSocket(self.sock)
 
 
 class _HTTPSConnection(urllib3.connection.HTTPSConnection):
     def connect(self) -> None:
-        super().connect()
+        with FIRST_CONNECTS.connecting(f"{self.host}:{self.port}", _current_deadline()):
+            super().connect()  # the TLS handshake too
         self.sock = DeadlineSocket(self.sock)
+
+
+def _current_deadline() -> float | None:
+    deadline: float | None = getattr(_attempt, "deadline", None)
+    return deadline
 
 
 class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):

@@ -22,10 +22,11 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from tinybird_export import _diagnostics, _retry
+from tinybird_export import _bad_line, _diagnostics, _retry
+from tinybird_export._bad_line import Act
 from tinybird_export._batch import Batch
 from tinybird_export._channel import Channel
 from tinybird_export._client import Attempt
@@ -67,6 +68,11 @@ class Source(Protocol):
     origin: str  # for messages: "" or " from the spool"
 
     @property
+    def batch_in_memory(self) -> Batch | None:
+        """A memory batch: a 400 for one bad line of it drops that line alone."""
+        ...
+
+    @property
     def attempts(self) -> int:
         """Requests made for it so far (its backoff)."""
         ...
@@ -79,11 +85,13 @@ class Source(Protocol):
         """Acknowledged."""
         ...
 
-    def retry(self, error: str) -> None:
-        """Failed retryably: stays first in its lane."""
+    def retry(self, error: str, *, maybe_stored: bool = False) -> None:
+        """Failed retryably: stays first in its lane (``maybe_stored``: sent whole, no
+        answer).
+        """
         ...
 
-    def split(self) -> bool:
+    def split(self, *, requested: bool = True) -> bool:
         """413: replaced by its halves; False if it holds one event."""
         ...
 
@@ -103,7 +111,7 @@ class MemorySource:
 
     def __init__(self, channel: Channel, batch: Batch) -> None:
         self.channel = channel
-        self.batch = batch
+        self.batch = self.batch_in_memory = batch
         self.count = batch.count
 
     @property
@@ -116,13 +124,13 @@ class MemorySource:
     def sent(self, quarantined: int, wire_bytes: int) -> None:
         self.channel.sent(self.batch, quarantined=quarantined, wire_bytes=wire_bytes)
 
-    def retry(self, error: str) -> None:
-        self.channel.retry(self.batch, error)
+    def retry(self, error: str, *, maybe_stored: bool = False) -> None:
+        self.channel.retry(self.batch, error, maybe_stored=maybe_stored)
 
-    def split(self) -> bool:
+    def split(self, *, requested: bool = True) -> bool:
         if self.count < 2:
             return False
-        self.channel.split(self.batch)
+        self.channel.split(self.batch, requested=requested)
         return True
 
     def drop(self, reason: str, error: str, *, requested: bool) -> None:
@@ -147,6 +155,7 @@ class SpoolSource:
     """
 
     origin = " from the spool"
+    batch_in_memory: Batch | None = None  # a 400 drops a spool file whole
 
     def __init__(
         self,
@@ -186,11 +195,11 @@ class SpoolSource:
         self.spool.failpoint("acked")  # killed after the answer, before the file is removed
         self._resolve("sent", quarantined)
 
-    def retry(self, error: str) -> None:
+    def retry(self, error: str, *, maybe_stored: bool = False) -> None:
         self._attempts += 1
         self.channel.note_error(error)
 
-    def split(self) -> bool:
+    def split(self, *, requested: bool = True) -> bool:
         self.split_requested = self.count > 1
         return self.split_requested
 
@@ -255,6 +264,10 @@ class Delivery:
         channel = source.channel
         resolved = False
         try:
+            batch = source.batch_in_memory
+            if batch is not None and batch.probe is not None and self._known(lane, source, batch):
+                resolved = True  # its search for a bad line already knows its fate
+                return
             connect_timeout, timeout = self._timeouts()
             # wait=true answers can take ~25 s (events-api docs): 60 s for those.
             timeout = max(timeout, 60.0) if channel.wait else timeout
@@ -293,12 +306,16 @@ class Delivery:
             pause = _retry.delay(answer.status, answer.headers, source.attempts)
             lane.paused_until = time.monotonic() + pause
             lane.failing = True
-            source.retry(describe(self.host, answer))
+            source.retry(describe(self.host, answer), maybe_stored=answer.unanswered)
             self._say_failing(lane.datasource, answer)
             return
         lane.failing = False
+        batch = source.batch_in_memory
         if outcome is _retry.Outcome.SENT:
             self._say_recovered()
+            lane.search_400 = True
+            if batch is not None and batch.probe is not None:
+                batch.probe.confirmed = True  # its search's 400 is about lines
             source.sent(answer.quarantined_rows, answer.wire_bytes)
             if answer.quarantined_rows:
                 _diagnostics.say_once(
@@ -307,8 +324,59 @@ class Delivery:
                     f"fit its schema and went to {lane.datasource}_quarantine; they are not "
                     "retried (stats().quarantined counts them).",
                 )
+        elif answer.status == 400 and batch is not None:
+            if not self._bad_line(lane, source, batch, answer):
+                self._drop(lane.datasource, source, answer)
         elif outcome is not _retry.Outcome.SPLIT or not source.split():
             self._drop(lane.datasource, source, answer)
+
+    def _bad_line(self, lane: Lane, source: Source, batch: Batch, answer: Attempt) -> bool:
+        """A 400 for a memory batch: the named line dropped alone, or a step of the search
+        for it (``_bad_line``); False if the batch is to be dropped whole.
+        """
+        act, line = _bad_line.after_400(batch, answer.error, search_allowed=lane.search_400)
+        error = describe(self.host, answer)
+        if act is Act.DROP:
+            probe = batch.probe
+            if probe is not None and probe.aborted:
+                lane.search_400 = False  # the 400 is about the request: no more searches
+            elif probe is not None and probe.confirmed:  # the search found the bad line
+                source.drop("http_400", error, requested=True)
+                self._say_bad_line(lane.datasource, error, "found by halving the batch")
+                return True
+            return False
+        if act is Act.DROP_LINE and line is not None:
+            source.channel.drop_line(batch, line, "http_400", error)
+            self._say_bad_line(lane.datasource, error, "named by the server")
+        elif act is Act.SPLIT:
+            source.split()
+        else:
+            source.channel.park(batch, error)
+        return True
+
+    def _known(self, lane: Lane, source: Source, batch: Batch) -> bool:
+        """Resolve without a request a piece whose search knows its fate: dropped (the
+        search found the 400 is about the request, or this one event is the bad line), or
+        halved (refused, and the other half was accepted). False: send it.
+        """
+        act = _bad_line.before_sending(batch)
+        if act is Act.SPLIT:
+            return source.split(requested=False)
+        if act is Act.DROP and batch.probe is not None:
+            source.drop("http_400", batch.probe.error, requested=False)
+            if not batch.probe.aborted:
+                self._say_bad_line(lane.datasource, batch.probe.error, "found by halving")
+            return True
+        return False
+
+    def _say_bad_line(self, datasource: str, error: str, how: str) -> None:
+        _diagnostics.say_once(
+            f"bad-line:{datasource}",
+            f"{error} for data source {datasource!r}: the server refused one event of a "
+            f"batch ({how}); that event alone was dropped, counted in "
+            "stats().dropped_by_reason['http_400'], and the others were sent again. Later "
+            "ones are counted without this message.",
+        )
 
     def _drop(self, datasource: str, source: Source, answer: Attempt) -> None:
         status = answer.status or 0
@@ -387,3 +455,57 @@ def report_internal_error(
         redact(f"internal error in the sender ({type(exc).__name__}: {exc}{where}){dropped}.")
         + advice,
     )
+
+
+_UNKNOWN_NOTE = (
+    "the server may have stored them or not: counted as unknown in stats(), not as "
+    "dropped; event_id tells duplicates apart"
+)
+
+
+def give_up(channels: Iterable[Channel], when: str, reason: str, first: str) -> int:
+    """Abandon what ``channels`` still hold and say so in one line, one entry per data
+    source; how many events.
+
+    What is queued was not sent: dropped for ``reason``, with the channel's last failure,
+    or ``first`` (why it was not sent: "the exit budget ran out first"). A batch in flight
+    was sent and its answer had not come: of unknown fate, said apart (the server may
+    have stored it).
+    """
+    by_datasource: dict[str, tuple[int, int, str]] = {}
+    for channel in channels:
+        gone = channel.abandon(reason)
+        if gone.total:
+            dropped, unknown, error = by_datasource.get(channel.datasource, (0, 0, ""))
+            error = channel.last_error() or error if gone.dropped else error
+            by_datasource[channel.datasource] = (
+                dropped + gone.dropped,
+                unknown + gone.unknown,
+                error,
+            )
+    dropped = sum(d for d, _, _ in by_datasource.values())
+    unknown = sum(u for _, u, _ in by_datasource.values())
+    if not dropped and not unknown:
+        return 0
+    entries = []
+    for name, (not_sent, unanswered, error) in by_datasource.items():
+        if not unanswered:
+            entries.append(f"{not_sent} for {name!r} ({error or first})")
+        elif not not_sent:
+            entries.append(f"{unanswered} for {name!r} ({_UNKNOWN_NOTE})")
+        else:
+            entries.append(
+                f"{not_sent} for {name!r} ({error or first}) and {unanswered} sent unanswered "
+                f"({_UNKNOWN_NOTE})"
+            )
+    if not unknown:
+        head = f"{dropped} event(s) not delivered {when}"
+    elif not dropped:
+        head = f"{unknown} event(s) were being sent {when} and got no answer in time"
+    else:
+        head = (
+            f"{dropped} event(s) not delivered {when}, and {unknown} event(s) were being sent "
+            "and got no answer in time"
+        )
+    _diagnostics.say(f"{head}: {'; '.join(entries)}")
+    return dropped + unknown

@@ -35,6 +35,7 @@ class Lane:
         self.paused_until = 0.0  # after a retryable failure
         self.failing = False  # the last attempt failed retryably: an outage, for the spool
         self.refused = False  # the last attempt's connection was refused: nothing listens
+        self.search_400 = True  # a 400 naming no line is searched for its bad line (_bad_line)
         self.pacing = Pacing(flush_interval, adaptive)
         self._users = 0  # schedulers serving it (the table's lock)
         self._waiting: list[Callable[[], None]] = []  # who found it claimed
@@ -54,6 +55,7 @@ class Lane:
     def reset(self) -> None:
         """As new (a forked child)."""
         self.busy, self.paused_until, self.failing, self.refused = False, 0.0, False, False
+        self.search_400 = True
         self.pacing = Pacing(self.pacing.base, self.pacing.enabled)
         self._waiting = []
 

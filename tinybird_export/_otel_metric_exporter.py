@@ -226,7 +226,10 @@ class TinybirdMetricExporter(MetricExporter):
         )
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        """Wait until every point exported so far is acknowledged, or the deadline."""
+        """Wait until every point exported so far is acknowledged, or the deadline; whether
+        every point exported since the previous ``force_flush`` returned was acknowledged, in
+        all four data sources (False if any was dropped, even before this call).
+        """
         deadline = time.monotonic() + max(timeout_millis, 0) / 1000
         return self._each_within(deadline, lambda producer, left: producer.flush(left))
 
@@ -256,7 +259,7 @@ class TinybirdMetricExporter(MetricExporter):
         """
         producers = self._producers.values()
         for producer in producers:
-            producer.flush(0)
+            producer.make_due()
         return all([step(p, max(deadline - time.monotonic(), 0.0)) for p in producers])
 
     def stats(self) -> DeliveryStats:

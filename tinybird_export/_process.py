@@ -14,9 +14,12 @@ The drain runs on the exiting thread (the worker threads, if alive, keep sending
 and never starts a thread (peers.md §3 row 5: OpenTelemetry's thread-at-shutdown bug).
 
 Fork: no lock of this package is held across ``fork()``: a ``before`` hook registered by
-the application (which may log) can then never deadlock on one. The child forgets the
-parent's queues (the parent sends them), builds new locks, pools and threads lazily, and
-redraws its event-id prefix.
+the application (which may log) can then never deadlock on one. The package's own
+``before`` hook waits for a sender's first connection to a host, if one is under way (its
+resolver and OpenSSL take locks then that a fork would leave held: ``_first_connect``).
+The child forgets the parent's queues (the parent sends them), builds new locks, pools and
+threads lazily (reusing the parent's TLS context: it never builds one), and redraws its
+event-id prefix.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from tinybird_export import _diagnostics, _fields
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
-from tinybird_export._delivery import Transport, report_internal_error
+from tinybird_export._delivery import Transport, give_up, report_internal_error
 from tinybird_export._exit import Sigterm
+from tinybird_export._first_connect import FIRST_CONNECTS
 from tinybird_export._lanes import LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._senders import SendingThreads
@@ -76,6 +80,7 @@ class Process:
         self._exit_deadline: float | None = None
         self._exit_budget = 0.0
         self._exiting_thread: int | None = None  # the thread running exit()
+        self._logging_shutdown_next = False  # the interpreter's atexit ran the drain
         self._multiprocessing_hooked = False
         self._finalizer_pid = 0
         self._shared = Shared(
@@ -185,11 +190,14 @@ class Process:
             timeout = max((w.exit_timeout for w in workers), default=0.0)
         deadline = time.monotonic() + self.cap_at_exit(max(timeout, 0.0))
         rounds = [
-            (worker, FlushRound(worker.channels(), worker.spool_backlog(worker.channels())))
+            (
+                worker,
+                FlushRound(worker.channels(), "process", worker.spool_backlog(worker.channels())),
+            )
             for worker in workers
         ]
         reached = [worker.wait_until(flush.reached, deadline) for worker, flush in rounds]
-        return all(reached) and not any(flush.lost() for _, flush in rounds)
+        return all([flush.result(done) for (_, flush), done in zip(rounds, reached, strict=True)])
 
     def spill_queued(self) -> int:
         """What every producer still holds goes to the spool where its worker has one,
@@ -236,6 +244,43 @@ class Process:
         if outer is None:
             self.sigterm.after_exit()
         return not (spooled or lost)
+
+    def exit_at_interpreter_exit(self) -> None:
+        """The ``atexit`` hook: the exit drain, before ``logging.shutdown`` (which then
+        closes the handlers, sending what they got after the drain in one batch).
+        """
+        self._logging_shutdown_next = True
+        self.exit()
+
+    def send_late(self, worker: Worker, channel: Channel, *, flushed_by_logging: bool) -> None:
+        """``channel`` got an event once the process is exiting. During the drain, the
+        drain sends it. After it, nothing else will: it is sent now, on this thread (the
+        sender threads may be gone: a multiprocessing child's finalizer, the interpreter's
+        teardown), within what is left of the exit budget, and what cannot be is counted
+        and said, with why. A handler's events wait for ``logging.shutdown`` when it is
+        still to come (it closes the handler: one batch for all of them).
+        """
+        if self._exiting_thread is not None:
+            return  # an exit drain is running: it sends until every queue is empty
+        finalizing = sys.is_finalizing()
+        if flushed_by_logging and self._logging_shutdown_next and not finalizing:
+            return
+        deadline = self._exit_deadline
+        if deadline is None:
+            return
+        if finalizing and (_modules_torn_down() or not worker.can_send_here(channel)):
+            report_undelivered(
+                [channel],
+                "after the exit drain",
+                "after_exit",
+                "logged during the interpreter's teardown: nothing can be sent any more",
+            )
+        elif not worker.send_here(channel, deadline):
+            report_undelivered(
+                [channel],
+                f"after the exit drain (exit budget {self._exit_budget:g} s)",
+                first="the exit budget had run out",
+            )
 
     def _begin_exit(self, workers: list[Worker], budget: float | None) -> float:
         with self._lock:
@@ -310,6 +355,7 @@ class Process:
         channels, then multiprocessing's hook (its after-fork callbacks run right after).
         """
         _diagnostics.after_fork_in_child()
+        FIRST_CONNECTS.after_fork_in_child()
         self._lock = threading.RLock()
         self.budget.after_fork_in_child()
         _fields.event_ids.reset()
@@ -321,6 +367,7 @@ class Process:
         self._spools = {}  # new locks, identity and scan
         self._exit_deadline = None
         self._exiting_thread = None
+        self._logging_shutdown_next = False
         for worker in self._workers.values():
             worker.after_fork_in_child(self._spool_for(worker.settings))
         self.budget.rebalance()
@@ -354,32 +401,31 @@ class Process:
         self.sigterm.install_in_child()
 
 
-def report_undelivered(channels: Iterable[Channel], when: str, reason: str = "exit_timeout") -> int:
-    """Count what is still queued as dropped for ``reason`` and say so in one line, one
-    entry per data source and host; how many events.
+def _modules_torn_down() -> bool:
+    """Whether the interpreter's teardown has begun destroying modules: the import system
+    is gone (``sys.meta_path`` is None), and with it urllib3's lazy imports (a request
+    would be sent and its answer never read). Before that, the teardown's first garbage
+    collection runs ``__del__`` methods while a request can still be made.
     """
-    lost: dict[tuple[str, str], list[int | str]] = {}
-    for channel in channels:
-        count = channel.abandon(reason)
-        if count:
-            entry = lost.setdefault((channel.datasource, channel.host), [0, ""])
-            entry[0] = int(entry[0]) + count
-            entry[1] = channel.last_error() or entry[1]
-    if not lost:
-        return 0
-    total = sum(int(count) for count, _ in lost.values())
-    reasons = "; ".join(
-        f"{count} for {datasource!r} ({error or 'the endpoint did not answer in time'})"
-        for (datasource, _host), (count, error) in lost.items()
-    )
-    _diagnostics.say(f"{total} event(s) not delivered {when}: {reasons}")
-    return total
+    return sys.meta_path is None
+
+
+def report_undelivered(
+    channels: Iterable[Channel],
+    when: str,
+    reason: str = "exit_timeout",
+    first: str = "the exit budget ran out before they could be sent",
+) -> int:
+    """Give up what ``channels`` still hold and say so (``_delivery.give_up``): queued
+    events are dropped for ``reason``, a batch in flight is of unknown fate; how many.
+    """
+    return give_up(channels, when, reason, first)
 
 
 PROCESS = Process()
 
-atexit.register(PROCESS.exit)
-os.register_at_fork(after_in_child=PROCESS._after_fork_in_child)
+atexit.register(PROCESS.exit_at_interpreter_exit)
+os.register_at_fork(before=FIRST_CONNECTS.wait, after_in_child=PROCESS._after_fork_in_child)
 
 
 def flush(timeout: float | None = None) -> bool:
@@ -394,8 +440,12 @@ def flush(timeout: float | None = None) -> bool:
             ``exit_timeout`` of the producers). At exit, what is left of the exit budget.
 
     Returns:
-        Whether every event emitted before the call was acknowledged in time (none
-        dropped, none still queued).
+        Whether every event emitted since the previous ``flush()`` call returned (or since
+        the producers started) was acknowledged in time: False if any of it was dropped
+        (each producer's ``stats()`` says why; events ``before_send`` filtered out and
+        disabled producers do not count), even before this call, or is still queued; True
+        again once a later call finds everything since acknowledged. Producers' own
+        ``flush()`` keep their own "since the previous call".
     """
     return PROCESS.flush(timeout)
 

@@ -7,12 +7,17 @@ producer is handed enters its channel's count (``emitted``), queued or refused.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import logging
+import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from tinybird_export import _diagnostics, _exit, _runtime_checks
+from tinybird_export._async import run_blocking, until
 from tinybird_export._batch import Limits
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
@@ -28,9 +33,11 @@ class Producer:
     Args:
         config: The resolved settings.
         label: What to call the owner in diagnostics ("TinybirdHandler").
-        flushed_by_logging: Whether ``logging.shutdown`` flushes it at exit (a handler), so
-            that events queued after the exit drain still go out in one batch; other
-            producers send such late events on the calling thread.
+        flushed_by_logging: Whether it is a ``logging`` handler: ``logging.shutdown``
+            flushes it at exit, so that records queued after the exit drain go out in one
+            batch (other producers send such late events on the calling thread); and a
+            later logging configuration may close it while leaving it attached, so that it
+            reopens when it still gets records, as ``logging.FileHandler`` does.
         process: The owner of process-wide state (``PROCESS``; another in unit tests).
     """
 
@@ -46,18 +53,10 @@ class Producer:
         self.config = config
         self.label = label
         self._sends_late = not flushed_by_logging
-        self.channel = Channel(
-            config.datasource,
-            config.host,
-            wait=config.wait,
-            limits=Limits(
-                queue_max_events=config.queue_max_events,
-                queue_max_bytes=config.queue_max_bytes,
-                batch_max_rows=config.batch_max_rows,
-                batch_max_bytes=config.batch_max_bytes,
-                flush_interval=config.flush_interval,
-            ),
-        )
+        self._reopens = flushed_by_logging
+        self._reopening = threading.Lock()
+        self._retired: list[Channel] = []  # closed channels of earlier openings (stats)
+        self.channel = self._new_channel()
         self.worker: Worker | None = None
         if config.enabled and not config.token:
             _diagnostics.say_once(
@@ -78,6 +77,17 @@ class Producer:
         self.has_before_send = config.before_send is not None
         self.max_event_bytes = config.max_event_bytes
 
+    def _new_channel(self) -> Channel:
+        config = self.config
+        limits = Limits(
+            queue_max_events=config.queue_max_events,
+            queue_max_bytes=config.queue_max_bytes,
+            batch_max_rows=config.batch_max_rows,
+            batch_max_bytes=config.batch_max_bytes,
+            flush_interval=config.flush_interval,
+        )
+        return Channel(config.datasource, config.host, wait=config.wait, limits=limits)
+
     def put(self, event: dict[str, Any], level: int = 0) -> None:
         """Queue one event on the caller's thread: hook, encode, append.
 
@@ -97,18 +107,62 @@ class Producer:
         """
         channel = self._accepting  # one check on the caller's hot path: open and enabled
         if channel is None or line is None:
-            self._refuse_line()
-        elif channel.offer(line, flags, level):
+            channel = self._unaccepted(line)
+            if channel is None or line is None:
+                return
+        if channel.offer(line, flags, level):
             self._wake(channel)
 
-    def _refuse_line(self) -> None:
-        """Count an event this producer cannot queue: disabled, closed, or too large."""
+    def _unaccepted(self, line: bytes | None) -> Channel | None:
+        """Count an event this producer cannot queue (disabled, closed, or too large), or
+        reopen a closed handler; the channel to queue ``line`` in, if any.
+        """
         if self.worker is None:
             self.channel.refuse("disabled")
-        elif self.channel.closed:
+            return None
+        if self.channel.closed and not self._reopens:
             self._refuse_closed()
-        else:
-            self.channel.refuse("too_large")
+            return None
+        if self.channel.closed:
+            channel = self._reopen()
+            if channel is None or line is not None:
+                return channel
+        self.channel.refuse("too_large")
+        return None
+
+    def _reopen(self) -> Channel | None:
+        """A closed handler still gets records: a later logging configuration closed it and
+        left it attached (``dictConfig`` closes every existing handler, and leaves it on
+        the loggers it does not configure: ``uvicorn.run()``'s default ``log_config``).
+        It reopens, as ``logging.FileHandler`` does: a new channel on the same data source
+        and worker, in the memory budget; the old one's queue goes on to its deadline. Not
+        once the process is exiting (``logging.shutdown`` closed it): counted then.
+        """
+        with self._reopening:
+            if self._accepting is not None:  # another thread reopened it meanwhile
+                return self._accepting
+            if self._process.exiting():
+                self.channel.refuse("after_exit")
+                _diagnostics.say_once(
+                    f"closed-at-exit:{id(self)}",
+                    f"a record reached {self.label} for {self.channel.datasource!r} after it "
+                    "was closed at exit (logging.shutdown): dropped, counted as 'after_exit'.",
+                )
+                return None
+            channel = self._new_channel()
+            worker = self._process.attach(self.config, channel, self.label)
+            self._retired.append(self.channel)
+            self.channel, self.worker = channel, worker
+            self._accepting = channel
+        _diagnostics.say_once(
+            f"reopened:{id(self)}",
+            f"{self.label} for {channel.datasource!r} was closed but still gets records: a "
+            "later logging configuration closed it and left it attached (a second "
+            "dictConfig, or uvicorn.run()'s default log_config). It reopened, as "
+            "logging.FileHandler does, and sends them. To keep one handler, add it in that "
+            "configuration, or pass log_config=None to uvicorn.run().",
+        )
+        return channel
 
     def _wake(self, channel: Channel) -> None:
         worker = self.worker
@@ -117,11 +171,11 @@ class Producer:
         worker.notify(channel)
         if self._checks_pending:
             self._checks_pending = not _runtime_checks.at_first_batches(self.label)
-        if self._sends_late and self._process.exiting() and not self.flush():
-            # After the exit drain (a later atexit hook, a __del__) nothing would send it
-            # any more: it was sent now, within what is left of the budget, or is counted
-            # and reported here.
-            report_undelivered([channel], "at exit (sent after the exit drain)")
+        if self._process.exiting():
+            # After the exit drain (a later atexit hook or finalizer, a __del__) nothing
+            # would send it any more: it is sent now, within what is left of the budget,
+            # or counted and said.
+            self._process.send_late(worker, channel, flushed_by_logging=not self._sends_late)
 
     def refuse(self, reason: str, count: int = 1) -> None:
         """Count ``count`` events handed to the producer and dropped before its queue (a
@@ -134,9 +188,7 @@ class Producer:
         _diagnostics.say_once(
             f"closed:{id(self)}",
             f"a closed {self.label} for {self.channel.datasource!r} still gets events: they "
-            "are dropped (counted as 'closed'). A later logging configuration closed it (a "
-            "second dictConfig, or uvicorn.run()'s log_config): add the handler in that "
-            "configuration, or pass log_config=None to uvicorn.run().",
+            "are dropped (counted as 'closed'). Close it only once nothing sends to it.",
         )
 
     def refuse_unreadable(self, event: object, exc: Exception) -> None:
@@ -170,26 +222,74 @@ class Producer:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued before the call is acknowledged, and the spool files
         of its data source then on disk (a previous process's too) are delivered, or
-        ``timeout``.
+        ``timeout``; whether everything handed to it since the previous ``flush()``
+        returned (or since it started) was acknowledged: False if any of it was dropped
+        (``stats()`` says why), or is still queued when the time is up.
 
         Never waits while the caller holds ``logging``'s module lock (``dictConfig``,
-        ``logging.shutdown``): the worker is woken and the call returns at once.
+        ``logging.shutdown``): the worker is woken and the call returns at once, without
+        ending the round (the next flush still reports what was dropped).
         """
         return self._flush(timeout, spooled=True)
 
     def _flush(self, timeout: float | None, *, spooled: bool) -> bool:
+        started = self._start_round(timeout, spooled=spooled)
+        if isinstance(started, bool):
+            return started
+        worker, flush, deadline = started
+        return flush.result(worker.wait_until(flush.reached, deadline))
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """``flush()`` for a coroutine, without a thread and without blocking the loop: the
+        sender that completes the round wakes it (``_async.until``). With no sender
+        threads (``background=False``, or at exit) the round is sent on the process's
+        small shared pool instead.
+        """
+        return await self._aflush(timeout, spooled=True)
+
+    async def _aflush(self, timeout: float | None, *, spooled: bool) -> bool:
+        started = self._start_round(timeout, spooled=spooled)
+        if isinstance(started, bool):
+            return started
+        worker, flush, deadline = started
+        if worker.background and not self._process.exiting():
+            worker.notify(self.channel)  # a sender runs (started if none does)
+            watch = functools.partial(worker.watch, flush.reached)
+            reached = await until(flush.reached, watch, deadline - time.monotonic())
+        else:
+            reached = await run_blocking(lambda: worker.wait_until(flush.reached, deadline))
+        return flush.result(reached)
+
+    def _start_round(
+        self, timeout: float | None, *, spooled: bool
+    ) -> tuple[Worker, FlushRound, float] | bool:
+        """A flush round made due now, with its worker and deadline; or the flush's result
+        at once (a disabled producer; the caller holds ``logging``'s lock). With
+        ``spooled``, the round waits for the spool files of its data source too (a close
+        waits for its own events only: the spool's are the worker's).
+        """
         worker, channel = self.worker, self.channel
         if worker is None:
             return channel.empty()
-        if _holds_logging_lock():
-            flush = FlushRound([channel])  # (no disk work under logging's lock)
+        # A reopened handler's earlier channels: what they still send, and what they drop.
+        retired = [old for old in self._retired if not old.empty()]
+        if _holds_logging_lock():  # (no disk work under logging's lock)
+            flush = FlushRound([channel, *retired], "producer")
             worker.notify(channel)
-            return flush.reached() and not flush.lost()
-        flush = FlushRound([channel], worker.spool_backlog([channel]) if spooled else None)
+            return flush.result(flush.reached(), returning=False)
+        backlog = worker.spool_backlog([channel]) if spooled else None
+        flush = FlushRound([channel, *retired], "producer", backlog)
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
-        wait = self._process.cap_at_exit(wait)
-        done = worker.wait_until(flush.reached, time.monotonic() + wait)
-        return done and not flush.lost()
+        return worker, flush, time.monotonic() + self._process.cap_at_exit(wait)
+
+    def make_due(self) -> None:
+        """Make everything queued due now and wake the worker, without waiting: a flush that
+        does not end a round (``flush()``'s result is not consumed).
+        """
+        worker = self.worker
+        if worker is not None:
+            self.channel.request_flush()
+            worker.notify(self.channel)
 
     def close(self, timeout: float | None = None) -> None:
         """Flush within ``timeout`` (default ``flush_timeout``) and detach; idempotent.
@@ -197,17 +297,41 @@ class Producer:
         What is still queued then is sent in the background until that deadline, and then
         given up (counted as ``close_timeout``).
         """
+        wait = self._begin_close(timeout)
+        if wait is not None:
+            self._flush(wait, spooled=False)
+            self._end_close()
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """``close()`` for a coroutine: its flush awaited as ``aflush`` awaits."""
+        wait = self._begin_close(timeout)
+        if wait is not None:
+            await self._aflush(wait, spooled=False)
+            self._end_close()
+
+    def _begin_close(self, timeout: float | None) -> float | None:
+        """Refuse new events and give the queue its deadline; how long the close's flush
+        waits (``None``: nothing to flush, or closed already).
+        """
         worker, channel = self.worker, self.channel
         if channel.closed:
-            return
+            return None
         self._accepting = None  # from now on, events are refused as closed
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
         wait = self._process.cap_at_exit(wait)
         if worker is None:
             channel.close(time.monotonic() + wait)
-            return
+            return None
         self._process.close(channel, time.monotonic() + wait)
-        self._flush(wait, spooled=False)  # its own events: the spool's are the worker's
+        return wait
+
+    def _end_close(self) -> None:
+        """After the close's flush: detach the channel, or leave the rest to the worker
+        until the deadline (at exit, and without threads, the deadline is now).
+        """
+        worker, channel = self.worker, self.channel
+        if worker is None:
+            return
         if channel.empty():
             self._process.detach(worker, channel)
         elif self._process.exiting():
@@ -220,8 +344,10 @@ class Producer:
             worker.notify(channel)  # the worker sends the rest, then detaches the channel
 
     def stats(self) -> DeliveryStats:
-        """A snapshot of this producer's counters."""
+        """A snapshot of this producer's counters (a reopened handler's: every opening's)."""
         stats = self.channel.stats()
+        if self._retired:
+            stats = _combined([*(old.stats() for old in self._retired), stats])
         if self.worker is None:
             return stats
         interval = self.worker.send_interval(self.channel.datasource, stats.send_interval)
@@ -229,6 +355,27 @@ class Producer:
         return dataclasses.replace(
             stats, send_interval=interval, spool_bytes=spool_bytes, spool_corrupt=corrupt
         )
+
+
+def _combined(parts: list[DeliveryStats]) -> DeliveryStats:
+    """Several channels' counters of one producer as one, the last (the open one) last:
+    counts added up, the last non-empty text and the longest interval.
+    """
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(DeliveryStats):
+        items = [getattr(part, field.name) for part in parts]
+        if isinstance(items[-1], str):
+            values[field.name] = next((item for item in reversed(items) if item), "")
+        elif isinstance(items[-1], float):
+            values[field.name] = max(items)
+        elif isinstance(items[-1], Mapping):
+            total: collections.Counter[str] = collections.Counter()
+            for item in items:
+                total.update(item)
+            values[field.name] = dict(total)
+        else:
+            values[field.name] = sum(items)
+    return DeliveryStats(**values)
 
 
 def _holds_logging_lock() -> bool:

@@ -112,6 +112,8 @@ class Senders:
         self._idle = 0  # of which waiting for work
         self._starting = False
         self.stopping = False
+        # Who waits without a thread (an awaited flush): checked at each progress.
+        self._watchers: dict[object, tuple[Callable[[], bool], Callable[[], None]]] = {}
 
     def after_fork_in_child(self) -> None:
         """No thread of the parent runs here: new locks, waits made lazily."""
@@ -165,10 +167,34 @@ class Senders:
             self._closed()
 
     def progressed(self) -> None:
-        """Something was sent or given up: wake the callers waiting for progress."""
+        """Something was sent or given up: wake the callers waiting for progress, and call
+        the watchers whose condition now holds.
+        """
         progress = self._wait_primitives()[1]
         with progress:
             progress.notify_all()
+        if self._watchers:
+            with self._lock:
+                due = [(key, call) for key, (done, call) in self._watchers.items() if done()]
+                for key, _ in due:
+                    del self._watchers[key]
+            for _, call in due:
+                call()
+
+    def watch(self, done: Callable[[], bool], call: Callable[[], None]) -> Callable[[], None]:
+        """Call ``call()`` once ``done()`` holds, on the thread that made the progress (it
+        must be quick and never raise: an event loop's ``call_soon_threadsafe``); how to
+        stop watching. A caller waits so without a thread of its own (``aflush``).
+        """
+        key = object()
+        with self._lock:
+            self._watchers[key] = (done, call)
+
+        def stop() -> None:
+            with self._lock:
+                self._watchers.pop(key, None)
+
+        return stop
 
     # -- the threads' loop ----------------------------------------------------------------
 

@@ -172,7 +172,7 @@ class SpillBridge:
         """
         self.spill(channel)
         reason, why = self._refusals.get(channel.serial, ("", ""))
-        lost = channel.abandon(reason) if reason and not channel.empty() else 0
+        lost = channel.abandon(reason).total if reason and not channel.empty() else 0
         if lost:
             _diagnostics.say(
                 f"{lost} event(s) for {channel.datasource!r} could not be spooled {when} to "

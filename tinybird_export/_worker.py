@@ -17,14 +17,14 @@ memory budget, the exit deadline, detaching a finished channel) is lent at const
 from __future__ import annotations
 
 import dataclasses
+import ssl
 import time
 from collections.abc import Callable, Iterable
 
-from tinybird_export import _diagnostics
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._client import EventsClient
-from tinybird_export._delivery import Delivery, Transport, report_internal_error
+from tinybird_export._delivery import Delivery, Transport, give_up, report_internal_error
 from tinybird_export._lanes import Lane, LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._scheduler import Scheduler
@@ -47,11 +47,22 @@ class Shared:
 
 class FlushRound:
     """What one flush waits for: every event its channels accepted before it began (made
-    due now), resolved; the spool files of their data sources when it began (``spooled``:
-    a previous process's too), resolved; and whether any event was dropped meanwhile.
+    due now), resolved, and the spool files of their data sources then on disk (``spooled``:
+    a previous process's too), resolved. It is *all acknowledged* when, besides, nothing
+    its channels were handed since the same caller's previous round returned (or since
+    they started) was dropped: a drop before the round began says False too, once.
+
+    Args:
+        channels: The channels it flushes.
+        by: Whose rounds (``"producer"``, ``"process"``): each caller keeps its own
+            "since the previous round returned".
+        spooled: The spool files it waits for (``Worker.spool_backlog``), if any.
     """
 
-    def __init__(self, channels: Iterable[Channel], spooled: Backlog | None = None) -> None:
+    def __init__(
+        self, channels: Iterable[Channel], by: str, spooled: Backlog | None = None
+    ) -> None:
+        self._by = by
         self._marks = [(channel, channel.request_flush()) for channel in channels]
         self._spooled = spooled
 
@@ -63,9 +74,13 @@ class FlushRound:
             self._spooled is None or self._spooled.settled()
         )
 
-    def lost(self) -> bool:
-        """Whether queued events were dropped since the round began."""
-        return any(channel.lost_since(mark) for channel, mark in self._marks)
+    def result(self, reached: bool, *, returning: bool = True) -> bool:
+        """Whether the round is all acknowledged, given whether it was ``reached``; with
+        ``returning`` the round ends here (the next one looks at drops from now on).
+        """
+        by = self._by
+        lost = [channel.lost_since_flush(by, returning=returning) for channel, _ in self._marks]
+        return reached and not any(lost)
 
 
 class Worker:
@@ -114,7 +129,7 @@ class Worker:
     def __repr__(self) -> str:
         return f"<Worker {self.host} lanes={len(self._scheduler.lanes())}>"
 
-    def _http_client(self) -> EventsClient:
+    def _http_client(self, context: ssl.SSLContext | None = None) -> EventsClient:
         s = self.settings
         return EventsClient(
             s.host,
@@ -122,6 +137,7 @@ class Worker:
             compression=s.compression,
             ca_bundle=s.ca_bundle,
             connect_timeout=s.connect_timeout,
+            context=context,
         )
 
     @property
@@ -136,8 +152,9 @@ class Worker:
 
     def after_fork_in_child(self, spool: Spool | None) -> None:
         """New locks, pool and (lazily) threads; the parent's queues are forgotten."""
-        if self._own_transport:
-            self._transport = self._delivery.transport = self._http_client()
+        if self._own_transport:  # a new pool; the parent's TLS context (never built here)
+            context = getattr(self._transport, "tls_context", None)
+            self._transport = self._delivery.transport = self._http_client(context)
         self._scheduler.after_fork_in_child()
         self._senders.after_fork_in_child()
         if self._bridge is not None and spool is not None:
@@ -195,12 +212,33 @@ class Worker:
         began = self._retry_refused()
         return self._senders.wait_until(done, deadline, lambda: self.refused_for(began) is not None)
 
+    def watch(self, done: Callable[[], bool], call: Callable[[], None]) -> Callable[[], None]:
+        """Call ``call()`` from a sender thread once ``done()`` holds after a send (an
+        awaited flush: no thread waits); how to stop watching.
+        """
+        return self._senders.watch(done, call)
+
     def hurry(self) -> None:
         """Make every queued event due now (a flush of every channel)."""
         for channel in self.channels():
             channel.request_flush()
         for _ in range(max(self._senders.running, 1)):
             self._senders.wake()
+
+    def can_send_here(self, channel: Channel) -> bool:
+        """Whether this thread alone can send ``channel``'s queue: no request of its lane
+        under way (during the interpreter's teardown the sender threads are gone, and a
+        lane or batch they held stays held).
+        """
+        lane = self._scheduler.lane(channel.datasource)
+        return lane is not None and not lane.busy and not channel.in_flight()
+
+    def send_here(self, channel: Channel, deadline: float) -> bool:
+        """Send ``channel``'s queue on this thread until it is empty or ``deadline``
+        (after the exit drain: nothing else will); whether it was emptied.
+        """
+        channel.request_flush()
+        return self._senders.run_here(channel.empty, deadline)
 
     def drain(self, deadline: float) -> None:
         """Send everything queued until ``deadline``, on this thread too (the exit drain),
@@ -347,21 +385,16 @@ class Worker:
         for channel in channels:
             if self._bridge is not None and not channel.empty():
                 self._bridge.give_up(channel, "at its close deadline")
-            lost = channel.abandon("close_timeout")
             refused = self.refused_for()
-            if lost and refused is not None:
-                _diagnostics.say(
-                    f"{lost} event(s) of a closed producer for {channel.datasource!r} were not "
-                    f"delivered: nothing accepts connections at {self.host} (refused for "
-                    f"{refused:.1f} s), so its close deadline was not waited out; counted as "
-                    "'close_timeout'."
-                )
-            elif lost:
-                _diagnostics.say(
-                    f"{lost} event(s) of a closed producer for {channel.datasource!r} were not "
-                    f"delivered by its close deadline ({channel.last_error() or 'no answer'}); "
-                    "counted as 'close_timeout'."
-                )
+            give_up(
+                [channel],
+                "when a closed producer's deadline passed",
+                "close_timeout",
+                "the close deadline passed before they could be sent"
+                if refused is None
+                else f"nothing accepts connections at {self.host} (refused for {refused:.1f} s), "
+                "so its close deadline was not waited out",
+            )
             self._shared.detach(self, channel)
             self._senders.progressed()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tinybird_export._async import run_blocking
 from tinybird_export._config import EventsSettings, TinybirdConfig, kind
 from tinybird_export._producer import Producer
 from tinybird_export._record_mapper import plain_event
@@ -69,7 +68,11 @@ class TinybirdEvents:
         """Wait until every event sent before the call is acknowledged, or ``timeout``.
 
         Returns:
-            Whether all of them were acknowledged in time.
+            Whether every event sent since the previous ``flush()`` returned (or since the
+            sender was made) was acknowledged in time: False if any of them was dropped
+            (``stats().dropped_by_reason`` says why; events ``before_send`` filtered out do
+            not count), even before this call; True again once a later flush finds
+            everything since acknowledged.
         """
         return self._producer.flush(timeout)
 
@@ -81,16 +84,20 @@ class TinybirdEvents:
         self._producer.close(timeout)
 
     async def aflush(self, timeout: float | None = None) -> bool:
-        """``flush(timeout)`` for a coroutine: waits on a thread, never blocking the loop.
+        """``flush(timeout)`` for a coroutine, never blocking the loop and without a thread
+        of its own: the sender that completes the flush wakes it (asyncio and trio).
 
         Returns:
-            Whether every event sent before the call was acknowledged in time.
+            What ``flush`` returns: whether every event sent since the previous flush
+            returned was acknowledged in time (none dropped).
         """
-        return await run_blocking(lambda: self.flush(timeout))
+        return await self._producer.aflush(timeout)
 
     async def aclose(self) -> None:
-        """``close()`` for a coroutine: flushes within ``flush_timeout`` on a thread."""
-        await run_blocking(self.close)
+        """``close()`` for a coroutine: its flush (within ``flush_timeout``) awaited as
+        ``aflush`` awaits.
+        """
+        await self._producer.aclose()
 
     async def __aenter__(self) -> TinybirdEvents:
         return self

@@ -6,7 +6,6 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from tinybird_export._async import run_blocking
 from tinybird_export._config import HandlerSettings, TinybirdConfig, kind
 from tinybird_export._process import PROCESS
 from tinybird_export._producer import Producer
@@ -108,30 +107,45 @@ class TinybirdHandler(logging.Handler):
                 while the caller holds ``logging``'s module lock.
 
         Returns:
-            Whether everything emitted before the call was acknowledged (quarantined rows
-            included) within the timeout.
+            Whether every record emitted since the previous ``flush()`` returned (or since
+            the handler was made) was acknowledged (quarantined rows included) within the
+            timeout: False if any of them was dropped (``stats().dropped_by_reason`` says
+            why; records filtered by ``before_send`` do not count), even before this call;
+            True again once a later flush finds everything since acknowledged.
         """
         return self._producer.flush(timeout)
 
     def close(self) -> None:
-        """Flush within ``flush_timeout`` and stop sending for this handler. Idempotent."""
+        """Flush within ``flush_timeout`` and stop sending for this handler. Idempotent.
+
+        A closed handler that still gets records (a later ``dictConfig`` closed it and left
+        it attached to a logger) reopens on the same data source and sends them, as
+        ``logging.FileHandler`` does, and says so once on stderr; after the exit drain it
+        does not (they are counted as ``after_exit``).
+        """
         try:
             self._producer.close()
         finally:
             super().close()
 
     async def aflush(self, timeout: float | None = None) -> bool:
-        """``flush(timeout)`` for a coroutine: waits on a thread, never blocking the loop.
+        """``flush(timeout)`` for a coroutine, never blocking the loop and without a thread
+        of its own: the sender that completes the flush wakes it (asyncio and trio).
 
         Returns:
-            What ``flush`` returns: whether everything emitted before the call was
-            acknowledged within the timeout.
+            What ``flush`` returns: whether every record emitted since the previous
+            flush returned was acknowledged within the timeout (none dropped).
         """
-        return await run_blocking(lambda: self.flush(timeout))
+        return await self._producer.aflush(timeout)
 
     async def aclose(self) -> None:
-        """``close()`` for a coroutine: flushes within ``flush_timeout`` on a thread."""
-        await run_blocking(self.close)
+        """``close()`` for a coroutine: its flush (within ``flush_timeout``) awaited as
+        ``aflush`` awaits.
+        """
+        try:
+            await self._producer.aclose()
+        finally:
+            super().close()
 
     def stats(self) -> DeliveryStats:
         """A snapshot of this handler's delivery counters (see ``DeliveryStats``)."""

@@ -80,7 +80,10 @@ class _Exporter:
         return 0
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Wait until everything exported so far is acknowledged, or the deadline."""
+        """Wait until everything exported so far is acknowledged, or the deadline; whether
+        everything exported since the previous ``force_flush`` returned was acknowledged
+        (False if any of it was dropped, even before this call).
+        """
         return self._producer.flush(timeout_millis / 1000)
 
     def shutdown(self, timeout_millis: float | None = None) -> None:

@@ -4,7 +4,7 @@
 ``DeliveryStats`` snapshot, taken under the producer's queue lock, so its counters are
 consistent with each other::
 
-    emitted == sent + dropped + queued + in_flight + spooled
+    emitted == sent + dropped + queued + in_flight + spooled + unknown
 
 ``emitted`` is counted where an event enters (accepted or refused), independently of the
 others, so an event lost between two counters breaks the equation instead of hiding in it.
@@ -52,8 +52,12 @@ class DeliveryStats:
         unspooled: Events sent from the spool by this producer's data source (its own,
             counted in ``sent`` too, and those another process left).
         spool_corrupt: Spool files that failed their checksum (moved aside, not sent).
+        unknown: Events whose request was under way when the exit budget (or a closed
+            producer's deadline) ran out: sent, but the answer did not come in time, so the
+            server may have stored them or not (``event_id`` tells). Not counted as
+            dropped; an answer that still comes moves them to ``sent`` or ``dropped``.
 
-    Invariant: ``emitted == sent + dropped + queued + in_flight + spooled``.
+    Invariant: ``emitted == sent + dropped + queued + in_flight + spooled + unknown``.
     """
 
     emitted: int
@@ -77,9 +81,12 @@ class DeliveryStats:
     spool_bytes: int = 0
     unspooled: int = 0
     spool_corrupt: int = 0
+    unknown: int = 0
 
     def accounted(self) -> bool:
-        """Whether every event emitted is sent, dropped, queued, in flight or spooled."""
+        """Whether every event emitted is sent, dropped, queued, in flight, spooled, or of
+        unknown fate (sent without an answer in time).
+        """
         return self.emitted == (
-            self.sent + self.dropped + self.queued + self.in_flight + self.spooled
+            self.sent + self.dropped + self.queued + self.in_flight + self.spooled + self.unknown
         )

@@ -131,6 +131,10 @@ class EventsServer:
         rate_limit: Accept this many requests per second per data source (a token bucket,
             bursts up to the same number), answering 429 with ``Retry-After`` beyond it;
             every answer carries the ``X-RateLimit-*`` headers. ``None``: no limit.
+        bad_row: Rows it refuses as it refuses a line that is not a JSON object: the whole
+            request gets 400, naming the first such line, and nothing is stored.
+        name_bad_lines: Whether a 400 for a bad line names it (``line N``, as this server
+            and the local one do); ``False``: it says only that the body is invalid.
     """
 
     def __init__(
@@ -142,8 +146,12 @@ class EventsServer:
         record: bool = True,
         tls: ssl.SSLContext | None = None,
         rate_limit: float | None = None,
+        bad_row: Callable[[dict[str, Any]], bool] | None = None,
+        name_bad_lines: bool = True,
     ) -> None:
         self.token = token
+        self.bad_row = bad_row
+        self.name_bad_lines = name_bad_lines
         self.buckets = TokenBuckets(rate_limit) if rate_limit else None
         self.tls = tls
         self.stopping = threading.Event()
@@ -257,6 +265,14 @@ class EventsServer:
     def wait_for_rows(self, count: int, timeout: float = 10.0) -> bool:
         """Wait until at least ``count`` rows were accepted."""
         return self.wait_for(lambda: self.rows_accepted >= count, timeout)
+
+    def _checked_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``rows``, unless ``bad_row`` refuses one (a 400 naming its 1-based line)."""
+        if self.bad_row is not None:
+            for number, row in enumerate(rows, 1):
+                if self.bad_row(row):
+                    raise _ingest_body.BodyError(400, f"line {number} is not a valid event")
+        return rows
 
     def _arrived(self) -> None:
         with self._lock:
@@ -416,11 +432,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raw, self.headers.get("Content-Encoding"), owner.max_body_bytes
             )
             rows = (
-                len(_ingest_body.parse_rows(body))
+                len(owner._checked_rows(_ingest_body.parse_rows(body)))
                 if owner.record
                 else _ingest_body.count_rows(body)
             )
         except _ingest_body.BodyError as exc:
+            if exc.status == 400 and "line " in str(exc) and not owner.name_bad_lines:
+                return 400, {"error": "invalid NDJSON body: nothing was inserted"}, raw, 0
             return exc.status, {"error": str(exc)}, raw, 0
         if owner.buckets is not None:
             accepted, self.limit_headers = owner.buckets.take(query["name"])

@@ -107,19 +107,24 @@ def test_one_batch_in_flight_at_a_time_and_retries_keep_their_place() -> None:
     assert (stats.requests, stats.retries, stats.in_flight, stats.queued) == (1, 0, 1, 1)
 
 
-def test_an_answer_after_abandon_is_ignored_so_each_event_counts_once() -> None:
-    """An answer for an abandoned batch is ignored: each event is counted once."""
+def test_an_answer_after_abandon_settles_the_unknown_so_each_event_counts_once() -> None:
+    """Abandoned at the deadline, the batch in flight is of unknown fate (its request is
+    under way), the queued one dropped; an answer that still comes moves the unknown to
+    sent, and a later one for the same batch changes nothing: each event counts once."""
     ch = channel(2)
     for line in (b"a", b"b", b"c"):
         ch.offer(line)
     in_flight = ch.take(time.monotonic(), 1.0, False)
     assert isinstance(in_flight, Batch)
-    assert ch.abandon("exit_timeout") == 3
+    assert ch.abandon("exit_timeout") == (1, 2)  # c not sent; a and b sent, no answer yet
+    stats = ch.stats()
+    assert (stats.sent, stats.dropped, stats.unknown, stats.in_flight) == (0, 1, 2, 0)
     assert ch.sent(in_flight, quarantined=0, wire_bytes=0) is False  # came back too late
     ch.retry(in_flight, "late")
+    ch.dropped(in_flight, "http_400", requested=True)
     stats = ch.stats()
-    assert (stats.sent, stats.dropped, stats.queued, stats.in_flight) == (0, 3, 0, 0)
-    assert stats.emitted == 3
+    assert (stats.sent, stats.dropped, stats.queued, stats.in_flight) == (2, 1, 0, 0)
+    assert (stats.unknown, stats.emitted) == (0, 3)
 
 
 def test_an_offer_reentered_on_the_same_thread_is_kept() -> None:
@@ -151,7 +156,25 @@ def test_abandon_counts_a_line_a_signal_handler_logged() -> None:
             return super().__len__()
 
     ch.offer(Interrupting(b"outer"))
-    assert ch.abandon("exit_timeout") == 2
+    assert ch.abandon("exit_timeout") == (2, 0)
     stats = ch.stats()
     assert (stats.queued, stats.dropped_by_reason) == (0, {"exit_timeout": 2})
     assert ch.empty()
+
+
+def test_a_batch_whose_request_got_no_answer_is_unknown_when_given_up() -> None:
+    """A batch back in the queue after a read timeout (sent whole, no answer) may be
+    stored: given up, it is unknown, not dropped; one refused before sending is dropped."""
+    ch = channel(1)
+    for line in (b"a", b"b", b"c"):
+        ch.offer(line)
+    first = ch.take(time.monotonic(), 1.0, True)
+    assert isinstance(first, Batch)
+    ch.retry(first, "read timed out", maybe_stored=True)
+    second = ch.take(time.monotonic(), 1.0, True)
+    assert second is first
+    ch.retry(first, "read timed out", maybe_stored=True)
+    assert ch.abandon("exit_timeout") == (2, 1)
+    stats = ch.stats()
+    assert (stats.unknown, stats.dropped_by_reason) == (1, {"exit_timeout": 2})
+    assert stats.accounted()

@@ -21,7 +21,21 @@ from tinybird_export._producer import Producer
 
 _steps = st.lists(
     st.tuples(
-        st.sampled_from(["offer", "take", "sent", "retry", "split", "drop", "spill", "refuse"]),
+        st.sampled_from(
+            [
+                "offer",
+                "take",
+                "sent",
+                "retry",
+                "split",
+                "drop",
+                "spill",
+                "refuse",
+                "park",
+                "drop_line",
+                "abandon",
+            ]
+        ),
         st.integers(0, 50),
     ),
     max_size=80,
@@ -31,8 +45,9 @@ _steps = st.lists(
 @settings(derandomize=True, deadline=None, max_examples=300)
 @given(steps=_steps)
 def test_the_invariant_holds_whatever_happens(steps: list[tuple[str, int]]) -> None:
-    """Offers at a small bound (some displacing), claims, every answer, the spool's
-    hand-off and refusals, in any order: the counters agree after each step."""
+    """Offers at a small bound (some displacing), claims, every answer (a 400's line
+    dropped alone, a piece parked), the spool's hand-off, refusals and giving up with an
+    answer still to come, in any order: the counters agree after each step."""
     channel = make_channel(rows=3, nbytes=300, max_bytes=400, max_events=8)
     in_flight: Batch | None = None
     for step, n in steps:
@@ -48,8 +63,17 @@ def test_the_invariant_holds_whatever_happens(steps: list[tuple[str, int]]) -> N
             if batch is not None:
                 channel.spooled(batch)
                 channel.unspooled(batch.count, own=True, sent=n % 3 == 0, reason="http_400")
+        elif step == "abandon":
+            channel.abandon("exit_timeout")
+            if in_flight is not None and n % 2:  # its answer comes after all
+                channel.sent(in_flight, quarantined=0, wire_bytes=0)
+            in_flight = None
         elif in_flight is not None:
-            if step == "sent":
+            if step == "park":
+                channel.park(in_flight, "400")
+            elif step == "drop_line" and in_flight.count > 1:
+                channel.drop_line(in_flight, n % in_flight.count, "http_400", "400")
+            elif step == "sent":
                 channel.sent(in_flight, quarantined=0, wire_bytes=0)
             elif step == "retry":
                 channel.retry(in_flight, "503")
@@ -61,7 +85,7 @@ def test_the_invariant_holds_whatever_happens(steps: list[tuple[str, int]]) -> N
         assert channel.stats().accounted()
     channel.abandon("exit_timeout")
     stats = channel.stats()
-    assert stats.queued == stats.in_flight == 0 and stats.accounted()
+    assert stats.queued == stats.in_flight == stats.queued_bytes == 0 and stats.accounted()
 
 
 def test_the_check_fails_when_a_counter_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:

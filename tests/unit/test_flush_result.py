@@ -1,0 +1,107 @@
+"""What flush() returns: True only when everything handed over since the previous flush
+returned was acknowledged; a drop, before the call or during it, says False once, and a
+later round that is all acknowledged says True again. Each caller (a producer, the
+process-wide flush) keeps its own "since the previous flush"."""
+
+from __future__ import annotations
+
+from tests.helpers import RecordingTransport, accepted, answered, unit_config, unit_process
+from tinybird_export._process import Process
+from tinybird_export._producer import Producer
+
+
+def producer(process: Process, **settings: object) -> Producer:
+    """A producer of ``process`` (no threads: flush sends on this thread)."""
+    return Producer(unit_config(**settings), "unit", process=process)
+
+
+def send_now(process: Process) -> None:
+    """Send what is queued, on this thread, without a flush."""
+    worker = process.workers()[0]
+    worker.hurry()
+    worker.drain(10**9)
+
+
+def test_a_drop_before_the_call_makes_the_next_flush_false_once() -> None:
+    """Events dropped (404) before flush() is called: it says False; the next round,
+    all acknowledged, says True."""
+    transport = RecordingTransport(answered(404), default=accepted())
+    process = unit_process(transport)
+    sender = producer(process)
+    sender.put({"event": "dropped"})
+    send_now(process)  # sent (and dropped) before any flush
+    assert sender.stats().dropped_by_reason == {"http_404": 1}
+    assert sender.flush(5) is False
+    sender.put({"event": "delivered"})
+    assert sender.flush(5) is True
+    assert sender.flush(5) is True  # nothing new: still all acknowledged
+
+
+def test_a_drop_during_the_round_makes_it_false() -> None:
+    """A batch dropped while the flush waits: False."""
+    process = unit_process(RecordingTransport(answered(400)))
+    sender = producer(process)
+    sender.put({"event": "x"})
+    assert sender.flush(5) is False
+
+
+def test_refusals_at_the_bound_make_it_false() -> None:
+    """Events refused at the memory bound (queue_full) were dropped: False."""
+    process = unit_process(RecordingTransport())
+    sender = producer(process, queue_max_events=2)
+    for i in range(5):
+        sender.put({"event": i})
+    assert sender.stats().dropped_by_reason == {"queue_full": 3}
+    assert sender.flush(5) is False
+    assert sender.flush(5) is True
+
+
+def test_what_the_application_filtered_out_is_not_a_failure() -> None:
+    """before_send returning None drops the event by the application's choice: True."""
+    process = unit_process(RecordingTransport())
+    sender = producer(process, before_send=lambda event: None if event["skip"] else event)
+    sender.put({"skip": True})
+    sender.put({"skip": False})
+    assert sender.stats().dropped_by_reason == {"before_send": 1}
+    assert sender.flush(5) is True
+
+
+def test_each_caller_keeps_its_own_round() -> None:
+    """The process-wide flush and a producer's flush each report a drop once, to their
+    own caller."""
+    transport = RecordingTransport(answered(403), default=accepted())
+    process = unit_process(transport)
+    sender = producer(process)
+    sender.put({"event": "dropped"})
+    send_now(process)
+    assert process.flush(5) is False
+    assert process.flush(5) is True
+    assert sender.flush(5) is False  # its own round had not seen the drop yet
+    assert sender.flush(5) is True
+
+
+def test_a_flush_that_times_out_is_false_and_the_drop_is_still_said() -> None:
+    """A round not reached in time is False; what it was waiting for, dropped later,
+    makes the next one False too."""
+    transport = RecordingTransport(answered(503), answered(404), default=accepted())
+    process = unit_process(transport)
+    sender = producer(process)
+    sender.put({"event": "x"})
+    assert sender.flush(0) is False  # 503: retried later, not reached
+    send_now(process)  # after the pause: 404, dropped
+    assert sender.stats().dropped_by_reason == {"http_404": 1}
+    assert sender.flush(5) is False
+    assert sender.flush(5) is True
+
+
+def test_making_due_is_not_a_flush() -> None:
+    """make_due() (the metric exporter's wake-up of its four data sources) sends nothing
+    itself and ends no round: the next flush still reports an earlier drop."""
+    process = unit_process(RecordingTransport(answered(404), default=accepted()))
+    sender = producer(process)
+    sender.put({"event": "dropped"})
+    send_now(process)
+    sender.put({"event": "queued"})
+    sender.make_due()
+    assert sender.stats().queued == 1
+    assert sender.flush(5) is False
