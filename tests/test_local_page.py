@@ -24,6 +24,7 @@ import pytest
 import urllib3
 
 from tests.browser import CHROMIUM, Browser, dump_dom
+from tests.helpers import wait_until
 from tests.local_helpers import ENGINES, ndjson, post
 from tinybird_export.local import LocalServer, _base_url
 from tinybird_export.local import _http as local_http
@@ -251,6 +252,36 @@ def test_a_click_on_a_trace_shows_its_spans_as_a_waterfall(
         ["payment shop", 1, "bar"],
         ["charge card shop", 2, "bar error"],
     ]
+
+
+def test_a_refresh_that_finds_the_same_rows_leaves_the_table_alone(
+    served: tuple[LocalServer, io.StringIO], tmp_path: Path, request_lines: list[str]
+) -> None:
+    """A refresh that reads the same newest rows keeps the table's elements, so that a click
+    pressed on a trace's button is not released on its replacement (the page used to rebuild
+    the table every two seconds); a new row still rebuilds it."""
+    local, _ = served
+    fill(local)
+    with Browser(tmp_path / "profile") as browser:
+        browser.open(local.page_url)
+        browser.wait_for("document.querySelector('#events-name').textContent === 'app_logs'")
+        browser.wait_for("document.querySelectorAll('#events tbody tr').length === 4")
+        browser.evaluate("document.querySelector('#events tbody tr').dataset.kept = 'yes'")
+        # A refresh reads the data sources first, then the newest rows: once a second refresh
+        # has begun since the mark, a whole one has read and shown the rows again.
+        begun = sum("/v0/datasources" in line for line in request_lines)
+        assert wait_until(
+            lambda: sum("/v0/datasources" in line for line in request_lines) >= begun + 2,
+            timeout=20,
+        )
+        kept = "document.querySelector('#events tbody tr').dataset.kept === 'yes'"
+        assert browser.evaluate(kept) is True
+        newest = {"timestamp": utc(-0.01), "event": "log new", "event_id": "9", "level": "INFO"}
+        newest |= {"logger": "x"}
+        assert post(local, "app_logs", ndjson(newest), wait="true")[0] == 200
+        browser.wait_for("document.querySelectorAll('#events tbody tr').length === 5")
+        assert browser.evaluate(kept) is False
+        assert browser.problems() == []
 
 
 def test_the_sql_box_answers_as_tb_sql_and_refuses_what_the_server_refuses(

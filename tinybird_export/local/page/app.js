@@ -263,6 +263,7 @@ async function loadNewest() {
   if (!ds) return;
   if (!ds.rows) {
     renderTable($("events"), [], [], { empty: "No rows yet." });
+    state.shown = null;
     $("events-note").textContent = "";
     return;
   }
@@ -291,6 +292,11 @@ async function loadNewest() {
   if (ds.time) names = [ds.time, ...names.filter((name) => name !== ds.time)];
   const before = state.seenName === ds.name ? state.seen : null;
   const keys = answer.data.map((row) => JSON.stringify(row));
+  // The same rows as on the last refresh: leave the table alone, so that a click (pressed on
+  // one button, released on its replacement, is no click) or a text selection survives.
+  const shown = JSON.stringify([names, keys]);
+  if (before !== null && state.shown === shown) return;
+  state.shown = shown;
   renderTable($("events"), names, answer.data, {
     fresh: (index) => before !== null && !before.has(keys[index]),
     link: traceLink,
