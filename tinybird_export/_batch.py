@@ -115,9 +115,17 @@ class Batch:
 
 
 class FlushMark(NamedTuple):
-    """What a flush waits for: every event accepted before it, resolved (sent or dropped)."""
+    """What a flush waits for: every event queued before it, resolved (sent or dropped).
+
+    Attributes:
+        target: How many events the channel must have resolved, not counting those it had
+            spooled at the mark.
+        spilled: How many events the channel had spooled (ever) at the mark: their
+            resolutions, which come first, do not count towards ``target``.
+    """
 
     target: int
+    spilled: int
 
 
 def level_byte(level: object) -> int:

@@ -92,7 +92,9 @@ class Channel:
         self._in_flight: Batch | None = None
         self._unanswered: Batch | None = None  # given up in flight (abandon): unknown
         self._queued_events = self._queued_bytes = 0
-        self._resolved = self._flush_target = 0
+        self._resolved = 0  # events that left the queue for good: from memory or the spool
+        self._unspooled_own = 0  # of which: this channel's spooled events, resolved
+        self._flush_due = FlushMark(0, 0)  # the last flush's: its partial batch is due
         self._losses = 0  # events dropped but for a reason the application chose (CHOSEN)
         self._losses_seen: dict[str, int] = {}  # by whose flush: _losses when it returned
         self._emitted = 0  # every event that entered, queued or refused
@@ -229,15 +231,25 @@ class Channel:
             self._tally.dropped[reason] = total
 
     def request_flush(self) -> FlushMark:
-        """Make everything accepted so far due now; the mark a flush waits for."""
+        """Make everything queued so far due now; the mark a flush waits for: those events
+        resolved (sent or dropped), from memory or, if they are spilled meanwhile, from the
+        spool. What the channel had spooled before is not in it (the spool's backlog is).
+        """
         with self._lock:
-            target = self._resolved + self._queued_events + len(self._deferred)
-            self._flush_target = max(self._flush_target, target)
-            return FlushMark(target)
+            own = self._unspooled_own
+            queued = self._queued_events + len(self._deferred)
+            mark = FlushMark(self._resolved - own + queued, self._tally.spooled + own)
+            self._flush_due = mark
+            return mark
 
     def reached(self, mark: FlushMark) -> bool:
-        """Every event accepted before ``mark`` was resolved (sent or dropped)."""
-        return self._resolved >= mark.target
+        """Every event queued before ``mark`` was resolved. Events leave in order (memory
+        and spool alike), so they are counted: all resolutions, less those of the events
+        already spooled at the mark (the first ``mark.spilled`` this channel ever spooled,
+        resolved before the later ones). Unlocked: ``unspooled`` counts its events as its
+        own before it counts them as resolved, so a read between the two sees less.
+        """
+        return self._resolved - min(self._unspooled_own, mark.spilled) >= mark.target
 
     def lost_since_flush(self, by: str, *, returning: bool) -> bool:
         """Whether events were dropped (for a reason the application did not choose) since
@@ -269,7 +281,7 @@ class Channel:
             if not self._ready and self._pending_count:
                 due_at = self._pending_since + interval
                 if not (
-                    draining or self.closed or now >= due_at or self._resolved < self._flush_target
+                    draining or self.closed or now >= due_at or not self.reached(self._flush_due)
                 ):
                     return due_at
                 self._seal()
@@ -524,6 +536,7 @@ class Channel:
             if not own:
                 return
             tally.spooled -= count
+            self._unspooled_own += count  # before _resolved: see reached()
             self._resolved += count
             if sent:
                 tally.sent += count
