@@ -37,7 +37,8 @@ from tinybird_export import _diagnostics, _fields
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
-from tinybird_export._delivery import Transport, give_up, report_internal_error
+from tinybird_export._delivery import Transport
+from tinybird_export._delivery_messages import give_up, report_internal_error
 from tinybird_export._exit import Sigterm
 from tinybird_export._first_connect import FIRST_CONNECTS
 from tinybird_export._lanes import LaneTable
@@ -238,7 +239,7 @@ class Process:
             refusing = [w.host for w in workers if w.refused_for() is not None]
             if refusing:
                 when += f", not waited out: nothing accepts connections at {', '.join(refusing)}"
-            lost = report_undelivered(channels, f"at exit ({when})")
+            lost = give_up(channels, f"at exit ({when})")
         finally:
             self._exiting_thread = outer
         if outer is None:
@@ -269,14 +270,14 @@ class Process:
         if deadline is None:
             return
         if finalizing and (_modules_torn_down() or not worker.can_send_here(channel)):
-            report_undelivered(
+            give_up(
                 [channel],
                 "after the exit drain",
                 "after_exit",
                 "logged during the interpreter's teardown: nothing can be sent any more",
             )
         elif not worker.send_here(channel, deadline):
-            report_undelivered(
+            give_up(
                 [channel],
                 f"after the exit drain (exit budget {self._exit_budget:g} s)",
                 first="the exit budget had run out",
@@ -408,18 +409,6 @@ def _modules_torn_down() -> bool:
     collection runs ``__del__`` methods while a request can still be made.
     """
     return sys.meta_path is None
-
-
-def report_undelivered(
-    channels: Iterable[Channel],
-    when: str,
-    reason: str = "exit_timeout",
-    first: str = "the exit budget ran out before they could be sent",
-) -> int:
-    """Give up what ``channels`` still hold and say so (``_delivery.give_up``): queued
-    events are dropped for ``reason``, a batch in flight is of unknown fate; how many.
-    """
-    return give_up(channels, when, reason, first)
 
 
 PROCESS = Process()

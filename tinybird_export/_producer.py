@@ -21,8 +21,9 @@ from tinybird_export._async import run_blocking, until
 from tinybird_export._batch import Limits
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
+from tinybird_export._delivery_messages import give_up
 from tinybird_export._line_encoder import encode_event, safe_str
-from tinybird_export._process import PROCESS, Process, report_undelivered
+from tinybird_export._process import PROCESS, Process
 from tinybird_export._worker import FlushRound, Worker
 from tinybird_export.stats import DeliveryStats
 
@@ -335,10 +336,10 @@ class Producer:
         if channel.empty():
             self._process.detach(worker, channel)
         elif self._process.exiting():
-            report_undelivered([channel], "at exit (logged after the exit drain)")
+            give_up([channel], "at exit (logged after the exit drain)")
             self._process.detach(worker, channel)
         elif not worker.background:  # nothing sends between calls: its deadline is now
-            report_undelivered([channel], f"by {self.label}.close()", "close_timeout")
+            give_up([channel], f"by {self.label}.close()", "close_timeout")
             self._process.detach(worker, channel)
         else:
             worker.notify(channel)  # the worker sends the rest, then detaches the channel

@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._client import EventsClient
-from tinybird_export._delivery import Delivery, Transport, give_up, report_internal_error
+from tinybird_export._delivery import Delivery, Transport
+from tinybird_export._delivery_messages import give_up_at_close_deadline, report_internal_error
 from tinybird_export._lanes import Lane, LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._scheduler import Scheduler
@@ -385,16 +386,7 @@ class Worker:
         for channel in channels:
             if self._bridge is not None and not channel.empty():
                 self._bridge.give_up(channel, "at its close deadline")
-            refused = self.refused_for()
-            give_up(
-                [channel],
-                "when a closed producer's deadline passed",
-                "close_timeout",
-                "the close deadline passed before they could be sent"
-                if refused is None
-                else f"nothing accepts connections at {self.host} (refused for {refused:.1f} s), "
-                "so its close deadline was not waited out",
-            )
+            give_up_at_close_deadline(channel, self.host, self.refused_for())
             self._shared.detach(self, channel)
             self._senders.progressed()
 
