@@ -39,11 +39,12 @@ from tinybird_export._delivery import Transport
 from tinybird_export._exit import Sigterm
 from tinybird_export._exit_drain import ExitDrain
 from tinybird_export._first_connect import FIRST_CONNECTS
+from tinybird_export._flush_round import FlushRound
 from tinybird_export._lanes import LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._senders import SendingThreads
 from tinybird_export._spool import Spool
-from tinybird_export._worker import FlushRound, Shared, Worker
+from tinybird_export._worker import Shared, Worker
 
 # Every logger urllib3 creates a record on (logging.getLogger(__name__) in its modules).
 _URLLIB3_LOGGERS: Final = (

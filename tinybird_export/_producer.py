@@ -22,9 +22,10 @@ from tinybird_export._batch import Limits
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
 from tinybird_export._delivery_messages import give_up
+from tinybird_export._flush_round import FlushRound
 from tinybird_export._line_encoder import encode_event, safe_str
 from tinybird_export._process import PROCESS, Process
-from tinybird_export._worker import FlushRound, Worker
+from tinybird_export._worker import Worker
 from tinybird_export.stats import DeliveryStats
 
 
