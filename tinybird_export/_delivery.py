@@ -21,6 +21,7 @@ is injected (``Transport``): the HTTP client in production, a recording one in t
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -235,7 +236,7 @@ class SpoolSource:
 
 
 class Delivery:
-    """One worker's attempts and what their answers mean.
+    """One worker's attempts and what their answers mean, and the transport they go by.
 
     Args:
         host: The API host.
@@ -243,6 +244,8 @@ class Delivery:
         timeouts: ``(connect_timeout, timeout)`` now (the longest of the producers').
         exit_deadline: When the exit budget runs out, once exiting.
         spooling: Whether events are kept on disk too (for the failure message).
+        rebuild: Makes a new transport in a forked child, given the parent's TLS context
+            (the worker's own HTTP client); ``None``: an injected transport is kept.
     """
 
     def __init__(
@@ -253,14 +256,25 @@ class Delivery:
         exit_deadline: Callable[[], float | None],
         *,
         spooling: bool,
+        rebuild: Callable[[ssl.SSLContext | None], Transport] | None = None,
     ) -> None:
         self.host = host
         self.transport = transport
+        self._rebuild = rebuild
         self._timeouts = timeouts
         self._exit_deadline = exit_deadline
         self._failures = Failures(host, exit_deadline, spooling=spooling)
         self.refusals = _retry.Refusals()
         """Whether nothing listens at the host (a wait stops for it: ``Worker``)."""
+
+    def after_fork_in_child(self) -> None:
+        """A new pool for the child; the parent's TLS context (a child never builds one)."""
+        if self._rebuild is not None:
+            self.transport = self._rebuild(getattr(self.transport, "tls_context", None))
+
+    def close(self) -> None:
+        """Release the current transport's connections (a forked child's are its own)."""
+        self.transport.close()
 
     def attempt(self, lane: Lane, source: Source, deadline: float | None) -> None:
         """Send ``source`` once, on this thread, and resolve it by the answer.

@@ -17,7 +17,7 @@ memory budget, the exit deadline, detaching a finished channel) is lent at const
 from __future__ import annotations
 
 import dataclasses
-import ssl
+import functools
 import time
 from collections.abc import Callable, Iterable
 
@@ -68,40 +68,28 @@ class Worker:
         self.settings = settings
         self.host = settings.host
         self._shared = shared
-        self._own_transport = transport is None
-        self._transport = transport or self._http_client()
         self._scheduler = Scheduler(self.host, shared.lanes, self._wake)
         self._bridge = (
             SpillBridge(spool, self.host, shared.known_lanes, self._wake) if spool else None
         )
         self._delivery = Delivery(
             self.host,
-            self._transport,
+            transport or EventsClient.of(settings),
             lambda: (settings.connect_timeout, settings.timeout),
             shared.exit_deadline,
             spooling=spool is not None,
+            rebuild=functools.partial(EventsClient.of, settings) if transport is None else None,
         )
         self._senders = Senders(
             self._step,
             shared.guard,
             can_start=self._can_start,
             report=self._report,
-            closed=self._close_transport,
+            closed=self._delivery.close,
         )
 
     def __repr__(self) -> str:
         return f"<Worker {self.host} lanes={len(self._scheduler.lanes())}>"
-
-    def _http_client(self, context: ssl.SSLContext | None = None) -> EventsClient:
-        s = self.settings
-        return EventsClient(
-            s.host,
-            s.token,
-            compression=s.compression,
-            ca_bundle=s.ca_bundle,
-            connect_timeout=s.connect_timeout,
-            context=context,
-        )
 
     @property
     def exit_timeout(self) -> float:
@@ -115,9 +103,7 @@ class Worker:
 
     def after_fork_in_child(self, spool: Spool | None) -> None:
         """New locks, pool and (lazily) threads; the parent's queues are forgotten."""
-        if self._own_transport:  # a new pool; the parent's TLS context (never built here)
-            context = getattr(self._transport, "tls_context", None)
-            self._transport = self._delivery.transport = self._http_client(context)
+        self._delivery.after_fork_in_child()
         self._scheduler.after_fork_in_child()
         self._senders.after_fork_in_child()
         if self._bridge is not None and spool is not None:
@@ -352,9 +338,6 @@ class Worker:
             self._shared.detach(self, channel)
             self._senders.progressed()
 
-    def _close_transport(self) -> None:
-        self._transport.close()  # the current one: a forked child has its own
-
     def _wake(self) -> None:
         self._senders.wake()
 
@@ -362,4 +345,4 @@ class Worker:
         return self.settings.background and self._shared.exit_deadline() is None
 
     def _report(self, exc: Exception) -> None:
-        report_internal_error(exc, "", self._transport.redact)
+        report_internal_error(exc, "", self._delivery.transport.redact)
