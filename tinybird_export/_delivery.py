@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from tinybird_export import _bad_line, _retry
@@ -275,6 +275,19 @@ class Delivery:
     def close(self) -> None:
         """Release the current transport's connections (a forked child's are its own)."""
         self.transport.close()
+
+    def wait_begins(self, lanes: Iterable[Lane]) -> Callable[[], bool]:
+        """At the start of a wait: the lanes whose connection was refused may try again at
+        once (a refused connection costs the host nothing: nothing listens), so that the
+        wait learns now whether the host is back. Whether to stop waiting: nothing has
+        listened at the host long enough, the last refusal after the wait began.
+        """
+        began = time.monotonic()
+        if self.refusals.lasting() is not None:
+            for lane in lanes:
+                if lane.refused:
+                    lane.paused_until = 0.0
+        return lambda: self.refusals.lasting(began) is not None
 
     def attempt(self, lane: Lane, source: Source, deadline: float | None) -> None:
         """Send ``source`` once, on this thread, and resolve it by the answer.

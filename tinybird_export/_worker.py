@@ -158,8 +158,8 @@ class Worker:
         exit_deadline = self._shared.exit_deadline()
         if exit_deadline is not None:
             deadline = min(deadline, exit_deadline)
-        began = self._retry_refused()
-        return self._senders.wait_until(done, deadline, lambda: self.refused_for(began) is not None)
+        pointless = self._delivery.wait_begins(self._lanes())
+        return self._senders.wait_until(done, deadline, pointless)
 
     def watch(self, done: Callable[[], bool], call: Callable[[], None]) -> Callable[[], None]:
         """Call ``call()`` from a sender thread once ``done()`` holds after a send (an
@@ -194,38 +194,22 @@ class Worker:
         and the spool files of its data sources that do not fail; sooner when nothing
         listens at the host.
         """
-        began = self._retry_refused()
+        pointless = self._delivery.wait_begins(self._lanes())
         bridge = self._bridge
-        backlog = None
-        if bridge is not None:
-            lanes = [lane for lane, _ in self._scheduler.lanes()]
-            backlog = bridge.backlog(lanes, failing_settles=True)
+        backlog = bridge.backlog(self._lanes(), failing_settles=True) if bridge else None
         self._senders.run_here(
             lambda: (
                 all(c.empty() for c in self.channels()) and (backlog is None or backlog.settled())
             ),
             deadline,
-            lambda: self.refused_for(began) is not None,
+            pointless,
         )
 
-    def refused_for(self, since: float = 0.0) -> float | None:
+    def refused_for(self) -> float | None:
         """How long the host has refused every connection, once waiting for it is pointless
-        (``_retry.Refusals``: long enough, the last refusal at ``since`` or later); else
-        ``None``.
+        (``_retry.Refusals``); else ``None``.
         """
-        return self._delivery.refusals.lasting(since)
-
-    def _retry_refused(self) -> float:
-        """At the start of a wait: the lanes whose connection was refused may try again at
-        once (a refused connection costs the host nothing: nothing listens), so that the
-        wait learns now whether the host is back. When the wait began.
-        """
-        began = time.monotonic()
-        if self._delivery.refusals.lasting() is not None:
-            for lane, _ in self._scheduler.lanes():
-                if lane.refused:
-                    lane.paused_until = 0.0
-        return began
+        return self._delivery.refusals.lasting()
 
     # -- the spool ---------------------------------------------------------------------------
 
@@ -337,6 +321,9 @@ class Worker:
             give_up_at_close_deadline(channel, self.host, self.refused_for())
             self._shared.detach(self, channel)
             self._senders.progressed()
+
+    def _lanes(self) -> list[Lane]:
+        return [lane for lane, _ in self._scheduler.lanes()]
 
     def _wake(self) -> None:
         self._senders.wake()
