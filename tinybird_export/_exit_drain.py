@@ -172,12 +172,12 @@ def _spill_at_exit(workers: list[Worker], spooled_before: dict[int, int]) -> int
             count = channel.spooled_count() - spooled_before.get(id(channel), 0)
             if count:
                 written[channel.datasource] = written.get(channel.datasource, 0) + count
-        if written:
+        if written and worker.spool is not None:
             total += sum(written.values())
             per = "; ".join(f"{count} for {name!r}" for name, count in written.items())
             _diagnostics.say(
                 f"{sum(written.values())} event(s) not delivered at exit were spooled to "
-                f"{worker.spool_directory()} ({per}): the next process started with this "
+                f"{worker.spool.directory} ({per}): the next process started with this "
                 "spool_dir sends them."
             )
     return total

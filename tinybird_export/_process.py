@@ -110,7 +110,10 @@ class Process:
                 worker.settings.merge(config, label)
             worker.add(channel)
             self.budget.add(channel)
-        worker.resume_spool(channel)
+        if worker.spool is not None:
+            # A sender looks at the spool now (its first scan, and a previous process's
+            # files for this data source), not at the first event; no disk work here.
+            worker.notify(channel)
         self._hook_multiprocessing()
         self._guard_urllib3_loggers()
         return worker

@@ -353,9 +353,12 @@ class Producer:
         if self.worker is None:
             return stats
         interval = self.worker.send_interval(self.channel.datasource, stats.send_interval)
-        spool_bytes, corrupt = self.worker.spool_counts()
+        spool = self.worker.spool
         return dataclasses.replace(
-            stats, send_interval=interval, spool_bytes=spool_bytes, spool_corrupt=corrupt
+            stats,
+            send_interval=interval,
+            spool_bytes=spool.held_bytes() if spool else 0,
+            spool_corrupt=spool.corrupt if spool else 0,
         )
 
 

@@ -121,8 +121,8 @@ class Worker:
         """Stop serving ``channel``; whether any channel is left."""
         lane = self._scheduler.lane(channel.datasource)
         left = self._scheduler.remove(channel)
-        if lane is not None and self._scheduler.lane(channel.datasource) is None:
-            self._release_spool_claims([lane])
+        if lane is not None and self._bridge and self._scheduler.lane(channel.datasource) is None:
+            self._bridge.release_claims([lane], self._shared.lanes)
         return left
 
     def channels(self) -> list[Channel]:
@@ -211,15 +211,12 @@ class Worker:
         """
         return self._delivery.refusals.lasting()
 
-    # -- the spool ---------------------------------------------------------------------------
+    # -- the spool (the bridge's, if ``spool_dir`` is set) -------------------------------------
 
-    def resume_spool(self, channel: Channel) -> None:
-        """A new producer: a sender looks at the spool now (its first scan, and a previous
-        process's files for its data source), rather than at its first event; the
-        constructor itself does no disk work.
-        """
-        if self._bridge is not None:
-            self.notify(channel)
+    @property
+    def spool(self) -> Spool | None:
+        """Its spool (``None`` without ``spool_dir``): its directory, bytes, corrupt files."""
+        return self._bridge.spool if self._bridge is not None else None
 
     def spool_backlog(self, channels: Iterable[Channel]) -> Backlog | None:
         """The spool files a flush of ``channels`` waits for (``None`` without a spool); once
@@ -229,54 +226,21 @@ class Worker:
             return None
         lanes = [self._scheduler.lane(channel.datasource) for channel in channels]
         exiting = self._shared.exit_deadline() is not None
-        return self._bridge.backlog(
-            [lane for lane in lanes if lane is not None], failing_settles=exiting
-        )
+        return self._bridge.backlog([ln for ln in lanes if ln is not None], failing_settles=exiting)
 
     def spill_remaining(self) -> int:
-        """At exit, after the drain: whatever is still queued or in flight goes to the
-        spool, if there is one, and its claimed files go back for the next process. What
-        the spool refused is dropped for the reason it gave (``spool_full``,
-        ``spool_error``), and said; how many events that was.
+        """At exit, after the drain: what is still held goes to the spool, if there is one
+        (``SpillBridge.at_exit``); how many events it refused (dropped, and said).
         """
-        bridge = self._bridge
-        if bridge is None:
+        if self._bridge is None:
             return 0
-        refused = 0
-        for channel in self.channels():
-            bridge.spool.failpoint("exit")  # killed during the exit drain (the tests)
-            refused += bridge.give_up(channel, "at exit")
-        self._release_spool_claims([lane for lane, _ in self._scheduler.lanes()])
-        bridge.spool.settle()
-        return refused
+        return self._bridge.at_exit(self.channels(), self._lanes(), self._shared.lanes)
 
     def spill_queued(self) -> int:
-        """Whatever is still queued or in flight goes to the spool now, if there is one,
-        outside exit (a function about to be frozen); its claimed files stay claimed. The
-        events written.
+        """What is still held goes to the spool now, if there is one, outside exit (a
+        function about to be frozen); the events written.
         """
-        if self._bridge is None:
-            return 0
-        return sum(self._bridge.spill(channel) for channel in self.channels())
-
-    def _release_spool_claims(self, lanes: Iterable[Lane]) -> None:
-        bridge = self._bridge
-        if bridge is None:
-            return
-        for lane in lanes:
-            if self._shared.lanes.try_claim(lane, self._wake):  # none in flight
-                bridge.release(lane)
-                self._shared.lanes.release(lane)
-
-    def spool_directory(self) -> str:
-        """The spool's directory ("" without one)."""
-        return str(self._bridge.spool.directory) if self._bridge is not None else ""
-
-    def spool_counts(self) -> tuple[int, int]:
-        """(bytes the spool holds, files that failed their check); zeros without one."""
-        if self._bridge is None:
-            return 0, 0
-        return self._bridge.spool.held_bytes(), self._bridge.spool.corrupt
+        return self._bridge.spill_all(self.channels()) if self._bridge is not None else 0
 
     # -- the step (a sender thread, or a caller's) -------------------------------------------
 
