@@ -27,6 +27,11 @@ _LOCK_WAIT: Final = 0.5
 """Seconds a sender waits at most for another process's lock on the spool's ledger."""
 
 
+def why(exc: OSError) -> str:
+    """What the disk said, for a message: its ``strerror``, else the error itself."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 class Disk:
     """The spool's system calls (``os`` and ``fcntl``), each first passing ``check``."""
 
