@@ -33,8 +33,6 @@ import contextlib
 import errno
 import itertools
 import math
-import os
-import signal
 import threading
 import time
 import zlib
@@ -43,7 +41,7 @@ from pathlib import Path
 from typing import Final
 
 from tinybird_export import _diagnostics
-from tinybird_export._spool_disk import Disk, why
+from tinybird_export._spool_disk import Disk, Failpoints, why
 from tinybird_export._spool_format import (
     CLAIMED,
     SUFFIX,
@@ -66,7 +64,6 @@ from tinybird_export._spool_upkeep import SCAN_EVERY, count_held, scan
 
 __all__ = ["LISTING_TTL", "SUFFIX", "Receipt", "Spool", "SpoolError", "SpooledBatch", "host_key"]
 
-_FAILPOINT_ENV: Final = "TINYBIRD_SPOOL_FAILPOINT"  # tests' crash injection: "<point>:<n>"
 _FULL: Final = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -93,7 +90,7 @@ class Spool:
         """Why the last write was refused: (drop reason, what the disk said)."""
         self._lock = threading.Lock()  # the corrupt files' counter
         self._counter = itertools.count()
-        self._failpoints = _failpoints()
+        self._failpoints = Failpoints()
         self._reported: set[str] = set()
         self._scanned_at = self._removals_at = -math.inf
         self.removals = Removals(self.directory, self.disk, self.ledger)
@@ -438,18 +435,5 @@ class Spool:
         _diagnostics.say_once(f"spool-{what}:{self.directory}", text)
 
     def failpoint(self, point: str) -> None:
-        """The tests' crash injection (``TINYBIRD_SPOOL_FAILPOINT``); nothing otherwise."""
-        remaining = self._failpoints.get(point)
-        if remaining is None:
-            return
-        if remaining <= 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-        self._failpoints[point] = remaining - 1
-
-
-def _failpoints() -> dict[str, int]:
-    """Crash injection for the tests: ``TINYBIRD_SPOOL_FAILPOINT=write:3`` kills the
-    process with SIGKILL the third time it reaches the ``write`` point.
-    """
-    point, _, count = os.environ.get(_FAILPOINT_ENV, "").partition(":")
-    return {point: int(count)} if point and count.isdigit() else {}
+        """The tests' crash injection (``_spool_disk.Failpoints``); nothing otherwise."""
+        self._failpoints.reach(point)
