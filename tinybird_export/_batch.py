@@ -92,9 +92,9 @@ class Batch:
         second = Batch(body[cut + 1 :], self.count - n, levels[n:], self.attempts, probe=probe)
         return Batch(first, n, levels[:n], self.attempts, probe=probe), second
 
-    def without_line(self, index: int) -> tuple[Batch, int]:
-        """The batch without its line ``index`` (0-based), and that line's length (without
-        its newline); needs ``count > 1``.
+    def line_apart(self, index: int) -> tuple[Batch, Batch]:
+        """Its line ``index`` (0-based) as a batch of its own, and the batch without it (its
+        search for a bad line goes on with it); needs ``count > 1``.
         """
         body = self.body
         start = 0
@@ -109,7 +109,7 @@ class Batch:
             self.attempts,
             probe=self.probe,
         )
-        return rest, end - start
+        return Batch(body[start : end + 1], 1, levels[index : index + 1], self.attempts), rest
 
 
 class Abandoned(NamedTuple):

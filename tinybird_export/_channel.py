@@ -326,47 +326,35 @@ class Channel:
         with self._lock:
             self._tally.last_error = error
             self._count_request(batch)
-            if self._in_flight is not batch:
-                return
-            self._planner.forget()
-            ready = collections.deque(self._ready)
-            ready.insert(1 if ready else 0, batch)
-            # The change (no call from here).
-            batch.parked = True
-            self._ready = ready
-            self._in_flight = None
+            if self._in_flight is batch:
+                batch.parked = True
+                self._back_from_flight(batch, second=True)
 
     def drop_line(self, batch: Batch, index: int, reason: str, error: str) -> None:
         """The server refused line ``index`` of ``batch`` (and so the request): that line
-        is dropped for ``reason``, the rest goes back to the head, in order.
+        is dropped for ``reason``, the rest goes back to the head, in order. Three changes,
+        each whole: the batch comes back as the line and the rest, the line is taken, and
+        leaves (the counters agree between them too).
         """
         with self._lock:
             self._tally.last_error = error
             self._count_request(batch)
-            if self._in_flight is not batch:
-                return
-            rest, size = batch.without_line(index)
-            self._planner.forget()
-            ready = collections.deque((rest,))
-            ready += self._ready
-            tally = self._tally
-            total = tally.dropped.get(reason, 0) + 1
-            # The change (no call from here).
-            self._ready = ready
-            self._in_flight = None
-            self._queued_events -= 1
-            self._queued_bytes -= size
-            tally.resolved += 1
-            tally.losses += 1
-            tally.dropped[reason] = total
+            if self._in_flight is batch:
+                line, rest = batch.line_apart(index)
+                self._back_from_flight(line, rest)
+                self._claim_head()
+                self._leave([line], reason)
 
-    def _back_from_flight(self, *batches: Batch) -> None:
-        """The batch in flight returns to the head as ``batches`` (itself, its halves, or a
-        copy); the planner's memory no longer holds (its lines may be displaced again).
+    def _back_from_flight(self, *batches: Batch, second: bool = False) -> None:
+        """The batch in flight returns to the head as ``batches`` (itself, its halves, a
+        copy, or a line and the rest), or ``second``: behind the batch now first (a parked
+        piece). The planner's memory no longer holds (its lines may be displaced again).
         """
         self._planner.forget()
         ready = collections.deque(batches)
         ready += self._ready
+        if second and len(ready) > 1:
+            ready[0], ready[1] = ready[1], ready[0]
         # The change (no call from here).
         self._ready = ready
         self._in_flight = None
