@@ -7,13 +7,11 @@ producer is handed enters its channel's count (``emitted``), queued or refused.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from tinybird_export import _diagnostics, _exit, _runtime_checks
@@ -26,7 +24,7 @@ from tinybird_export._flush_round import FlushRound
 from tinybird_export._line_encoder import encode_event, safe_str
 from tinybird_export._process import PROCESS, Process
 from tinybird_export._worker import Worker
-from tinybird_export.stats import DeliveryStats
+from tinybird_export.stats import DeliveryStats, total
 
 
 class Producer:
@@ -349,7 +347,7 @@ class Producer:
         """A snapshot of this producer's counters (a reopened handler's: every opening's)."""
         stats = self.channel.stats()
         if self._retired:
-            stats = _combined([*(old.stats() for old in self._retired), stats])
+            stats = total([*(old.stats() for old in self._retired), stats])
         if self.worker is None:
             return stats
         interval = self.worker.send_interval(self.channel.datasource, stats.send_interval)
@@ -360,27 +358,6 @@ class Producer:
             spool_bytes=spool.held_bytes() if spool else 0,
             spool_corrupt=spool.corrupt if spool else 0,
         )
-
-
-def _combined(parts: list[DeliveryStats]) -> DeliveryStats:
-    """Several channels' counters of one producer as one, the last (the open one) last:
-    counts added up, the last non-empty text and the longest interval.
-    """
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(DeliveryStats):
-        items = [getattr(part, field.name) for part in parts]
-        if isinstance(items[-1], str):
-            values[field.name] = next((item for item in reversed(items) if item), "")
-        elif isinstance(items[-1], float):
-            values[field.name] = max(items)
-        elif isinstance(items[-1], Mapping):
-            total: collections.Counter[str] = collections.Counter()
-            for item in items:
-                total.update(item)
-            values[field.name] = dict(total)
-        else:
-            values[field.name] = sum(items)
-    return DeliveryStats(**values)
 
 
 def _holds_logging_lock() -> bool:
