@@ -319,7 +319,7 @@ class TestForkAndExit:
         import random
         import threading
 
-        from tinybird_export._process import report_undelivered
+        from tinybird_export._delivery_messages import give_up as report_undelivered
 
         errors: list[BaseException | None] = []
         monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))

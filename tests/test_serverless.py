@@ -196,12 +196,6 @@ def test_a_hanging_endpoint_costs_the_remaining_time_at_most_then_the_spool_keep
     server.release()
 
 
-@pytest.mark.xfail(
-    reason="core: a flush round's target leaves out the producer's own spooled events, so "
-    "the spooled file sent first resolves the new events' mark, and flush() returns True "
-    "with them still queued (issue 25 item 3: flush() includes the spooled files)",
-    strict=True,
-)
 def test_the_next_invocation_sends_the_spooled_events_and_its_own_before_returning(
     server: EventsServer, platform: Callable[..., Platform], tmp_path: Path
 ) -> None:

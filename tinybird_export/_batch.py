@@ -1,18 +1,16 @@
-"""The values a producer's queue holds and hands to its sender: bounds, batches, flush
-marks, counters.
+"""The values a producer's queue holds and hands over: its bounds, its batches, and what
+it gave up.
 
 Plain values with no lock and no behaviour beyond their own arithmetic, so that the queue
 (``_channel``), the backpressure plan (``_backpressure``) and delivery (``_delivery``) can
-share them without importing each other; the channel's lock guards the ones it holds.
+share them without importing each other; the channel's lock guards the ones it holds. Its
+counters are ``_tally``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import NamedTuple
-
-from tinybird_export.stats import DeliveryStats
 
 
 class Limits(NamedTuple):
@@ -94,9 +92,9 @@ class Batch:
         second = Batch(body[cut + 1 :], self.count - n, levels[n:], self.attempts, probe=probe)
         return Batch(first, n, levels[:n], self.attempts, probe=probe), second
 
-    def without_line(self, index: int) -> tuple[Batch, int]:
-        """The batch without its line ``index`` (0-based), and that line's length (without
-        its newline); needs ``count > 1``.
+    def line_apart(self, index: int) -> tuple[Batch, Batch]:
+        """Its line ``index`` (0-based) as a batch of its own, and the batch without it (its
+        search for a bad line goes on with it); needs ``count > 1``.
         """
         body = self.body
         start = 0
@@ -111,13 +109,21 @@ class Batch:
             self.attempts,
             probe=self.probe,
         )
-        return rest, end - start
+        return Batch(body[start : end + 1], 1, levels[index : index + 1], self.attempts), rest
 
 
-class FlushMark(NamedTuple):
-    """What a flush waits for: every event accepted before it, resolved (sent or dropped)."""
+class Abandoned(NamedTuple):
+    """What ``Channel.abandon`` gave up: events dropped unsent, and events whose request
+    was under way (sent, no answer yet: of unknown fate).
+    """
 
-    target: int
+    dropped: int
+    unknown: int
+
+    @property
+    def total(self) -> int:
+        """Both."""
+        return self.dropped + self.unknown
 
 
 def level_byte(level: object) -> int:
@@ -125,58 +131,3 @@ def level_byte(level: object) -> int:
     if isinstance(level, int) and not isinstance(level, bool):
         return min(max(level, 0), 255)
     return 0
-
-
-@dataclasses.dataclass
-class Tally:
-    """Where a channel's events went, and how: its counters (changed only by the channel,
-    under its lock). The counters of the queue itself (emitted, queued) stay on the
-    channel, read on every offer.
-    """
-
-    sent: int = 0
-    quarantined: int = 0
-    truncated: int = 0
-    repaired: int = 0
-    requests: int = 0
-    retries: int = 0
-    bytes_sent: int = 0
-    wire_bytes_sent: int = 0
-    spooled: int = 0
-    unspooled: int = 0
-    unknown: int = 0  # given up while its request was under way: maybe stored
-    last_error: str = ""
-    # Plain dicts, not Counters: a Counter's missing key runs Python code (__missing__),
-    # where a signal handler may run in the middle of the channel's change.
-    dropped: dict[str, int] = dataclasses.field(default_factory=dict)
-    dropped_levels: dict[int, int] = dataclasses.field(default_factory=dict)
-
-    def snapshot(
-        self, *, emitted: int, queued: int, in_flight: int, queued_bytes: int, interval: float
-    ) -> DeliveryStats:
-        """The public snapshot, with the queue's own counters."""
-        return DeliveryStats(
-            emitted=emitted,
-            sent=self.sent,
-            dropped=sum(self.dropped.values()),
-            dropped_by_reason=dict(self.dropped),
-            dropped_by_level={
-                logging.getLevelName(level): count
-                for level, count in sorted(self.dropped_levels.items())
-            },
-            queued=queued,
-            in_flight=in_flight,
-            quarantined=self.quarantined,
-            truncated=self.truncated,
-            repaired=self.repaired,
-            requests=self.requests,
-            retries=self.retries,
-            bytes_sent=self.bytes_sent,
-            wire_bytes_sent=self.wire_bytes_sent,
-            queued_bytes=queued_bytes,
-            last_error=self.last_error,
-            send_interval=interval,
-            spooled=self.spooled,
-            unspooled=self.unspooled,
-            unknown=self.unknown,
-        )

@@ -25,33 +25,16 @@ import collections
 import itertools
 import threading
 import time
-from typing import Final, NamedTuple
+from typing import Final
 
 from tinybird_export._backpressure import DISPLACES_FROM, Planner
-from tinybird_export._batch import Batch, FlushMark, Limits, Tally, level_byte
+from tinybird_export._batch import Abandoned, Batch, Limits, level_byte
 from tinybird_export._line_encoder import REPAIRED, TRUNCATED
+from tinybird_export._tally import CHOSEN, FlushMark, Tally
 from tinybird_export.stats import DeliveryStats
-
-
-class Abandoned(NamedTuple):
-    """What ``Channel.abandon`` gave up: events dropped unsent, and events whose request
-    was under way (sent, no answer yet: of unknown fate).
-    """
-
-    dropped: int
-    unknown: int
-
-    @property
-    def total(self) -> int:
-        """Both."""
-        return self.dropped + self.unknown
-
 
 _serials = itertools.count(1)
 _LEVEL_BYTES: Final = {level: bytes((level,)) for level in range(256)}
-CHOSEN: Final = frozenset({"before_send", "disabled", "recursion"})
-"""Drop reasons the application chose (its ``before_send`` filter, a disabled producer, its
-own records logged while sending): not a delivery failure, so ``flush()`` is not False."""
 
 
 class Channel:
@@ -92,11 +75,8 @@ class Channel:
         self._in_flight: Batch | None = None
         self._unanswered: Batch | None = None  # given up in flight (abandon): unknown
         self._queued_events = self._queued_bytes = 0
-        self._resolved = self._flush_target = 0
-        self._losses = 0  # events dropped but for a reason the application chose (CHOSEN)
-        self._losses_seen: dict[str, int] = {}  # by whose flush: _losses when it returned
         self._emitted = 0  # every event that entered, queued or refused
-        self._tally = Tally()  # where they went
+        self._tally = Tally()  # where they went, and what flushes see
         self._planner = Planner()  # backpressure, with its memory of the last shortfall
         self.closed = False  # read on every offer; only close() sets it
         self.close_deadline: float | None = None  # until when a closed channel may send
@@ -172,7 +152,7 @@ class Channel:
         plan = None
         if level >= DISPLACES_FROM:
             plan = self._planner.plan(
-                (self._resolved, self._queued_events, self._tally.spooled),
+                (self._tally.resolved, self._queued_events, self._tally.spooled),
                 self._queued_batches,
                 level,
                 self._queued_bytes + size - self._allowance,
@@ -180,12 +160,13 @@ class Channel:
                 bound_bytes=self._allowance,
                 bound_events=self._max_events,
             )
-        dropped, by_level = self._tally.dropped, self._tally.dropped_levels
+        tally = self._tally
+        dropped, by_level = tally.dropped, tally.dropped_levels
         if plan is None:
             total, at_level = dropped.get("queue_full", 0) + 1, by_level.get(level, 0) + 1
             # The change (no call from here).
             self._emitted += 1
-            self._losses += 1
+            tally.losses += 1
             dropped["queue_full"] = total
             if level:
                 by_level[level] = at_level
@@ -204,9 +185,9 @@ class Channel:
             self._pending_count = pending.count
         self._queued_events -= plan.events
         self._queued_bytes -= plan.nbytes
-        self._resolved += plan.events
+        tally.resolved += plan.events
         dropped["queue_full"] = total
-        self._losses += plan.events
+        tally.losses += plan.events
         by_level.update(at_levels)  # not in the invariant: last
         return True
 
@@ -222,36 +203,33 @@ class Channel:
             return
         lost = 0 if reason in CHOSEN else count
         with self._lock:
-            total = self._tally.dropped.get(reason, 0) + count
+            tally = self._tally
+            total = tally.dropped.get(reason, 0) + count
             # The change (no call from here).
             self._emitted += count
-            self._losses += lost
-            self._tally.dropped[reason] = total
+            tally.losses += lost
+            tally.dropped[reason] = total
 
     def request_flush(self) -> FlushMark:
-        """Make everything accepted so far due now; the mark a flush waits for."""
+        """Make everything queued so far due now; the mark a flush waits for: those events
+        resolved (sent or dropped), from memory or, if they are spilled meanwhile, from the
+        spool. What the channel had spooled before is not in it (the spool's backlog is).
+        """
         with self._lock:
-            target = self._resolved + self._queued_events + len(self._deferred)
-            self._flush_target = max(self._flush_target, target)
-            return FlushMark(target)
+            mark = self._tally.mark(self._queued_events + len(self._deferred))
+            self._tally.flush_due = mark
+            return mark
 
     def reached(self, mark: FlushMark) -> bool:
-        """Every event accepted before ``mark`` was resolved (sent or dropped)."""
-        return self._resolved >= mark.target
+        """Every event queued before ``mark`` was resolved (``Tally.reached``; unlocked)."""
+        return self._tally.reached(mark)
 
     def lost_since_flush(self, by: str, *, returning: bool) -> bool:
         """Whether events were dropped (for a reason the application did not choose) since
-        ``by``'s previous flush returned, or since the channel started.
-
-        Args:
-            by: Whose flushes: each caller (the producer, the process) has its own.
-            returning: That flush returns now: the next one starts from here.
+        ``by``'s previous flush returned (``returning``: this one does), or since the
+        channel started (``Tally.lost_since``).
         """
-        losses = self._losses  # one read: a drop after it is the next round's
-        lost = losses != self._losses_seen.get(by, 0)
-        if returning:
-            self._losses_seen[by] = losses
-        return lost
+        return self._tally.lost_since(by, returning=returning)
 
     # -- the sender's side -------------------------------------------------------------
 
@@ -268,9 +246,8 @@ class Channel:
                 return None
             if not self._ready and self._pending_count:
                 due_at = self._pending_since + interval
-                if not (
-                    draining or self.closed or now >= due_at or self._resolved < self._flush_target
-                ):
+                flushing = not self._tally.reached(self._tally.flush_due)
+                if not (draining or self.closed or now >= due_at or flushing):
                     return due_at
                 self._seal()
             return self._claim_head()
@@ -349,47 +326,35 @@ class Channel:
         with self._lock:
             self._tally.last_error = error
             self._count_request(batch)
-            if self._in_flight is not batch:
-                return
-            self._planner.forget()
-            ready = collections.deque(self._ready)
-            ready.insert(1 if ready else 0, batch)
-            # The change (no call from here).
-            batch.parked = True
-            self._ready = ready
-            self._in_flight = None
+            if self._in_flight is batch:
+                batch.parked = True
+                self._back_from_flight(batch, second=True)
 
     def drop_line(self, batch: Batch, index: int, reason: str, error: str) -> None:
         """The server refused line ``index`` of ``batch`` (and so the request): that line
-        is dropped for ``reason``, the rest goes back to the head, in order.
+        is dropped for ``reason``, the rest goes back to the head, in order. Three changes,
+        each whole: the batch comes back as the line and the rest, the line is taken, and
+        leaves (the counters agree between them too).
         """
         with self._lock:
             self._tally.last_error = error
             self._count_request(batch)
-            if self._in_flight is not batch:
-                return
-            rest, size = batch.without_line(index)
-            self._planner.forget()
-            ready = collections.deque((rest,))
-            ready += self._ready
-            tally = self._tally
-            total = tally.dropped.get(reason, 0) + 1
-            # The change (no call from here).
-            self._ready = ready
-            self._in_flight = None
-            self._queued_events -= 1
-            self._queued_bytes -= size
-            self._resolved += 1
-            self._losses += 1
-            tally.dropped[reason] = total
+            if self._in_flight is batch:
+                line, rest = batch.line_apart(index)
+                self._back_from_flight(line, rest)
+                self._claim_head()
+                self._leave([line], reason)
 
-    def _back_from_flight(self, *batches: Batch) -> None:
-        """The batch in flight returns to the head as ``batches`` (itself, its halves, or a
-        copy); the planner's memory no longer holds (its lines may be displaced again).
+    def _back_from_flight(self, *batches: Batch, second: bool = False) -> None:
+        """The batch in flight returns to the head as ``batches`` (itself, its halves, a
+        copy, or a line and the rest), or ``second``: behind the batch now first (a parked
+        piece). The planner's memory no longer holds (its lines may be displaced again).
         """
         self._planner.forget()
         ready = collections.deque(batches)
         ready += self._ready
+        if second and len(ready) > 1:
+            ready[0], ready[1] = ready[1], ready[0]
         # The change (no call from here).
         self._ready = ready
         self._in_flight = None
@@ -424,17 +389,17 @@ class Channel:
         if to == "spool":
             tally.spooled += count
             return count
-        self._resolved += count
+        tally.resolved += count
         if to == "unknown":
             tally.unknown += count
-            self._losses += count  # not acknowledged, as far as anyone can tell
+            tally.losses += count  # not acknowledged, as far as anyone can tell
         elif to == "sent":
             tally.sent, tally.bytes_sent = tally.sent + count, tally.bytes_sent + raw
             tally.quarantined += quarantined
             tally.wire_bytes_sent += wire_bytes
         elif count:
             tally.dropped[to] = total
-            self._losses += count
+            tally.losses += count
         return count
 
     def abandon(self, reason: str) -> Abandoned:
@@ -460,21 +425,11 @@ class Channel:
 
     def _answered_late(self, batch: Batch, to: str, quarantined: int = 0) -> None:
         """The answer for the batch in flight that ``abandon`` gave up, if ``batch`` is that
-        one: it leaves unknown for ``to`` ("sent" or a drop reason). ``flush()`` said it was
-        not acknowledged meanwhile, and is not told otherwise.
+        one: it leaves unknown for ``to`` (``Tally.answered_late``), once.
         """
-        if self._unanswered is not batch:
-            return
-        tally, count = self._tally, batch.count
-        total = tally.dropped.get(to, 0) + count
-        # The change (no call from here).
-        self._unanswered = None
-        tally.unknown -= count
-        if to == "sent":
-            tally.sent, tally.bytes_sent = tally.sent + count, tally.bytes_sent + batch.nbytes
-            tally.quarantined += quarantined
-        else:
-            tally.dropped[to] = total
+        if self._unanswered is batch:
+            self._tally.answered_late(batch.count, batch.nbytes, to, quarantined)
+            self._unanswered = None  # after: no second answer comes for one request
 
     # -- the disk spool (a sender, or the exit drain) -------------------------------------
 
@@ -516,21 +471,9 @@ class Channel:
         another process sent them (its receipt says so), not this one.
         """
         with self._lock:
-            tally = self._tally
-            total = 0 if sent else tally.dropped.get(reason, 0) + count
-            # The change (no call from here).
-            if sent and not relayed:
-                tally.unspooled += count
-            if not own:
-                return
-            tally.spooled -= count
-            self._resolved += count
-            if sent:
-                tally.sent += count
-                tally.quarantined += quarantined
-            else:
-                tally.dropped[reason] = total
-                self._losses += count
+            self._tally.unspool(
+                count, own=own, sent=sent, reason=reason, quarantined=quarantined, relayed=relayed
+            )
 
     def spooled_count(self) -> int:
         """Events of this channel held in the spool (no lock, no check: the exit path)."""

@@ -28,6 +28,7 @@ import urllib3
 import urllib3.util.ssl_
 
 from tinybird_export import _deadline
+from tinybird_export._runtime_settings import RuntimeSettings
 
 try:
     _VERSION = metadata.version("tinybird-export")
@@ -108,6 +109,20 @@ class EventsClient:
             context = tls_context(ca_bundle)
         self.tls_context = context
         self._pool = _pool_for(host, ca_bundle, context)
+
+    @classmethod
+    def of(cls, settings: RuntimeSettings, context: ssl.SSLContext | None = None) -> EventsClient:
+        """The client of a worker's runtime settings (``context``: a forked child's, its
+        parent's).
+        """
+        return cls(
+            settings.host,
+            settings.token,
+            compression=settings.compression,
+            ca_bundle=settings.ca_bundle,
+            connect_timeout=settings.connect_timeout,
+            context=context,
+        )
 
     def __repr__(self) -> str:
         return f"<EventsClient {self._base}>"

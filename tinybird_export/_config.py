@@ -1,37 +1,36 @@
 """Settings: one frozen object, one precedence rule.
 
 Every setting resolves the same way: the explicit argument when it is not ``None``, else
-its ``TINYBIRD_*`` environment variable, else the default. Values may arrive as strings
-(``dictConfig``, ``fileConfig``, Django settings, env vars), so each is parsed and
-validated here, at construction, with an error that names the setting and its env var.
+its ``TINYBIRD_*`` environment variable, else the default, and is parsed and checked at
+construction (``_setting_parsers``: values may arrive as strings), with an error that names
+the setting and its env var. What depends on several settings is checked here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
-import ipaddress
-import math
 import os
 import re
-import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypedDict
 
-DEFAULT_HOST: Final = "https://api.tinybird.co"
-_MIB: Final = 1024 * 1024
+from tinybird_export._setting_parsers import (
+    DEFAULT_HOST,
+    MIB,
+    PARSERS,
+    BeforeSend,
+    Setting,
+    check_host,
+    check_token,
+    parse_str,
+)
+
 # Tinybird rejects requests over 10 MB on the Free plan, 100 MB on paid Forward plans, with
 # 413 (events-api docs, "Limits"); whether raw or compressed bytes count is undocumented,
 # so raw bytes stay under. The default batch (4 MiB) is safe for Free.
 _REQUEST_CAP: Final = 100 * 1000 * 1000
-_EXTRAS_MODES: Final = ("both", "flat", "attributes", "none")
-_COMPRESSIONS: Final = ("gzip", "none")
 _DATASOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 
 class CommonSettings(TypedDict, total=False):
@@ -136,12 +135,12 @@ class TinybirdConfig:
     fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     extras: str = "both"
     batch_max_rows: int = 10_000
-    batch_max_bytes: int = 4 * _MIB
+    batch_max_bytes: int = 4 * MIB
     queue_max_events: int = 200_000
     # 16 MiB: roughly 40,000 typical events, held per process; a pre-forking server runs
     # one per worker, so a larger default multiplies during an outage.
-    queue_max_bytes: int = 16 * _MIB
-    max_event_bytes: int = _MIB
+    queue_max_bytes: int = 16 * MIB
+    max_event_bytes: int = MIB
     compression: str = "gzip"
     connect_timeout: float = 3.0
     timeout: float = 10.0
@@ -151,7 +150,7 @@ class TinybirdConfig:
     ca_bundle: str | None = None
     spool_dir: str | None = None
     # 1 GiB: a day of a busy service's logs, compressed, on a disk that has room for it.
-    spool_max_bytes: int = 1024 * _MIB
+    spool_max_bytes: int = 1024 * MIB
     allow_http: bool = False
     before_send: BeforeSend | None = None
     shape: str = "flat"
@@ -199,15 +198,15 @@ class TinybirdConfig:
                 raw = env.get(env_names[field.name]) or None
             if raw is None:
                 continue
-            parse: Callable[[Any, _Setting], Any] = _PARSERS.get(field.name, _parse_str)
-            values[field.name] = parse(raw, _Setting(field.name, env_names[field.name]))
+            parse: Callable[[Any, Setting], Any] = PARSERS.get(field.name, parse_str)
+            values[field.name] = parse(raw, Setting(field.name, env_names[field.name]))
         if "datasource" not in values and default_datasource is not None:
             values["datasource"] = default_datasource(values)
         config = cls(**{"datasource": "", **values})
-        config._validate(_Setting("datasource", datasource_env))
+        config._validate(Setting("datasource", datasource_env))
         return config
 
-    def _validate(self, datasource: _Setting) -> None:
+    def _validate(self, datasource: Setting) -> None:
         if not self.datasource:
             raise datasource.error("is required", "name the data source events go to")
         if not _DATASOURCE_NAME.match(self.datasource):
@@ -229,25 +228,14 @@ class TinybirdConfig:
             raise _setting("queue_max_bytes").error(
                 "is smaller than batch_max_bytes", "the queue must hold at least one batch"
             )
-        _check_host(self.host, self.allow_http)
+        check_host(self.host, self.allow_http, _setting("host"))
         if self.token is not None:
-            _check_token(self.token)
+            check_token(self.token, _setting("token"))
 
 
 _EVERY_SETTING: Final = Kind(
     "TinybirdConfig", frozenset(f.name for f in dataclasses.fields(TinybirdConfig))
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Setting:
-    name: str
-    env: str
-
-    def error(self, problem: str, fix: str) -> ValueError:
-        return ValueError(
-            f"tinybird-export: setting {self.name!r} (env {self.env}) {problem}: {fix}."
-        )
 
 
 _ENV_NAMES: Final = {
@@ -280,8 +268,8 @@ _ENV_NAMES: Final = {
 }
 
 
-def _setting(name: str) -> _Setting:
-    return _Setting(name, _ENV_NAMES[name])
+def _setting(name: str) -> Setting:
+    return Setting(name, _ENV_NAMES[name])
 
 
 def _check_names(kind: Kind, arguments: Mapping[str, Any]) -> None:
@@ -297,164 +285,3 @@ def _check_names(kind: Kind, arguments: Mapping[str, Any]) -> None:
         close = difflib.get_close_matches(name, sorted(kind.settings), n=1)
         hint = f"did you mean {close[0]!r}?" if close else "see the README's table"
         raise TypeError(f"tinybird-export: {kind.label} has no setting {name!r}: {hint}")
-
-
-def _parse_str(raw: Any, setting: _Setting) -> str:
-    if not isinstance(raw, str):
-        raise setting.error(f"must be a string, got {type(raw).__name__}", "pass text")
-    return raw.strip()
-
-
-def parse_bool(raw: Any, name: str, env: str) -> bool:
-    """The package's one boolean parser (settings, integrations): true/false, 1/0,
-    yes/no, on/off, or a bool.
-
-    Raises:
-        ValueError: Naming ``name`` and ``env``.
-    """
-    return _parse_bool(raw, _Setting(name, env))
-
-
-def _parse_bool(raw: Any, setting: _Setting) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise setting.error(f"is {raw!r}, not a boolean", "use true or false")
-
-
-def _number(kind: type[int] | type[float], minimum: float) -> Callable[[Any, _Setting], Any]:
-    def parse(raw: Any, setting: _Setting) -> int | float:
-        try:
-            if isinstance(raw, bool):
-                raise ValueError
-            value = kind(raw.strip() if isinstance(raw, str) else raw)
-        except (TypeError, ValueError):
-            raise setting.error(f"is {raw!r}, not a number", f"use a {kind.__name__}") from None
-        if not (math.isfinite(value) and value >= minimum):
-            raise setting.error(f"is {value!r}", f"use a finite value of at least {minimum}")
-        return value
-
-    return parse
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any, _Setting], str]:
-    def parse(raw: Any, setting: _Setting) -> str:
-        value = _parse_str(raw, setting).lower()
-        if value not in options:
-            raise setting.error(f"is {raw!r}", "use one of " + ", ".join(options))
-        return value
-
-    return parse
-
-
-def _parse_fields(raw: Any, setting: _Setting) -> Mapping[str, Any]:
-    """Static fields: a mapping, or ``"environment=prod,release=1.2"`` from an env var."""
-    if isinstance(raw, Mapping):
-        fields = dict(raw)
-    elif isinstance(raw, str):
-        fields = {}
-        for pair in filter(None, (part.strip() for part in raw.split(","))):
-            key, sep, value = pair.partition("=")
-            if not sep or not key.strip():
-                raise setting.error(f"has {pair!r}", "write key=value pairs separated by commas")
-            fields[key.strip()] = value.strip()
-    else:
-        raise setting.error(f"is a {type(raw).__name__}", "pass a mapping of field to value")
-    if not all(isinstance(key, str) for key in fields):
-        raise setting.error("has a non-string key", "name every field with a string")
-    return fields
-
-
-def _parse_before_send(raw: Any, setting: _Setting) -> BeforeSend:
-    """A callable, or its dotted path (``pkg.module:function`` or ``pkg.module.function``)."""
-    if callable(raw):
-        return raw  # type: ignore[no-any-return]
-    path = _parse_str(raw, setting)
-    module_name, sep, attribute = path.partition(":")
-    if not sep:
-        module_name, _, attribute = path.rpartition(".")
-    try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:
-        problem = f"{path!r} cannot be imported ({exc})"
-        raise setting.error(problem, "give module:function") from None
-    if not callable(target):
-        raise setting.error(f"{path!r} is not callable", "point it at a function")
-    return target  # type: ignore[no-any-return]
-
-
-_PARSERS: Final[dict[str, Callable[[Any, _Setting], Any]]] = {
-    "enabled": _parse_bool,
-    "wait": _parse_bool,
-    "background": _parse_bool,
-    "allow_http": _parse_bool,
-    "adaptive": _parse_bool,
-    "flush_interval": _number(float, 0.01),
-    "batch_max_rows": _number(int, 1),
-    "batch_max_bytes": _number(int, 1024),
-    "queue_max_events": _number(int, 1),
-    "queue_max_bytes": _number(int, 1024),
-    "max_event_bytes": _number(int, 1024),
-    "spool_max_bytes": _number(int, _MIB),
-    "connect_timeout": _number(float, 0.001),
-    "timeout": _number(float, 0.001),
-    "flush_timeout": _number(float, 0),
-    "exit_timeout": _number(float, 0),
-    "extras": _choice(_EXTRAS_MODES),
-    "compression": _choice(_COMPRESSIONS),
-    "fields": _parse_fields,
-    "before_send": _parse_before_send,
-    "shape": _choice(("flat", "otel")),
-}
-
-
-def _check_token(token: str) -> None:
-    """Refuse a token that cannot be an HTTP header value, without echoing any of it: a
-    line break would otherwise fail every request, with the token quoted in the error.
-    """
-    for position, char in enumerate(token, 1):
-        if not "!" <= char <= "~":
-            raise _setting("token").error(
-                f"has a space, line break or other unexpected character at position {position}",
-                "copy the token again, without quotes, spaces or line breaks",
-            )
-
-
-def _check_host(host: str, allow_http: bool) -> None:
-    setting = _setting("host")
-    parts = urllib.parse.urlsplit(host)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise setting.error(f"{host!r} is not a URL", f"use a base URL such as {DEFAULT_HOST}")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise setting.error(
-            "has a query, fragment or credentials",
-            "give only scheme://host[:port]; the token goes in the token setting",
-        )
-    try:
-        parts.port  # noqa: B018 - urlsplit validates the port lazily
-    except ValueError:
-        raise setting.error(f"{host!r} has an invalid port", "use scheme://host:port") from None
-    if parts.path.rstrip("/"):
-        base = f"{parts.scheme}://{parts.netloc}"
-        raise setting.error(
-            f"{host!r} has a path ({parts.path})",
-            f"use {base!r}: the package adds /v0/events itself",
-        )
-    if parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname):
-        raise setting.error(
-            f"{host!r} sends the token unencrypted",
-            "use https, or set allow_http (TINYBIRD_ALLOW_HTTP=true) for a trusted network",
-        )
-
-
-def _is_loopback(hostname: str) -> bool:
-    if hostname == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(hostname).is_loopback
-    except ValueError:
-        return False

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from tinybird_export._config import parse_bool
+from tinybird_export._setting_parsers import Setting, parse_bool
 
 MESSAGE_OVERRIDE: Final = "tinybird_event"
 """A record attribute that, when set, is the event's ``event`` instead of the message."""
@@ -107,4 +107,4 @@ def env_flag(name: str, setting: Any) -> bool:
     """
     env = f"TINYBIRD_{name}"
     raw = setting if setting is not None else os.environ.get(env, "").strip() or False
-    return parse_bool(raw, env, env)
+    return parse_bool(raw, Setting(env, env))

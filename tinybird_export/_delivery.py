@@ -12,6 +12,8 @@ file of the disk spool (``SpoolSource``). Both answer the same four outcomes of
   place by the spill bridge; a single event is dropped as ``too_large``;
 - drop: counted as ``http_<status>`` and said once with what to fix.
 
+What each outcome says on stderr is ``_delivery_messages``'s.
+
 An unexpected exception during an attempt is a bug, not a transport error: the source is
 dropped as ``error`` and the bug reported once (``report_internal_error``). The transport
 is injected (``Transport``): the HTTP client in production, a recording one in tests.
@@ -19,17 +21,24 @@ is injected (``Transport``): the HTTP client in production, a recording one in t
 
 from __future__ import annotations
 
-import sys
+import ssl
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from tinybird_export import _bad_line, _diagnostics, _retry
+from tinybird_export import _bad_line, _retry
 from tinybird_export._bad_line import Act
 from tinybird_export._batch import Batch
 from tinybird_export._channel import Channel
 from tinybird_export._client import Attempt
+from tinybird_export._delivery_messages import (
+    Failures,
+    describe,
+    report_internal_error,
+    say_bad_line,
+    say_dropped,
+    say_quarantined,
+)
 from tinybird_export._lanes import Lane
 from tinybird_export._spool import Spool, SpooledBatch
 
@@ -227,7 +236,7 @@ class SpoolSource:
 
 
 class Delivery:
-    """One worker's attempts and what their answers mean, with the messages that say so.
+    """One worker's attempts and what their answers mean, and the transport they go by.
 
     Args:
         host: The API host.
@@ -235,6 +244,8 @@ class Delivery:
         timeouts: ``(connect_timeout, timeout)`` now (the longest of the producers').
         exit_deadline: When the exit budget runs out, once exiting.
         spooling: Whether events are kept on disk too (for the failure message).
+        rebuild: Makes a new transport in a forked child, given the parent's TLS context
+            (the worker's own HTTP client); ``None``: an injected transport is kept.
     """
 
     def __init__(
@@ -245,15 +256,38 @@ class Delivery:
         exit_deadline: Callable[[], float | None],
         *,
         spooling: bool,
+        rebuild: Callable[[ssl.SSLContext | None], Transport] | None = None,
     ) -> None:
         self.host = host
         self.transport = transport
+        self._rebuild = rebuild
         self._timeouts = timeouts
         self._exit_deadline = exit_deadline
-        self._spooling = spooling
-        self._failing_since: float | None = None
+        self._failures = Failures(host, exit_deadline, spooling=spooling)
         self.refusals = _retry.Refusals()
         """Whether nothing listens at the host (a wait stops for it: ``Worker``)."""
+
+    def after_fork_in_child(self) -> None:
+        """A new pool for the child; the parent's TLS context (a child never builds one)."""
+        if self._rebuild is not None:
+            self.transport = self._rebuild(getattr(self.transport, "tls_context", None))
+
+    def close(self) -> None:
+        """Release the current transport's connections (a forked child's are its own)."""
+        self.transport.close()
+
+    def wait_begins(self, lanes: Iterable[Lane]) -> Callable[[], bool]:
+        """At the start of a wait: the lanes whose connection was refused may try again at
+        once (a refused connection costs the host nothing: nothing listens), so that the
+        wait learns now whether the host is back. Whether to stop waiting: nothing has
+        listened at the host long enough, the last refusal after the wait began.
+        """
+        began = time.monotonic()
+        if self.refusals.lasting() is not None:
+            for lane in lanes:
+                if lane.refused:
+                    lane.paused_until = 0.0
+        return lambda: self.refusals.lasting(began) is not None
 
     def attempt(self, lane: Lane, source: Source, deadline: float | None) -> None:
         """Send ``source`` once, on this thread, and resolve it by the answer.
@@ -307,23 +341,18 @@ class Delivery:
             lane.paused_until = time.monotonic() + pause
             lane.failing = True
             source.retry(describe(self.host, answer), maybe_stored=answer.unanswered)
-            self._say_failing(lane.datasource, answer)
+            self._failures.failing(lane.datasource, answer)
             return
         lane.failing = False
         batch = source.batch_in_memory
         if outcome is _retry.Outcome.SENT:
-            self._say_recovered()
+            self._failures.recovered()
             lane.search_400 = True
             if batch is not None and batch.probe is not None:
                 batch.probe.confirmed = True  # its search's 400 is about lines
             source.sent(answer.quarantined_rows, answer.wire_bytes)
             if answer.quarantined_rows:
-                _diagnostics.say_once(
-                    f"quarantine:{lane.datasource}",
-                    f"{answer.quarantined_rows} row(s) sent to {lane.datasource!r} did not "
-                    f"fit its schema and went to {lane.datasource}_quarantine; they are not "
-                    "retried (stats().quarantined counts them).",
-                )
+                say_quarantined(lane.datasource, answer.quarantined_rows)
         elif answer.status == 400 and batch is not None:
             if not self._bad_line(lane, source, batch, answer):
                 self._drop(lane.datasource, source, answer)
@@ -342,12 +371,12 @@ class Delivery:
                 lane.search_400 = False  # the 400 is about the request: no more searches
             elif probe is not None and probe.confirmed:  # the search found the bad line
                 source.drop("http_400", error, requested=True)
-                self._say_bad_line(lane.datasource, error, "found by halving the batch")
+                say_bad_line(lane.datasource, error, "found by halving the batch")
                 return True
             return False
         if act is Act.DROP_LINE and line is not None:
             source.channel.drop_line(batch, line, "http_400", error)
-            self._say_bad_line(lane.datasource, error, "named by the server")
+            say_bad_line(lane.datasource, error, "named by the server")
         elif act is Act.SPLIT:
             source.split()
         else:
@@ -365,147 +394,12 @@ class Delivery:
         if act is Act.DROP and batch.probe is not None:
             source.drop("http_400", batch.probe.error, requested=False)
             if not batch.probe.aborted:
-                self._say_bad_line(lane.datasource, batch.probe.error, "found by halving")
+                say_bad_line(lane.datasource, batch.probe.error, "found by halving")
             return True
         return False
 
-    def _say_bad_line(self, datasource: str, error: str, how: str) -> None:
-        _diagnostics.say_once(
-            f"bad-line:{datasource}",
-            f"{error} for data source {datasource!r}: the server refused one event of a "
-            f"batch ({how}); that event alone was dropped, counted in "
-            "stats().dropped_by_reason['http_400'], and the others were sent again. Later "
-            "ones are counted without this message.",
-        )
-
     def _drop(self, datasource: str, source: Source, answer: Attempt) -> None:
-        status = answer.status or 0
-        reason = "too_large" if status == 413 else f"http_{status}"
-        error = describe(self.host, answer)
-        source.drop(reason, error, requested=True)
-        hint = (
-            "a single event exceeds the request cap (lower max_event_bytes)"
-            if status == 413
-            else _retry.drop_hint(status, datasource, self.host)
-        )
-        _diagnostics.say_once(
-            f"drop:{datasource}:{status}",
-            f"{error} for data source {datasource!r}: {hint}. Dropped {source.count} "
-            f"event(s){source.origin} without retrying; later batches are dropped the same "
-            f"way and counted in stats().dropped_by_reason[{reason!r}].",
-        )
-
-    def _say_failing(self, datasource: str, answer: Attempt) -> None:
-        """The first failure of a kind is said at once, then not again until the host
-        answers (``_say_recovered``) and fails anew.
-        """
-        if self._exit_deadline() is not None:
-            return  # the exit report says what could not be delivered, and why
-        kind = answer.kind if answer.status is None else f"http_{answer.status}"
-        where = "" if answer.status is None else f":{datasource}"
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-        kept = "up to the memory bound" + (", then in the spool" if self._spooling else "")
-        _diagnostics.say_once(
-            f"failing:{self.host}:{kind}{where}",
-            f"{describe(self.host, answer)}: "
-            f"{_retry.failure_hint(answer.status, answer.kind, self.host)}. Events are kept "
-            f"({kept}) and retried; this is said again only after a recovery.",
-        )
-
-    def _say_recovered(self) -> None:
-        since = self._failing_since
-        if since is None:
-            return
-        self._failing_since = None
-        if _diagnostics.forget(f"failing:{self.host}:"):
-            _diagnostics.say(
-                f"{self.host} answers again: delivering, after {time.monotonic() - since:.0f} s "
-                "of failures."
-            )
-
-
-def describe(host: str, answer: Attempt) -> str:
-    """An answer as text for messages and ``last_error``."""
-    if answer.status is None:
-        return f"{host}: {answer.error}"
-    text = f": {answer.error}" if answer.error else ""
-    return f"{host} answered {answer.status}{text}"
-
-
-def report_internal_error(
-    exc: BaseException, lost: str, redact: Callable[[str], str] = str
-) -> None:
-    """Say once per kind of error where it happened, and what to do; the loop goes on."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-    dropped = f"; {lost} dropped, counted as 'error'" if lost else ""
-    if isinstance(exc, RecursionError) and "gevent" in sys.modules:
-        # gevent's ssl patching applied after ssl was imported (gunicorn --preload with
-        # gevent workers) recurses in SSLContext: gevent's docs say patch first.
-        advice = (
-            " gevent monkey-patched ssl after it was imported: call "
-            "gevent.monkey.patch_all() before anything else is imported (first line of "
-            "gunicorn.conf.py, or drop --preload)."
-        )
-    else:
-        advice = " Sending goes on; please report this."
-    _diagnostics.say_once(
-        f"internal:{type(exc).__name__}{where}",
-        redact(f"internal error in the sender ({type(exc).__name__}: {exc}{where}){dropped}.")
-        + advice,
-    )
-
-
-_UNKNOWN_NOTE = (
-    "the server may have stored them or not: counted as unknown in stats(), not as "
-    "dropped; event_id tells duplicates apart"
-)
-
-
-def give_up(channels: Iterable[Channel], when: str, reason: str, first: str) -> int:
-    """Abandon what ``channels`` still hold and say so in one line, one entry per data
-    source; how many events.
-
-    What is queued was not sent: dropped for ``reason``, with the channel's last failure,
-    or ``first`` (why it was not sent: "the exit budget ran out first"). A batch in flight
-    was sent and its answer had not come: of unknown fate, said apart (the server may
-    have stored it).
-    """
-    by_datasource: dict[str, tuple[int, int, str]] = {}
-    for channel in channels:
-        gone = channel.abandon(reason)
-        if gone.total:
-            dropped, unknown, error = by_datasource.get(channel.datasource, (0, 0, ""))
-            error = channel.last_error() or error if gone.dropped else error
-            by_datasource[channel.datasource] = (
-                dropped + gone.dropped,
-                unknown + gone.unknown,
-                error,
-            )
-    dropped = sum(d for d, _, _ in by_datasource.values())
-    unknown = sum(u for _, u, _ in by_datasource.values())
-    if not dropped and not unknown:
-        return 0
-    entries = []
-    for name, (not_sent, unanswered, error) in by_datasource.items():
-        if not unanswered:
-            entries.append(f"{not_sent} for {name!r} ({error or first})")
-        elif not not_sent:
-            entries.append(f"{unanswered} for {name!r} ({_UNKNOWN_NOTE})")
-        else:
-            entries.append(
-                f"{not_sent} for {name!r} ({error or first}) and {unanswered} sent unanswered "
-                f"({_UNKNOWN_NOTE})"
-            )
-    if not unknown:
-        head = f"{dropped} event(s) not delivered {when}"
-    elif not dropped:
-        head = f"{unknown} event(s) were being sent {when} and got no answer in time"
-    else:
-        head = (
-            f"{dropped} event(s) not delivered {when}, and {unknown} event(s) were being sent "
-            "and got no answer in time"
-        )
-    _diagnostics.say(f"{head}: {'; '.join(entries)}")
-    return dropped + unknown
+        reason = "too_large" if answer.status == 413 else f"http_{answer.status or 0}"
+        source.drop(reason, describe(self.host, answer), requested=True)
+        what = f"{source.count} event(s){source.origin}"
+        say_dropped(datasource, self.host, answer, reason, what)

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import http
 import threading
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-if TYPE_CHECKING:
-    from tinybird_export.testing import Reply
+from tinybird_export._server_exchange import Reply
 
 _CHUNK: Final = 64 * 1024
 

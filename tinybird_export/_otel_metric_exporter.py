@@ -9,7 +9,6 @@ had succeeded). ``_otel_metrics`` turns the points into rows.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import threading
 import time
@@ -36,13 +35,11 @@ from tinybird_export._otel_metrics import (
 )
 from tinybird_export._otel_preferences import aggregation_preference, temporality_preference
 from tinybird_export._producer import Producer
-from tinybird_export.stats import DeliveryStats
+from tinybird_export.stats import DeliveryStats, total
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-# Counters of the spool directory, the same in each data source's stats: not added up.
-_PER_DIRECTORY: Final = frozenset({"spool_bytes", "spool_corrupt"})
 _LABEL: Final = "TinybirdMetricExporter"
 
 
@@ -60,32 +57,6 @@ def _resolve(
         datasource_env=METRICS_DATASOURCE_ENV[point_kind],
         default_datasource=default_name,
     )
-
-
-def sum_stats(by_datasource: Mapping[str, DeliveryStats]) -> DeliveryStats:
-    """Several producers' counters as one: counts added up, the spool directory's counted
-    once, the longest send interval, and each data source's last error, named.
-    """
-    parts = list(by_datasource.values())
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(DeliveryStats):
-        items = [getattr(part, field.name) for part in parts]
-        if field.name in _PER_DIRECTORY or isinstance(items[0], float):
-            values[field.name] = max(items)
-        elif isinstance(items[0], Mapping):
-            total: collections.Counter[str] = collections.Counter()
-            for item in items:
-                total.update(item)
-            values[field.name] = dict(total)
-        elif isinstance(items[0], str):
-            values[field.name] = "; ".join(
-                f"{name}: {getattr(part, field.name)}"
-                for name, part in by_datasource.items()
-                if getattr(part, field.name)
-            )
-        else:
-            values[field.name] = sum(items)
-    return DeliveryStats(**values)
 
 
 class TinybirdMetricExporter(MetricExporter):
@@ -263,8 +234,12 @@ class TinybirdMetricExporter(MetricExporter):
         return all([step(p, max(deadline - time.monotonic(), 0.0)) for p in producers])
 
     def stats(self) -> DeliveryStats:
-        """The four data sources' delivery counters, added up."""
-        return sum_stats(self.datasource_stats())
+        """The four data sources' delivery counters, added up (``stats.total``), with each
+        data source's last error, named.
+        """
+        parts = self.datasource_stats()
+        errors = (f"{name}: {part.last_error}" for name, part in parts.items() if part.last_error)
+        return dataclasses.replace(total(parts.values()), last_error="; ".join(errors))
 
     def datasource_stats(self) -> dict[str, DeliveryStats]:
         """Each data source's delivery counters, by data source name."""

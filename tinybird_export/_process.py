@@ -2,16 +2,14 @@
 
 ``PROCESS`` holds the registry of workers (one per host and token, with its runtime
 settings resolved once: ``_runtime_settings``), the lanes (one per host and data source),
-the threads that are sending (the recursion guard), the memory budget, the exit deadline,
-SIGTERM's paths (``_exit``), and every hook into the interpreter: one ``atexit`` drain, one
-fork hook that resets the child's state in a fixed order, and multiprocessing's finalizer.
-No other module changes this state; they call its methods. The public ``flush``,
-``shutdown`` and ``install_sigterm_handler`` act on it.
+the threads that are sending (the recursion guard), the memory budget, the exit drain and
+its deadline (``_exit_drain``), SIGTERM's paths (``_exit``), and every hook into the
+interpreter: one ``atexit`` drain, one fork hook that resets the child's state in a fixed
+order, and multiprocessing's finalizer. No other module changes this state; they call its
+methods. The public ``flush``, ``shutdown`` and ``install_sigterm_handler`` act on it.
 
 Exit: ``atexit`` runs hooks last-registered-first, and this module registers after
 ``logging`` was imported, so the drain runs before ``logging.shutdown`` closes handlers.
-The drain runs on the exiting thread (the worker threads, if alive, keep sending meanwhile)
-and never starts a thread (peers.md §3 row 5: OpenTelemetry's thread-at-shutdown bug).
 
 Fork: no lock of this package is held across ``fork()``: a ``before`` hook registered by
 the application (which may log) can then never deadlock on one. The package's own
@@ -30,21 +28,23 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final
 
 from tinybird_export import _diagnostics, _fields
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
-from tinybird_export._delivery import Transport, give_up, report_internal_error
+from tinybird_export._delivery import Transport
 from tinybird_export._exit import Sigterm
+from tinybird_export._exit_drain import ExitDrain
 from tinybird_export._first_connect import FIRST_CONNECTS
+from tinybird_export._flush_round import FlushRound
 from tinybird_export._lanes import LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._senders import SendingThreads
 from tinybird_export._spool import Spool
-from tinybird_export._worker import FlushRound, Shared, Worker
+from tinybird_export._worker import Shared, Worker
 
 # Every logger urllib3 creates a record on (logging.getLogger(__name__) in its modules).
 _URLLIB3_LOGGERS: Final = (
@@ -71,23 +71,20 @@ class Process:
         """Threads sending right now: records they create are dropped by the handler."""
         self.budget = MemoryBudget()
         self.lanes = LaneTable()
-        self.sigterm = Sigterm(self.exit, self._inside_offer, self._draining_here)
+        self._exit = ExitDrain(self.workers, self._exit_ended)
+        self.sigterm = Sigterm(self.exit, self._inside_offer, self._exit.draining_here)
         self._transport = transport
         self._workers: dict[tuple[str, str], Worker] = {}
         self._spools: dict[str, Spool] = {}
         # Re-entrant: a signal handler that logs may run while this thread holds it.
         self._lock = threading.RLock()
-        self._exit_deadline: float | None = None
-        self._exit_budget = 0.0
-        self._exiting_thread: int | None = None  # the thread running exit()
-        self._logging_shutdown_next = False  # the interpreter's atexit ran the drain
         self._multiprocessing_hooked = False
         self._finalizer_pid = 0
         self._shared = Shared(
             lanes=self.lanes,
             guard=self.sending,
             budget=self.budget,
-            exit_deadline=self.exit_deadline,
+            exit_deadline=self._exit.deadline,
             detach=self.detach,
             known_lanes=self.known_lanes,
         )
@@ -113,7 +110,10 @@ class Process:
                 worker.settings.merge(config, label)
             worker.add(channel)
             self.budget.add(channel)
-        worker.resume_spool(channel)
+        if worker.spool is not None:
+            # A sender looks at the spool now (its first scan, and a previous process's
+            # files for this data source), not at the first event; no disk work here.
+            worker.notify(channel)
         self._hook_multiprocessing()
         self._guard_urllib3_loggers()
         return worker
@@ -177,11 +177,11 @@ class Process:
 
     def exit_deadline(self) -> float | None:
         """When the exit budget runs out, once the process is exiting; else ``None``."""
-        return self._exit_deadline
+        return self._exit.deadline()
 
     def exiting(self) -> bool:
         """Whether the exit drain has begun (no thread may start then)."""
-        return self._exit_deadline is not None
+        return self._exit.exiting()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Every producer's ``flush`` at once, without entering exit: see ``flush``."""
@@ -216,137 +216,33 @@ class Process:
         return total
 
     def exit(self, budget: float | None = None) -> bool:
-        """Send what is queued within the exit budget, spool or report what could not be
-        sent; whether nothing was left undelivered.
-
-        The first call fixes the deadline (``budget``, default the longest
-        ``exit_timeout`` of the producers); later calls (records logged by later hooks)
-        send within what is left of it.
+        """The exit drain (``_exit_drain``): send what is queued within the exit budget,
+        spool or report what could not be sent; whether nothing was left undelivered.
         """
-        workers = self.workers()
-        if not workers:
-            return True
-        deadline = self._begin_exit(workers, budget)
-        with self._lock:
-            outer, self._exiting_thread = self._exiting_thread, threading.get_ident()
-        spooled_before = {id(c): c.spooled_count() for w in workers for c in w.channels()}
-        try:
-            self.drain(workers, deadline)
-            spooled = self._spill_at_exit(workers, spooled_before)
-            channels = [c for w in workers for c in w.channels()]
-            when = f"exit budget {self._exit_budget:g} s"
-            refusing = [w.host for w in workers if w.refused_for() is not None]
-            if refusing:
-                when += f", not waited out: nothing accepts connections at {', '.join(refusing)}"
-            lost = report_undelivered(channels, f"at exit ({when})")
-        finally:
-            self._exiting_thread = outer
-        if outer is None:
-            self.sigterm.after_exit()
-        return not (spooled or lost)
+        return self._exit.run(budget)
 
     def exit_at_interpreter_exit(self) -> None:
         """The ``atexit`` hook: the exit drain, before ``logging.shutdown`` (which then
         closes the handlers, sending what they got after the drain in one batch).
         """
-        self._logging_shutdown_next = True
+        self._exit.before_logging_shutdown()
         self.exit()
 
     def send_late(self, worker: Worker, channel: Channel, *, flushed_by_logging: bool) -> None:
-        """``channel`` got an event once the process is exiting. During the drain, the
-        drain sends it. After it, nothing else will: it is sent now, on this thread (the
-        sender threads may be gone: a multiprocessing child's finalizer, the interpreter's
-        teardown), within what is left of the exit budget, and what cannot be is counted
-        and said, with why. A handler's events wait for ``logging.shutdown`` when it is
-        still to come (it closes the handler: one batch for all of them).
-        """
-        if self._exiting_thread is not None:
-            return  # an exit drain is running: it sends until every queue is empty
-        finalizing = sys.is_finalizing()
-        if flushed_by_logging and self._logging_shutdown_next and not finalizing:
-            return
-        deadline = self._exit_deadline
-        if deadline is None:
-            return
-        if finalizing and (_modules_torn_down() or not worker.can_send_here(channel)):
-            report_undelivered(
-                [channel],
-                "after the exit drain",
-                "after_exit",
-                "logged during the interpreter's teardown: nothing can be sent any more",
-            )
-        elif not worker.send_here(channel, deadline):
-            report_undelivered(
-                [channel],
-                f"after the exit drain (exit budget {self._exit_budget:g} s)",
-                first="the exit budget had run out",
-            )
-
-    def _begin_exit(self, workers: list[Worker], budget: float | None) -> float:
-        with self._lock:
-            if self._exit_deadline is None:
-                if budget is None:
-                    budget = max((w.exit_timeout for w in workers), default=0.0)
-                self._exit_budget = budget
-                self._exit_deadline = time.monotonic() + budget
-            return self._exit_deadline
-
-    @staticmethod
-    def _spill_at_exit(workers: list[Worker], spooled_before: dict[int, int]) -> int:
-        """What the drain could not send goes to the spool, where there is one (failing
-        lanes spilled during the drain already): say how much, and where; how many events
-        were spooled, or refused by the spool (and dropped).
-        """
-        total = 0
-        for worker in workers:
-            try:
-                total += worker.spill_remaining()
-            except Exception as exc:  # noqa: BLE001 - a bug: said once, the exit goes on
-                report_internal_error(exc, "")
-            written: dict[str, int] = {}
-            for channel in worker.channels():
-                count = channel.spooled_count() - spooled_before.get(id(channel), 0)
-                if count:
-                    written[channel.datasource] = written.get(channel.datasource, 0) + count
-            if written:
-                total += sum(written.values())
-                per = "; ".join(f"{count} for {name!r}" for name, count in written.items())
-                _diagnostics.say(
-                    f"{sum(written.values())} event(s) not delivered at exit were spooled to "
-                    f"{worker.spool_directory()} ({per}): the next process started with this "
-                    "spool_dir sends them."
-                )
-        return total
+        """``channel`` got an event once the process is exiting: see ``ExitDrain.send_late``."""
+        self._exit.send_late(worker, channel, flushed_by_logging=flushed_by_logging)
 
     def cap_at_exit(self, timeout: float) -> float:
-        """``timeout``, bounded by what is left of the exit budget once the process exits.
-
-        The exit begins with the first of: this package's ``atexit`` drain, or a call made
-        on the main thread after it finished (``atexit`` hooks registered after the package
-        was imported run before its drain: OpenTelemetry's providers pass ~30 s into each
-        exporter's ``shutdown`` there).
+        """``timeout``, bounded by what is left of the exit budget once the process exits
+        (``ExitDrain.cap``).
         """
-        deadline = self._exit_deadline
-        if deadline is None:
-            main = threading.main_thread()
-            if threading.current_thread() is not main or main.is_alive():
-                return timeout
-            deadline = self._begin_exit(self.workers(), None)
-        return max(0.0, min(timeout, deadline - time.monotonic()))
+        return self._exit.cap(timeout)
 
-    def drain(self, workers: Iterable[Worker], deadline: float) -> None:
-        """Make every queued event due and wait for the workers until ``deadline``."""
-        workers = list(workers)
-        for worker in workers:
-            worker.hurry()
-        for worker in workers:
-            worker.drain(deadline)
+    def _exit_ended(self) -> None:
+        self.sigterm.after_exit()  # die by a signal that interrupted the drain, if one did
 
     def _inside_offer(self) -> bool:
         return any(c.held_by_this_thread() for w in self.workers() for c in w.channels())
-
-    def _draining_here(self) -> bool:
-        return self._exiting_thread == threading.get_ident()
 
     # -- fork and multiprocessing --------------------------------------------------------
 
@@ -365,9 +261,7 @@ class Process:
         for spool in self._spools.values():
             spool.forget_in_child()  # the parent's descriptors and locks stay the parent's
         self._spools = {}  # new locks, identity and scan
-        self._exit_deadline = None
-        self._exiting_thread = None
-        self._logging_shutdown_next = False
+        self._exit.after_fork_in_child()
         for worker in self._workers.values():
             worker.after_fork_in_child(self._spool_for(worker.settings))
         self.budget.rebalance()
@@ -399,27 +293,6 @@ class Process:
         self._finalizer_pid = os.getpid()
         util.Finalize(None, self.exit, exitpriority=100)  # type: ignore[attr-defined]
         self.sigterm.install_in_child()
-
-
-def _modules_torn_down() -> bool:
-    """Whether the interpreter's teardown has begun destroying modules: the import system
-    is gone (``sys.meta_path`` is None), and with it urllib3's lazy imports (a request
-    would be sent and its answer never read). Before that, the teardown's first garbage
-    collection runs ``__del__`` methods while a request can still be made.
-    """
-    return sys.meta_path is None
-
-
-def report_undelivered(
-    channels: Iterable[Channel],
-    when: str,
-    reason: str = "exit_timeout",
-    first: str = "the exit budget ran out before they could be sent",
-) -> int:
-    """Give up what ``channels`` still hold and say so (``_delivery.give_up``): queued
-    events are dropped for ``reason``, a batch in flight is of unknown fate; how many.
-    """
-    return give_up(channels, when, reason, first)
 
 
 PROCESS = Process()

@@ -7,13 +7,11 @@ producer is handed enters its channel's count (``emitted``), queued or refused.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from tinybird_export import _diagnostics, _exit, _runtime_checks
@@ -21,10 +19,12 @@ from tinybird_export._async import run_blocking, until
 from tinybird_export._batch import Limits
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
+from tinybird_export._delivery_messages import give_up
+from tinybird_export._flush_round import FlushRound
 from tinybird_export._line_encoder import encode_event, safe_str
-from tinybird_export._process import PROCESS, Process, report_undelivered
-from tinybird_export._worker import FlushRound, Worker
-from tinybird_export.stats import DeliveryStats
+from tinybird_export._process import PROCESS, Process
+from tinybird_export._worker import Worker
+from tinybird_export.stats import DeliveryStats, total
 
 
 class Producer:
@@ -335,10 +335,10 @@ class Producer:
         if channel.empty():
             self._process.detach(worker, channel)
         elif self._process.exiting():
-            report_undelivered([channel], "at exit (logged after the exit drain)")
+            give_up([channel], "at exit (logged after the exit drain)")
             self._process.detach(worker, channel)
         elif not worker.background:  # nothing sends between calls: its deadline is now
-            report_undelivered([channel], f"by {self.label}.close()", "close_timeout")
+            give_up([channel], f"by {self.label}.close()", "close_timeout")
             self._process.detach(worker, channel)
         else:
             worker.notify(channel)  # the worker sends the rest, then detaches the channel
@@ -347,35 +347,17 @@ class Producer:
         """A snapshot of this producer's counters (a reopened handler's: every opening's)."""
         stats = self.channel.stats()
         if self._retired:
-            stats = _combined([*(old.stats() for old in self._retired), stats])
+            stats = total([*(old.stats() for old in self._retired), stats])
         if self.worker is None:
             return stats
         interval = self.worker.send_interval(self.channel.datasource, stats.send_interval)
-        spool_bytes, corrupt = self.worker.spool_counts()
+        spool = self.worker.spool
         return dataclasses.replace(
-            stats, send_interval=interval, spool_bytes=spool_bytes, spool_corrupt=corrupt
+            stats,
+            send_interval=interval,
+            spool_bytes=spool.held_bytes() if spool else 0,
+            spool_corrupt=spool.corrupt if spool else 0,
         )
-
-
-def _combined(parts: list[DeliveryStats]) -> DeliveryStats:
-    """Several channels' counters of one producer as one, the last (the open one) last:
-    counts added up, the last non-empty text and the longest interval.
-    """
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(DeliveryStats):
-        items = [getattr(part, field.name) for part in parts]
-        if isinstance(items[-1], str):
-            values[field.name] = next((item for item in reversed(items) if item), "")
-        elif isinstance(items[-1], float):
-            values[field.name] = max(items)
-        elif isinstance(items[-1], Mapping):
-            total: collections.Counter[str] = collections.Counter()
-            for item in items:
-                total.update(item)
-            values[field.name] = dict(total)
-        else:
-            values[field.name] = sum(items)
-    return DeliveryStats(**values)
 
 
 def _holds_logging_lock() -> bool:

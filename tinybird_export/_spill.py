@@ -34,7 +34,7 @@ from typing import Final
 from tinybird_export import _diagnostics
 from tinybird_export._channel import Channel
 from tinybird_export._delivery import SpoolSource
-from tinybird_export._lanes import Lane
+from tinybird_export._lanes import Lane, LaneTable
 from tinybird_export._scheduler import BUSY
 from tinybird_export._spool import LISTING_TTL, Spool
 
@@ -155,9 +155,38 @@ class SpillBridge:
         finally:
             self._leave(work)
 
+    def spill_all(self, channels: Iterable[Channel]) -> int:
+        """Everything ``channels`` hold, to the spool now, outside exit (a function about
+        to be frozen); the lanes' claimed files stay claimed. The events written.
+        """
+        return sum(self.spill(channel) for channel in channels)
+
+    def at_exit(self, channels: Iterable[Channel], lanes: Iterable[Lane], table: LaneTable) -> int:
+        """After the exit drain: what ``channels`` still hold goes to the spool (what the
+        spool refuses is dropped, counted and said: ``give_up``), and the ``lanes``' claimed
+        files go back for the next process; how many events were dropped.
+        """
+        refused = 0
+        for channel in channels:
+            self.spool.failpoint("exit")  # killed during the exit drain (the tests)
+            refused += self.give_up(channel, "at exit")
+        self.release_claims(lanes, table)
+        self.spool.settle()
+        return refused
+
+    def release_claims(self, lanes: Iterable[Lane], table: LaneTable) -> None:
+        """Give the ``lanes``' claimed files back (exit, or a lane left), each once no
+        sender has them in flight: its lane claimed from ``table`` meanwhile (a lane busy
+        sending keeps them).
+        """
+        for lane in lanes:
+            if table.try_claim(lane, self._wake):
+                self.release(lane)
+                table.release(lane)
+
     def release(self, lane: Lane) -> None:
-        """Give the lane's claimed files back (exit, or the lane left): call with the lane
-        claimed, so that no sender has them in flight.
+        """Give the lane's claimed files back: call with the lane claimed, so that no
+        sender has them in flight.
         """
         work = self._work.get(lane.datasource)
         if work is not None and work.slot is not None:

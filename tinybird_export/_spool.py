@@ -16,10 +16,10 @@ writer lives, it leaves the writer a receipt, so the writer's ``stats()`` follow
 
 Every ``OSError`` is handled where it happens (a read-only directory, EIO, ENOSPC): a write
 is refused and says why (``refusal``), a claim gives up, and a file acknowledged but not
-removable is marked acknowledged in place and removed once the directory lets it; nothing
-here raises into a sender or the exit drain. A file that fails its checks is moved to
-``corrupt/``, counted, and never sent. Files for a host or data source that no producer of
-this process sends to are left alone, and reported once.
+removable is marked acknowledged in place and removed once the directory lets it
+(``_spool_removals``); nothing here raises into a sender or the exit drain. A file that
+fails its checks is moved to ``corrupt/``, counted, and never sent. Files for a host or data
+source that no producer of this process sends to are left alone, and reported once.
 
 The directory is listed once per second at most, and its batch names kept sorted per lane,
 so that draining N files costs O(N log N), not one listing per file; a sender claims as many
@@ -33,8 +33,6 @@ import contextlib
 import errno
 import itertools
 import math
-import os
-import signal
 import threading
 import time
 import zlib
@@ -43,9 +41,8 @@ from pathlib import Path
 from typing import Final
 
 from tinybird_export import _diagnostics
-from tinybird_export._spool_disk import Disk
+from tinybird_export._spool_disk import Disk, Failpoints, why
 from tinybird_export._spool_format import (
-    ACKNOWLEDGED,
     CLAIMED,
     SUFFIX,
     Acknowledged,
@@ -62,11 +59,11 @@ from tinybird_export._spool_ledger import Ledger
 from tinybird_export._spool_listing import LISTING_TTL, Key, Listing
 from tinybird_export._spool_owners import Owners
 from tinybird_export._spool_receipts import Receipt, Receipts
+from tinybird_export._spool_removals import Removals
 from tinybird_export._spool_upkeep import SCAN_EVERY, count_held, scan
 
 __all__ = ["LISTING_TTL", "SUFFIX", "Receipt", "Spool", "SpoolError", "SpooledBatch", "host_key"]
 
-_FAILPOINT_ENV: Final = "TINYBIRD_SPOOL_FAILPOINT"  # tests' crash injection: "<point>:<n>"
 _FULL: Final = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -91,15 +88,14 @@ class Spool:
         self.corrupt = 0
         self.refusal = ("", "")
         """Why the last write was refused: (drop reason, what the disk said)."""
-        self._lock = threading.Lock()  # the acknowledged files' lists, the counter
+        self._lock = threading.Lock()  # the corrupt files' counter
         self._counter = itertools.count()
-        self._failpoints = _failpoints()
+        self._failpoints = Failpoints()
         self._reported: set[str] = set()
         self._scanned_at = self._removals_at = -math.inf
-        self._unremoved: dict[Path, tuple[str, int]] = {}  # acknowledged: (name, size)
-        self._acknowledged: set[str] = set()  # their names: no longer waited for
+        self.removals = Removals(self.directory, self.disk, self.ledger)
         self.receipts = Receipts(self.directory, self.disk, self.identity)
-        self.listing = Listing(self.directory, self.disk, self._settled, self._other)
+        self.listing = Listing(self.directory, self.disk, self.removals.settled, self._other)
         try:
             self.disk.mkdir(self.directory)
         except OSError as exc:
@@ -184,7 +180,7 @@ class Spool:
 
     def _refuse_error(self, exc: OSError) -> None:
         self._cannot("write", exc)
-        self._refuse("spool_full" if exc.errno in _FULL else "spool_error", _why(exc))
+        self._refuse("spool_full" if exc.errno in _FULL else "spool_error", why(exc))
 
     # -- reading (a sender resending) -------------------------------------------------------
 
@@ -230,7 +226,7 @@ class Spool:
             try:
                 batch = read(self.disk, claimed, name, host, datasource)
             except Acknowledged:  # sent by a process that could not remove it: never again
-                self._remove_acknowledged(claimed, name, self._size(claimed))
+                self.removals.found_marked(claimed, name, self._size(claimed))
                 continue
             except SpoolError as exc:
                 self._quarantine(claimed, name, exc)
@@ -260,12 +256,9 @@ class Spool:
     def done(self, batch: SpooledBatch) -> None:
         """The server acknowledged it (or refused it for good): remove it. A file that
         cannot be removed now is marked acknowledged in place, never sent again, and
-        removed once the directory lets it.
+        removed once the directory lets it (``Removals``).
         """
-        try:
-            self.ledger.remove(batch.path, batch.size)
-        except OSError as exc:
-            self._mark_acknowledged(batch, exc)
+        self.removals.acknowledged(batch)
         self.listing.gone(batch.name)
 
     def release(self, batch: SpooledBatch) -> None:
@@ -315,16 +308,16 @@ class Spool:
             scan(self.directory, self.disk, self.identity, self._alive, self.ledger)
         if self.listing.due(now):
             self.listing.list()
-        if self._unremoved and now - self._removals_at > LISTING_TTL:
+        if self.removals.owed and now - self._removals_at > LISTING_TTL:
             self._removals_at = now
-            self._retry_removals()
+            self.removals.retry()
         if self.receipts.owed:
             self.receipts.leave(self._alive)
         self.owners.heartbeat(now)
 
     def settle(self) -> None:
         """At exit: retry the removals owed, and leave the receipts owed."""
-        self._retry_removals()
+        self.removals.retry()
         self.receipts.leave(self._alive, wait=1.0)
 
     def backlog(self, host: str, datasource: str) -> frozenset[str]:
@@ -387,10 +380,6 @@ class Spool:
             return
         self.listing.put_back(key, name)
 
-    def _settled(self) -> set[str]:
-        with self._lock:
-            return set(self._acknowledged)
-
     def _other(self, name: str) -> None:
         """A listed name that is not a batch file: a receipt for this process is read."""
         if self.receipts.mine(name):
@@ -410,59 +399,6 @@ class Spool:
         except OSError:
             return 0
 
-    def _mark_acknowledged(self, batch: SpooledBatch, exc: OSError) -> None:
-        """Acknowledged, not removable: mark it so in place (a read-only directory still
-        lets this process write its own file), and remove it when the directory lets it.
-        """
-        marked = False
-        try:
-            fd = self.disk.open(batch.path, write=True)
-            try:
-                self.disk.pwrite(fd, ACKNOWLEDGED, 0)
-                self.disk.fsync(fd)
-                marked = True
-            finally:
-                self.disk.close(fd)
-        except OSError:
-            pass
-        self._remove_acknowledged(batch.path, batch.name, batch.size, retry_only=True)
-        then = (
-            "it is marked sent, and removed once the directory lets it"
-            if marked
-            else "it is removed once the directory lets it; if this process ends before, "
-            "the next one may send it again (the whole batch: deduplicate on event_id)"
-        )
-        _diagnostics.say_once(
-            f"spool-remove:{self.directory}",
-            f"cannot remove an acknowledged spool file in {self.directory} ({_why(exc)}): {then}.",
-        )
-
-    def _remove_acknowledged(
-        self, path: Path, name: str, size: int, *, retry_only: bool = False
-    ) -> None:
-        """Remove a file whose batch was acknowledged, or remember to, and not wait for it."""
-        if not retry_only:
-            try:
-                self.ledger.remove(path, size)
-                return
-            except OSError:
-                pass
-        with self._lock:
-            self._unremoved[path] = (name, size)
-            self._acknowledged.add(name)
-
-    def _retry_removals(self) -> None:
-        with self._lock:
-            unremoved = list(self._unremoved.items())
-        for path, (name, size) in unremoved:
-            try:
-                self.ledger.remove(path, size)
-            except OSError:
-                return  # still refused: next time
-            with self._lock:
-                del self._unremoved[path]
-                self._acknowledged.discard(name)
-
     def _quarantine(self, path: Path, name: str, exc: SpoolError) -> None:
         """Set a corrupt file aside in ``corrupt/`` (outside the bound), counted, said."""
         corrupt = self.directory / "corrupt"
@@ -477,7 +413,7 @@ class Spool:
                     entry.held -= size
             where = f"moved to {corrupt}"
         except OSError as err:  # left claimed: the next process sets it aside
-            where = f"left in place ({_why(err)})"
+            where = f"left in place ({why(err)})"
         self.listing.gone(name)
         _diagnostics.say(
             f"spool file {name} failed its check ({exc}): {where}, not sent (counted in "
@@ -488,33 +424,16 @@ class Spool:
         """Say once per directory that it refuses writes, or claims."""
         if what == "write":
             text = (
-                f"cannot write to the spool {self.directory} ({_why(exc)}); batches that cannot "
+                f"cannot write to the spool {self.directory} ({why(exc)}); batches that cannot "
                 "be sent are kept in memory, then dropped as the memory bound says."
             )
         else:
             text = (
-                f"cannot claim files in the spool {self.directory} ({_why(exc)}); they are left "
+                f"cannot claim files in the spool {self.directory} ({why(exc)}); they are left "
                 "for later, or for a process that can."
             )
         _diagnostics.say_once(f"spool-{what}:{self.directory}", text)
 
     def failpoint(self, point: str) -> None:
-        """The tests' crash injection (``TINYBIRD_SPOOL_FAILPOINT``); nothing otherwise."""
-        remaining = self._failpoints.get(point)
-        if remaining is None:
-            return
-        if remaining <= 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-        self._failpoints[point] = remaining - 1
-
-
-def _failpoints() -> dict[str, int]:
-    """Crash injection for the tests: ``TINYBIRD_SPOOL_FAILPOINT=write:3`` kills the
-    process with SIGKILL the third time it reaches the ``write`` point.
-    """
-    point, _, count = os.environ.get(_FAILPOINT_ENV, "").partition(":")
-    return {point: int(count)} if point and count.isdigit() else {}
-
-
-def _why(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
+        """The tests' crash injection (``_spool_disk.Failpoints``); nothing otherwise."""
+        self._failpoints.reach(point)

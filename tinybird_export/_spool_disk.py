@@ -19,12 +19,39 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Final
 
 _LOCK_WAIT: Final = 0.5
+_FAILPOINT_ENV: Final = "TINYBIRD_SPOOL_FAILPOINT"  # "<point>:<n>"
 """Seconds a sender waits at most for another process's lock on the spool's ledger."""
+
+
+class Failpoints:
+    """The tests' crash injection: ``TINYBIRD_SPOOL_FAILPOINT=write:3`` kills the process
+    with SIGKILL the third time the spool reaches its ``write`` point (a crash with half a
+    temporary file); nothing without it.
+    """
+
+    def __init__(self) -> None:
+        point, _, count = os.environ.get(_FAILPOINT_ENV, "").partition(":")
+        self._remaining = {point: int(count)} if point and count.isdigit() else {}
+
+    def reach(self, point: str) -> None:
+        """The spool reached ``point``: the process dies there if the test says so."""
+        remaining = self._remaining.get(point)
+        if remaining is None:
+            return
+        if remaining <= 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._remaining[point] = remaining - 1
+
+
+def why(exc: OSError) -> str:
+    """What the disk said, for a message: its ``strerror``, else the error itself."""
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 class Disk:

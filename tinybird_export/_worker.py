@@ -17,14 +17,15 @@ memory budget, the exit deadline, detaching a finished channel) is lent at const
 from __future__ import annotations
 
 import dataclasses
-import ssl
+import functools
 import time
 from collections.abc import Callable, Iterable
 
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._client import EventsClient
-from tinybird_export._delivery import Delivery, Transport, give_up, report_internal_error
+from tinybird_export._delivery import Delivery, Transport
+from tinybird_export._delivery_messages import give_up_at_close_deadline, report_internal_error
 from tinybird_export._lanes import Lane, LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._scheduler import Scheduler
@@ -43,44 +44,6 @@ class Shared:
     exit_deadline: Callable[[], float | None]
     detach: Callable[[Worker, Channel], None]
     known_lanes: Callable[[], set[tuple[str, str]]]
-
-
-class FlushRound:
-    """What one flush waits for: every event its channels accepted before it began (made
-    due now), resolved, and the spool files of their data sources then on disk (``spooled``:
-    a previous process's too), resolved. It is *all acknowledged* when, besides, nothing
-    its channels were handed since the same caller's previous round returned (or since
-    they started) was dropped: a drop before the round began says False too, once.
-
-    Args:
-        channels: The channels it flushes.
-        by: Whose rounds (``"producer"``, ``"process"``): each caller keeps its own
-            "since the previous round returned".
-        spooled: The spool files it waits for (``Worker.spool_backlog``), if any.
-    """
-
-    def __init__(
-        self, channels: Iterable[Channel], by: str, spooled: Backlog | None = None
-    ) -> None:
-        self._by = by
-        self._marks = [(channel, channel.request_flush()) for channel in channels]
-        self._spooled = spooled
-
-    def reached(self) -> bool:
-        """Every event accepted before the round was sent or dropped, and every spool file
-        of its data sources then on disk is resolved.
-        """
-        return all(channel.reached(mark) for channel, mark in self._marks) and (
-            self._spooled is None or self._spooled.settled()
-        )
-
-    def result(self, reached: bool, *, returning: bool = True) -> bool:
-        """Whether the round is all acknowledged, given whether it was ``reached``; with
-        ``returning`` the round ends here (the next one looks at drops from now on).
-        """
-        by = self._by
-        lost = [channel.lost_since_flush(by, returning=returning) for channel, _ in self._marks]
-        return reached and not any(lost)
 
 
 class Worker:
@@ -105,40 +68,28 @@ class Worker:
         self.settings = settings
         self.host = settings.host
         self._shared = shared
-        self._own_transport = transport is None
-        self._transport = transport or self._http_client()
         self._scheduler = Scheduler(self.host, shared.lanes, self._wake)
         self._bridge = (
             SpillBridge(spool, self.host, shared.known_lanes, self._wake) if spool else None
         )
         self._delivery = Delivery(
             self.host,
-            self._transport,
+            transport or EventsClient.of(settings),
             lambda: (settings.connect_timeout, settings.timeout),
             shared.exit_deadline,
             spooling=spool is not None,
+            rebuild=functools.partial(EventsClient.of, settings) if transport is None else None,
         )
         self._senders = Senders(
             self._step,
             shared.guard,
             can_start=self._can_start,
             report=self._report,
-            closed=self._close_transport,
+            closed=self._delivery.close,
         )
 
     def __repr__(self) -> str:
         return f"<Worker {self.host} lanes={len(self._scheduler.lanes())}>"
-
-    def _http_client(self, context: ssl.SSLContext | None = None) -> EventsClient:
-        s = self.settings
-        return EventsClient(
-            s.host,
-            s.token,
-            compression=s.compression,
-            ca_bundle=s.ca_bundle,
-            connect_timeout=s.connect_timeout,
-            context=context,
-        )
 
     @property
     def exit_timeout(self) -> float:
@@ -152,9 +103,7 @@ class Worker:
 
     def after_fork_in_child(self, spool: Spool | None) -> None:
         """New locks, pool and (lazily) threads; the parent's queues are forgotten."""
-        if self._own_transport:  # a new pool; the parent's TLS context (never built here)
-            context = getattr(self._transport, "tls_context", None)
-            self._transport = self._delivery.transport = self._http_client(context)
+        self._delivery.after_fork_in_child()
         self._scheduler.after_fork_in_child()
         self._senders.after_fork_in_child()
         if self._bridge is not None and spool is not None:
@@ -172,8 +121,8 @@ class Worker:
         """Stop serving ``channel``; whether any channel is left."""
         lane = self._scheduler.lane(channel.datasource)
         left = self._scheduler.remove(channel)
-        if lane is not None and self._scheduler.lane(channel.datasource) is None:
-            self._release_spool_claims([lane])
+        if lane is not None and self._bridge and self._scheduler.lane(channel.datasource) is None:
+            self._bridge.release_claims([lane], self._shared.lanes)
         return left
 
     def channels(self) -> list[Channel]:
@@ -209,8 +158,8 @@ class Worker:
         exit_deadline = self._shared.exit_deadline()
         if exit_deadline is not None:
             deadline = min(deadline, exit_deadline)
-        began = self._retry_refused()
-        return self._senders.wait_until(done, deadline, lambda: self.refused_for(began) is not None)
+        pointless = self._delivery.wait_begins(self._lanes())
+        return self._senders.wait_until(done, deadline, pointless)
 
     def watch(self, done: Callable[[], bool], call: Callable[[], None]) -> Callable[[], None]:
         """Call ``call()`` from a sender thread once ``done()`` holds after a send (an
@@ -245,48 +194,29 @@ class Worker:
         and the spool files of its data sources that do not fail; sooner when nothing
         listens at the host.
         """
-        began = self._retry_refused()
+        pointless = self._delivery.wait_begins(self._lanes())
         bridge = self._bridge
-        backlog = None
-        if bridge is not None:
-            lanes = [lane for lane, _ in self._scheduler.lanes()]
-            backlog = bridge.backlog(lanes, failing_settles=True)
+        backlog = bridge.backlog(self._lanes(), failing_settles=True) if bridge else None
         self._senders.run_here(
             lambda: (
                 all(c.empty() for c in self.channels()) and (backlog is None or backlog.settled())
             ),
             deadline,
-            lambda: self.refused_for(began) is not None,
+            pointless,
         )
 
-    def refused_for(self, since: float = 0.0) -> float | None:
+    def refused_for(self) -> float | None:
         """How long the host has refused every connection, once waiting for it is pointless
-        (``_retry.Refusals``: long enough, the last refusal at ``since`` or later); else
-        ``None``.
+        (``_retry.Refusals``); else ``None``.
         """
-        return self._delivery.refusals.lasting(since)
+        return self._delivery.refusals.lasting()
 
-    def _retry_refused(self) -> float:
-        """At the start of a wait: the lanes whose connection was refused may try again at
-        once (a refused connection costs the host nothing: nothing listens), so that the
-        wait learns now whether the host is back. When the wait began.
-        """
-        began = time.monotonic()
-        if self._delivery.refusals.lasting() is not None:
-            for lane, _ in self._scheduler.lanes():
-                if lane.refused:
-                    lane.paused_until = 0.0
-        return began
+    # -- the spool (the bridge's, if ``spool_dir`` is set) -------------------------------------
 
-    # -- the spool ---------------------------------------------------------------------------
-
-    def resume_spool(self, channel: Channel) -> None:
-        """A new producer: a sender looks at the spool now (its first scan, and a previous
-        process's files for its data source), rather than at its first event; the
-        constructor itself does no disk work.
-        """
-        if self._bridge is not None:
-            self.notify(channel)
+    @property
+    def spool(self) -> Spool | None:
+        """Its spool (``None`` without ``spool_dir``): its directory, bytes, corrupt files."""
+        return self._bridge.spool if self._bridge is not None else None
 
     def spool_backlog(self, channels: Iterable[Channel]) -> Backlog | None:
         """The spool files a flush of ``channels`` waits for (``None`` without a spool); once
@@ -296,54 +226,21 @@ class Worker:
             return None
         lanes = [self._scheduler.lane(channel.datasource) for channel in channels]
         exiting = self._shared.exit_deadline() is not None
-        return self._bridge.backlog(
-            [lane for lane in lanes if lane is not None], failing_settles=exiting
-        )
+        return self._bridge.backlog([ln for ln in lanes if ln is not None], failing_settles=exiting)
 
     def spill_remaining(self) -> int:
-        """At exit, after the drain: whatever is still queued or in flight goes to the
-        spool, if there is one, and its claimed files go back for the next process. What
-        the spool refused is dropped for the reason it gave (``spool_full``,
-        ``spool_error``), and said; how many events that was.
+        """At exit, after the drain: what is still held goes to the spool, if there is one
+        (``SpillBridge.at_exit``); how many events it refused (dropped, and said).
         """
-        bridge = self._bridge
-        if bridge is None:
+        if self._bridge is None:
             return 0
-        refused = 0
-        for channel in self.channels():
-            bridge.spool.failpoint("exit")  # killed during the exit drain (the tests)
-            refused += bridge.give_up(channel, "at exit")
-        self._release_spool_claims([lane for lane, _ in self._scheduler.lanes()])
-        bridge.spool.settle()
-        return refused
+        return self._bridge.at_exit(self.channels(), self._lanes(), self._shared.lanes)
 
     def spill_queued(self) -> int:
-        """Whatever is still queued or in flight goes to the spool now, if there is one,
-        outside exit (a function about to be frozen); its claimed files stay claimed. The
-        events written.
+        """What is still held goes to the spool now, if there is one, outside exit (a
+        function about to be frozen); the events written.
         """
-        if self._bridge is None:
-            return 0
-        return sum(self._bridge.spill(channel) for channel in self.channels())
-
-    def _release_spool_claims(self, lanes: Iterable[Lane]) -> None:
-        bridge = self._bridge
-        if bridge is None:
-            return
-        for lane in lanes:
-            if self._shared.lanes.try_claim(lane, self._wake):  # none in flight
-                bridge.release(lane)
-                self._shared.lanes.release(lane)
-
-    def spool_directory(self) -> str:
-        """The spool's directory ("" without one)."""
-        return str(self._bridge.spool.directory) if self._bridge is not None else ""
-
-    def spool_counts(self) -> tuple[int, int]:
-        """(bytes the spool holds, files that failed their check); zeros without one."""
-        if self._bridge is None:
-            return 0, 0
-        return self._bridge.spool.held_bytes(), self._bridge.spool.corrupt
+        return self._bridge.spill_all(self.channels()) if self._bridge is not None else 0
 
     # -- the step (a sender thread, or a caller's) -------------------------------------------
 
@@ -385,21 +282,12 @@ class Worker:
         for channel in channels:
             if self._bridge is not None and not channel.empty():
                 self._bridge.give_up(channel, "at its close deadline")
-            refused = self.refused_for()
-            give_up(
-                [channel],
-                "when a closed producer's deadline passed",
-                "close_timeout",
-                "the close deadline passed before they could be sent"
-                if refused is None
-                else f"nothing accepts connections at {self.host} (refused for {refused:.1f} s), "
-                "so its close deadline was not waited out",
-            )
+            give_up_at_close_deadline(channel, self.host, self.refused_for())
             self._shared.detach(self, channel)
             self._senders.progressed()
 
-    def _close_transport(self) -> None:
-        self._transport.close()  # the current one: a forked child has its own
+    def _lanes(self) -> list[Lane]:
+        return [lane for lane, _ in self._scheduler.lanes()]
 
     def _wake(self) -> None:
         self._senders.wake()
@@ -408,4 +296,4 @@ class Worker:
         return self.settings.background and self._shared.exit_deadline() is None
 
     def _report(self, exc: Exception) -> None:
-        report_internal_error(exc, "", self._transport.redact)
+        report_internal_error(exc, "", self._delivery.transport.redact)

@@ -8,14 +8,20 @@ consistent with each other::
 
 ``emitted`` is counted where an event enters (accepted or refused), independently of the
 others, so an event lost between two counters breaks the equation instead of hiding in it.
+``total`` adds several snapshots up (the equation holds for the sum too).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
-__all__ = ["DeliveryStats"]
+__all__ = ["DeliveryStats", "total"]
+
+# The spool directory's counters are the same in each producer's snapshot (one directory),
+# and a send interval is a duration: neither adds up.
+_LARGEST: Final = frozenset({"send_interval", "spool_bytes", "spool_corrupt"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,3 +96,31 @@ class DeliveryStats:
         return self.emitted == (
             self.sent + self.dropped + self.queued + self.in_flight + self.spooled + self.unknown
         )
+
+
+def total(parts: Iterable[DeliveryStats]) -> DeliveryStats:
+    """Several snapshots as one: the counts added up, ``dropped_by_reason`` and
+    ``dropped_by_level`` merged, ``send_interval`` and the spool directory's counters
+    (``spool_bytes``, ``spool_corrupt``) at their largest, and the last non-empty
+    ``last_error``.
+
+    For the counters of several producers (a handler and an event sender, say), or of one
+    producer across its openings (a reopened handler).
+    """
+    parts = list(parts)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(DeliveryStats):
+        items = [getattr(part, field.name) for part in parts]
+        if field.name in _LARGEST:
+            values[field.name] = max(items, default=0)
+        elif field.name == "last_error":
+            values[field.name] = next((item for item in reversed(items) if item), "")
+        elif field.name in ("dropped_by_reason", "dropped_by_level"):
+            merged: dict[str, int] = {}
+            for item in items:
+                for key, count in item.items():
+                    merged[key] = merged.get(key, 0) + count
+            values[field.name] = merged
+        else:
+            values[field.name] = sum(items)
+    return DeliveryStats(**values)

@@ -178,3 +178,36 @@ def test_a_batch_whose_request_got_no_answer_is_unknown_when_given_up() -> None:
     stats = ch.stats()
     assert (stats.unknown, stats.dropped_by_reason) == (1, {"exit_timeout": 2})
     assert stats.accounted()
+
+
+def test_a_flush_mark_is_not_met_by_the_channels_own_spooled_events() -> None:
+    """Events spooled before a flush are the spool backlog's to wait for: resolving them
+    neither meets the mark of the events queued since, nor stops their partial batch
+    from being due at once."""
+    ch = make_channel(interval=60)
+    ch.offer(b"old")
+    spilled = ch.take_for_spool(True)
+    assert spilled is not None
+    ch.spooled(spilled)
+    ch.offer(b"new")
+    mark = ch.request_flush()
+    ch.unspooled(1, own=True, sent=True)
+    assert not ch.reached(mark)
+    batch = ch.take(time.monotonic(), 60, False)
+    assert isinstance(batch, Batch) and batch.body == b"new\n"
+    ch.sent(batch, quarantined=0, wire_bytes=0)
+    assert ch.reached(mark)
+
+
+def test_a_flush_mark_waits_for_its_events_spilled_after_it() -> None:
+    """Events queued at the mark and spilled after it meet the mark once the spool
+    resolves them, not when they leave memory."""
+    ch = make_channel()
+    ch.offer(b"queued")
+    mark = ch.request_flush()
+    spilled = ch.take_for_spool(True)
+    assert spilled is not None
+    ch.spooled(spilled)
+    assert not ch.reached(mark)
+    ch.unspooled(1, own=True, sent=True)
+    assert ch.reached(mark)

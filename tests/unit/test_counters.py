@@ -4,6 +4,7 @@ spooled, so an event lost between two counters is caught, as a test here shows."
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from tinybird_export import TinybirdHandler
 from tinybird_export._batch import Batch
 from tinybird_export._channel import Channel
 from tinybird_export._producer import Producer
+from tinybird_export.stats import total
 
 _steps = st.lists(
     st.tuples(
@@ -197,3 +199,23 @@ def test_spans_exported_after_shutdown_are_counted() -> None:
     assert export([object(), object()]) == otel.SpanExportResult.FAILURE
     stats = exporter.stats()
     assert stats.emitted == 2 and stats.dropped_by_reason == {"closed": 2}
+
+
+def test_total_adds_snapshots_up_and_keeps_the_invariant() -> None:
+    """stats.total: counts added, drop reasons merged, the spool directory's counters and
+    the send interval at their largest, the last error set; the sum is accounted too."""
+    first, second = make_channel("a"), make_channel("b", interval=5.0)
+    for channel in (first, second):
+        channel.offer(b"x")
+        channel.refuse("before_send")
+    second.refuse("queue_full", 2)
+    batch = first.take(time.monotonic(), 1.0, True)
+    assert isinstance(batch, Batch)
+    first.dropped(batch, "http_404", "it said 404", requested=True)
+    parts = [first.stats(), dataclasses.replace(second.stats(), spool_bytes=7, spool_corrupt=1)]
+    summed = total(parts)
+    assert (summed.emitted, summed.dropped, summed.queued) == (6, 5, 1)
+    assert summed.dropped_by_reason == {"before_send": 2, "http_404": 1, "queue_full": 2}
+    assert (summed.spool_bytes, summed.spool_corrupt, summed.send_interval) == (7, 1, 5.0)
+    assert summed.last_error == "it said 404" and summed.accounted()
+    assert total([]).emitted == 0

@@ -100,3 +100,25 @@ def test_what_the_spool_refuses_at_exit_is_dropped_for_its_reason_and_said(
     err = capsys.readouterr().err
     assert f"5 event(s) for 'app_logs' could not be spooled at exit to {tmp_path}" in err
     assert f"counted as {reason!r}" in err and os.strerror(code) in err
+
+
+def test_a_flush_after_this_producers_spill_waits_for_the_events_queued_since(
+    tmp_path: Path,
+) -> None:
+    """Events this producer spilled, then events queued after them: flush() sends the
+    spooled file first and is True only once the new events are delivered too (the
+    spooled file's events never meet the new events' mark)."""
+    transport = RecordingTransport()
+    process = unit_process(transport)
+    p = producer(process, tmp_path, flush_interval=60)
+    for i in range(3):
+        p.put({"old": i})
+    assert process.spill_queued() == 3  # a serverless function frozen with them queued
+    for i in range(3):
+        p.put({"new": i})
+    assert p.flush(5) is True
+    assert transport.lines() == [b'{"old":%d}' % i for i in range(3)] + [
+        b'{"new":%d}' % i for i in range(3)
+    ]
+    stats = p.stats()
+    assert (stats.sent, stats.queued, stats.spooled) == (6, 0, 0), stats
