@@ -400,6 +400,37 @@ class TestSecrets:
             assert secret not in stats.last_error  # ...with the token redacted
             assert secret not in capsys.readouterr().err
 
+    @pytest.mark.parametrize(
+        "quote",
+        [
+            pytest.param(
+                lambda t: '{"error": "' + "x" * 440 + " Bearer " + t + '"}', id="json-at-cut"
+            ),
+            pytest.param(lambda t: "<html>" + "x" * 470 + " Bearer " + t, id="text-at-cut"),
+            pytest.param(lambda t: "proxy quoted: Bearer " + t[:40], id="cut-by-the-server"),
+        ],
+    )
+    def test_no_part_of_the_token_is_quoted(
+        self,
+        make_handler: Any,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
+        quote: Any,
+    ) -> None:
+        """A token quoted across the 500-character cut of a quoted error, or cut short by the
+        server itself, leaves none of its own characters in the error (it was cut before it
+        was redacted, and a prefix was never matched)."""
+        secret = "p.eyJ1IjogIjdmOTIxZGUwLTk4YjAtNGYwMi05ZjdiIn0.SECRETSECRETSECRETSECRET"
+        with EventsServer(token=None) as echo:
+            echo.respond(Reply(status=403, body=quote(secret).encode()))
+            handler = make_handler(host=echo.url, token=secret, datasource="echo")
+            logger.addHandler(handler)
+            logger.info("x")
+            handler.flush(5)
+            quoted = handler.stats().last_error + capsys.readouterr().err
+        assert "Bearer" in quoted
+        assert secret[:12] not in quoted, quoted[-200:]
+
 
 class TestEdgeStatuses:
     @pytest.mark.parametrize("status", [520, 521, 522, 523, 524])

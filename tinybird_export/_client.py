@@ -186,7 +186,7 @@ class EventsClient:
             if kind == "timeout" and time.monotonic() >= deadline - 0.05:
                 error = f"no complete answer within the attempt's deadline ({deadline - now:.1f} s)"
             else:
-                error = self.redact(_describe(exc))
+                error = self._quoted(_describe(exc))
             unanswered = _deadline.answer_awaited()
             return Attempt(
                 None, {}, error=error, wire_bytes=len(body), kind=kind, unanswered=unanswered
@@ -195,7 +195,7 @@ class EventsClient:
         if response.status in (200, 202):
             successful, quarantined = _rows(data)
             return Attempt(response.status, headers, successful, quarantined, wire_bytes=len(body))
-        error = self.redact(_error_text(data))
+        error = self._quoted(_error_text(data))
         return Attempt(response.status, headers, error=error, wire_bytes=len(body))
 
     def redact(self, text: str) -> str:
@@ -204,7 +204,21 @@ class EventsClient:
         Tokens shorter than 8 characters are test tokens, not secrets: replacing them
         would garble the text.
         """
-        return text.replace(self._token, "<token>") if len(self._token) >= 8 else text
+        if len(self._token) < 8:
+            return text
+        text = text.replace(self._token, "<token>")
+        # A token cut short at the text's end (the server's own cut, or our read bound)
+        # is still secret: no prefix of it may stay either.
+        for length in range(len(self._token) - 1, 7, -1):
+            if text.endswith(self._token[:length]):
+                return text[:-length] + "<token>"
+        return text
+
+    def _quoted(self, text: str) -> str:
+        """``text`` redacted, then cut to its shown length: cut first, a token across the
+        cut would have left its prefix unmatched.
+        """
+        return self.redact(text)[:_MAX_ERROR_TEXT]
 
     def close(self) -> None:
         """Close the pool's connections."""
@@ -266,8 +280,8 @@ def _error_text(data: bytes) -> str:
     except orjson.JSONDecodeError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return str(body["error"])[:_MAX_ERROR_TEXT]
-    return data.decode("utf-8", "replace").strip()[:_MAX_ERROR_TEXT]
+        return str(body["error"])
+    return data.decode("utf-8", "replace").strip()
 
 
 def failure_kind(exc: BaseException) -> str:
@@ -295,12 +309,12 @@ def _describe(exc: Exception) -> str:
     # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
     if isinstance(exc, urllib3.exceptions.NewConnectionError):
         detail = str(exc).rpartition("new connection: ")[2]
-        return f"cannot connect ({detail})"[:_MAX_ERROR_TEXT]
+        return f"cannot connect ({detail})"
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
         return "read timed out"
     if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
         return "connect timed out"
-    return f"{type(reason).__name__}: {reason}"[:_MAX_ERROR_TEXT]
+    return f"{type(reason).__name__}: {reason}"
 
 
 def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
