@@ -83,18 +83,28 @@ class Channel:
 
     # -- the caller's side -------------------------------------------------------------
 
-    def offer(self, line: bytes, flags: int = 0, level: int = 0) -> bool:
+    def offer(self, line: bytes, flags: int = 0, level: int = 0) -> bool | None:
         """Queue one line with ``encode_event``'s ``flags`` and its logging ``level`` (0:
         none), or drop it (``_make_room``); whether to wake the worker (a new partial
         batch arms its timer, a batch was sealed, or the call re-entered another).
+        ``None``: the channel is closed, and the line neither entered nor was counted (its
+        producer counts it as closed, or reopens and offers it to its new channel). Checked
+        under the lock that ``close`` takes, so a line is either queued before the close
+        (its flush waits for it) or refused: none lands in a channel detached meanwhile.
         """
         lock = self._lock
+        replaying = False
         if lock._is_owned():  # type: ignore[attr-defined]  # re-entered: see the docstring
             if not self._replaying:
+                if self.closed:  # this thread holds the lock: close() is not halfway
+                    return None
                 self._deferred.append((line, flags, level))
                 return True
             self._replaying = False  # _append_deferred's own call: go on, under its lock
+            replaying = True  # parked while open: it entered then, closed or not now
         with lock:
+            if self.closed and not replaying:
+                return None
             size = len(line)
             if flags:  # not in the invariant: counted whatever happens next
                 self._tally.truncated += flags & TRUNCATED != 0

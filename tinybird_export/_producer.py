@@ -71,7 +71,8 @@ class Producer:
             self.worker = self._process.attach(config, self.channel, label)
             _exit.check_uwsgi()
             _runtime_checks.producer_started()
-        self._accepting = self.channel if self.worker is not None else None
+        if self.worker is None:
+            self.channel.close(0.0)  # disabled: its channel refuses every line (counted)
         self._checks_pending = self.worker is not None  # at its first batches, not per record
         self._before_send = config.before_send
         self.has_before_send = config.before_send is not None
@@ -104,33 +105,55 @@ class Producer:
     def offer(self, line: bytes | None, flags: int = 0, level: int = 0) -> None:
         """Queue one encoded line (``None``: too large even when truncated), with
         ``encode_event``'s flags and the record's logging level (0: none).
+
+        Whether the producer is open is its channel's to say, under the channel's lock
+        (``Channel.offer``): a line that finds it closed, even by a ``close()`` that ran
+        after this call read ``self.channel``, is counted here, or offered again to the
+        channel of a reopened handler; none is lost.
         """
-        channel = self._accepting  # one check on the caller's hot path: open and enabled
-        if channel is None or line is None:
-            channel = self._unaccepted(line)
-            if channel is None or line is None:
+        if line is None:
+            self._refuse_too_large()
+            return
+        channel = self.channel
+        while (wake := channel.offer(line, flags, level)) is None:
+            reopened = self._unaccepted(channel)
+            if reopened is None:
                 return
-        if channel.offer(line, flags, level):
+            channel = reopened
+        if wake:
             self._wake(channel)
 
-    def _unaccepted(self, line: bytes | None) -> Channel | None:
-        """Count an event this producer cannot queue (disabled, closed, or too large), or
-        reopen a closed handler; the channel to queue ``line`` in, if any.
+    def _unaccepted(self, channel: Channel) -> Channel | None:
+        """A line ``channel`` refused because it is closed: counted (disabled, or closed),
+        or the channel to offer it to (a handler reopened, or reopened meanwhile).
         """
         if self.worker is None:
-            self.channel.refuse("disabled")
+            channel.refuse("disabled")
             return None
-        if self.channel.closed and not self._reopens:
-            self._refuse_closed()
+        if not self._reopens:
+            self._refuse_closed(channel)
             return None
-        if self.channel.closed:
-            channel = self._reopen()
-            if channel is None or line is not None:
-                return channel
-        self.channel.refuse("too_large")
-        return None
+        return self._reopen(channel)
 
-    def _reopen(self) -> Channel | None:
+    def _refuse_too_large(self) -> None:
+        """Count a line too large even when truncated: as too large, or as what a closed
+        producer counts (a handler that gets it reopens first: it is in use).
+        """
+        channel = self.channel
+        if self.worker is None:
+            channel.refuse("disabled")
+            return
+        if channel.closed:
+            if not self._reopens:
+                self._refuse_closed(channel)
+                return
+            reopened = self._reopen(channel)
+            if reopened is None:  # counted (after_exit)
+                return
+            channel = reopened
+        channel.refuse("too_large")
+
+    def _reopen(self, closed: Channel) -> Channel | None:
         """A closed handler still gets records: a later logging configuration closed it and
         left it attached (``dictConfig`` closes every existing handler, and leaves it on
         the loggers it does not configure: ``uvicorn.run()``'s default ``log_config``).
@@ -139,13 +162,13 @@ class Producer:
         once the process is exiting (``logging.shutdown`` closed it): counted then.
         """
         with self._reopening:
-            if self._accepting is not None:  # another thread reopened it meanwhile
-                return self._accepting
+            if self.channel is not closed:  # another thread reopened it meanwhile
+                return self.channel
             if self._process.exiting():
-                self.channel.refuse("after_exit")
+                closed.refuse("after_exit")
                 _diagnostics.say_once(
                     f"closed-at-exit:{id(self)}",
-                    f"a record reached {self.label} for {self.channel.datasource!r} after it "
+                    f"a record reached {self.label} for {closed.datasource!r} after it "
                     "was closed at exit (logging.shutdown): dropped, counted as 'after_exit'.",
                 )
                 return None
@@ -153,7 +176,6 @@ class Producer:
             worker = self._process.attach(self.config, channel, self.label)
             self._retired.append(self.channel)
             self.channel, self.worker = channel, worker
-            self._accepting = channel
         _diagnostics.say_once(
             f"reopened:{id(self)}",
             f"{self.label} for {channel.datasource!r} was closed but still gets records: a "
@@ -183,11 +205,11 @@ class Producer:
         """
         self.channel.refuse(reason, count)
 
-    def _refuse_closed(self) -> None:
-        self.channel.refuse("closed")
+    def _refuse_closed(self, channel: Channel) -> None:
+        channel.refuse("closed")
         _diagnostics.say_once(
             f"closed:{id(self)}",
-            f"a closed {self.label} for {self.channel.datasource!r} still gets events: they "
+            f"a closed {self.label} for {channel.datasource!r} still gets events: they "
             "are dropped (counted as 'closed'). Close it only once nothing sends to it.",
         )
 
@@ -316,7 +338,6 @@ class Producer:
         worker, channel = self.worker, self.channel
         if channel.closed:
             return None
-        self._accepting = None  # from now on, events are refused as closed
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
         wait = self._process.cap_at_exit(wait)
         if worker is None:

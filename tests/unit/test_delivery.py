@@ -251,6 +251,7 @@ def test_the_attempts_deadline_is_the_earliest_of_its_limits() -> None:
     assert 62.9 <= send(make_channel(wait=True)) <= 63.1
     assert send(make_channel(), time.monotonic() + 2) <= 2
     closed = make_channel()
+    closed.offer(b"x")  # queued before the close (a closed channel refuses lines)
     closed.close(time.monotonic() + 1)
     assert send(closed) <= 1
     exit_at[0] = time.monotonic() + 0.5
