@@ -7,11 +7,14 @@ producer is handed enters its channel's count (``emitted``), queued or refused.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
+import os
 import threading
 import time
+import weakref
 from typing import Any
 
 from tinybird_export import _diagnostics, _exit, _runtime_checks
@@ -25,6 +28,8 @@ from tinybird_export._line_encoder import encode_event, safe_str
 from tinybird_export._process import PROCESS, Process
 from tinybird_export._worker import Worker
 from tinybird_export.stats import DeliveryStats, total
+
+_Line = tuple[bytes, int, int]  # an encoded line, its flags and its logging level
 
 
 class Producer:
@@ -54,7 +59,9 @@ class Producer:
         self.label = label
         self._sends_late = not flushed_by_logging
         self._reopens = flushed_by_logging
-        self._reopening = threading.Lock()
+        self._reopening = threading.Lock()  # the claim of a reopen: never waited for
+        self._parked: collections.deque[_Line] = collections.deque()  # lines during it
+        _PRODUCERS.add(self)
         self._retired: list[Channel] = []  # closed channels of earlier openings (stats)
         self.channel = self._new_channel()
         self.worker: Worker | None = None
@@ -116,16 +123,17 @@ class Producer:
             return
         channel = self.channel
         while (wake := channel.offer(line, flags, level)) is None:
-            reopened = self._unaccepted(channel)
+            reopened = self._unaccepted(channel, (line, flags, level))
             if reopened is None:
                 return
             channel = reopened
         if wake:
             self._wake(channel)
 
-    def _unaccepted(self, channel: Channel) -> Channel | None:
-        """A line ``channel`` refused because it is closed: counted (disabled, or closed),
-        or the channel to offer it to (a handler reopened, or reopened meanwhile).
+    def _unaccepted(self, channel: Channel, line: _Line) -> Channel | None:
+        """A ``line`` ``channel`` refused because it is closed: counted (disabled, or
+        closed), or the channel to offer it to (a handler reopened, or reopened meanwhile);
+        or parked for a reopen under way to queue.
         """
         if self.worker is None:
             channel.refuse("disabled")
@@ -133,7 +141,7 @@ class Producer:
         if not self._reopens:
             self._refuse_closed(channel)
             return None
-        return self._reopen(channel)
+        return self._reopen(channel, line)
 
     def _refuse_too_large(self) -> None:
         """Count a line too large even when truncated: as too large, or as what a closed
@@ -147,22 +155,39 @@ class Producer:
             if not self._reopens:
                 self._refuse_closed(channel)
                 return
-            reopened = self._reopen(channel)
-            if reopened is None:  # counted (after_exit)
+            reopened = self._reopen(channel, None)
+            if reopened is None:  # counted (after_exit, or as too large)
                 return
             channel = reopened
         channel.refuse("too_large")
 
-    def _reopen(self, closed: Channel) -> Channel | None:
+    def _reopen(self, closed: Channel, line: _Line | None) -> Channel | None:
         """A closed handler still gets records: a later logging configuration closed it and
         left it attached (``dictConfig`` closes every existing handler, and leaves it on
         the loggers it does not configure: ``uvicorn.run()``'s default ``log_config``).
         It reopens, as ``logging.FileHandler`` does: a new channel on the same data source
         and worker, in the memory budget; the old one's queue goes on to its deadline. Not
         once the process is exiting (``logging.shutdown`` closed it): counted then.
+
+        The reopen is claimed without waiting (it builds a worker's TLS context: not
+        instant). A record that comes meanwhile, from another thread or from a signal
+        handler or ``__del__`` that interrupted the reopen on its own thread (which would
+        wait for itself), is parked, and the reopen queues it at its end; ``None`` then
+        (``line`` ``None``: a line too large, counted at once).
         """
-        with self._reopening:
-            if self.channel is not closed:  # another thread reopened it meanwhile
+        if self.channel is not closed:  # another thread reopened it meanwhile
+            return self.channel
+        claim = self._reopening  # this one: a forked child replaces it (_after_fork)
+        if not claim.acquire(blocking=False):
+            if line is None:
+                closed.refuse("too_large")
+            else:
+                self._parked.append(line)  # atomic: no lock a signal handler could wait on
+                if not claim.locked():  # the reopen ended meanwhile: it may not have seen it
+                    self._queue_parked()
+            return None
+        try:
+            if self.channel is not closed:  # reopened between the look and the claim
                 return self.channel
             if self._process.exiting():
                 closed.refuse("after_exit")
@@ -176,6 +201,9 @@ class Producer:
             worker = self._process.attach(self.config, channel, self.label)
             self._retired.append(self.channel)
             self.channel, self.worker = channel, worker
+        finally:
+            claim.release()
+            self._queue_parked()
         _diagnostics.say_once(
             f"reopened:{id(self)}",
             f"{self.label} for {channel.datasource!r} was closed but still gets records: a "
@@ -185,6 +213,25 @@ class Producer:
             "configuration, or pass log_config=None to uvicorn.run().",
         )
         return channel
+
+    def _queue_parked(self) -> None:
+        """Offer the lines parked during a reopen (after it: to its new channel, or counted
+        as its producer counts them).
+        """
+        parked = self._parked
+        while parked:
+            try:
+                line, flags, level = parked.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            self.offer(line, flags, level)
+
+    def _after_fork_in_child(self) -> None:
+        """A reopen under way in another thread of the parent stays the parent's: the child
+        gets a free claim, and the lines parked for it are the parent's to queue.
+        """
+        self._reopening = threading.Lock()
+        self._parked.clear()
 
     def _wake(self, channel: Channel) -> None:
         worker = self.worker
@@ -384,3 +431,14 @@ class Producer:
 def _holds_logging_lock() -> bool:
     is_owned = getattr(getattr(logging, "_lock", None), "_is_owned", None)
     return bool(is_owned is not None and is_owned())
+
+
+_PRODUCERS: weakref.WeakSet[Producer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for producer in list(_PRODUCERS):
+        producer._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
