@@ -44,6 +44,7 @@ from tinybird_export._lanes import LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._senders import SendingThreads
 from tinybird_export._spool import Spool
+from tinybird_export._tally import LossWatch
 from tinybird_export._worker import Shared, Worker
 
 # Every logger urllib3 creates a record on (logging.getLogger(__name__) in its modules).
@@ -71,6 +72,8 @@ class Process:
         """Threads sending right now: records they create are dropped by the handler."""
         self.budget = MemoryBudget()
         self.lanes = LaneTable()
+        self.losses = LossWatch()
+        """Drops of every producer (closed ones too): what the process-wide flush reports."""
         self._exit = ExitDrain(self.workers, self._exit_ended)
         self.sigterm = Sigterm(self.exit, self._inside_offer, self._exit.draining_here)
         self._transport = transport
@@ -192,12 +195,12 @@ class Process:
         rounds = [
             (
                 worker,
-                FlushRound(worker.channels(), "process", worker.spool_backlog(worker.channels())),
+                FlushRound(worker.channels(), None, worker.spool_backlog(worker.channels())),
             )
             for worker in workers
         ]
-        reached = [worker.wait_until(flush.reached, deadline) for worker, flush in rounds]
-        return all([flush.result(done) for (_, flush), done in zip(rounds, reached, strict=True)])
+        reached = all([worker.wait_until(flush.reached, deadline) for worker, flush in rounds])
+        return not self.losses.since(returning=True) and reached
 
     def spill_queued(self) -> int:
         """What every producer still holds goes to the spool where its worker has one,
@@ -254,6 +257,7 @@ class Process:
         FIRST_CONNECTS.after_fork_in_child()
         self._lock = threading.RLock()
         self.budget.after_fork_in_child()
+        self.losses.forget()
         _fields.event_ids.reset()
         self.sending.after_fork_in_child()
         self.sigterm.after_fork_in_child()

@@ -26,6 +26,7 @@ from tinybird_export._delivery_messages import give_up
 from tinybird_export._flush_round import FlushRound
 from tinybird_export._line_encoder import encode_event, safe_str
 from tinybird_export._process import PROCESS, Process
+from tinybird_export._tally import LossWatch
 from tinybird_export._worker import Worker
 from tinybird_export.stats import DeliveryStats, total
 
@@ -62,6 +63,7 @@ class Producer:
         self._reopening = threading.Lock()  # the claim of a reopen: never waited for
         self._parked: collections.deque[_Line] = collections.deque()  # lines during it
         _PRODUCERS.add(self)
+        self._losses = LossWatch()  # what flush() reports: drops of every opening
         self._retired: list[Channel] = []  # closed channels of earlier openings (stats)
         self.channel = self._new_channel()
         self.worker: Worker | None = None
@@ -94,7 +96,10 @@ class Producer:
             batch_max_bytes=config.batch_max_bytes,
             flush_interval=config.flush_interval,
         )
-        return Channel(config.datasource, config.host, wait=config.wait, limits=limits)
+        losses = (self._losses, self._process.losses)
+        return Channel(
+            config.datasource, config.host, wait=config.wait, limits=limits, losses=losses
+        )
 
     def put(self, event: dict[str, Any], level: int = 0) -> None:
         """Queue one event on the caller's thread: hook, encode, append.
@@ -232,6 +237,7 @@ class Producer:
         """
         self._reopening = threading.Lock()
         self._parked.clear()
+        self._losses.forget()  # the parent's drops: the parent's flush reports them
 
     def _wake(self, channel: Channel) -> None:
         worker = self.worker
@@ -299,14 +305,14 @@ class Producer:
         ``logging.shutdown``): the worker is woken and the call returns at once, without
         ending the round (the next flush still reports what was dropped).
         """
-        return self._flush(timeout, spooled=True)
+        return self._flush(timeout, closing=False)
 
-    def _flush(self, timeout: float | None, *, spooled: bool) -> bool:
-        started = self._start_round(timeout, spooled=spooled)
+    def _flush(self, timeout: float | None, *, closing: bool) -> bool:
+        started = self._start_round(timeout, closing=closing)
         if isinstance(started, bool):
             return started
         worker, flush, deadline = started
-        return flush.result(worker.wait_until(flush.reached, deadline))
+        return flush.result(worker.wait_until(flush.reached, deadline), returning=not closing)
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """``flush()`` for a coroutine, without a thread and without blocking the loop: the
@@ -314,10 +320,10 @@ class Producer:
         threads (``background=False``, or at exit) the round is sent on the process's
         small shared pool instead.
         """
-        return await self._aflush(timeout, spooled=True)
+        return await self._aflush(timeout, closing=False)
 
-    async def _aflush(self, timeout: float | None, *, spooled: bool) -> bool:
-        started = self._start_round(timeout, spooled=spooled)
+    async def _aflush(self, timeout: float | None, *, closing: bool) -> bool:
+        started = self._start_round(timeout, closing=closing)
         if isinstance(started, bool):
             return started
         worker, flush, deadline = started
@@ -327,27 +333,29 @@ class Producer:
             reached = await until(flush.reached, watch, deadline - time.monotonic())
         else:
             reached = await run_blocking(lambda: worker.wait_until(flush.reached, deadline))
-        return flush.result(reached)
+        return flush.result(reached, returning=not closing)
 
     def _start_round(
-        self, timeout: float | None, *, spooled: bool
+        self, timeout: float | None, *, closing: bool
     ) -> tuple[Worker, FlushRound, float] | bool:
         """A flush round made due now, with its worker and deadline; or the flush's result
-        at once (a disabled producer; the caller holds ``logging``'s lock). With
-        ``spooled``, the round waits for the spool files of its data source too (a close
-        waits for its own events only: the spool's are the worker's).
+        at once (a disabled producer; the caller holds ``logging``'s lock). A flush's round
+        waits for the spool files of its data source too; a ``closing`` one waits for its
+        own events only (the spool's are the worker's), and ends no round: ``close()``
+        returns nothing, so what it saw dropped is the next flush's to report.
         """
         worker, channel = self.worker, self.channel
         if worker is None:
             return channel.empty()
-        # A reopened handler's earlier channels: what they still send, and what they drop.
+        # A reopened handler's earlier channels: what they still send (what they drop, the
+        # producer's LossWatch sees).
         retired = [old for old in self._retired if not old.empty()]
         if _holds_logging_lock():  # (no disk work under logging's lock)
-            flush = FlushRound([channel, *retired], "producer")
+            flush = FlushRound([channel, *retired], self._losses)
             worker.notify(channel)
             return flush.result(flush.reached(), returning=False)
-        backlog = worker.spool_backlog([channel]) if spooled else None
-        flush = FlushRound([channel, *retired], "producer", backlog)
+        backlog = None if closing else worker.spool_backlog([channel])
+        flush = FlushRound([channel, *retired], self._losses, backlog)
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
         return worker, flush, time.monotonic() + self._process.cap_at_exit(wait)
 
@@ -368,14 +376,14 @@ class Producer:
         """
         wait = self._begin_close(timeout)
         if wait is not None:
-            self._flush(wait, spooled=False)
+            self._flush(wait, closing=True)
             self._end_close()
 
     async def aclose(self, timeout: float | None = None) -> None:
         """``close()`` for a coroutine: its flush awaited as ``aflush`` awaits."""
         wait = self._begin_close(timeout)
         if wait is not None:
-            await self._aflush(wait, spooled=False)
+            await self._aflush(wait, closing=True)
             self._end_close()
 
     def _begin_close(self, timeout: float | None) -> float | None:

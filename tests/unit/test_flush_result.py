@@ -105,3 +105,50 @@ def test_making_due_is_not_a_flush() -> None:
     sender.make_due()
     assert sender.stats().queued == 1
     assert sender.flush(5) is False
+
+
+def test_a_reopened_handler_reports_what_its_earlier_opening_dropped() -> None:
+    """A handler closed during an outage gives its queue up (close_timeout) and reopens on
+    a later record: its next flush says False, though the earlier queue is empty now (it
+    was left out of the round: True)."""
+    transport = RecordingTransport(accepted(), answered(503), default=accepted())
+    process = unit_process(transport)
+    handler = Producer(unit_config(), "unit", flushed_by_logging=True, process=process)
+    handler.put({"event": "delivered"})
+    assert handler.flush(5) is True
+    handler.put({"event": "given up at close"})
+    handler.close(0)
+    assert handler.stats().dropped_by_reason == {"close_timeout": 1}
+    handler.put({"event": "reopens"})
+    assert handler.flush(5) is False
+    assert handler.flush(5) is True
+
+
+def test_the_process_flush_reports_what_a_producer_closed_since_dropped() -> None:
+    """A producer closed since the previous process-wide flush dropped events (404): the
+    next process-wide flush says False, though that producer is detached now."""
+    transport = RecordingTransport(answered(404), default=accepted())
+    process = unit_process(transport)
+    kept = producer(process, datasource="kept")
+    assert process.flush(5) is True
+    job = producer(process, datasource="job")
+    job.put({"event": "dropped"})
+    job.close(5)
+    assert job.stats().dropped_by_reason == {"http_404": 1}
+    kept.put({"event": "delivered"})
+    assert process.flush(5) is False
+    assert process.flush(5) is True
+
+
+def test_a_close_ends_no_round_so_the_next_flush_reports_its_drops() -> None:
+    """Events dropped while close() flushed (404): close() returns nothing, so the next
+    flush (after a reopen) says False (the close's round had taken the drop as seen)."""
+    transport = RecordingTransport(answered(404), default=accepted())
+    process = unit_process(transport)
+    handler = Producer(unit_config(), "unit", flushed_by_logging=True, process=process)
+    handler.put({"event": "dropped while closing"})
+    handler.close(5)
+    assert handler.stats().dropped_by_reason == {"http_404": 1}
+    handler.put({"event": "reopens"})
+    assert handler.flush(5) is False
+    assert handler.flush(5) is True
