@@ -37,7 +37,7 @@ from tinybird_export._channel import Channel
 from tinybird_export._delivery import SpoolSource
 from tinybird_export._lanes import Lane, LaneTable
 from tinybird_export._scheduler import BUSY
-from tinybird_export._spool import LISTING_TTL, Spool, SpooledBatch
+from tinybird_export._spool import LISTING_TTL, Refusal, Spool, SpooledBatch
 
 _SPILL_WAIT: Final = 2.0
 """Seconds an exit or close spill waits for a bridge step under way on the same lane."""
@@ -273,9 +273,12 @@ class SpillBridge:
             if batch is None:
                 break
             owner = (self.spool.identity, channel.serial)
-            if not self.spool.write(batch.body, batch.count, self._host, channel.datasource, owner):
+            stored = self.spool.write(
+                batch.body, batch.count, self._host, channel.datasource, owner
+            )
+            if isinstance(stored, Refusal):  # this write's own: another lane may write now
                 channel.unclaim(batch)  # full: memory's drop policy applies
-                self._refusals[channel.serial] = self.spool.refusal
+                self._refusals[channel.serial] = stored
                 break
             _WRITERS[channel.serial] = channel
             channel.spooled(batch)

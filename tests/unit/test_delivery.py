@@ -50,7 +50,7 @@ class Case:
             return MemorySource(self.channel, batch)
         while (batch := self.channel.take_for_spool(True)) is not None:
             owner = (self.spool.identity, self.channel.serial)
-            assert self.spool.write(batch.body, batch.count, HOST, "ds", owner)
+            assert isinstance(self.spool.write(batch.body, batch.count, HOST, "ds", owner), Path)
             self.channel.spooled(batch)
         claimed = self.spool.claim(HOST, "ds")
         assert claimed is not None
