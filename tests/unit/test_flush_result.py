@@ -5,7 +5,10 @@ process-wide flush) keeps its own "since the previous flush"."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import RecordingTransport, accepted, answered, unit_config, unit_process
+from tinybird_export._client import Attempt
 from tinybird_export._process import Process
 from tinybird_export._producer import Producer
 
@@ -107,18 +110,26 @@ def test_making_due_is_not_a_flush() -> None:
     assert sender.flush(5) is False
 
 
-def test_a_reopened_handler_reports_what_its_earlier_opening_dropped() -> None:
-    """A handler closed during an outage gives its queue up (close_timeout) and reopens on
-    a later record: its next flush says False, though the earlier queue is empty now (it
-    was left out of the round: True)."""
-    transport = RecordingTransport(accepted(), answered(503), default=accepted())
+@pytest.mark.parametrize(
+    ("answer", "close_wait", "reason"),
+    [(answered(503), 0.0, "close_timeout"), (answered(404), 5.0, "http_404")],
+    ids=["given up at the close deadline", "dropped during the close's flush"],
+)
+def test_a_reopened_handler_reports_what_its_earlier_opening_dropped(
+    answer: Attempt, close_wait: float, reason: str
+) -> None:
+    """A handler's earlier opening dropped events, at its close deadline (503 until then)
+    or while close() flushed (404); it reopens on a later record: its next flush says
+    False. The earlier queue is empty now (it was left out of the round: True), and
+    close() returns nothing (its round had taken the 404 as seen: True)."""
+    transport = RecordingTransport(accepted(), answer, default=accepted())
     process = unit_process(transport)
     handler = Producer(unit_config(), "unit", flushed_by_logging=True, process=process)
     handler.put({"event": "delivered"})
     assert handler.flush(5) is True
-    handler.put({"event": "given up at close"})
-    handler.close(0)
-    assert handler.stats().dropped_by_reason == {"close_timeout": 1}
+    handler.put({"event": "dropped"})
+    handler.close(close_wait)
+    assert handler.stats().dropped_by_reason == {reason: 1}
     handler.put({"event": "reopens"})
     assert handler.flush(5) is False
     assert handler.flush(5) is True
@@ -138,17 +149,3 @@ def test_the_process_flush_reports_what_a_producer_closed_since_dropped() -> Non
     kept.put({"event": "delivered"})
     assert process.flush(5) is False
     assert process.flush(5) is True
-
-
-def test_a_close_ends_no_round_so_the_next_flush_reports_its_drops() -> None:
-    """Events dropped while close() flushed (404): close() returns nothing, so the next
-    flush (after a reopen) says False (the close's round had taken the drop as seen)."""
-    transport = RecordingTransport(answered(404), default=accepted())
-    process = unit_process(transport)
-    handler = Producer(unit_config(), "unit", flushed_by_logging=True, process=process)
-    handler.put({"event": "dropped while closing"})
-    handler.close(5)
-    assert handler.stats().dropped_by_reason == {"http_404": 1}
-    handler.put({"event": "reopens"})
-    assert handler.flush(5) is False
-    assert handler.flush(5) is True
