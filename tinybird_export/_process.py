@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from tinybird_export import _diagnostics, _fields
+from tinybird_export import _diagnostics, _fields, _reopen_claim
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
@@ -44,7 +44,7 @@ from tinybird_export._lanes import LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._senders import SendingThreads
 from tinybird_export._spool import Spool
-from tinybird_export._tally import LossWatch
+from tinybird_export._tally import LossWatch, forget_losses_in_child
 from tinybird_export._worker import Shared, Worker
 
 # Every logger urllib3 creates a record on (logging.getLogger(__name__) in its modules).
@@ -257,7 +257,8 @@ class Process:
         FIRST_CONNECTS.after_fork_in_child()
         self._lock = threading.RLock()
         self.budget.after_fork_in_child()
-        self.losses.forget()
+        forget_losses_in_child()
+        _reopen_claim.after_fork_in_child()
         _fields.event_ids.reset()
         self.sending.after_fork_in_child()
         self.sigterm.after_fork_in_child()

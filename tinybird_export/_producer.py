@@ -7,14 +7,10 @@ producer is handed enters its channel's count (``emitted``), queued or refused.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import logging
-import os
-import threading
 import time
-import weakref
 from typing import Any
 
 from tinybird_export import _diagnostics, _exit, _runtime_checks
@@ -26,11 +22,10 @@ from tinybird_export._delivery_messages import give_up
 from tinybird_export._flush_round import FlushRound
 from tinybird_export._line_encoder import encode_event, safe_str
 from tinybird_export._process import PROCESS, Process
+from tinybird_export._reopen_claim import Line, ReopenClaim
 from tinybird_export._tally import LossWatch
 from tinybird_export._worker import Worker
 from tinybird_export.stats import DeliveryStats, total
-
-_Line = tuple[bytes, int, int]  # an encoded line, its flags and its logging level
 
 
 class Producer:
@@ -60,9 +55,7 @@ class Producer:
         self.label = label
         self._sends_late = not flushed_by_logging
         self._reopens = flushed_by_logging
-        self._reopening = threading.Lock()  # the claim of a reopen: never waited for
-        self._parked: collections.deque[_Line] = collections.deque()  # lines during it
-        _PRODUCERS.add(self)
+        self._reopening = ReopenClaim()  # never waited for
         self._losses = LossWatch()  # what flush() reports: drops of every opening
         self._retired: list[Channel] = []  # closed channels of earlier openings (stats)
         self.channel = self._new_channel()
@@ -135,7 +128,7 @@ class Producer:
         if wake:
             self._wake(channel)
 
-    def _unaccepted(self, channel: Channel, line: _Line) -> Channel | None:
+    def _unaccepted(self, channel: Channel, line: Line) -> Channel | None:
         """A ``line`` ``channel`` refused because it is closed: counted (disabled, or
         closed), or the channel to offer it to (a handler reopened, or reopened meanwhile);
         or parked for a reopen under way to queue.
@@ -166,7 +159,7 @@ class Producer:
             channel = reopened
         channel.refuse("too_large")
 
-    def _reopen(self, closed: Channel, line: _Line | None) -> Channel | None:
+    def _reopen(self, closed: Channel, line: Line | None) -> Channel | None:
         """A closed handler still gets records: a later logging configuration closed it and
         left it attached (``dictConfig`` closes every existing handler, and leaves it on
         the loggers it does not configure: ``uvicorn.run()``'s default ``log_config``).
@@ -174,22 +167,18 @@ class Producer:
         and worker, in the memory budget; the old one's queue goes on to its deadline. Not
         once the process is exiting (``logging.shutdown`` closed it): counted then.
 
-        The reopen is claimed without waiting (it builds a worker's TLS context: not
-        instant). A record that comes meanwhile, from another thread or from a signal
-        handler or ``__del__`` that interrupted the reopen on its own thread (which would
-        wait for itself), is parked, and the reopen queues it at its end; ``None`` then
-        (``line`` ``None``: a line too large, counted at once).
+        The reopen is claimed without waiting (``_reopen_claim``): a record that comes
+        meanwhile is parked, and the reopen queues it at its end; ``None`` then (``line``
+        ``None``: a line too large, counted at once).
         """
         if self.channel is not closed:  # another thread reopened it meanwhile
             return self.channel
-        claim = self._reopening  # this one: a forked child replaces it (_after_fork)
-        if not claim.acquire(blocking=False):
+        claim = self._reopening.take()
+        if claim is None:  # a reopen is under way: this thread's (a signal) or another's
             if line is None:
                 closed.refuse("too_large")
             else:
-                self._parked.append(line)  # atomic: no lock a signal handler could wait on
-                if not claim.locked():  # the reopen ended meanwhile: it may not have seen it
-                    self._queue_parked()
+                self._reopening.park(line, self.offer)
             return None
         try:
             if self.channel is not closed:  # reopened between the look and the claim
@@ -207,8 +196,7 @@ class Producer:
             self._retired.append(self.channel)
             self.channel, self.worker = channel, worker
         finally:
-            claim.release()
-            self._queue_parked()
+            self._reopening.release(claim, self.offer)
         _diagnostics.say_once(
             f"reopened:{id(self)}",
             f"{self.label} for {channel.datasource!r} was closed but still gets records: a "
@@ -218,26 +206,6 @@ class Producer:
             "configuration, or pass log_config=None to uvicorn.run().",
         )
         return channel
-
-    def _queue_parked(self) -> None:
-        """Offer the lines parked during a reopen (after it: to its new channel, or counted
-        as its producer counts them).
-        """
-        parked = self._parked
-        while parked:
-            try:
-                line, flags, level = parked.popleft()
-            except IndexError:  # another thread took the last one
-                return
-            self.offer(line, flags, level)
-
-    def _after_fork_in_child(self) -> None:
-        """A reopen under way in another thread of the parent stays the parent's: the child
-        gets a free claim, and the lines parked for it are the parent's to queue.
-        """
-        self._reopening = threading.Lock()
-        self._parked.clear()
-        self._losses.forget()  # the parent's drops: the parent's flush reports them
 
     def _wake(self, channel: Channel) -> None:
         worker = self.worker
@@ -439,14 +407,3 @@ class Producer:
 def _holds_logging_lock() -> bool:
     is_owned = getattr(getattr(logging, "_lock", None), "_is_owned", None)
     return bool(is_owned is not None and is_owned())
-
-
-_PRODUCERS: weakref.WeakSet[Producer] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for producer in list(_PRODUCERS):
-        producer._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

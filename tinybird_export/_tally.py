@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import weakref
 from typing import Final, NamedTuple
 
 from tinybird_export.stats import DeliveryStats
@@ -58,6 +59,7 @@ class LossWatch:
     def __init__(self) -> None:
         self._last = 0  # the last loss's id
         self._seen = 0  # the id the previous flush that returned saw
+        _WATCHES.add(self)
 
     def lost(self) -> None:
         """Events were dropped just now."""
@@ -73,9 +75,19 @@ class LossWatch:
             self._seen = last
         return lost
 
-    def forget(self) -> None:
-        """A forked child: the parent's losses are the parent's to report."""
+    def _forget(self) -> None:
         self._seen = self._last
+
+
+_WATCHES: weakref.WeakSet[LossWatch] = weakref.WeakSet()
+
+
+def forget_losses_in_child() -> None:
+    """A forked child: the parent's losses are the parent's flushes' to report, as its
+    channels' counters are (``Process``'s fork hook calls it).
+    """
+    for watch in list(_WATCHES):
+        watch._forget()
 
 
 @dataclasses.dataclass
