@@ -4,11 +4,15 @@ dropped, never lost; and what a flush reports covers every opening of the produc
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import pytest
 
 from tests.helpers import RecordingTransport, make_channel, unit_config, unit_process
 from tinybird_export._process import Process
 from tinybird_export._producer import Producer
+from tinybird_export._worker import Worker
 
 
 def producer(process: Process, *, handler: bool = False, **settings: object) -> Producer:
@@ -71,3 +75,45 @@ def test_a_closed_channel_refuses_under_its_lock_without_counting() -> None:
     channel.close(0.0)
     assert channel.offer(b"x") is None
     assert channel.stats().emitted == 0 and channel.empty()
+
+
+def test_records_from_other_threads_during_a_reopen_are_parked_then_queued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While one thread reopens a closed handler (held inside attach), four others log
+    200 records: none of them waits for the reopen, and every record is delivered, once."""
+    transport = RecordingTransport()
+    process = unit_process(transport)
+    handler = producer(process, handler=True)
+    handler.close(1)
+    inside, go_on = threading.Event(), threading.Event()
+    attach = process.attach
+
+    def held_attach(*args: Any, **kwargs: Any) -> Worker:
+        inside.set()
+        assert go_on.wait(10)
+        return attach(*args, **kwargs)
+
+    monkeypatch.setattr(process, "attach", held_attach)
+    reopener = threading.Thread(target=handler.put, args=({"event": "reopens"},))
+    reopener.start()
+    assert inside.wait(10)
+
+    def log(thread: int) -> None:
+        for n in range(50):
+            handler.put({"thread": thread, "n": n})
+
+    others = [threading.Thread(target=log, args=(i,)) for i in range(4)]
+    try:
+        for thread in others:
+            thread.start()
+        for thread in others:
+            thread.join(10)
+        assert not any(thread.is_alive() for thread in others)  # none waited for the reopen
+    finally:
+        go_on.set()  # a failing run must not leave threads blocked
+        reopener.join(10)
+    assert handler.flush(5) is True
+    assert len(transport.lines()) == len(set(transport.lines())) == 201
+    stats = handler.stats()
+    assert (stats.emitted, stats.sent) == (201, 201)
