@@ -53,8 +53,21 @@ send them meanwhile)."""
 # and a file names its writer's): a channel no longer in its lane (a reopened handler's
 # earlier opening; a closed producer's, whose worker stopped) still owns its files, and its
 # counters move from spooled to sent (or dropped) when they are resolved. Weak: a channel
-# nobody holds has no counters left to move.
-_WRITERS: weakref.WeakValueDictionary[int, Channel] = weakref.WeakValueDictionary()
+# nobody holds has no counters left to move. A plain dict of references, not a
+# WeakValueDictionary: copied whole in one C call (``list(items())``) while senders of
+# other workers add to it, where iterating a WeakValueDictionary runs Python code.
+_WRITERS: dict[int, weakref.ref[Channel]] = {}
+
+
+def _wrote(channel: Channel) -> None:
+    serial = channel.serial
+    if serial not in _WRITERS:
+        _WRITERS[serial] = weakref.ref(channel, lambda _: _WRITERS.pop(serial, None))
+
+
+def _written_by(serial: int) -> Channel | None:
+    ref = _WRITERS.get(serial)
+    return None if ref is None else ref()
 
 
 class _LaneWork:
@@ -280,7 +293,7 @@ class SpillBridge:
                 channel.unclaim(batch)  # full: memory's drop policy applies
                 self._refusals[channel.serial] = stored
                 break
-            _WRITERS[channel.serial] = channel
+            _wrote(channel)
             channel.spooled(batch)
             written += batch.count
         return written
@@ -304,7 +317,7 @@ class SpillBridge:
         for channel in channels:
             if self.spool.owns(batch, channel.serial):
                 return channel
-        writer = _WRITERS.get(batch.owner[1])
+        writer = _written_by(batch.owner[1])
         if writer is not None and self.spool.owns(batch, writer.serial):
             return writer
         return channels[0]
@@ -344,7 +357,11 @@ class SpillBridge:
         """Another process sent (or dropped) files this process's channels wrote: their
         counters follow (from spooled to sent, or dropped).
         """
-        channels = {serial: c for serial, c in _WRITERS.items() if c.host == self._host}
+        channels: dict[int, Channel] = {}
+        for serial, ref in list(_WRITERS.items()):  # one C call: no other thread's add in it
+            writer = ref()
+            if writer is not None and writer.host == self._host:
+                channels[serial] = writer
         channels.update((channel.serial, channel) for _, group in lanes for channel in group)
         for receipt in self.spool.take_receipts(set(channels)):
             sent = receipt.outcome == "sent"
