@@ -273,14 +273,14 @@ class Producer:
         ``logging.shutdown``): the worker is woken and the call returns at once, without
         ending the round (the next flush still reports what was dropped).
         """
-        return self._flush(timeout, closing=False)
+        return self._flush(timeout, spooled=True)
 
-    def _flush(self, timeout: float | None, *, closing: bool) -> bool:
-        started = self._start_round(timeout, closing=closing)
+    def _flush(self, timeout: float | None, *, spooled: bool) -> bool:
+        started = self._start_round(timeout, spooled=spooled)
         if isinstance(started, bool):
             return started
         worker, flush, deadline = started
-        return flush.result(worker.wait_until(flush.reached, deadline), returning=not closing)
+        return flush.result(worker.wait_until(flush.reached, deadline), returning=spooled)
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """``flush()`` for a coroutine, without a thread and without blocking the loop: the
@@ -288,10 +288,10 @@ class Producer:
         threads (``background=False``, or at exit) the round is sent on the process's
         small shared pool instead.
         """
-        return await self._aflush(timeout, closing=False)
+        return await self._aflush(timeout, spooled=True)
 
-    async def _aflush(self, timeout: float | None, *, closing: bool) -> bool:
-        started = self._start_round(timeout, closing=closing)
+    async def _aflush(self, timeout: float | None, *, spooled: bool) -> bool:
+        started = self._start_round(timeout, spooled=spooled)
         if isinstance(started, bool):
             return started
         worker, flush, deadline = started
@@ -301,16 +301,17 @@ class Producer:
             reached = await until(flush.reached, watch, deadline - time.monotonic())
         else:
             reached = await run_blocking(lambda: worker.wait_until(flush.reached, deadline))
-        return flush.result(reached, returning=not closing)
+        return flush.result(reached, returning=spooled)
 
     def _start_round(
-        self, timeout: float | None, *, closing: bool
+        self, timeout: float | None, *, spooled: bool
     ) -> tuple[Worker, FlushRound, float] | bool:
         """A flush round made due now, with its worker and deadline; or the flush's result
-        at once (a disabled producer; the caller holds ``logging``'s lock). A flush's round
-        waits for the spool files of its data source too; a ``closing`` one waits for its
-        own events only (the spool's are the worker's), and ends no round: ``close()``
-        returns nothing, so what it saw dropped is the next flush's to report.
+        at once (a disabled producer; the caller holds ``logging``'s lock). With
+        ``spooled`` (a flush), the round waits for the spool files of its data source too;
+        without (a close's round), for its own events only (the spool's are the worker's),
+        and it ends no round: ``close()`` returns nothing, so what it saw dropped is the
+        next flush's to report (``returning=spooled``).
         """
         worker, channel = self.worker, self.channel
         if worker is None:
@@ -322,7 +323,7 @@ class Producer:
             flush = FlushRound([channel, *retired], self._losses)
             worker.notify(channel)
             return flush.result(flush.reached(), returning=False)
-        backlog = None if closing else worker.spool_backlog([channel])
+        backlog = worker.spool_backlog([channel]) if spooled else None
         flush = FlushRound([channel, *retired], self._losses, backlog)
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
         return worker, flush, time.monotonic() + self._process.cap_at_exit(wait)
@@ -344,14 +345,14 @@ class Producer:
         """
         wait = self._begin_close(timeout)
         if wait is not None:
-            self._flush(wait, closing=True)
+            self._flush(wait, spooled=False)
             self._end_close()
 
     async def aclose(self, timeout: float | None = None) -> None:
         """``close()`` for a coroutine: its flush awaited as ``aflush`` awaits."""
         wait = self._begin_close(timeout)
         if wait is not None:
-            await self._aflush(wait, closing=True)
+            await self._aflush(wait, spooled=False)
             self._end_close()
 
     def _begin_close(self, timeout: float | None) -> float | None:
