@@ -70,10 +70,10 @@ class Process:
     def __init__(self, transport: Callable[[RuntimeSettings], Transport] | None = None) -> None:
         self.sending = SendingThreads()
         """Threads sending right now: records they create are dropped by the handler."""
-        self.budget = MemoryBudget()
-        self.lanes = LaneTable()
         self.losses = LossWatch()
         """Drops of every producer (closed ones too): what the process-wide flush reports."""
+        self.budget = MemoryBudget()
+        self.lanes = LaneTable()
         self._exit = ExitDrain(self.workers, self._exit_ended)
         self.sigterm = Sigterm(self.exit, self._inside_offer, self._exit.draining_here)
         self._transport = transport
