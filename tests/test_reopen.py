@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import child_env, run_python
+from tests.helpers import PRELUDE, child_env, run_python
 from tests.test_asgi import send_requests, stop, uvicorn
 from tinybird_export import TinybirdHandler
 from tinybird_export.testing import EventsServer
@@ -152,3 +152,79 @@ def test_a_record_after_logging_shutdown_at_exit_is_counted_not_reopened(
     assert [e["event"] for e in server.events()] == ["before exit"]
     assert "after it was closed at exit" in result.stderr
     assert "It reopened" not in result.stderr
+
+
+def test_a_signal_handler_that_logs_during_a_reopen_does_not_deadlock(
+    server: EventsServer,
+) -> None:
+    """A signal handler (or a __del__) that logs while its thread is inside the handler's
+    reopen: its record is parked and queued by the reopen, not waited for (the reopen's
+    lock was not re-entrant: the thread deadlocked on itself)."""
+    result = run_python(
+        PRELUDE
+        + """
+            import faulthandler, signal
+            from tinybird_export import _process
+            faulthandler.dump_traceback_later(10, exit=True)  # a deadlock: its stack, exit 1
+            handler = TinybirdHandler(flush_interval=60)
+            log.addHandler(handler)
+            handler.close()  # as dictConfig does: it stays attached
+            signal.signal(signal.SIGUSR1, lambda *_: log.info("from a signal handler"))
+            attach = _process.Process.attach
+            def attach_signalled(self, *args, **kwargs):
+                signal.raise_signal(signal.SIGUSR1)  # its handler runs now, in the reopen
+                return attach(self, *args, **kwargs)
+            _process.Process.attach = attach_signalled
+            log.info("reopens")
+            _process.Process.attach = attach
+            print(handler.flush(10), handler.stats().emitted, flush=True)
+        """,
+        child_env(server),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "2"], result.stderr
+    events = sorted(e["event"] for e in server.events())
+    assert events == ["from a signal handler", "reopens"]
+
+
+def test_a_fork_during_another_threads_reopen_leaves_the_child_able_to_log(
+    server: EventsServer,
+) -> None:
+    """A fork while another thread is inside the handler's reopen: the child's reopen is
+    not blocked by the parent thread's claim (the lock was copied held and never rebuilt:
+    the child's first record hung forever)."""
+    result = run_python(
+        PRELUDE
+        + """
+            import signal
+            from tinybird_export import _process
+            handler = TinybirdHandler(flush_interval=60)
+            log.addHandler(handler)
+            handler.close()
+            inside, forked = threading.Event(), threading.Event()
+            attach = _process.Process.attach
+            def attach_held(self, *args, **kwargs):
+                if threading.current_thread().name == "reopener":
+                    inside.set()
+                    forked.wait(10)  # the fork happens while this thread reopens
+                return attach(self, *args, **kwargs)
+            _process.Process.attach = attach_held
+            reopener = threading.Thread(target=log.info, args=("reopens",), name="reopener")
+            reopener.start()
+            inside.wait(10)
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(10)  # a hung child dies by SIGALRM
+                log.info("from the child")
+                os._exit(0 if handler.flush(10) else 3)
+            forked.set()
+            reopener.join(10)
+            _, status = os.waitpid(pid, 0)
+            print(os.waitstatus_to_exitcode(status), handler.flush(10), flush=True)
+        """,
+        child_env(server),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "True"], result.stderr
+    events = sorted(e["event"] for e in server.events())
+    assert events == ["from the child", "reopens"]

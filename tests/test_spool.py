@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import child_env, run_python, talk_to_python
 from tests.spool_helpers import FaultyDisk
-from tinybird_export._spool import SUFFIX, Spool
+from tinybird_export._spool import SUFFIX, Refusal, Spool
 from tinybird_export.testing import EventsServer, Reply
 
 HOST = "https://api.tinybird.co"
@@ -42,8 +42,8 @@ class TestOnDisk:
     def test_a_batch_round_trips_and_is_removed_once_sent(self, tmp_path: Path) -> None:
         """A spooled batch comes back oldest first, and is removed once done."""
         spool = Spool(str(tmp_path), 1 << 20)
-        assert spool.write(lines(3), 3, HOST, "app_logs", (spool.identity, 7))
-        assert spool.write(lines(2, 3), 2, HOST, "app_logs", (spool.identity, 7))
+        assert isinstance(spool.write(lines(3), 3, HOST, "app_logs", (spool.identity, 7)), Path)
+        assert isinstance(spool.write(lines(2, 3), 2, HOST, "app_logs", (spool.identity, 7)), Path)
         first = spool.claim(HOST, "app_logs")
         assert first is not None and gzip.decompress(first.body) == lines(3)
         assert spool.owns(first, 7) and not spool.owns(first, 8)
@@ -159,7 +159,7 @@ class TestOnDisk:
         spool = Spool(str(tmp_path), 2 * 1024 * 1024)
         payload = one_line(600_000)  # incompressible
         written = [spool.write(payload, 1, HOST, "app_logs", OTHER) for _ in range(5)]
-        assert [path is not None for path in written] == [True, True, True, False, False]
+        assert [isinstance(path, Path) for path in written] == [True, True, True, False, False]
         assert spool.held_bytes() <= 2 * 1024 * 1024
 
     def test_the_bound_counts_what_other_processes_wrote_and_claimed(self, tmp_path: Path) -> None:
@@ -167,12 +167,15 @@ class TestOnDisk:
         mine = Spool(str(tmp_path), 2 * 1024 * 1024)
         theirs = Spool(str(tmp_path), 2 * 1024 * 1024)  # as another process sees it
         payload = one_line(600_000)
-        assert all(theirs.write(payload, 1, HOST, "app_logs", OTHER) for _ in range(3))
+        assert all(
+            isinstance(theirs.write(payload, 1, HOST, "app_logs", OTHER), Path) for _ in range(3)
+        )
         claimed = theirs.claim(HOST, "app_logs")  # in flight: still on disk
         assert claimed is not None
-        assert mine.write(payload, 1, HOST, "app_logs", ANOTHER) is None  # the directory is full
+        full = mine.write(payload, 1, HOST, "app_logs", ANOTHER)  # the directory is full
+        assert isinstance(full, Refusal) and full.reason == "spool_full"
         theirs.done(claimed)
-        assert mine.write(payload, 1, HOST, "app_logs", ANOTHER) is not None
+        assert isinstance(mine.write(payload, 1, HOST, "app_logs", ANOTHER), Path)
         assert 0 < mine.held_bytes() <= 2 * 1024 * 1024
 
     def test_a_directory_that_refuses_fsync_after_the_rename_still_has_the_file(
@@ -183,7 +186,7 @@ class TestOnDisk:
         spool = Spool(str(tmp_path), 1 << 20, disk)
         disk.fail("fsync", errno.EIO, on=str(tmp_path))  # the directory's (a file's is an fd)
         path = spool.write(lines(2), 2, HOST, "app_logs", OTHER)
-        assert path is not None and path.exists()
+        assert isinstance(path, Path) and path.exists()
         assert spool.held_bytes() == path.stat().st_size
 
     def test_a_claim_of_a_file_spooled_long_ago_is_not_taken_by_another_process(
@@ -221,7 +224,8 @@ class TestOnDisk:
         assert order == [lines(2), lines(3, 2), lines(1, 5)]
         one = spool.write(lines(1), 1, HOST, "app_logs", OTHER)
         single = spool.claim(HOST, "app_logs")
-        assert one is not None and single is not None and not spool.split(single, HOST, "app_logs")
+        assert isinstance(one, Path) and single is not None
+        assert not spool.split(single, HOST, "app_logs")
 
     def test_files_for_other_hosts_or_data_sources_are_kept_and_reported_once(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -161,6 +161,9 @@ class SpoolSource:
         batches: The claimed files, oldest first.
         writers: Each file's channel: its writer, or another channel of its lane.
         resolved: Called once they are acknowledged or dropped (the bridge frees the slot).
+        sender: The channel of the lane they are sent for (its deadline, its errors);
+            default the first writer (a writer no longer in its lane, closed maybe, only
+            counts).
     """
 
     origin = " from the spool"
@@ -172,11 +175,12 @@ class SpoolSource:
         batches: list[SpooledBatch],
         writers: list[Channel],
         resolved: Callable[[SpoolSource], None],
+        sender: Channel | None = None,
     ) -> None:
         self.spool = spool
         self.batches = batches
         self.writers = writers
-        self.channel = writers[0]
+        self.channel = writers[0] if sender is None else sender
         self.count = sum(batch.count for batch in batches)
         self.body = spool.combine(batches)  # here, in the bridge: not on the send path
         self.split_requested = False  # the bridge writes its halves (or sends them apart)
@@ -191,7 +195,7 @@ class SpoolSource:
     @property
     def own(self) -> bool:
         """Whether this process's channel wrote its first file."""
-        return self.spool.owns(self.batches[0], self.channel.serial)
+        return self.spool.owns(self.batches[0], self.writers[0].serial)
 
     @property
     def attempts(self) -> int:

@@ -3,7 +3,8 @@
 A round is made of each channel's flush mark (``Channel.request_flush``: the events queued
 before it, resolved) and, with a spool, the files of those data sources on disk when it
 began (``_spill.Backlog``). Its result also says whether anything was lost since the same
-caller's previous round returned, so that a drop between two flushes is reported once.
+caller's previous round returned (its ``LossWatch``: channels retired or detached since
+count too), so that a drop between two flushes is reported once.
 """
 
 from __future__ import annotations
@@ -12,26 +13,31 @@ from collections.abc import Iterable
 
 from tinybird_export._channel import Channel
 from tinybird_export._spill import Backlog
+from tinybird_export._tally import LossWatch
 
 
 class FlushRound:
     """What one flush waits for: every event its channels accepted before it began (made
     due now), resolved, and the spool files of their data sources then on disk (``spooled``:
     a previous process's too), resolved. It is *all acknowledged* when, besides, nothing
-    its channels were handed since the same caller's previous round returned (or since
-    they started) was dropped: a drop before the round began says False too, once.
+    its caller was handed since the caller's previous round returned (or since it started)
+    was dropped: a drop before the round began says False too, once.
 
     Args:
         channels: The channels it flushes.
-        by: Whose rounds (``"producer"``, ``"process"``): each caller keeps its own
-            "since the previous round returned".
+        losses: The caller's drops (a producer's ``LossWatch``, every opening of it), each
+            caller keeping its own "since the previous round returned"; ``None``: the
+            caller looks at them itself (the process, whose flush makes several rounds).
         spooled: The spool files it waits for (``Worker.spool_backlog``), if any.
     """
 
     def __init__(
-        self, channels: Iterable[Channel], by: str, spooled: Backlog | None = None
+        self,
+        channels: Iterable[Channel],
+        losses: LossWatch | None,
+        spooled: Backlog | None = None,
     ) -> None:
-        self._by = by
+        self._losses = losses
         self._marks = [(channel, channel.request_flush()) for channel in channels]
         self._spooled = spooled
 
@@ -47,6 +53,6 @@ class FlushRound:
         """Whether the round is all acknowledged, given whether it was ``reached``; with
         ``returning`` the round ends here (the next one looks at drops from now on).
         """
-        by = self._by
-        lost = [channel.lost_since_flush(by, returning=returning) for channel, _ in self._marks]
-        return reached and not any(lost)
+        losses = self._losses
+        lost = losses is not None and losses.since(returning=returning)
+        return reached and not lost

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from tinybird_export import _diagnostics, _fields
+from tinybird_export import _diagnostics, _fields, _reopen_claim
 from tinybird_export._budget import MemoryBudget
 from tinybird_export._channel import Channel
 from tinybird_export._config import TinybirdConfig
@@ -44,6 +44,7 @@ from tinybird_export._lanes import LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._senders import SendingThreads
 from tinybird_export._spool import Spool
+from tinybird_export._tally import LossWatch, forget_losses_in_child
 from tinybird_export._worker import Shared, Worker
 
 # Every logger urllib3 creates a record on (logging.getLogger(__name__) in its modules).
@@ -69,6 +70,8 @@ class Process:
     def __init__(self, transport: Callable[[RuntimeSettings], Transport] | None = None) -> None:
         self.sending = SendingThreads()
         """Threads sending right now: records they create are dropped by the handler."""
+        self.losses = LossWatch()
+        """Drops of every producer (closed ones too): what the process-wide flush reports."""
         self.budget = MemoryBudget()
         self.lanes = LaneTable()
         self._exit = ExitDrain(self.workers, self._exit_ended)
@@ -192,12 +195,12 @@ class Process:
         rounds = [
             (
                 worker,
-                FlushRound(worker.channels(), "process", worker.spool_backlog(worker.channels())),
+                FlushRound(worker.channels(), None, worker.spool_backlog(worker.channels())),
             )
             for worker in workers
         ]
-        reached = [worker.wait_until(flush.reached, deadline) for worker, flush in rounds]
-        return all([flush.result(done) for (_, flush), done in zip(rounds, reached, strict=True)])
+        reached = all([worker.wait_until(flush.reached, deadline) for worker, flush in rounds])
+        return not self.losses.since(returning=True) and reached
 
     def spill_queued(self) -> int:
         """What every producer still holds goes to the spool where its worker has one,
@@ -254,6 +257,8 @@ class Process:
         FIRST_CONNECTS.after_fork_in_child()
         self._lock = threading.RLock()
         self.budget.after_fork_in_child()
+        forget_losses_in_child()
+        _reopen_claim.after_fork_in_child()
         _fields.event_ids.reset()
         self.sending.after_fork_in_child()
         self.sigterm.after_fork_in_child()

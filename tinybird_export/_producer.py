@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import threading
 import time
 from typing import Any
 
@@ -23,6 +22,8 @@ from tinybird_export._delivery_messages import give_up
 from tinybird_export._flush_round import FlushRound
 from tinybird_export._line_encoder import encode_event, safe_str
 from tinybird_export._process import PROCESS, Process
+from tinybird_export._reopen_claim import Line, ReopenClaim
+from tinybird_export._tally import LossWatch
 from tinybird_export._worker import Worker
 from tinybird_export.stats import DeliveryStats, total
 
@@ -54,7 +55,8 @@ class Producer:
         self.label = label
         self._sends_late = not flushed_by_logging
         self._reopens = flushed_by_logging
-        self._reopening = threading.Lock()
+        self._reopening = ReopenClaim()  # never waited for
+        self._losses = LossWatch()  # what flush() reports: drops of every opening
         self._retired: list[Channel] = []  # closed channels of earlier openings (stats)
         self.channel = self._new_channel()
         self.worker: Worker | None = None
@@ -71,7 +73,8 @@ class Producer:
             self.worker = self._process.attach(config, self.channel, label)
             _exit.check_uwsgi()
             _runtime_checks.producer_started()
-        self._accepting = self.channel if self.worker is not None else None
+        if self.worker is None:
+            self.channel.close(0.0)  # disabled: its channel refuses every line (counted)
         self._checks_pending = self.worker is not None  # at its first batches, not per record
         self._before_send = config.before_send
         self.has_before_send = config.before_send is not None
@@ -86,7 +89,10 @@ class Producer:
             batch_max_bytes=config.batch_max_bytes,
             flush_interval=config.flush_interval,
         )
-        return Channel(config.datasource, config.host, wait=config.wait, limits=limits)
+        losses = (self._losses, self._process.losses)
+        return Channel(
+            config.datasource, config.host, wait=config.wait, limits=limits, losses=losses
+        )
 
     def put(self, event: dict[str, Any], level: int = 0) -> None:
         """Queue one event on the caller's thread: hook, encode, append.
@@ -104,48 +110,84 @@ class Producer:
     def offer(self, line: bytes | None, flags: int = 0, level: int = 0) -> None:
         """Queue one encoded line (``None``: too large even when truncated), with
         ``encode_event``'s flags and the record's logging level (0: none).
+
+        Whether the producer is open is its channel's to say, under the channel's lock
+        (``Channel.offer``): a line that finds it closed, even by a ``close()`` that ran
+        after this call read ``self.channel``, is counted here, or offered again to the
+        channel of a reopened handler; none is lost.
         """
-        channel = self._accepting  # one check on the caller's hot path: open and enabled
-        if channel is None or line is None:
-            channel = self._unaccepted(line)
-            if channel is None or line is None:
+        if line is None:
+            self._refuse_too_large()
+            return
+        channel = self.channel
+        while (wake := channel.offer(line, flags, level)) is None:
+            reopened = self._unaccepted(channel, (line, flags, level))
+            if reopened is None:
                 return
-        if channel.offer(line, flags, level):
+            channel = reopened
+        if wake:
             self._wake(channel)
 
-    def _unaccepted(self, line: bytes | None) -> Channel | None:
-        """Count an event this producer cannot queue (disabled, closed, or too large), or
-        reopen a closed handler; the channel to queue ``line`` in, if any.
+    def _unaccepted(self, channel: Channel, line: Line) -> Channel | None:
+        """A ``line`` ``channel`` refused because it is closed: counted (disabled, or
+        closed), or the channel to offer it to (a handler reopened, or reopened meanwhile);
+        or parked for a reopen under way to queue.
         """
         if self.worker is None:
-            self.channel.refuse("disabled")
+            channel.refuse("disabled")
             return None
-        if self.channel.closed and not self._reopens:
-            self._refuse_closed()
+        if not self._reopens:
+            self._refuse_closed(channel)
             return None
-        if self.channel.closed:
-            channel = self._reopen()
-            if channel is None or line is not None:
-                return channel
-        self.channel.refuse("too_large")
-        return None
+        return self._reopen(channel, line)
 
-    def _reopen(self) -> Channel | None:
+    def _refuse_too_large(self) -> None:
+        """Count a line too large even when truncated: as too large, or as what a closed
+        producer counts (a handler that gets it reopens first: it is in use).
+        """
+        channel = self.channel
+        if self.worker is None:
+            channel.refuse("disabled")
+            return
+        if channel.closed:
+            if not self._reopens:
+                self._refuse_closed(channel)
+                return
+            reopened = self._reopen(channel, None)
+            if reopened is None:  # counted (after_exit, or as too large)
+                return
+            channel = reopened
+        channel.refuse("too_large")
+
+    def _reopen(self, closed: Channel, line: Line | None) -> Channel | None:
         """A closed handler still gets records: a later logging configuration closed it and
         left it attached (``dictConfig`` closes every existing handler, and leaves it on
         the loggers it does not configure: ``uvicorn.run()``'s default ``log_config``).
         It reopens, as ``logging.FileHandler`` does: a new channel on the same data source
         and worker, in the memory budget; the old one's queue goes on to its deadline. Not
         once the process is exiting (``logging.shutdown`` closed it): counted then.
+
+        The reopen is claimed without waiting (``_reopen_claim``): a record that comes
+        meanwhile is parked, and the reopen queues it at its end; ``None`` then (``line``
+        ``None``: a line too large, counted at once).
         """
-        with self._reopening:
-            if self._accepting is not None:  # another thread reopened it meanwhile
-                return self._accepting
+        if self.channel is not closed:  # another thread reopened it meanwhile
+            return self.channel
+        claim = self._reopening.take()
+        if claim is None:  # a reopen is under way: this thread's (a signal) or another's
+            if line is None:
+                closed.refuse("too_large")
+            else:
+                self._reopening.park(line, self.offer)
+            return None
+        try:
+            if self.channel is not closed:  # reopened between the look and the claim
+                return self.channel
             if self._process.exiting():
-                self.channel.refuse("after_exit")
+                closed.refuse("after_exit")
                 _diagnostics.say_once(
                     f"closed-at-exit:{id(self)}",
-                    f"a record reached {self.label} for {self.channel.datasource!r} after it "
+                    f"a record reached {self.label} for {closed.datasource!r} after it "
                     "was closed at exit (logging.shutdown): dropped, counted as 'after_exit'.",
                 )
                 return None
@@ -153,7 +195,8 @@ class Producer:
             worker = self._process.attach(self.config, channel, self.label)
             self._retired.append(self.channel)
             self.channel, self.worker = channel, worker
-            self._accepting = channel
+        finally:
+            self._reopening.release(claim, self.offer)
         _diagnostics.say_once(
             f"reopened:{id(self)}",
             f"{self.label} for {channel.datasource!r} was closed but still gets records: a "
@@ -183,11 +226,11 @@ class Producer:
         """
         self.channel.refuse(reason, count)
 
-    def _refuse_closed(self) -> None:
-        self.channel.refuse("closed")
+    def _refuse_closed(self, channel: Channel) -> None:
+        channel.refuse("closed")
         _diagnostics.say_once(
             f"closed:{id(self)}",
-            f"a closed {self.label} for {self.channel.datasource!r} still gets events: they "
+            f"a closed {self.label} for {channel.datasource!r} still gets events: they "
             "are dropped (counted as 'closed'). Close it only once nothing sends to it.",
         )
 
@@ -237,7 +280,7 @@ class Producer:
         if isinstance(started, bool):
             return started
         worker, flush, deadline = started
-        return flush.result(worker.wait_until(flush.reached, deadline))
+        return flush.result(worker.wait_until(flush.reached, deadline), returning=spooled)
 
     async def aflush(self, timeout: float | None = None) -> bool:
         """``flush()`` for a coroutine, without a thread and without blocking the loop: the
@@ -258,27 +301,30 @@ class Producer:
             reached = await until(flush.reached, watch, deadline - time.monotonic())
         else:
             reached = await run_blocking(lambda: worker.wait_until(flush.reached, deadline))
-        return flush.result(reached)
+        return flush.result(reached, returning=spooled)
 
     def _start_round(
         self, timeout: float | None, *, spooled: bool
     ) -> tuple[Worker, FlushRound, float] | bool:
         """A flush round made due now, with its worker and deadline; or the flush's result
         at once (a disabled producer; the caller holds ``logging``'s lock). With
-        ``spooled``, the round waits for the spool files of its data source too (a close
-        waits for its own events only: the spool's are the worker's).
+        ``spooled`` (a flush), the round waits for the spool files of its data source too;
+        without (a close's round), for its own events only (the spool's are the worker's),
+        and it ends no round: ``close()`` returns nothing, so what it saw dropped is the
+        next flush's to report (``returning=spooled``).
         """
         worker, channel = self.worker, self.channel
         if worker is None:
             return channel.empty()
-        # A reopened handler's earlier channels: what they still send, and what they drop.
+        # A reopened handler's earlier channels: what they still send (what they drop, the
+        # producer's LossWatch sees).
         retired = [old for old in self._retired if not old.empty()]
         if _holds_logging_lock():  # (no disk work under logging's lock)
-            flush = FlushRound([channel, *retired], "producer")
+            flush = FlushRound([channel, *retired], self._losses)
             worker.notify(channel)
             return flush.result(flush.reached(), returning=False)
         backlog = worker.spool_backlog([channel]) if spooled else None
-        flush = FlushRound([channel, *retired], "producer", backlog)
+        flush = FlushRound([channel, *retired], self._losses, backlog)
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
         return worker, flush, time.monotonic() + self._process.cap_at_exit(wait)
 
@@ -316,7 +362,6 @@ class Producer:
         worker, channel = self.worker, self.channel
         if channel.closed:
             return None
-        self._accepting = None  # from now on, events are refused as closed
         wait = self.config.flush_timeout if timeout is None else max(timeout, 0.0)
         wait = self._process.cap_at_exit(wait)
         if worker is None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Final
 
@@ -36,7 +37,7 @@ from tinybird_export._channel import Channel
 from tinybird_export._delivery import SpoolSource
 from tinybird_export._lanes import Lane, LaneTable
 from tinybird_export._scheduler import BUSY
-from tinybird_export._spool import LISTING_TTL, Spool
+from tinybird_export._spool import LISTING_TTL, Refusal, Spool, SpooledBatch
 
 _SPILL_WAIT: Final = 2.0
 """Seconds an exit or close spill waits for a bridge step under way on the same lane."""
@@ -47,6 +48,26 @@ _WATCH: Final = 2.0
 _RECEIPTS_EVERY: Final = 5.0
 """How often a process whose events are on disk looks for receipts (another process may
 send them meanwhile)."""
+
+# The channels of this process that wrote spool files, by serial (unique in the process,
+# and a file names its writer's): a channel no longer in its lane (a reopened handler's
+# earlier opening; a closed producer's, whose worker stopped) still owns its files, and its
+# counters move from spooled to sent (or dropped) when they are resolved. Weak: a channel
+# nobody holds has no counters left to move. A plain dict of references, not a
+# WeakValueDictionary: copied whole in one C call (``list(items())``) while senders of
+# other workers add to it, where iterating a WeakValueDictionary runs Python code.
+_WRITERS: dict[int, weakref.ref[Channel]] = {}
+
+
+def _wrote(channel: Channel) -> None:
+    serial = channel.serial
+    if serial not in _WRITERS:
+        _WRITERS[serial] = weakref.ref(channel, lambda _: _WRITERS.pop(serial, None))
+
+
+def _written_by(serial: int) -> Channel | None:
+    ref = _WRITERS.get(serial)
+    return None if ref is None else ref()
 
 
 class _LaneWork:
@@ -265,10 +286,14 @@ class SpillBridge:
             if batch is None:
                 break
             owner = (self.spool.identity, channel.serial)
-            if not self.spool.write(batch.body, batch.count, self._host, channel.datasource, owner):
+            stored = self.spool.write(
+                batch.body, batch.count, self._host, channel.datasource, owner
+            )
+            if isinstance(stored, Refusal):  # this write's own: another lane may write now
                 channel.unclaim(batch)  # full: memory's drop policy applies
-                self._refusals[channel.serial] = self.spool.refusal
+                self._refusals[channel.serial] = stored
                 break
+            _wrote(channel)
             channel.spooled(batch)
             written += batch.count
         return written
@@ -281,11 +306,21 @@ class SpillBridge:
         batches = self.spool.claim_many(self._host, datasource, limits.batch_max_rows, max_bytes)
         if not batches:
             return None
-        writers = [
-            next((c for c in channels if self.spool.owns(batch, c.serial)), channels[0])
-            for batch in batches
-        ]
-        return SpoolSource(self.spool, batches, writers, self._resolved)
+        writers = [self._writer(batch, channels) for batch in batches]
+        sender = writers[0] if writers[0] in channels else channels[0]
+        return SpoolSource(self.spool, batches, writers, self._resolved, sender)
+
+    def _writer(self, batch: SpooledBatch, channels: list[Channel]) -> Channel:
+        """The channel of this process that wrote ``batch``, in its lane or not; else (a
+        file another process wrote) a channel of its lane, which counts it as unspooled.
+        """
+        for channel in channels:
+            if self.spool.owns(batch, channel.serial):
+                return channel
+        writer = _written_by(batch.owner[1])
+        if writer is not None and self.spool.owns(batch, writer.serial):
+            return writer
+        return channels[0]
 
     def _resolved(self, source: SpoolSource) -> None:
         work = self._work.get(source.channel.datasource)
@@ -302,7 +337,7 @@ class SpillBridge:
             for batch in source.batches[1:]:
                 self.spool.release(batch)
             work.slot = SpoolSource(
-                self.spool, source.batches[:1], source.writers[:1], self._resolved
+                self.spool, source.batches[:1], source.writers[:1], self._resolved, source.channel
             )
             return
         datasource = source.channel.datasource
@@ -322,7 +357,12 @@ class SpillBridge:
         """Another process sent (or dropped) files this process's channels wrote: their
         counters follow (from spooled to sent, or dropped).
         """
-        channels = {channel.serial: channel for _, group in lanes for channel in group}
+        channels: dict[int, Channel] = {}
+        for serial, ref in list(_WRITERS.items()):  # one C call: no other thread's add in it
+            writer = ref()
+            if writer is not None and writer.host == self._host:
+                channels[serial] = writer
+        channels.update((channel.serial, channel) for _, group in lanes for channel in group)
         for receipt in self.spool.take_receipts(set(channels)):
             sent = receipt.outcome == "sent"
             channels[receipt.serial].unspooled(

@@ -15,11 +15,12 @@ never, whatever the clocks say. When another process sends (or sets aside) a fil
 writer lives, it leaves the writer a receipt, so the writer's ``stats()`` follow its events.
 
 Every ``OSError`` is handled where it happens (a read-only directory, EIO, ENOSPC): a write
-is refused and says why (``refusal``), a claim gives up, and a file acknowledged but not
-removable is marked acknowledged in place and removed once the directory lets it
-(``_spool_removals``); nothing here raises into a sender or the exit drain. A file that
-fails its checks is moved to ``corrupt/``, counted, and never sent. Files for a host or data
-source that no producer of this process sends to are left alone, and reported once.
+is refused and says why (``write`` returns its ``Refusal``), a claim gives up, and a file
+acknowledged but not removable is marked acknowledged in place and removed once the
+directory lets it (``_spool_removals``); nothing here raises into a sender or the exit
+drain. A file that fails its checks is moved to ``corrupt/``, counted, and never sent. Files
+for a host or data source that no producer of this process sends to are left alone, and
+reported once.
 
 The directory is listed once per second at most, and its batch names kept sorted per lane,
 so that draining N files costs O(N log N), not one listing per file; a sender claims as many
@@ -38,7 +39,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from tinybird_export import _diagnostics
 from tinybird_export._spool_disk import Disk, Failpoints, why
@@ -62,9 +63,31 @@ from tinybird_export._spool_receipts import Receipt, Receipts
 from tinybird_export._spool_removals import Removals
 from tinybird_export._spool_upkeep import SCAN_EVERY, count_held, scan
 
-__all__ = ["LISTING_TTL", "SUFFIX", "Receipt", "Spool", "SpoolError", "SpooledBatch", "host_key"]
+__all__ = [
+    "LISTING_TTL",
+    "SUFFIX",
+    "Receipt",
+    "Refusal",
+    "Spool",
+    "SpoolError",
+    "SpooledBatch",
+    "host_key",
+]
 
 _FULL: Final = (errno.ENOSPC, errno.EDQUOT)
+
+
+class Refusal(NamedTuple):
+    """Why the spool refused one write: returned by that call, never kept on the spool
+    (lanes write at once: a later write must not answer for an earlier one).
+
+    Attributes:
+        reason: The drop reason: ``spool_full`` or ``spool_error``.
+        why: What the disk (or the bound) said.
+    """
+
+    reason: str
+    why: str
 
 
 class Spool:
@@ -86,8 +109,6 @@ class Spool:
             self.directory, self.disk, lambda: count_held(self.directory, self.disk)
         )
         self.corrupt = 0
-        self.refusal = ("", "")
-        """Why the last write was refused: (drop reason, what the disk said)."""
         self._lock = threading.Lock()  # the corrupt files' counter
         self._counter = itertools.count()
         self._failpoints = Failpoints()
@@ -122,17 +143,15 @@ class Spool:
         owner: tuple[str, int],
         *,
         replacing: str = "",
-    ) -> Path | None:
-        """Store one batch whole: its file, or ``None`` if the spool is full or the disk
-        refused (``refusal`` says which).
+    ) -> Path | Refusal:
+        """Store one batch whole: its file, or why the spool is full or the disk refused.
 
         ``replacing`` (a half of a spooled batch) is the stem to use instead of a new one,
         so that the half keeps the batch's place in the order; the bound does not refuse it
         (the halves replace a file already counted).
         """
         if not self.owners.ensure():
-            self._refuse("spool_error", "its owner file cannot be written")
-            return None
+            return Refusal("spool_error", "its owner file cannot be written")
         data = encode(ndjson, count, host, datasource, owner)
         size = len(data)
         stem = replacing or batch_name(
@@ -141,19 +160,16 @@ class Spool:
         temporary = self.directory / temporary_name(self.identity, size, stem)
         with self.ledger.step() as entry:
             if entry is None:
-                self._refuse("spool_error", "its ledger is locked by another process")
-                return None
+                return Refusal("spool_error", "its ledger is locked by another process")
             if not replacing and entry.held + size > self.max_bytes:
-                self._refuse("spool_full", f"spool_max_bytes ({self.max_bytes}) reached")
-                return None
+                return Refusal("spool_full", f"spool_max_bytes ({self.max_bytes}) reached")
             try:
                 entry.held += size  # reserved: a recount counts the temporary file at this size
                 entry.save()
                 fd = self.disk.create(temporary)
             except OSError as exc:
                 entry.held -= size
-                self._refuse_error(exc)
-                return None
+                return self._refuse_error(exc)
         final = self.directory / (stem + SUFFIX)
         try:
             try:
@@ -167,20 +183,15 @@ class Spool:
             self.disk.rename(temporary, final)
         except OSError as exc:
             self._remove(temporary, size)
-            self._refuse_error(exc)
-            return None
+            return self._refuse_error(exc)
         with contextlib.suppress(OSError):  # renamed: written; only a power loss undoes it
             self.disk.fsync_directory(self.directory)
         self.listing.added(final.name, newest=not replacing)
-        self.refusal = ("", "")
         return final
 
-    def _refuse(self, reason: str, why: str) -> None:
-        self.refusal = (reason, why)
-
-    def _refuse_error(self, exc: OSError) -> None:
+    def _refuse_error(self, exc: OSError) -> Refusal:
         self._cannot("write", exc)
-        self._refuse("spool_full" if exc.errno in _FULL else "spool_error", why(exc))
+        return Refusal("spool_full" if exc.errno in _FULL else "spool_error", why(exc))
 
     # -- reading (a sender resending) -------------------------------------------------------
 
@@ -286,11 +297,12 @@ class Spool:
         first = self.write(
             b"".join(lines[:middle]), middle, host, datasource, batch.owner, replacing=stem + "-a"
         )
-        if first is None:
+        if isinstance(first, Refusal):
             return False
         second = b"".join(lines[middle:])
         rest = len(lines) - middle
-        if self.write(second, rest, host, datasource, batch.owner, replacing=stem + "-b"):
+        written = self.write(second, rest, host, datasource, batch.owner, replacing=stem + "-b")
+        if not isinstance(written, Refusal):
             return True
         self._remove(first, self._size(first))  # all or nothing: the caller drops the batch
         self.listing.gone(first.name)

@@ -14,7 +14,9 @@ events the channel had already spooled (the spool's backlog is what waits for th
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import weakref
 from typing import Final, NamedTuple
 
 from tinybird_export.stats import DeliveryStats
@@ -39,6 +41,53 @@ class FlushMark(NamedTuple):
 
 
 _NO_FLUSH: Final = FlushMark(0, 0)
+_LOSS_IDS: Final = itertools.count(1)
+
+
+class LossWatch:
+    """Whether events were dropped (for a reason the application did not choose) since
+    its owner's previous flush returned: a producer's (every opening of it), or the
+    process's (every producer, closed ones too). Not a count on a live channel, which a
+    round would miss once the channel is retired or detached.
+
+    Channels of several threads report to one watch, each under its own lock: a loss
+    stores a new id (``next`` on an ``itertools.count`` is atomic), so a report that
+    lands after a flush read the watch always differs from what that flush saw, even
+    when two reports race (a sum could be written back to the value it had).
+    """
+
+    def __init__(self) -> None:
+        self._last = 0  # the last loss's id
+        self._seen = 0  # the id the previous flush that returned saw
+        _WATCHES.add(self)
+
+    def lost(self) -> None:
+        """Events were dropped just now."""
+        self._last = next(_LOSS_IDS)
+
+    def since(self, *, returning: bool) -> bool:
+        """Whether events were dropped since the previous flush that returned (or since
+        the start); with ``returning`` this flush returns: the next one starts from here.
+        """
+        last = self._last  # one read: a loss after it is the next round's
+        lost = last != self._seen
+        if returning:
+            self._seen = last
+        return lost
+
+    def _forget(self) -> None:
+        self._seen = self._last
+
+
+_WATCHES: weakref.WeakSet[LossWatch] = weakref.WeakSet()
+
+
+def forget_losses_in_child() -> None:
+    """A forked child: the parent's losses are the parent's flushes' to report, as its
+    channels' counters are (``Process``'s fork hook calls it).
+    """
+    for watch in list(_WATCHES):
+        watch._forget()
 
 
 @dataclasses.dataclass
@@ -66,9 +115,15 @@ class Tally:
     # What flushes see (not in the public snapshot).
     resolved: int = 0  # events that left the queue for good: from memory or the spool
     unspooled_own: int = 0  # of which: the channel's own spooled events
-    losses: int = 0  # events dropped but for a reason the application chose (CHOSEN)
-    losses_seen: dict[str, int] = dataclasses.field(default_factory=dict)  # by whose flush
     flush_due: FlushMark = _NO_FLUSH  # the last flush's: its partial batch is due
+    # Told of each drop but for a reason the application chose (CHOSEN): its producer's
+    # watch and its process's.
+    watches: tuple[LossWatch, ...] = ()
+
+    def report_loss(self) -> None:
+        """Events were dropped: tell the watches (after the change that dropped them)."""
+        for watch in self.watches:
+            watch.lost()
 
     def mark(self, queued: int) -> FlushMark:
         """The mark of a flush of the ``queued`` events (the spooled ones are not in it)."""
@@ -84,20 +139,6 @@ class Tally:
         the two sees less.
         """
         return self.resolved - min(self.unspooled_own, mark.spilled) >= mark.target
-
-    def lost_since(self, by: str, *, returning: bool) -> bool:
-        """Whether events were dropped (for a reason the application did not choose) since
-        ``by``'s previous flush returned, or since the channel started.
-
-        Args:
-            by: Whose flushes: each caller (the producer, the process) has its own.
-            returning: That flush returns now: the next one starts from here.
-        """
-        losses = self.losses  # one read: a drop after it is the next round's
-        lost = losses != self.losses_seen.get(by, 0)
-        if returning:
-            self.losses_seen[by] = losses
-        return lost
 
     def unspool(
         self, count: int, *, own: bool, sent: bool, reason: str, quarantined: int, relayed: bool
@@ -119,12 +160,12 @@ class Tally:
             self.quarantined += quarantined
         else:
             self.dropped[reason] = total
-            self.losses += count
+            self.report_loss()  # after the change
 
     def answered_late(self, count: int, nbytes: int, to: str, quarantined: int) -> None:
         """``count`` events of unknown fate (``nbytes`` bytes) got their answer: they leave
         unknown for ``to`` ("sent" or a drop reason). ``flush()`` said they were not
-        acknowledged meanwhile, and is not told otherwise (``losses`` stays). One change.
+        acknowledged meanwhile, and is not told otherwise (no loss reported). One change.
         """
         total = self.dropped.get(to, 0) + count
         # The change (no call from here).

@@ -130,7 +130,7 @@ def test_an_answer_after_abandon_settles_the_unknown_so_each_event_counts_once()
 def test_an_offer_reentered_on_the_same_thread_is_kept() -> None:
     """What a signal handler that logs does when it interrupts an offer."""
     ch = channel()
-    nested: list[bool] = []
+    nested: list[bool | None] = []
 
     class Interrupting(bytes):
         def __len__(self) -> int:  # runs inside the outer offer, with its lock held

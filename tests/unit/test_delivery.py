@@ -50,7 +50,7 @@ class Case:
             return MemorySource(self.channel, batch)
         while (batch := self.channel.take_for_spool(True)) is not None:
             owner = (self.spool.identity, self.channel.serial)
-            assert self.spool.write(batch.body, batch.count, HOST, "ds", owner)
+            assert isinstance(self.spool.write(batch.body, batch.count, HOST, "ds", owner), Path)
             self.channel.spooled(batch)
         claimed = self.spool.claim(HOST, "ds")
         assert claimed is not None
@@ -251,6 +251,7 @@ def test_the_attempts_deadline_is_the_earliest_of_its_limits() -> None:
     assert 62.9 <= send(make_channel(wait=True)) <= 63.1
     assert send(make_channel(), time.monotonic() + 2) <= 2
     closed = make_channel()
+    closed.offer(b"x")  # queued before the close (a closed channel refuses lines)
     closed.close(time.monotonic() + 1)
     assert send(closed) <= 1
     exit_at[0] = time.monotonic() + 0.5

@@ -5,7 +5,10 @@ process-wide flush) keeps its own "since the previous flush"."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import RecordingTransport, accepted, answered, unit_config, unit_process
+from tinybird_export._client import Attempt
 from tinybird_export._process import Process
 from tinybird_export._producer import Producer
 
@@ -105,3 +108,44 @@ def test_making_due_is_not_a_flush() -> None:
     sender.make_due()
     assert sender.stats().queued == 1
     assert sender.flush(5) is False
+
+
+@pytest.mark.parametrize(
+    ("answer", "close_wait", "reason"),
+    [(answered(503), 0.0, "close_timeout"), (answered(404), 5.0, "http_404")],
+    ids=["given up at the close deadline", "dropped during the close's flush"],
+)
+def test_a_reopened_handler_reports_what_its_earlier_opening_dropped(
+    answer: Attempt, close_wait: float, reason: str
+) -> None:
+    """A handler's earlier opening dropped events, at its close deadline (503 until then)
+    or while close() flushed (404); it reopens on a later record: its next flush says
+    False. The earlier queue is empty now (it was left out of the round: True), and
+    close() returns nothing (its round had taken the 404 as seen: True)."""
+    transport = RecordingTransport(accepted(), answer, default=accepted())
+    process = unit_process(transport)
+    handler = Producer(unit_config(), "unit", flushed_by_logging=True, process=process)
+    handler.put({"event": "delivered"})
+    assert handler.flush(5) is True
+    handler.put({"event": "dropped"})
+    handler.close(close_wait)
+    assert handler.stats().dropped_by_reason == {reason: 1}
+    handler.put({"event": "reopens"})
+    assert handler.flush(5) is False
+    assert handler.flush(5) is True
+
+
+def test_the_process_flush_reports_what_a_producer_closed_since_dropped() -> None:
+    """A producer closed since the previous process-wide flush dropped events (404): the
+    next process-wide flush says False, though that producer is detached now."""
+    transport = RecordingTransport(answered(404), default=accepted())
+    process = unit_process(transport)
+    kept = producer(process, datasource="kept")
+    assert process.flush(5) is True
+    job = producer(process, datasource="job")
+    job.put({"event": "dropped"})
+    job.close(5)
+    assert job.stats().dropped_by_reason == {"http_404": 1}
+    kept.put({"event": "delivered"})
+    assert process.flush(5) is False
+    assert process.flush(5) is True

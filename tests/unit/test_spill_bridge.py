@@ -193,3 +193,26 @@ def test_files_no_producer_sends_are_said_once_after_start_up(
         bridge.step([], later, draining=False)
     assert capsys.readouterr().err.count("'gone'") == 1
     assert len(files(bridge)) == 1
+
+
+def test_a_refused_spill_keeps_its_own_reason_when_another_lane_writes_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close deadline's spill is refused (the spool is full) and another lane's write
+    succeeds before the refused one's caller looks at why (a thread switch): its events
+    are dropped for its own write's reason, spool_full (they were kept, uncounted by the
+    bridge, when the other write's success wiped a refusal shared by the spool)."""
+    bridge, _ = bridge_for(tmp_path, max_bytes=1)  # full: every write refused
+    channel, spool = filled(3), bridge.spool
+    write = spool.write
+
+    def racing(*args: object, **kwargs: object) -> object:
+        refused = write(*args, **kwargs)  # type: ignore[arg-type]
+        spool.max_bytes = 1 << 20  # another lane's write, which succeeds, lands now
+        write(b"{}\n", 1, HOST, "other", (spool.identity, 99))
+        spool.max_bytes = 1
+        return refused
+
+    monkeypatch.setattr(spool, "write", racing)
+    assert bridge.give_up(channel, "at its close deadline") == 3
+    assert channel.stats().dropped_by_reason == {"spool_full": 3}

@@ -23,7 +23,7 @@ from tinybird_export import _spool_format
 from tinybird_export._delivery import SpoolSource
 from tinybird_export._lanes import Lane
 from tinybird_export._spill import SpillBridge
-from tinybird_export._spool import SUFFIX, Spool
+from tinybird_export._spool import SUFFIX, Refusal, Spool
 from tinybird_export._spool_disk import Disk
 
 HOST = "http://127.0.0.1:9"
@@ -78,16 +78,14 @@ def test_a_write_the_disk_refuses_leaves_nothing_and_says_why(
     owner = (spool.identity, 1)
     assert spool.owners.ensure()  # this process's owner file, made at its first need
     disk.fail(operation, code)
-    assert spool.write(lines(3), 3, HOST, "ds", owner) is None
-    assert spool.refusal == (reason, os.strerror(code))
+    assert spool.write(lines(3), 3, HOST, "ds", owner) == Refusal(reason, os.strerror(code))
     assert batch_files(spool.directory) == []
     assert spool.held_bytes() == 0
     assert "cannot write to the spool" in capsys.readouterr().err
     disk.heal()
-    assert spool.write(lines(3), 3, HOST, "ds", owner) is not None
+    assert isinstance(spool.write(lines(3), 3, HOST, "ds", owner), Path)
     claimed = spool.claim(HOST, "ds")
     assert claimed is not None and gzip.decompress(claimed.body) == lines(3)
-    assert spool.refusal == ("", "")
 
 
 def test_short_writes_are_finished_and_a_write_that_stops_is_a_full_disk(tmp_path: Path) -> None:
@@ -102,12 +100,12 @@ def test_short_writes_are_finished_and_a_write_that_stops_is_a_full_disk(tmp_pat
 
     disk = Short()
     spool = Spool(str(tmp_path), 1 << 20, disk)
-    assert spool.write(lines(50), 50, HOST, "ds", (spool.identity, 1)) is not None
+    assert isinstance(spool.write(lines(50), 50, HOST, "ds", (spool.identity, 1)), Path)
     claimed = spool.claim(HOST, "ds")
     assert claimed is not None and gzip.decompress(claimed.body) == lines(50)
     disk.limit = 0
-    assert spool.write(lines(5), 5, HOST, "ds", (spool.identity, 1)) is None
-    assert spool.refusal[0] == "spool_full"
+    refused = spool.write(lines(5), 5, HOST, "ds", (spool.identity, 1))
+    assert isinstance(refused, Refusal) and refused.reason == "spool_full"
     assert [p for p in batch_files(tmp_path) if ".tmp-" in p] == []
 
 
@@ -120,7 +118,7 @@ def test_short_writes_of_the_real_os_write_never_leave_a_truncated_file(
     monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data)[:100]))
     path = spool.write(lines(200), 200, HOST, "ds", (spool.identity, 1))
     monkeypatch.setattr(os, "write", real)
-    assert path is not None
+    assert isinstance(path, Path)
     claimed = spool.claim(HOST, "ds")
     assert claimed is not None and claimed.count == 200 and spool.corrupt == 0
 
@@ -155,7 +153,7 @@ def test_a_file_marked_acknowledged_by_a_process_that_died_is_removed_unsent(
     spool = Spool(str(tmp_path), 1 << 20)
     first = spool.write(lines(2), 2, HOST, "ds", (DEAD, 1))
     spool.write(lines(1, 2), 1, HOST, "ds", (DEAD, 1))
-    assert first is not None
+    assert isinstance(first, Path)
     with first.open("r+b") as file:
         file.write(b"A")
     got = Spool(str(tmp_path), 1 << 20).claim(HOST, "ds")
@@ -223,7 +221,7 @@ def test_a_corrupt_file_that_cannot_be_moved_aside_is_not_read_again(
     counted once, and the next good file is claimed."""
     bad = spool.write(lines(2), 2, HOST, "ds", (spool.identity, 1))
     spool.write(lines(1, 2), 1, HOST, "ds", (spool.identity, 1))
-    assert bad is not None
+    assert isinstance(bad, Path)
     data = bytearray(bad.read_bytes())
     data[-3] ^= 0xFF
     bad.write_bytes(bytes(data))
@@ -240,7 +238,7 @@ def test_a_file_system_without_locks_still_bounds_each_process(
     that a dead process's claims wait longer."""
     disk.fail("lock", errno.ENOLCK)
     spool = Spool(str(tmp_path), 1 << 20, disk)
-    assert spool.write(lines(2), 2, HOST, "ds", (spool.identity, 1)) is not None
+    assert isinstance(spool.write(lines(2), 2, HOST, "ds", (spool.identity, 1)), Path)
     assert spool.held_bytes() > 0
     assert spool.claim(HOST, "ds") is not None
     assert "has no file locks" in capsys.readouterr().err
@@ -284,7 +282,7 @@ def test_a_header_with_a_valid_checksum_but_odd_fields_is_corrupt(
     spool = Spool(str(tmp_path), 1 << 20)
     odd = spool.write(lines(3), 3, HOST, "ds", (spool.identity, 1))
     spool.write(lines(1, 3), 1, HOST, "ds", (spool.identity, 1))
-    assert odd is not None
+    assert isinstance(odd, Path)
     rewrite_header(odd, **fields)
     got = spool.claim(HOST, "ds")
     assert got is not None and gzip.decompress(got.body) == lines(1, 3)
@@ -306,7 +304,7 @@ def test_a_huge_file_is_corrupt_without_being_read(tmp_path: Path) -> None:
     disk = Counting()
     spool = Spool(str(tmp_path), 1 << 30, disk)
     path = spool.write(lines(1), 1, HOST, "ds", (spool.identity, 1))
-    assert path is not None
+    assert isinstance(path, Path)
     os.truncate(path, 120 * 1000 * 1000)
     assert spool.claim(HOST, "ds") is None
     assert spool.corrupt == 1 and disk.read_bytes < 1024
@@ -319,7 +317,7 @@ def test_a_body_that_inflates_past_its_size_is_corrupt_and_inflated_in_pieces(
     monkeypatch.setattr(_spool_format, "MAX_RAW_BYTES", 100_000)
     spool = Spool(str(tmp_path), 1 << 20)
     path = spool.write(lines(1), 1, HOST, "ds", (spool.identity, 1))
-    assert path is not None
+    assert isinstance(path, Path)
     header = orjson.loads(path.read_bytes()[1:].partition(b"\n")[0])
     body = gzip.compress(b"\n" * 10_000_000, 9)
     header.update(sha256=hashlib.sha256(body).hexdigest(), count=1, raw_bytes=10)

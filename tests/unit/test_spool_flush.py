@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,28 @@ def test_a_flush_after_this_producers_spill_waits_for_the_events_queued_since(
     ]
     stats = p.stats()
     assert (stats.sent, stats.queued, stats.spooled) == (6, 0, 0), stats
+
+
+def test_a_reopened_handlers_earlier_spooled_events_move_to_sent(tmp_path: Path) -> None:
+    """A handler's events spooled, then the handler closed (its worker stops) and reopened:
+    when the files are sent, its stats move them from spooled to sent (they were left
+    spooled forever: the file was put down to the new opening's channel as not its own)."""
+    transport = RecordingTransport()
+    process = unit_process(transport)
+    handler = Producer(
+        unit_config(spool_dir=str(tmp_path)), "unit", flushed_by_logging=True, process=process
+    )
+    for i in range(3):
+        handler.put({"spooled": i})
+    assert process.spill_queued() == 3
+    handler.close(0)
+    assert process.workers() == []  # its last channel detached: the worker stopped
+    handler.put({"event": "reopens"})
+    started = time.monotonic()
+    assert handler.flush(5) is True
+    assert len(transport.lines()) == 4 and files(tmp_path) == []
+    # Sent for the open channel, not within the closed writer's deadline (long past).
+    assert all(post.deadline is not None and post.deadline > started for post in transport.posts)
+    stats = handler.stats()
+    assert (stats.emitted, stats.sent, stats.spooled, stats.unspooled) == (4, 4, 0, 3)
+    assert stats.accounted()

@@ -16,7 +16,7 @@ from tests.spool_helpers import FaultyDisk
 from tinybird_export._delivery import SpoolSource
 from tinybird_export._lanes import Lane
 from tinybird_export._spill import SpillBridge
-from tinybird_export._spool import Spool
+from tinybird_export._spool import Refusal, Spool
 
 HOST = "http://127.0.0.1:9"
 
@@ -61,13 +61,17 @@ def test_one_bound_for_every_process_that_writes_there(tmp_path: Path) -> None:
     writers = [Spool(str(tmp_path), bound) for _ in range(4)]
     payload = b'{"x":"%s"}\n' % os.urandom(60_000).hex().encode()  # 60 kB on disk
     written = 0
+    last: dict[int, object] = {}  # each writer's last answer
     for _ in range(6):
-        for writer in writers:
-            if writer.write(payload, 1, HOST, "ds", (writer.identity, 1)) is not None:
-                written += 1
+        for i, writer in enumerate(writers):
+            last[i] = writer.write(payload, 1, HOST, "ds", (writer.identity, 1))
+            written += isinstance(last[i], Path)
     held = sum(p.stat().st_size for p in tmp_path.iterdir() if ".tbspool" in p.name)
     assert 0 < held <= bound and 10 <= written < 24
-    assert all(writer.refusal[0] == "spool_full" for writer in writers)
+    assert all(isinstance(answer, Refusal) for answer in last.values())
+    assert {answer.reason for answer in last.values() if isinstance(answer, Refusal)} == {
+        "spool_full"
+    }
 
 
 def test_a_recount_counts_a_writer_that_died_mid_write_until_its_leftover_goes(
