@@ -9,9 +9,12 @@ process owns (``Sigterm``), given the process's exit drain:
 - a multiprocessing child that left SIGTERM at its default (``Pool.terminate()``): drain,
   then die by the signal as before (same exit status for the parent).
 
-A SIGTERM that lands while the thread is inside an offer (holding a channel's lock) is
-delivered again 10 ms later, once the offer is done: draining there would wait out the
-exit budget for that lock, and raising there would leave the offer half done.
+A SIGTERM that lands while the main thread is inside the package waits for it to be out:
+draining there could wait forever for a lock the interrupted frame holds (the spool's
+listing: a plain lock), and raising there would leave its work half done. Inside a public
+call (``flush``, ``close``, the exit drain itself...), the handler runs again at the end of
+the outermost one (``_reentry``); inside an offer (holding a channel's lock: the hot path
+has no end hook), the signal is delivered again 10 ms later.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from types import FrameType
 from typing import Any, Final
 
 from tinybird_export import _diagnostics
+from tinybird_export._reentry import Entries
 
 _REDELIVER_DELAY: Final = 0.01  # seconds: an offer takes microseconds
 _REDELIVER_MAX: Final = 100  # then drain anyway (a thread stuck inside an offer)
@@ -37,26 +41,26 @@ class Sigterm:
     Args:
         drain: The process's exit drain.
         inside_offer: Whether this thread holds a channel's lock (a signal landed there).
-        draining_here: Whether this thread is running the exit drain.
+        entries: Whether this thread is inside a public call of the package, and the work
+            deferred to its end (``_reentry``).
     """
 
     def __init__(
         self,
         drain: Callable[[], object],
         inside_offer: Callable[[], bool],
-        draining_here: Callable[[], bool],
+        entries: Entries,
     ) -> None:
         self._drain = drain
         self._inside_offer = inside_offer
-        self._draining_here = draining_here
-        self._deferred = 0  # a signal that interrupted the drain: die by it after
+        self._entries = entries
         self._redelivered = 0  # consecutive re-deliveries of a signal
         self.installed = False
         """Whether ``install_sigterm_handler()`` installed its handler in this process."""
 
     def after_fork_in_child(self) -> None:
         """The parent's pending signal is not the child's."""
-        self._deferred = self._redelivered = 0
+        self._redelivered = 0
 
     def install(self) -> None:
         """``install_sigterm_handler()``: see its docstring (``_process``)."""
@@ -69,7 +73,7 @@ class Sigterm:
             return
 
         def on_sigterm(signum: int, frame: FrameType | None) -> Any:
-            if previous is signal.SIG_IGN or self.redeliver_if_inside_offer(signum):
+            if previous is signal.SIG_IGN or self._not_now(signum, on_sigterm):
                 return None
             if callable(previous):
                 self._drain()  # the previous handler may never return: deliver first
@@ -90,21 +94,23 @@ class Sigterm:
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, self._in_child)
 
-    def _in_child(self, signum: int, _frame: object) -> None:
-        if self.redeliver_if_inside_offer(signum):
-            return
-        if self._draining_here():
-            # The signal interrupted this thread's own exit drain (a finalizer): let it
-            # finish, then die by the signal.
-            self._deferred = signum
+    def _in_child(self, signum: int, frame: FrameType | None) -> None:
+        if self._not_now(signum, self._in_child):
             return
         self._drain()
         die_by(signum)
 
-    def after_exit(self) -> None:
-        """The exit drain is over: die by a signal that interrupted it, if one did."""
-        if self._deferred:
-            die_by(self._deferred)
+    def _not_now(self, signum: int, handler: Callable[[int, FrameType | None], object]) -> bool:
+        """For a handler that would drain or raise: whether the signal interrupted this
+        thread inside the package, where it must neither wait for what the interrupted
+        frame holds nor raise into its half-done state. Inside a public call (the exit
+        drain included), the handler runs again at the end of the outermost one; inside an
+        offer, the signal is delivered again.
+        """
+        if self._entries.inside_call():
+            self._entries.defer(f"signal {signum}", lambda: handler(signum, None))
+            return True
+        return self.redeliver_if_inside_offer(signum)
 
     def redeliver_if_inside_offer(self, signum: int) -> bool:
         """For a handler that would drain: if the signal interrupted this thread inside an

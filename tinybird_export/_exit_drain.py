@@ -27,13 +27,10 @@ class ExitDrain:
 
     Args:
         workers: The process's workers now.
-        ended: Called when the outermost drain ends (SIGTERM's ``after_exit``: die by a
-            signal that interrupted it).
     """
 
-    def __init__(self, workers: Callable[[], list[Worker]], ended: Callable[[], None]) -> None:
+    def __init__(self, workers: Callable[[], list[Worker]]) -> None:
         self._workers = workers
-        self._ended = ended
         self.after_fork_in_child()
 
     def after_fork_in_child(self) -> None:
@@ -52,10 +49,6 @@ class ExitDrain:
     def exiting(self) -> bool:
         """Whether the exit drain has begun (no thread may start then)."""
         return self._deadline is not None
-
-    def draining_here(self) -> bool:
-        """Whether this thread is running the drain."""
-        return self._thread == threading.get_ident()
 
     def run(self, budget: float | None = None) -> bool:
         """Send what is queued within the exit budget, spool or report what could not be
@@ -81,8 +74,6 @@ class ExitDrain:
             lost = give_up(channels, f"at exit ({when})")
         finally:
             self._thread = outer
-        if outer is None:
-            self._ended()
         return not (spooled or lost)
 
     def before_logging_shutdown(self) -> None:

@@ -41,6 +41,7 @@ from tinybird_export._exit_drain import ExitDrain
 from tinybird_export._first_connect import FIRST_CONNECTS
 from tinybird_export._flush_round import FlushRound
 from tinybird_export._lanes import LaneTable
+from tinybird_export._reentry import Entries
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._senders import SendingThreads
 from tinybird_export._spool import Spool
@@ -71,8 +72,10 @@ class Process:
         """Threads sending right now: records they create are dropped by the handler."""
         self.budget = MemoryBudget()
         self.lanes = LaneTable()
-        self._exit = ExitDrain(self.workers, self._exit_ended)
-        self.sigterm = Sigterm(self.exit, self._inside_offer, self._exit.draining_here)
+        self._exit = ExitDrain(self.workers)
+        self.entries = Entries(self._inside_offer)
+        """Whether this thread is inside a public call (a signal handler waits for its end)."""
+        self.sigterm = Sigterm(self.exit, self._inside_offer, self.entries)
         self._transport = transport
         self._workers: dict[tuple[str, str], Worker] = {}
         self._spools: dict[str, Spool] = {}
@@ -185,6 +188,10 @@ class Process:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Every producer's ``flush`` at once, without entering exit: see ``flush``."""
+        with self.entries:
+            return self._flush(timeout)
+
+    def _flush(self, timeout: float | None) -> bool:
         workers = self.workers()
         if timeout is None:
             timeout = max((w.exit_timeout for w in workers), default=0.0)
@@ -204,7 +211,8 @@ class Process:
         without entering exit (``serverless.flush_after``: the platform freezes the process
         next); the events written.
         """
-        return sum(worker.spill_queued() for worker in self.workers())
+        with self.entries:
+            return sum(worker.spill_queued() for worker in self.workers())
 
     def undelivered(self) -> int:
         """Events the producers of this process hold, queued or in flight."""
@@ -219,7 +227,8 @@ class Process:
         """The exit drain (``_exit_drain``): send what is queued within the exit budget,
         spool or report what could not be sent; whether nothing was left undelivered.
         """
-        return self._exit.run(budget)
+        with self.entries:
+            return self._exit.run(budget)
 
     def exit_at_interpreter_exit(self) -> None:
         """The ``atexit`` hook: the exit drain, before ``logging.shutdown`` (which then
@@ -237,9 +246,6 @@ class Process:
         (``ExitDrain.cap``).
         """
         return self._exit.cap(timeout)
-
-    def _exit_ended(self) -> None:
-        self.sigterm.after_exit()  # die by a signal that interrupted the drain, if one did
 
     def _inside_offer(self) -> bool:
         return any(c.held_by_this_thread() for w in self.workers() for c in w.channels())
