@@ -5,10 +5,13 @@ cut it short."""
 from __future__ import annotations
 
 import signal
+import textwrap
 from pathlib import Path
 
-from tests.helpers import PRELUDE, child_env, run_python
-from tinybird_export.testing import EventsServer
+import pytest
+
+from tests.helpers import PRELUDE, child_env, run_python, talk_to_python
+from tinybird_export.testing import EventsServer, Reply
 
 # A SIGTERM that lands while the main thread's own flush() lists the spool directory (the
 # listing holds a plain lock): the child sends it to itself from inside the listing.
@@ -87,3 +90,59 @@ class TestSignalInsideThePackage:
         assert f"exitcode {-signal.SIGTERM}" in result.stdout, result.stdout + result.stderr
         assert "inside the listing" in result.stdout
         assert len(server.events()) == 100
+
+
+# The exit drain says when it begins (the test's cue for its second signal).
+DRAIN_SAYS_WHEN = """
+            from tinybird_export import _exit_drain
+            real_drain = _exit_drain.drain
+            def drain(workers, deadline):
+                print("draining", flush=True)
+                return real_drain(workers, deadline)
+            _exit_drain.drain = drain
+"""
+
+
+class TestSignalDuringTheExitDrain:
+    @pytest.mark.parametrize(
+        ("install", "signum", "status"),
+        [(True, signal.SIGTERM, 143), (False, signal.SIGINT, -signal.SIGINT)],
+        ids=["second-sigterm", "second-ctrl-c"],
+    )
+    def test_a_second_signal_lets_the_drain_spool_then_exits(
+        self, server: EventsServer, tmp_path: Path, install: bool, signum: int, status: int
+    ) -> None:
+        """A second SIGTERM (or Ctrl-C) while the exit drain waits for a hanging endpoint
+        raised inside the drain: a traceback, and nothing spooled. It now waits for the
+        drain to spool and report, and the process ends as the signals asked."""
+        server.respond(Reply(hang=True))
+        code = (
+            PRELUDE
+            + DRAIN_SAYS_WHEN
+            + f"""
+            import tinybird_export
+            log.addHandler(TinybirdHandler(exit_timeout=2, timeout=30, spool_dir={str(tmp_path)!r}))
+            if {install}:
+                tinybird_export.install_sigterm_handler()
+            for i in range(100):
+                log.info("n %d", i)
+            print("ready", flush=True)
+            threading.Event().wait(60)
+        """
+        )
+        with talk_to_python(["-c", textwrap.dedent(code)], child_env(server)) as proc:
+            try:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().strip() == "ready"
+                assert server.wait_for(lambda: server.arrivals >= 1, 10)  # a batch hangs
+                proc.send_signal(signum)
+                assert proc.stdout.readline().strip() == "draining"
+                proc.send_signal(signum)
+                _, err = proc.communicate(timeout=30)
+            finally:
+                proc.kill()
+                server.release()
+        assert proc.returncode == status, err
+        assert "were spooled to" in err, err
+        # Only the app's own KeyboardInterrupt (the first Ctrl-C), none from the drain.
+        assert err.count("Traceback") == (0 if install else 1), err

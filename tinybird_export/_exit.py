@@ -19,18 +19,20 @@ has no end hook), the signal is delivered again 10 ms later.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, Final
 
 from tinybird_export import _diagnostics
 from tinybird_export._reentry import Entries
 
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 _REDELIVER_DELAY: Final = 0.01  # seconds: an offer takes microseconds
 _REDELIVER_MAX: Final = 100  # then drain anyway (a thread stuck inside an offer)
 
@@ -55,12 +57,15 @@ class Sigterm:
         self._inside_offer = inside_offer
         self._entries = entries
         self._redelivered = 0  # consecutive re-deliveries of a signal
+        self._holding = False  # the exit drain holds SIGINT and SIGTERM (main thread only)
+        self._held: list[int] = []  # what arrived meanwhile
         self.installed = False
         """Whether ``install_sigterm_handler()`` installed its handler in this process."""
 
     def after_fork_in_child(self) -> None:
         """The parent's pending signal is not the child's."""
         self._redelivered = 0
+        self._held = []
 
     def install(self) -> None:
         """``install_sigterm_handler()``: see its docstring (``_process``)."""
@@ -111,6 +116,50 @@ class Sigterm:
             self._entries.defer(f"signal {signum}", lambda: handler(signum, None))
             return True
         return self.redeliver_if_inside_offer(signum)
+
+    @contextlib.contextmanager
+    def held(self, *, process_ending: bool) -> Iterator[None]:
+        """Around the exit drain on the main thread: a SIGTERM or Ctrl-C that would stop it
+        (their default actions, Python's ``KeyboardInterrupt``, the package's handlers) waits
+        for it to spool and report what it could not send, bounded by the exit budget; then
+        the process ends by it. A second signal used to raise inside the drain (a traceback,
+        nothing spooled). Other handlers (the application's) are left alone.
+
+        Args:
+            process_ending: The interpreter is exiting anyway (its ``atexit``): a held
+                signal with a Python handler has nothing left to stop. One at its default
+                action still ends the process by it.
+        """
+        if threading.current_thread() is not threading.main_thread() or self._holding:
+            yield
+            return
+        saved: dict[int, _Handler] = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            current = signal.getsignal(signum)
+            if (
+                current is signal.SIG_DFL
+                or current is signal.default_int_handler
+                or getattr(current, "_tinybird_export", False)
+                or current == self._in_child
+            ):
+                saved[signum] = current
+                signal.signal(signum, self._hold)
+        self._holding, self._held = True, []
+        try:
+            yield
+        finally:
+            for number, handler in saved.items():
+                signal.signal(number, handler)
+            held, self._held, self._holding = self._held, [], False
+        if held:
+            first = held[0]
+            if saved[first] is signal.SIG_DFL:
+                die_by(first)
+            elif not process_ending:
+                signal.raise_signal(first)  # its handler, now: SystemExit, KeyboardInterrupt
+
+    def _hold(self, signum: int, _frame: FrameType | None) -> None:
+        self._held.append(signum)
 
     def redeliver_if_inside_offer(self, signum: int) -> bool:
         """For a handler that would drain: if the signal interrupted this thread inside an

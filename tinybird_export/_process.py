@@ -72,10 +72,10 @@ class Process:
         """Threads sending right now: records they create are dropped by the handler."""
         self.budget = MemoryBudget()
         self.lanes = LaneTable()
-        self._exit = ExitDrain(self.workers)
         self.entries = Entries(self._inside_offer)
         """Whether this thread is inside a public call (a signal handler waits for its end)."""
         self.sigterm = Sigterm(self.exit, self._inside_offer, self.entries)
+        self._exit = ExitDrain(self.workers, self.sigterm.held)
         self._transport = transport
         self._workers: dict[tuple[str, str], Worker] = {}
         self._spools: dict[str, Spool] = {}
