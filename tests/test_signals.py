@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import signal
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
+import urllib3
 
-from tests.helpers import PRELUDE, child_env, run_python, talk_to_python
+from tests.helpers import PRELUDE, child_env, free_port, run_python, talk_to_python
 from tinybird_export.testing import EventsServer, Reply
 
 # A SIGTERM that lands while the main thread's own flush() lists the spool directory (the
@@ -146,3 +148,72 @@ class TestSignalDuringTheExitDrain:
         assert "were spooled to" in err, err
         # Only the app's own KeyboardInterrupt (the first Ctrl-C), none from the drain.
         assert err.count("Traceback") == (0 if install else 1), err
+
+
+GUNICORN_APP = """
+import logging, os, sys, time
+import tinybird_export
+log = logging.getLogger("app")
+log.addHandler(tinybird_export.TinybirdHandler(flush_interval=60))
+log.setLevel(logging.INFO)
+tinybird_export.install_sigterm_handler()  # not needed under gunicorn, but harmless
+
+def app(environ, start_response):
+    log.info("request started")
+    print("in request", flush=True, file=sys.stderr)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(GO) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the test says when: after SIGTERM was handled
+    log.info("request finished")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"done"]
+"""
+
+
+class TestUnderAGracefulServer:
+    def test_gunicorn_finishes_the_request_in_flight_at_sigterm(
+        self, server: EventsServer, tmp_path: Path
+    ) -> None:
+        """install_sigterm_handler() under gunicorn raised SystemExit into the request being
+        served after gunicorn's graceful handler returned (HTTP 500). It now calls that
+        handler and returns: the request completes, and the worker's exit drains."""
+        pytest.importorskip("gunicorn")
+        go = tmp_path / "go"
+        (tmp_path / "signal_app.py").write_text(GUNICORN_APP.replace("GO", repr(str(go))))
+        port = free_port()
+        command = ["-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}"]
+        command += ["--chdir", str(tmp_path), "--graceful-timeout", "20", "signal_app:app"]
+        with talk_to_python(command, child_env(server)) as proc:
+            assert proc.stderr is not None
+            answers: list[object] = []
+
+            def get() -> None:
+                try:
+                    answers.append(urllib3.request("GET", f"http://127.0.0.1:{port}/", timeout=30))
+                except urllib3.exceptions.HTTPError as exc:
+                    answers.append(exc)
+
+            client = threading.Thread(target=get)
+            try:
+                while "Booting worker" not in proc.stderr.readline():
+                    pass  # the master listens once it boots a worker (the pipe ends if it dies)
+                client.start()
+                while "in request" not in proc.stderr.readline():
+                    pass
+                proc.send_signal(signal.SIGTERM)  # graceful stop: docker stop, Kubernetes
+                # The handler flushes before gunicorn's handler: the request's first line.
+                assert server.wait_for(lambda: len(server.events()) >= 1, 10)
+                go.touch()
+                client.join(30)
+                _, err = proc.communicate(timeout=30)
+            finally:
+                go.touch()
+                proc.kill()
+                if client.ident is not None:
+                    client.join(30)
+        assert proc.returncode == 0, err
+        answer = answers[0]
+        assert isinstance(answer, urllib3.BaseHTTPResponse), answer
+        assert (answer.status, answer.data) == (200, b"done")
+        events = [e["event"] for e in server.events()]
+        assert events == ["request started", "request finished"]

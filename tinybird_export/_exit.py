@@ -5,7 +5,9 @@ drain would never run. Both ways the package takes SIGTERM are here, in one obje
 process owns (``Sigterm``), given the process's exit drain:
 
 - the application's choice, ``install_sigterm_handler()``: SIGTERM raises
-  ``SystemExit(143)`` in the main thread, through the drain (after a previous handler);
+  ``SystemExit(143)`` in the main thread, whose exit drains; or, when a handler was there
+  before (a server's graceful stop), what is queued is delivered, that handler is called,
+  and the process stops as it decides;
 - a multiprocessing child that left SIGTERM at its default (``Pool.terminate()``): drain,
   then die by the signal as before (same exit status for the parent).
 
@@ -42,6 +44,7 @@ class Sigterm:
 
     Args:
         drain: The process's exit drain.
+        flush: The process-wide flush, within the exit budget.
         inside_offer: Whether this thread holds a channel's lock (a signal landed there).
         entries: Whether this thread is inside a public call of the package, and the work
             deferred to its end (``_reentry``).
@@ -50,10 +53,12 @@ class Sigterm:
     def __init__(
         self,
         drain: Callable[[], object],
+        flush: Callable[[], object],
         inside_offer: Callable[[], bool],
         entries: Entries,
     ) -> None:
         self._drain = drain
+        self._flush = flush
         self._inside_offer = inside_offer
         self._entries = entries
         self._redelivered = 0  # consecutive re-deliveries of a signal
@@ -81,8 +86,12 @@ class Sigterm:
             if previous is signal.SIG_IGN or self._not_now(signum, on_sigterm):
                 return None
             if callable(previous):
-                self._drain()  # the previous handler may never return: deliver first
+                # It owns the stop (gunicorn's and uvicorn's stop gracefully: raising here
+                # would cut the request being served): deliver first, in case it ends the
+                # process at once (a hard stop's os._exit), then let it be; atexit drains.
+                self._flush()
                 previous(signum, frame)
+                return None
             raise SystemExit(128 + signum)
 
         on_sigterm._tinybird_export = True  # type: ignore[attr-defined]

@@ -74,7 +74,7 @@ class Process:
         self.lanes = LaneTable()
         self.entries = Entries(self._inside_offer)
         """Whether this thread is inside a public call (a signal handler waits for its end)."""
-        self.sigterm = Sigterm(self.exit, self._inside_offer, self.entries)
+        self.sigterm = Sigterm(self.exit, self.flush, self._inside_offer, self.entries)
         self._exit = ExitDrain(self.workers, self.sigterm.held)
         self._transport = transport
         self._workers: dict[tuple[str, str], Worker] = {}
@@ -353,13 +353,15 @@ def install_sigterm_handler() -> None:
 
     SIGTERM's default action ends the process without running ``atexit`` hooks. After this
     call, SIGTERM raises ``SystemExit(143)`` in the main thread, through the exit drain. If
-    another handler was installed before (a framework's hard stop, which may end the
-    process with ``os._exit``), the drain runs first, within the exit budget, then that
-    handler is called, then ``SystemExit(143)`` is raised if it returned. A previous
-    ``SIG_IGN`` is respected. Calling it twice installs it once.
+    another handler was installed before, it owns the stop: what is queued is delivered
+    first, within the exit budget (that handler may end the process with ``os._exit``),
+    then that handler is called, and the process goes on as it decides (a graceful server
+    finishes the requests in flight, then exits normally: ``atexit`` drains). A previous
+    ``SIG_IGN`` is respected. Calling it twice installs it once. A SIGTERM that lands while
+    the main thread is inside the package acts once it is out.
 
-    gunicorn and celery install their own SIGTERM handling and exit normally: there, this
-    is not needed. For uvicorn, see the README.
+    Not needed under gunicorn or Celery, which handle SIGTERM themselves and exit normally.
+    For uvicorn, see the README.
 
     Raises:
         RuntimeError: Called from a thread other than the main thread (Python only lets
