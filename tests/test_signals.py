@@ -217,3 +217,53 @@ class TestUnderAGracefulServer:
         assert (answer.status, answer.data) == (200, b"done")
         events = [e["event"] for e in server.events()]
         assert events == ["request started", "request finished"]
+
+
+class TestPublicCallsFromTheAppsSignalHandler:
+    @pytest.mark.parametrize(
+        ("where", "call"),
+        [("offer", "shutdown"), ("offer", "flush"), ("listing", "shutdown")],
+    )
+    def test_they_return_at_once_and_drop_nothing(
+        self, server: EventsServer, tmp_path: Path, where: str, call: str
+    ) -> None:
+        """The app's own SIGTERM handler calls tinybird_export.shutdown() or flush() while
+        the signal interrupted the package on the main thread: inside an offer, the call
+        waited out the whole budget (the channel's lock is held) and then dropped the
+        queue; inside a flush listing the spool, it hung. It now returns False at once,
+        and the process's exit (or the end of the interrupted call) delivers it all."""
+        code = (
+            PRELUDE
+            + SIGTERM_INSIDE_THE_LISTING
+            + f"""
+            import tinybird_export
+            handler = TinybirdHandler(flush_interval=60, exit_timeout=3, spool_dir={str(tmp_path)!r})
+            log.addHandler(handler)
+            def on_sigterm(signum, frame):
+                started = time.monotonic()
+                result = tinybird_export.{call}()
+                print(f"{call}() -> {{result}} in {{time.monotonic() - started:.2f}} s", flush=True)
+            signal.signal(signal.SIGTERM, on_sigterm)
+            for i in range(1000):
+                log.info("n %d", i)
+
+            class SignalledInside(bytes):  # what a SIGTERM landing inside offer() does
+                def __len__(self):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return super().__len__()
+
+            if {where!r} == "offer":
+                handler._producer.channel.offer(SignalledInside(b'{{"event":"inside"}}'))
+            else:
+                landed = True
+                handler.flush(5)
+                log.info("inside")
+        """
+        )
+        result = run_python(code, child_env(server), timeout=40)
+        assert result.returncode == 0, result.stderr
+        said, seconds = result.stdout.strip().splitlines()[-1].rsplit(" in ", 1)
+        assert said == f"{call}() -> False", result.stdout
+        assert float(seconds.split()[0]) < 1, result.stdout  # not the 3 s budget
+        assert "not delivered" not in result.stderr, result.stderr
+        assert len(server.events()) == 1001

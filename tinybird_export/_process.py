@@ -188,8 +188,11 @@ class Process:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Every producer's ``flush`` at once, without entering exit: see ``flush``."""
-        with self.entries:
-            return self._flush(timeout)
+        with self.entries as interrupted:
+            # Called from a signal handler or a finalizer that interrupted the package on
+            # this thread: waiting could take the whole timeout (a channel's lock held) or
+            # forever (a plain lock): not done yet, and the round goes on.
+            return False if interrupted else self._flush(timeout)
 
     def _flush(self, timeout: float | None) -> bool:
         workers = self.workers()
@@ -227,8 +230,23 @@ class Process:
         """The exit drain (``_exit_drain``): send what is queued within the exit budget,
         spool or report what could not be sent; whether nothing was left undelivered.
         """
-        with self.entries:
-            return self._exit.run(budget)
+        inside_call = self.entries.inside_call()
+        with self.entries as interrupted:
+            if not interrupted:
+                return self._exit.run(budget)
+        # A signal handler or a finalizer interrupted the package on this thread: the drain
+        # could wait for what the interrupted frame holds. It runs once that call is over,
+        # or, inside an offer (no end to hook), at the process's exit.
+        if inside_call:
+            self.entries.defer("exit", lambda: self.exit(budget))
+        _diagnostics.say_once(
+            "exit-interrupted",
+            "tinybird_export.shutdown() was called on a thread that was inside the package "
+            "(from a signal handler or a finalizer that interrupted it): it returned at once, "
+            "dropping nothing; the exit drain runs "
+            + ("when the interrupted call returns." if inside_call else "at the process's exit."),
+        )
+        return False
 
     def exit_at_interpreter_exit(self) -> None:
         """The ``atexit`` hook: the exit drain, before ``logging.shutdown`` (which then
@@ -324,7 +342,8 @@ def flush(timeout: float | None = None) -> bool:
         (each producer's ``stats()`` says why; events ``before_send`` filtered out and
         disabled producers do not count), even before this call, or is still queued; True
         again once a later call finds everything since acknowledged. Producers' own
-        ``flush()`` keep their own "since the previous call".
+        ``flush()`` keep their own "since the previous call". From a signal handler (or a
+        finalizer) that interrupted the package on the same thread: False at once.
     """
     return PROCESS.flush(timeout)
 
@@ -341,6 +360,10 @@ def shutdown(timeout: float | None = None) -> bool:
     Args:
         timeout: The exit budget; default the longest ``exit_timeout`` of the producers.
             If the exit drain already began, what is left of its budget applies.
+
+    Called from a signal handler (or a finalizer) that interrupted the package on the same
+    thread, it returns ``False`` at once, dropping nothing: the drain then runs when the
+    interrupted call returns (after an interrupted enqueue, at the process's exit).
 
     Returns:
         Whether nothing was left undelivered (spooled or given up).
