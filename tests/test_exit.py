@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -135,6 +136,50 @@ class TestExit:
         assert time.monotonic() - started < 15
         assert "1 event(s) not delivered at exit" in result.stderr
         assert "Connection refused" in result.stderr
+
+    @pytest.mark.parametrize("spool", [False, True])
+    def test_a_data_source_paused_past_the_budget_is_not_waited_for(
+        self, server: EventsServer, tmp_path: Path, spool: bool
+    ) -> None:
+        """Answered 429 with Retry-After: 60, nothing can be sent before the deadline: a
+        flush and the exit waited out their whole budget (5 s) for nothing. They give up
+        at once, as when nothing listens: spooled with a spool, else reported with why."""
+        server.respond(Reply(status=429, headers={"Retry-After": "60"}))
+        spool_dir = repr(str(tmp_path)) if spool else None
+        code = (
+            PRELUDE
+            + f"""
+            handler = TinybirdHandler(exit_timeout=5, flush_timeout=5, spool_dir={spool_dir})
+            log.addHandler(handler)
+            log.info("a")
+            assert not handler.flush(5)  # sent, answered 429: paused for 60 s
+            log.info("b")
+            started = time.monotonic()
+            flushed = handler.flush(5)
+            print(f"{{flushed}} {{time.monotonic() - started:.2f}}", flush=True)
+            input()
+        """
+        )
+        with talk_to_python(["-c", textwrap.dedent(code)], child_env(server)) as proc:
+            try:
+                assert proc.stdout is not None and proc.stdin is not None
+                flushed, seconds = proc.stdout.readline().split()
+                started = time.monotonic()
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                _, err = proc.communicate(timeout=30)
+                exit_seconds = time.monotonic() - started
+            finally:
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert flushed == "False" and float(seconds) < 1, (flushed, seconds)
+        assert exit_seconds < 2.5, err  # not the 5 s budget
+        assert server.arrivals == 1, err  # nothing was sent after the 429
+        if spool:
+            assert "2 event(s) not delivered at exit were spooled" in err, err
+        else:
+            assert "2 event(s) not delivered at exit" in err, err
+            assert "the server asked to wait past it for app_logs" in err, err
 
     def test_records_logged_by_later_atexit_hooks_are_sent(self, server: EventsServer) -> None:
         """A record from an atexit hook that runs after the drain still arrives."""

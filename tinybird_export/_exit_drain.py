@@ -78,17 +78,20 @@ class ExitDrain:
                     drain(workers, deadline)
                 finally:  # whatever stopped it (a signal not held): spool, then report
                     spooled = _spill_at_exit(workers, spooled_before)
-                    lost = self._report(workers)
+                    lost = self._report(workers, deadline)
         finally:
             self._thread = outer
         return not (spooled or lost)
 
-    def _report(self, workers: list[Worker]) -> int:
+    def _report(self, workers: list[Worker], deadline: float) -> int:
         channels = [c for w in workers for c in w.channels()]
         when = f"exit budget {self._budget:g} s"
         refusing = [w.host for w in workers if w.refused_for() is not None]
+        paused = [name for w in workers for name in w.paused_past(deadline)]
         if refusing:
             when += f", not waited out: nothing accepts connections at {', '.join(refusing)}"
+        elif paused:
+            when += f", not waited out: the server asked to wait past it for {', '.join(paused)}"
         return give_up(channels, f"at exit ({when})")
 
     def before_logging_shutdown(self) -> None:

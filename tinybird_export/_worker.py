@@ -153,13 +153,13 @@ class Worker:
     def wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
         """Send until ``done()`` or ``deadline`` (at most the exit deadline): by the
         threads when they run, else on this thread. Sooner False when nothing listens at
-        the host (``refused_for``).
+        the host (``refused_for``), or every data source holding events is paused past the
+        deadline (``paused_past``).
         """
         exit_deadline = self._shared.exit_deadline()
         if exit_deadline is not None:
             deadline = min(deadline, exit_deadline)
-        pointless = self._delivery.wait_begins(self._lanes())
-        return self._senders.wait_until(done, deadline, pointless)
+        return self._senders.wait_until(done, deadline, self._pointless(deadline))
 
     def watch(self, done: Callable[[], bool], call: Callable[[], None]) -> Callable[[], None]:
         """Call ``call()`` from a sender thread once ``done()`` holds after a send (an
@@ -194,7 +194,7 @@ class Worker:
         and the spool files of its data sources that do not fail; sooner when nothing
         listens at the host.
         """
-        pointless = self._delivery.wait_begins(self._lanes())
+        pointless = self._pointless(deadline)
         bridge = self._bridge
         backlog = bridge.backlog(self._lanes(), failing_settles=True) if bridge else None
         self._senders.run_here(
@@ -204,6 +204,29 @@ class Worker:
             deadline,
             pointless,
         )
+
+    def _pointless(self, deadline: float) -> Callable[[], bool]:
+        """For a wait until ``deadline``: whether to stop waiting, as nothing can be sent
+        before it (nothing listens at the host; or every data source holding events is
+        paused past it).
+        """
+        refused = self._delivery.wait_begins(self._lanes())
+        return lambda: refused() or bool(self.paused_past(deadline))
+
+    def paused_past(self, deadline: float) -> list[str]:
+        """The data sources holding events, if every one is paused past ``deadline`` (a
+        retryable failure's wait, the server's ``Retry-After``) with nothing in flight:
+        nothing of theirs can be sent before it. Else empty.
+        """
+        holding = [
+            (lane, channels)
+            for lane, channels in self._scheduler.lanes()
+            if any(not channel.empty() for channel in channels)
+        ]
+        for lane, channels in holding:
+            if lane.busy or lane.paused_until <= deadline or any(c.in_flight() for c in channels):
+                return []
+        return [lane.datasource for lane, _ in holding]
 
     def refused_for(self) -> float | None:
         """How long the host has refused every connection, once waiting for it is pointless
