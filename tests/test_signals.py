@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,38 @@ class TestPublicCallsFromTheAppsSignalHandler:
         assert float(seconds.split()[0]) < 1, result.stdout  # not the 3 s budget
         assert "not delivered" not in result.stderr, result.stderr
         assert len(server.events()) == 1001
+
+
+class TestSignalDuringALongWait:
+    def test_sigterm_during_a_long_flush_ends_its_wait(self, server: EventsServer) -> None:
+        """A SIGTERM deferred to the end of the app's flush(45) against a hanging endpoint
+        waited for the whole 45 s before the exit began. The deferred signal ends the wait:
+        the exit follows within its 1 s budget, and the loss is reported."""
+        server.respond(Reply(hang=True))
+        code = (
+            PRELUDE
+            + """
+            import tinybird_export
+            tinybird_export.install_sigterm_handler()
+            handler = TinybirdHandler(exit_timeout=1, timeout=120)
+            log.addHandler(handler)
+            log.info("held by the server")
+            print("ready", flush=True)
+            handler.flush(45)
+        """
+        )
+        with talk_to_python(["-c", textwrap.dedent(code)], child_env(server)) as proc:
+            try:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().strip() == "ready"
+                assert server.wait_for(lambda: server.arrivals >= 1, 10)  # inside flush()
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                _, err = proc.communicate(timeout=55)
+                seconds = time.monotonic() - started
+            finally:
+                proc.kill()
+                server.release()
+        assert proc.returncode == 143, err
+        assert seconds < 10, err  # not the flush's 45 s
+        assert "1 event(s) were being sent at exit" in err, err

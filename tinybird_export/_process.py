@@ -90,6 +90,7 @@ class Process:
             exit_deadline=self._exit.deadline,
             detach=self.detach,
             known_lanes=self.known_lanes,
+            signalled=self.entries.deferring,
         )
 
     # -- the registry of workers ---------------------------------------------------------

@@ -60,6 +60,12 @@ class Entries:
         """Whether this thread is inside a public call (whose end runs deferred work)."""
         return getattr(self._local, "depth", 0) > 0
 
+    def deferring(self) -> bool:
+        """Whether work waits for the end of this thread's outermost call (a signal): a
+        wait inside that call stops, so that the signal acts now rather than at its timeout.
+        """
+        return bool(getattr(self._local, "deferred", None))
+
     def defer(self, key: str, action: Callable[[], object]) -> None:
         """Run ``action`` at the end of this thread's outermost call, once per ``key`` (a
         signal delivered twice meanwhile acts once).

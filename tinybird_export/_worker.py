@@ -44,6 +44,7 @@ class Shared:
     exit_deadline: Callable[[], float | None]
     detach: Callable[[Worker, Channel], None]
     known_lanes: Callable[[], set[tuple[str, str]]]
+    signalled: Callable[[], bool]  # a signal waits for this thread's call to end (_reentry)
 
 
 class Worker:
@@ -208,10 +209,11 @@ class Worker:
     def _pointless(self, deadline: float) -> Callable[[], bool]:
         """For a wait until ``deadline``: whether to stop waiting, as nothing can be sent
         before it (nothing listens at the host; or every data source holding events is
-        paused past it).
+        paused past it); or a signal handler waits for this wait's call to end.
         """
         refused = self._delivery.wait_begins(self._lanes())
-        return lambda: refused() or bool(self.paused_past(deadline))
+        signalled = self._shared.signalled
+        return lambda: signalled() or refused() or bool(self.paused_past(deadline))
 
     def paused_past(self, deadline: float) -> list[str]:
         """The data sources holding events, if every one is paused past ``deadline`` (a
