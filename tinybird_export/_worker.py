@@ -28,7 +28,7 @@ from tinybird_export._delivery import Delivery, Transport
 from tinybird_export._delivery_messages import give_up_at_close_deadline, report_internal_error
 from tinybird_export._lanes import Lane, LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
-from tinybird_export._scheduler import Scheduler
+from tinybird_export._scheduler import Scheduler, paused_past
 from tinybird_export._senders import Senders, SendingThreads
 from tinybird_export._spill import Backlog, SpillBridge
 from tinybird_export._spool import Spool
@@ -226,7 +226,7 @@ class Worker:
             if any(not channel.empty() for channel in channels)
         ]
         for lane, channels in holding:
-            if lane.busy or lane.paused_until <= deadline or any(c.in_flight() for c in channels):
+            if not paused_past(lane, deadline) or any(c.in_flight() for c in channels):
                 return []
         return [lane.datasource for lane, _ in holding]
 
