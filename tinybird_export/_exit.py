@@ -151,8 +151,11 @@ class Sigterm:
                 or getattr(current, "_tinybird_export", False)
                 or current == self._in_child
             ):
+                try:
+                    signal.signal(signum, self._hold)
+                except (ValueError, OSError):  # not this interpreter's to set: leave it
+                    continue
                 saved[signum] = current
-                signal.signal(signum, self._hold)
         self._holding, self._held = True, []
         try:
             yield

@@ -258,7 +258,8 @@ class Process:
 
     def send_late(self, worker: Worker, channel: Channel, *, flushed_by_logging: bool) -> None:
         """``channel`` got an event once the process is exiting: see ``ExitDrain.send_late``."""
-        self._exit.send_late(worker, channel, flushed_by_logging=flushed_by_logging)
+        with self.entries:  # it sends on this thread: a SIGTERM waits for it (_reentry)
+            self._exit.send_late(worker, channel, flushed_by_logging=flushed_by_logging)
 
     def cap_at_exit(self, timeout: float) -> float:
         """``timeout``, bounded by what is left of the exit budget once the process exits
