@@ -303,3 +303,46 @@ class TestSignalDuringALongWait:
         assert proc.returncode == 143, err
         assert seconds < 10, err  # not the flush's 45 s
         assert "1 event(s) were being sent at exit" in err, err
+
+    @pytest.mark.parametrize("where", ["atexit", "pool-child"])
+    def test_sigterm_as_the_exit_drain_begins_does_not_cut_it(
+        self, server: EventsServer, where: str
+    ) -> None:
+        """A SIGTERM landing as the exit drain begins, before it holds signals (a pool's
+        terminate() racing its worker's own exit, under load): deferred, it ended the
+        drain's wait at once (100 events given up), or raised SystemExit in atexit."""
+        code = (
+            PRELUDE
+            + """
+            import multiprocessing, signal
+            import tinybird_export
+            from tinybird_export import _exit_drain
+            real_begin, fired = _exit_drain.ExitDrain._begin, []
+            def begin(self, workers, budget):
+                if not fired:
+                    fired.append(1)
+                    os.kill(os.getpid(), signal.SIGTERM)  # handled before _begin returns
+                return real_begin(self, workers, budget)
+            def work():
+                log.addHandler(TinybirdHandler(flush_interval=60, exit_timeout=5))
+                for i in range(100):
+                    log.info("n %d", i)
+                _exit_drain.ExitDrain._begin = begin
+            if __name__ == "__main__":
+                if WHERE == "atexit":
+                    tinybird_export.install_sigterm_handler()
+                    work()
+                else:
+                    child = multiprocessing.get_context("fork").Process(target=work)
+                    child.start()
+                    child.join(30)
+                    print("exitcode", child.exitcode)
+        """.replace("WHERE", repr(where))
+        )
+        result = run_python(code, child_env(server), timeout=40)
+        if where == "atexit":
+            assert result.returncode == 0, result.stderr  # exiting already: nothing to stop
+        else:
+            assert result.stdout.strip() == f"exitcode {-signal.SIGTERM}", result.stderr
+        assert result.stderr == ""
+        assert len(server.events()) == 100

@@ -16,7 +16,9 @@ draining there could wait forever for a lock the interrupted frame holds (the sp
 listing: a plain lock), and raising there would leave its work half done. Inside a public
 call (``flush``, ``close``, the exit drain itself...), the handler runs again at the end of
 the outermost one (``_reentry``); inside an offer (holding a channel's lock: the hot path
-has no end hook), the signal is delivered again 10 ms later.
+has no end hook), the signal is delivered again 10 ms later. During the exit drain itself,
+SIGINT and SIGTERM (at their default actions or the package's handlers) are held until it
+has spooled and reported, then end the process (``Sigterm.held``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Sigterm:
         inside_offer: Whether this thread holds a channel's lock (a signal landed there).
         entries: Whether this thread is inside a public call of the package, and the work
             deferred to its end (``_reentry``).
+        exiting: Whether the interpreter is exiting (its ``atexit`` drain began).
     """
 
     def __init__(
@@ -56,11 +59,13 @@ class Sigterm:
         flush: Callable[[], object],
         inside_offer: Callable[[], bool],
         entries: Entries,
+        exiting: Callable[[], bool],
     ) -> None:
         self._drain = drain
         self._flush = flush
         self._inside_offer = inside_offer
         self._entries = entries
+        self._exiting = exiting
         self._redelivered = 0  # consecutive re-deliveries of a signal
         self._holding = False  # the exit drain holds SIGINT and SIGTERM (main thread only)
         self._held: list[int] = []  # what arrived meanwhile
@@ -85,6 +90,8 @@ class Sigterm:
         def on_sigterm(signum: int, frame: FrameType | None) -> Any:
             if previous is signal.SIG_IGN or self._not_now(signum, on_sigterm):
                 return None
+            if self._exiting():  # the interpreter's exit: its drain ran, nothing to stop
+                return previous(signum, frame) if callable(previous) else None
             if callable(previous):
                 # It owns the stop (gunicorn's and uvicorn's stop gracefully: raising here
                 # would cut the request being served): deliver first, in case it ends the

@@ -94,6 +94,10 @@ class ExitDrain:
             when += f", not waited out: the server asked to wait past it for {', '.join(paused)}"
         return give_up(channels, f"at exit ({when})")
 
+    def at_interpreter_exit(self) -> bool:
+        """Whether the interpreter is exiting: its ``atexit`` runs the drain."""
+        return self._logging_shutdown_next
+
     def before_logging_shutdown(self) -> None:
         """The interpreter's ``atexit`` runs the drain: ``logging.shutdown`` comes next,
         and closes the handlers (sending what they got after the drain, in one batch).

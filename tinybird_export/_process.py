@@ -74,7 +74,9 @@ class Process:
         self.lanes = LaneTable()
         self.entries = Entries(self._inside_offer)
         """Whether this thread is inside a public call (a signal handler waits for its end)."""
-        self.sigterm = Sigterm(self.exit, self.flush, self._inside_offer, self.entries)
+        self.sigterm = Sigterm(
+            self.exit, self.flush, self._inside_offer, self.entries, self._at_interpreter_exit
+        )
         self._exit = ExitDrain(self.workers, self.sigterm.held)
         self._transport = transport
         self._workers: dict[tuple[str, str], Worker] = {}
@@ -266,6 +268,9 @@ class Process:
         (``ExitDrain.cap``).
         """
         return self._exit.cap(timeout)
+
+    def _at_interpreter_exit(self) -> bool:
+        return self._exit.at_interpreter_exit()
 
     def _inside_offer(self) -> bool:
         return any(c.held_by_this_thread() for w in self.workers() for c in w.channels())

@@ -155,12 +155,15 @@ class Worker:
         """Send until ``done()`` or ``deadline`` (at most the exit deadline): by the
         threads when they run, else on this thread. Sooner False when nothing listens at
         the host (``refused_for``), or every data source holding events is paused past the
-        deadline (``paused_past``).
+        deadline (``paused_past``), or a signal handler waits for this thread's call to end
+        (its exit drain will do what this wait would).
         """
         exit_deadline = self._shared.exit_deadline()
         if exit_deadline is not None:
             deadline = min(deadline, exit_deadline)
-        return self._senders.wait_until(done, deadline, self._pointless(deadline))
+        signalled = self._shared.signalled
+        pointless = self._pointless(deadline)
+        return self._senders.wait_until(done, deadline, lambda: signalled() or pointless())
 
     def watch(self, done: Callable[[], bool], call: Callable[[], None]) -> Callable[[], None]:
         """Call ``call()`` from a sender thread once ``done()`` holds after a send (an
@@ -195,7 +198,7 @@ class Worker:
         and the spool files of its data sources that do not fail; sooner when nothing
         listens at the host.
         """
-        pointless = self._pointless(deadline)
+        pointless = self._pointless(deadline)  # (a signal is held: the drain is what it wants)
         bridge = self._bridge
         backlog = bridge.backlog(self._lanes(), failing_settles=True) if bridge else None
         self._senders.run_here(
@@ -209,11 +212,10 @@ class Worker:
     def _pointless(self, deadline: float) -> Callable[[], bool]:
         """For a wait until ``deadline``: whether to stop waiting, as nothing can be sent
         before it (nothing listens at the host; or every data source holding events is
-        paused past it); or a signal handler waits for this wait's call to end.
+        paused past it).
         """
         refused = self._delivery.wait_begins(self._lanes())
-        signalled = self._shared.signalled
-        return lambda: signalled() or refused() or bool(self.paused_past(deadline))
+        return lambda: refused() or bool(self.paused_past(deadline))
 
     def paused_past(self, deadline: float) -> list[str]:
         """The data sources holding events, if every one is paused past ``deadline`` (a
