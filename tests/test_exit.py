@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -135,6 +136,50 @@ class TestExit:
         assert time.monotonic() - started < 15
         assert "1 event(s) not delivered at exit" in result.stderr
         assert "Connection refused" in result.stderr
+
+    @pytest.mark.parametrize("spool", [False, True])
+    def test_a_data_source_paused_past_the_budget_is_not_waited_for(
+        self, server: EventsServer, tmp_path: Path, spool: bool
+    ) -> None:
+        """Answered 429 with Retry-After: 60, nothing can be sent before the deadline: a
+        flush and the exit waited out their whole budget (5 s) for nothing. They give up
+        at once, as when nothing listens: spooled with a spool, else reported with why."""
+        server.respond(Reply(status=429, headers={"Retry-After": "60"}))
+        spool_dir = repr(str(tmp_path)) if spool else None
+        code = (
+            PRELUDE
+            + f"""
+            handler = TinybirdHandler(exit_timeout=5, flush_timeout=5, spool_dir={spool_dir})
+            log.addHandler(handler)
+            log.info("a")
+            assert not handler.flush(5)  # sent, answered 429: paused for 60 s
+            log.info("b")
+            started = time.monotonic()
+            flushed = handler.flush(5)
+            print(f"{{flushed}} {{time.monotonic() - started:.2f}}", flush=True)
+            input()
+        """
+        )
+        with talk_to_python(["-c", textwrap.dedent(code)], child_env(server)) as proc:
+            try:
+                assert proc.stdout is not None and proc.stdin is not None
+                flushed, seconds = proc.stdout.readline().split()
+                started = time.monotonic()
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                _, err = proc.communicate(timeout=30)
+                exit_seconds = time.monotonic() - started
+            finally:
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert flushed == "False" and float(seconds) < 1, (flushed, seconds)
+        assert exit_seconds < 2.5, err  # not the 5 s budget
+        assert server.arrivals == 1, err  # nothing was sent after the 429
+        if spool:
+            assert "2 event(s) not delivered at exit were spooled" in err, err
+        else:
+            assert "2 event(s) not delivered at exit" in err, err
+            assert "the server asked to wait past it for app_logs" in err, err
 
     def test_records_logged_by_later_atexit_hooks_are_sent(self, server: EventsServer) -> None:
         """A record from an atexit hook that runs after the drain still arrives."""
@@ -335,27 +380,34 @@ class TestFork:
 class TestSigterm:
     @pytest.mark.parametrize("chain", [False, True])
     def test_sigterm_takes_the_exit_path(self, server: EventsServer, chain: bool) -> None:
-        """With install_sigterm_handler, SIGTERM drains, chains, and exits with 143."""
+        """With install_sigterm_handler, SIGTERM drains and exits with 143; after a previous
+        handler (a graceful server's), it delivers, calls that handler and lets it decide:
+        here it ends the main loop, and the normal exit drains."""
         code = (
             PRELUDE
             + """
             import signal
             from tinybird_export import install_sigterm_handler
+            stop = threading.Event()
+            def graceful(signum, frame):
+                print("previous handler", flush=True)
+                stop.set()
             if CHAIN:
-                signal.signal(signal.SIGTERM, lambda s, f: print("previous handler", flush=True))
+                signal.signal(signal.SIGTERM, graceful)
             install_sigterm_handler()
             install_sigterm_handler()
             log.addHandler(TinybirdHandler(flush_interval=60))
             for i in range(100):
                 log.info("n %d", i)
             print("ready", flush=True)
-            threading.Event().wait(60)
+            stop.wait(60)
+            log.info("after the previous handler")
         """.replace("CHAIN", str(chain))
         )
         returncode, out, err = terminate_when_ready(code, server)
-        assert returncode == 143, err
+        assert returncode == (0 if chain else 143), err
         assert ("previous handler" in out) is chain
-        assert len(server.events()) == 100
+        assert len(server.events()) == (101 if chain else 100)
 
     def test_install_from_a_thread_is_refused(self) -> None:
         """install_sigterm_handler() from another thread than main says why it cannot."""

@@ -383,8 +383,8 @@ class TestForkAndExit:
             + f"""
             import signal, time
             from tinybird_export import install_sigterm_handler
-            if {previous!r} == "framework":
-                signal.signal(signal.SIGTERM, lambda s, f: None)  # a framework's handler
+            if {previous!r} == "framework":  # a framework's handler that ends the process
+                signal.signal(signal.SIGTERM, lambda s, f: sys.exit(143))
             install_sigterm_handler()
             handler = TinybirdHandler(flush_interval=60, exit_timeout=5)
             log.addHandler(handler)

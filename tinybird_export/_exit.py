@@ -5,28 +5,38 @@ drain would never run. Both ways the package takes SIGTERM are here, in one obje
 process owns (``Sigterm``), given the process's exit drain:
 
 - the application's choice, ``install_sigterm_handler()``: SIGTERM raises
-  ``SystemExit(143)`` in the main thread, through the drain (after a previous handler);
+  ``SystemExit(143)`` in the main thread, whose exit drains; or, when a handler was there
+  before (a server's graceful stop), what is queued is delivered, that handler is called,
+  and the process stops as it decides;
 - a multiprocessing child that left SIGTERM at its default (``Pool.terminate()``): drain,
   then die by the signal as before (same exit status for the parent).
 
-A SIGTERM that lands while the thread is inside an offer (holding a channel's lock) is
-delivered again 10 ms later, once the offer is done: draining there would wait out the
-exit budget for that lock, and raising there would leave the offer half done.
+A SIGTERM that lands while the main thread is inside the package waits for it to be out:
+draining there could wait forever for a lock the interrupted frame holds (the spool's
+listing: a plain lock), and raising there would leave its work half done. Inside a public
+call (``flush``, ``close``, the exit drain itself...), the handler runs again at the end of
+the outermost one (``_reentry``); inside an offer (holding a channel's lock: the hot path
+has no end hook), the signal is delivered again 10 ms later. During the exit drain itself,
+SIGINT and SIGTERM (at their default actions or the package's handlers) are held until it
+has spooled and reported, then end the process (``Sigterm.held``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, Final
 
 from tinybird_export import _diagnostics
+from tinybird_export._reentry import Entries
 
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 _REDELIVER_DELAY: Final = 0.01  # seconds: an offer takes microseconds
 _REDELIVER_MAX: Final = 100  # then drain anyway (a thread stuck inside an offer)
 
@@ -36,27 +46,36 @@ class Sigterm:
 
     Args:
         drain: The process's exit drain.
+        flush: The process-wide flush, within the exit budget.
         inside_offer: Whether this thread holds a channel's lock (a signal landed there).
-        draining_here: Whether this thread is running the exit drain.
+        entries: Whether this thread is inside a public call of the package, and the work
+            deferred to its end (``_reentry``).
+        exiting: Whether the interpreter is exiting (its ``atexit`` drain began).
     """
 
     def __init__(
         self,
         drain: Callable[[], object],
+        flush: Callable[[], object],
         inside_offer: Callable[[], bool],
-        draining_here: Callable[[], bool],
+        entries: Entries,
+        exiting: Callable[[], bool],
     ) -> None:
         self._drain = drain
+        self._flush = flush
         self._inside_offer = inside_offer
-        self._draining_here = draining_here
-        self._deferred = 0  # a signal that interrupted the drain: die by it after
+        self._entries = entries
+        self._exiting = exiting
         self._redelivered = 0  # consecutive re-deliveries of a signal
+        self._holding = False  # the exit drain holds SIGINT and SIGTERM (main thread only)
+        self._held: list[int] = []  # what arrived meanwhile
         self.installed = False
         """Whether ``install_sigterm_handler()`` installed its handler in this process."""
 
     def after_fork_in_child(self) -> None:
         """The parent's pending signal is not the child's."""
-        self._deferred = self._redelivered = 0
+        self._redelivered = 0
+        self._held = []
 
     def install(self) -> None:
         """``install_sigterm_handler()``: see its docstring (``_process``)."""
@@ -69,11 +88,17 @@ class Sigterm:
             return
 
         def on_sigterm(signum: int, frame: FrameType | None) -> Any:
-            if previous is signal.SIG_IGN or self.redeliver_if_inside_offer(signum):
+            if previous is signal.SIG_IGN or self._not_now(signum, on_sigterm):
                 return None
+            if self._exiting():  # the interpreter's exit: its drain ran, nothing to stop
+                return previous(signum, frame) if callable(previous) else None
             if callable(previous):
-                self._drain()  # the previous handler may never return: deliver first
+                # It owns the stop (gunicorn's and uvicorn's stop gracefully: raising here
+                # would cut the request being served): deliver first, in case it ends the
+                # process at once (a hard stop's os._exit), then let it be; atexit drains.
+                self._flush()
                 previous(signum, frame)
+                return None
             raise SystemExit(128 + signum)
 
         on_sigterm._tinybird_export = True  # type: ignore[attr-defined]
@@ -90,21 +115,70 @@ class Sigterm:
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, self._in_child)
 
-    def _in_child(self, signum: int, _frame: object) -> None:
-        if self.redeliver_if_inside_offer(signum):
-            return
-        if self._draining_here():
-            # The signal interrupted this thread's own exit drain (a finalizer): let it
-            # finish, then die by the signal.
-            self._deferred = signum
+    def _in_child(self, signum: int, frame: FrameType | None) -> None:
+        if self._not_now(signum, self._in_child):
             return
         self._drain()
         die_by(signum)
 
-    def after_exit(self) -> None:
-        """The exit drain is over: die by a signal that interrupted it, if one did."""
-        if self._deferred:
-            die_by(self._deferred)
+    def _not_now(self, signum: int, handler: Callable[[int, FrameType | None], object]) -> bool:
+        """For a handler that would drain or raise: whether the signal interrupted this
+        thread inside the package, where it must neither wait for what the interrupted
+        frame holds nor raise into its half-done state. Inside a public call (the exit
+        drain included), the handler runs again at the end of the outermost one; inside an
+        offer, the signal is delivered again.
+        """
+        if self._entries.inside_call():
+            self._entries.defer(f"signal {signum}", lambda: handler(signum, None))
+            return True
+        return self.redeliver_if_inside_offer(signum)
+
+    @contextlib.contextmanager
+    def held(self, *, process_ending: bool) -> Iterator[None]:
+        """Around the exit drain on the main thread: a SIGTERM or Ctrl-C that would stop it
+        (their default actions, Python's ``KeyboardInterrupt``, the package's handlers) waits
+        for it to spool and report what it could not send, bounded by the exit budget; then
+        the process ends by it. A second signal used to raise inside the drain (a traceback,
+        nothing spooled). Other handlers (the application's) are left alone.
+
+        Args:
+            process_ending: The interpreter is exiting anyway (its ``atexit``): a held
+                signal with a Python handler has nothing left to stop. One at its default
+                action still ends the process by it.
+        """
+        if threading.current_thread() is not threading.main_thread() or self._holding:
+            yield
+            return
+        saved: dict[int, _Handler] = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            current = signal.getsignal(signum)
+            if (
+                current is signal.SIG_DFL
+                or current is signal.default_int_handler
+                or getattr(current, "_tinybird_export", False)
+                or current == self._in_child
+            ):
+                try:
+                    signal.signal(signum, self._hold)
+                except (ValueError, OSError):  # not this interpreter's to set: leave it
+                    continue
+                saved[signum] = current
+        self._holding, self._held = True, []
+        try:
+            yield
+        finally:
+            for number, handler in saved.items():
+                signal.signal(number, handler)
+            held, self._held, self._holding = self._held, [], False
+        if held:
+            first = held[0]
+            if saved[first] is signal.SIG_DFL:
+                die_by(first)
+            elif not process_ending:
+                signal.raise_signal(first)  # its handler, now: SystemExit, KeyboardInterrupt
+
+    def _hold(self, signum: int, _frame: FrameType | None) -> None:
+        self._held.append(signum)
 
     def redeliver_if_inside_offer(self, signum: int) -> bool:
         """For a handler that would drain: if the signal interrupted this thread inside an

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 
 from tinybird_export import _diagnostics
 from tinybird_export._channel import Channel
@@ -27,13 +28,17 @@ class ExitDrain:
 
     Args:
         workers: The process's workers now.
-        ended: Called when the outermost drain ends (SIGTERM's ``after_exit``: die by a
-            signal that interrupted it).
+        signals_held: Holds SIGINT and SIGTERM during the drain (``Sigterm.held``): they
+            end the process once it has spooled and reported.
     """
 
-    def __init__(self, workers: Callable[[], list[Worker]], ended: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        workers: Callable[[], list[Worker]],
+        signals_held: Callable[..., AbstractContextManager[None]],
+    ) -> None:
         self._workers = workers
-        self._ended = ended
+        self._signals_held = signals_held
         self.after_fork_in_child()
 
     def after_fork_in_child(self) -> None:
@@ -53,10 +58,6 @@ class ExitDrain:
         """Whether the exit drain has begun (no thread may start then)."""
         return self._deadline is not None
 
-    def draining_here(self) -> bool:
-        """Whether this thread is running the drain."""
-        return self._thread == threading.get_ident()
-
     def run(self, budget: float | None = None) -> bool:
         """Send what is queued within the exit budget, spool or report what could not be
         sent; whether nothing was left undelivered. The first call fixes the deadline
@@ -70,20 +71,32 @@ class ExitDrain:
         with self._lock:
             outer, self._thread = self._thread, threading.get_ident()
         spooled_before = {id(c): c.spooled_count() for w in workers for c in w.channels()}
+        spooled = lost = 0
         try:
-            drain(workers, deadline)
-            spooled = _spill_at_exit(workers, spooled_before)
-            channels = [c for w in workers for c in w.channels()]
-            when = f"exit budget {self._budget:g} s"
-            refusing = [w.host for w in workers if w.refused_for() is not None]
-            if refusing:
-                when += f", not waited out: nothing accepts connections at {', '.join(refusing)}"
-            lost = give_up(channels, f"at exit ({when})")
+            with self._signals_held(process_ending=self._logging_shutdown_next):
+                try:
+                    drain(workers, deadline)
+                finally:  # whatever stopped it (a signal not held): spool, then report
+                    spooled = _spill_at_exit(workers, spooled_before)
+                    lost = self._report(workers, deadline)
         finally:
             self._thread = outer
-        if outer is None:
-            self._ended()
         return not (spooled or lost)
+
+    def _report(self, workers: list[Worker], deadline: float) -> int:
+        channels = [c for w in workers for c in w.channels()]
+        when = f"exit budget {self._budget:g} s"
+        refusing = [w.host for w in workers if w.refused_for() is not None]
+        paused = [name for w in workers for name in w.paused_past(deadline)]
+        if refusing:
+            when += f", not waited out: nothing accepts connections at {', '.join(refusing)}"
+        elif paused:
+            when += f", not waited out: the server asked to wait past it for {', '.join(paused)}"
+        return give_up(channels, f"at exit ({when})")
+
+    def at_interpreter_exit(self) -> bool:
+        """Whether the interpreter is exiting: its ``atexit`` runs the drain."""
+        return self._logging_shutdown_next
 
     def before_logging_shutdown(self) -> None:
         """The interpreter's ``atexit`` runs the drain: ``logging.shutdown`` comes next,

@@ -41,6 +41,7 @@ from tinybird_export._exit_drain import ExitDrain
 from tinybird_export._first_connect import FIRST_CONNECTS
 from tinybird_export._flush_round import FlushRound
 from tinybird_export._lanes import LaneTable
+from tinybird_export._reentry import Entries
 from tinybird_export._runtime_settings import RuntimeSettings
 from tinybird_export._senders import SendingThreads
 from tinybird_export._spool import Spool
@@ -74,8 +75,12 @@ class Process:
         """Drops of every producer (closed ones too): what the process-wide flush reports."""
         self.budget = MemoryBudget()
         self.lanes = LaneTable()
-        self._exit = ExitDrain(self.workers, self._exit_ended)
-        self.sigterm = Sigterm(self.exit, self._inside_offer, self._exit.draining_here)
+        self.entries = Entries(self._inside_offer)
+        """Whether this thread is inside a public call (a signal handler waits for its end)."""
+        self.sigterm = Sigterm(
+            self.exit, self.flush, self._inside_offer, self.entries, self._at_interpreter_exit
+        )
+        self._exit = ExitDrain(self.workers, self.sigterm.held)
         self._transport = transport
         self._workers: dict[tuple[str, str], Worker] = {}
         self._spools: dict[str, Spool] = {}
@@ -90,6 +95,7 @@ class Process:
             exit_deadline=self._exit.deadline,
             detach=self.detach,
             known_lanes=self.known_lanes,
+            signalled=self.entries.deferring,
         )
 
     # -- the registry of workers ---------------------------------------------------------
@@ -188,6 +194,13 @@ class Process:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Every producer's ``flush`` at once, without entering exit: see ``flush``."""
+        with self.entries as interrupted:
+            # Called from a signal handler or a finalizer that interrupted the package on
+            # this thread: waiting could take the whole timeout (a channel's lock held) or
+            # forever (a plain lock): not done yet, and the round goes on.
+            return False if interrupted else self._flush(timeout)
+
+    def _flush(self, timeout: float | None) -> bool:
         workers = self.workers()
         if timeout is None:
             timeout = max((w.exit_timeout for w in workers), default=0.0)
@@ -207,7 +220,8 @@ class Process:
         without entering exit (``serverless.flush_after``: the platform freezes the process
         next); the events written.
         """
-        return sum(worker.spill_queued() for worker in self.workers())
+        with self.entries:
+            return sum(worker.spill_queued() for worker in self.workers())
 
     def undelivered(self) -> int:
         """Events the producers of this process hold, queued or in flight."""
@@ -222,7 +236,23 @@ class Process:
         """The exit drain (``_exit_drain``): send what is queued within the exit budget,
         spool or report what could not be sent; whether nothing was left undelivered.
         """
-        return self._exit.run(budget)
+        inside_call = self.entries.inside_call()
+        with self.entries as interrupted:
+            if not interrupted:
+                return self._exit.run(budget)
+        # A signal handler or a finalizer interrupted the package on this thread: the drain
+        # could wait for what the interrupted frame holds. It runs once that call is over,
+        # or, inside an offer (no end to hook), at the process's exit.
+        if inside_call:
+            self.entries.defer("exit", lambda: self.exit(budget))
+        _diagnostics.say_once(
+            "exit-interrupted",
+            "tinybird_export.shutdown() was called on a thread that was inside the package "
+            "(from a signal handler or a finalizer that interrupted it): it returned at once, "
+            "dropping nothing; the exit drain runs "
+            + ("when the interrupted call returns." if inside_call else "at the process's exit."),
+        )
+        return False
 
     def exit_at_interpreter_exit(self) -> None:
         """The ``atexit`` hook: the exit drain, before ``logging.shutdown`` (which then
@@ -233,7 +263,8 @@ class Process:
 
     def send_late(self, worker: Worker, channel: Channel, *, flushed_by_logging: bool) -> None:
         """``channel`` got an event once the process is exiting: see ``ExitDrain.send_late``."""
-        self._exit.send_late(worker, channel, flushed_by_logging=flushed_by_logging)
+        with self.entries:  # it sends on this thread: a SIGTERM waits for it (_reentry)
+            self._exit.send_late(worker, channel, flushed_by_logging=flushed_by_logging)
 
     def cap_at_exit(self, timeout: float) -> float:
         """``timeout``, bounded by what is left of the exit budget once the process exits
@@ -241,8 +272,8 @@ class Process:
         """
         return self._exit.cap(timeout)
 
-    def _exit_ended(self) -> None:
-        self.sigterm.after_exit()  # die by a signal that interrupted the drain, if one did
+    def _at_interpreter_exit(self) -> bool:
+        return self._exit.at_interpreter_exit()
 
     def _inside_offer(self) -> bool:
         return any(c.held_by_this_thread() for w in self.workers() for c in w.channels())
@@ -323,7 +354,8 @@ def flush(timeout: float | None = None) -> bool:
         (each producer's ``stats()`` says why; events ``before_send`` filtered out and
         disabled producers do not count), even before this call, or is still queued; True
         again once a later call finds everything since acknowledged. Producers' own
-        ``flush()`` keep their own "since the previous call".
+        ``flush()`` keep their own "since the previous call". From a signal handler (or a
+        finalizer) that interrupted the package on the same thread: False at once.
     """
     return PROCESS.flush(timeout)
 
@@ -341,6 +373,10 @@ def shutdown(timeout: float | None = None) -> bool:
         timeout: The exit budget; default the longest ``exit_timeout`` of the producers.
             If the exit drain already began, what is left of its budget applies.
 
+    Called from a signal handler (or a finalizer) that interrupted the package on the same
+    thread, it returns ``False`` at once, dropping nothing: the drain then runs when the
+    interrupted call returns (after an interrupted enqueue, at the process's exit).
+
     Returns:
         Whether nothing was left undelivered (spooled or given up).
     """
@@ -352,13 +388,15 @@ def install_sigterm_handler() -> None:
 
     SIGTERM's default action ends the process without running ``atexit`` hooks. After this
     call, SIGTERM raises ``SystemExit(143)`` in the main thread, through the exit drain. If
-    another handler was installed before (a framework's hard stop, which may end the
-    process with ``os._exit``), the drain runs first, within the exit budget, then that
-    handler is called, then ``SystemExit(143)`` is raised if it returned. A previous
-    ``SIG_IGN`` is respected. Calling it twice installs it once.
+    another handler was installed before, it owns the stop: what is queued is delivered
+    first, within the exit budget (that handler may end the process with ``os._exit``),
+    then that handler is called, and the process goes on as it decides (a graceful server
+    finishes the requests in flight, then exits normally: ``atexit`` drains). A previous
+    ``SIG_IGN`` is respected. Calling it twice installs it once. A SIGTERM that lands while
+    the main thread is inside the package acts once it is out.
 
-    gunicorn and celery install their own SIGTERM handling and exit normally: there, this
-    is not needed. For uvicorn, see the README.
+    Not needed under gunicorn or Celery, which handle SIGTERM themselves and exit normally.
+    For uvicorn, see the README.
 
     Raises:
         RuntimeError: Called from a thread other than the main thread (Python only lets

@@ -273,7 +273,10 @@ class Producer:
         ``logging.shutdown``): the worker is woken and the call returns at once, without
         ending the round (the next flush still reports what was dropped).
         """
-        return self._flush(timeout, spooled=True)
+        with self._process.entries as interrupted:
+            # From a signal handler or a finalizer that interrupted the package on this
+            # thread, waiting could last the whole timeout, or forever: not done yet.
+            return False if interrupted else self._flush(timeout, spooled=True)
 
     def _flush(self, timeout: float | None, *, spooled: bool) -> bool:
         started = self._start_round(timeout, spooled=spooled)
@@ -291,7 +294,8 @@ class Producer:
         return await self._aflush(timeout, spooled=True)
 
     async def _aflush(self, timeout: float | None, *, spooled: bool) -> bool:
-        started = self._start_round(timeout, spooled=spooled)
+        with self._process.entries as interrupted:  # not across the await (other code runs)
+            started = False if interrupted else self._start_round(timeout, spooled=spooled)
         if isinstance(started, bool):
             return started
         worker, flush, deadline = started
@@ -343,10 +347,12 @@ class Producer:
         What is still queued then is sent in the background until that deadline, and then
         given up (counted as ``close_timeout``).
         """
-        wait = self._begin_close(timeout)
-        if wait is not None:
-            self._flush(wait, spooled=False)
-            self._end_close()
+        with self._process.entries as interrupted:
+            wait = self._begin_close(timeout)
+            if wait is not None:
+                if not interrupted:  # (else the worker sends it until the deadline)
+                    self._flush(wait, spooled=False)
+                self._end_close()
 
     async def aclose(self, timeout: float | None = None) -> None:
         """``close()`` for a coroutine: its flush awaited as ``aflush`` awaits."""
@@ -390,6 +396,10 @@ class Producer:
 
     def stats(self) -> DeliveryStats:
         """A snapshot of this producer's counters (a reopened handler's: every opening's)."""
+        with self._process.entries:
+            return self._stats()
+
+    def _stats(self) -> DeliveryStats:
         stats = self.channel.stats()
         if self._retired:
             stats = total([*(old.stats() for old in self._retired), stats])

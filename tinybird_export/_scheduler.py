@@ -125,7 +125,8 @@ class Scheduler:
             draining: The exit drain: everything is due, and pacing does not hold.
             first: Asked before a lane's memory: its spool file, or ``BUSY``.
             give_up_closed: Closed channels are done now, whatever their deadline (nothing
-                listens at the host).
+                listens at the host). So is one whose lane is paused past its deadline by
+                the server (``paused_past``), with nothing in flight.
         """
         finished: list[Channel] = []
         due_at: float | None = None
@@ -134,9 +135,15 @@ class Scheduler:
             start = self._rotation
         for offset in range(len(groups)):
             group = groups[(start + offset) % len(groups)]
+            lane = group.lane
             for channel in group.channels:  # closed ones: done, given up, or their deadline
                 deadline = channel.close_deadline
-                if deadline is not None and (channel.empty() or now >= deadline or give_up_closed):
+                if deadline is not None and (
+                    channel.empty()
+                    or now >= deadline
+                    or give_up_closed
+                    or (paused_past(lane, deadline) and not channel.in_flight())
+                ):
                     finished.append(channel)
                 elif deadline is not None:
                     due_at = _earliest(due_at, deadline)
@@ -199,6 +206,14 @@ class Scheduler:
     def after_fork_in_child(self) -> None:
         """A new lock (its lanes are reset by their table)."""
         self._lock = threading.RLock()
+
+
+def paused_past(lane: Lane, deadline: float) -> bool:
+    """Whether nothing can be sent on ``lane`` before ``deadline``: it is paused past it (a
+    retryable answer's wait, the server's ``Retry-After``) and not sending. Not a refused
+    lane: a wait retries those at once (``Delivery.wait_begins``).
+    """
+    return lane.paused_until > deadline and not lane.busy and not lane.refused
 
 
 def _earliest(current: float | None, candidate: float) -> float:

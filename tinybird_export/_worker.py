@@ -28,7 +28,7 @@ from tinybird_export._delivery import Delivery, Transport
 from tinybird_export._delivery_messages import give_up_at_close_deadline, report_internal_error
 from tinybird_export._lanes import Lane, LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
-from tinybird_export._scheduler import Scheduler
+from tinybird_export._scheduler import Scheduler, paused_past
 from tinybird_export._senders import Senders, SendingThreads
 from tinybird_export._spill import Backlog, SpillBridge
 from tinybird_export._spool import Spool
@@ -44,6 +44,7 @@ class Shared:
     exit_deadline: Callable[[], float | None]
     detach: Callable[[Worker, Channel], None]
     known_lanes: Callable[[], set[tuple[str, str]]]
+    signalled: Callable[[], bool]  # a signal waits for this thread's call to end (_reentry)
 
 
 class Worker:
@@ -153,13 +154,16 @@ class Worker:
     def wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
         """Send until ``done()`` or ``deadline`` (at most the exit deadline): by the
         threads when they run, else on this thread. Sooner False when nothing listens at
-        the host (``refused_for``).
+        the host (``refused_for``), or every data source holding events is paused past the
+        deadline (``paused_past``), or a signal handler waits for this thread's call to end
+        (its exit drain will do what this wait would).
         """
         exit_deadline = self._shared.exit_deadline()
         if exit_deadline is not None:
             deadline = min(deadline, exit_deadline)
-        pointless = self._delivery.wait_begins(self._lanes())
-        return self._senders.wait_until(done, deadline, pointless)
+        signalled = self._shared.signalled
+        pointless = self._pointless(deadline)
+        return self._senders.wait_until(done, deadline, lambda: signalled() or pointless())
 
     def watch(self, done: Callable[[], bool], call: Callable[[], None]) -> Callable[[], None]:
         """Call ``call()`` from a sender thread once ``done()`` holds after a send (an
@@ -194,7 +198,7 @@ class Worker:
         and the spool files of its data sources that do not fail; sooner when nothing
         listens at the host.
         """
-        pointless = self._delivery.wait_begins(self._lanes())
+        pointless = self._pointless(deadline)  # (a signal is held: the drain is what it wants)
         bridge = self._bridge
         backlog = bridge.backlog(self._lanes(), failing_settles=True) if bridge else None
         self._senders.run_here(
@@ -204,6 +208,29 @@ class Worker:
             deadline,
             pointless,
         )
+
+    def _pointless(self, deadline: float) -> Callable[[], bool]:
+        """For a wait until ``deadline``: whether to stop waiting, as nothing can be sent
+        before it (nothing listens at the host; or every data source holding events is
+        paused past it).
+        """
+        refused = self._delivery.wait_begins(self._lanes())
+        return lambda: refused() or bool(self.paused_past(deadline))
+
+    def paused_past(self, deadline: float) -> list[str]:
+        """The data sources holding events, if every one is paused past ``deadline`` (a
+        retryable failure's wait, the server's ``Retry-After``) with nothing in flight:
+        nothing of theirs can be sent before it. Else empty.
+        """
+        holding = [
+            (lane, channels)
+            for lane, channels in self._scheduler.lanes()
+            if any(not channel.empty() for channel in channels)
+        ]
+        for lane, channels in holding:
+            if not paused_past(lane, deadline) or any(c.in_flight() for c in channels):
+                return []
+        return [lane.datasource for lane, _ in holding]
 
     def refused_for(self) -> float | None:
         """How long the host has refused every connection, once waiting for it is pointless
