@@ -154,7 +154,7 @@ class ExitDrain:
         with self._lock:
             if self._deadline is None:
                 if budget is None:
-                    budget = max((w.exit_timeout for w in workers), default=0.0)
+                    budget = max((w.settings.exit_timeout for w in workers), default=0.0)
                 self._budget = budget
                 self._deadline = time.monotonic() + budget
             return self._deadline

@@ -203,7 +203,7 @@ class Process:
     def _flush(self, timeout: float | None) -> bool:
         workers = self.workers()
         if timeout is None:
-            timeout = max((w.exit_timeout for w in workers), default=0.0)
+            timeout = max((w.settings.exit_timeout for w in workers), default=0.0)
         deadline = time.monotonic() + self.cap_at_exit(max(timeout, 0.0))
         rounds = [
             (

@@ -299,7 +299,7 @@ class Producer:
         if isinstance(started, bool):
             return started
         worker, flush, deadline = started
-        if worker.background and not self._process.exiting():
+        if worker.settings.background and not self._process.exiting():
             worker.notify(self.channel)  # a sender runs (started if none does)
             watch = functools.partial(worker.watch, flush.reached)
             reached = await until(flush.reached, watch, deadline - time.monotonic())
@@ -388,7 +388,7 @@ class Producer:
         elif self._process.exiting():
             give_up([channel], "at exit (logged after the exit drain)")
             self._process.detach(worker, channel)
-        elif not worker.background:  # nothing sends between calls: its deadline is now
+        elif not worker.settings.background:  # nothing sends between calls: its deadline is now
             give_up([channel], f"by {self.label}.close()", "close_timeout")
             self._process.detach(worker, channel)
         else:

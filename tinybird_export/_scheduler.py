@@ -101,6 +101,21 @@ class Scheduler:
         with self._lock:
             return [(group.lane, group.channels) for group in self._groups.values()]
 
+    def all_paused_past(self, deadline: float) -> list[str]:
+        """The data sources holding events, if every one is paused past ``deadline`` (a
+        retryable failure's wait, the server's ``Retry-After``) with nothing in flight:
+        nothing of theirs can be sent before it. Else empty.
+        """
+        holding = [
+            (lane, channels)
+            for lane, channels in self.lanes()
+            if any(not channel.empty() for channel in channels)
+        ]
+        for lane, channels in holding:
+            if not paused_past(lane, deadline) or any(c.in_flight() for c in channels):
+                return []
+        return [lane.datasource for lane, _ in holding]
+
     def lane(self, datasource: str) -> Lane | None:
         """The lane of one of its data sources."""
         group = self._groups.get(datasource)

@@ -28,7 +28,7 @@ from tinybird_export._delivery import Delivery, Transport
 from tinybird_export._delivery_messages import give_up_at_close_deadline, report_internal_error
 from tinybird_export._lanes import Lane, LaneTable
 from tinybird_export._runtime_settings import RuntimeSettings
-from tinybird_export._scheduler import Scheduler, paused_past
+from tinybird_export._scheduler import Scheduler
 from tinybird_export._senders import Senders, SendingThreads
 from tinybird_export._spill import Backlog, SpillBridge
 from tinybird_export._spool import Spool
@@ -92,16 +92,6 @@ class Worker:
     def __repr__(self) -> str:
         return f"<Worker {self.host} lanes={len(self._scheduler.lanes())}>"
 
-    @property
-    def exit_timeout(self) -> float:
-        """Its exit budget: the longest of its producers'."""
-        return self.settings.exit_timeout
-
-    @property
-    def background(self) -> bool:
-        """Whether threads send between calls (``background``)."""
-        return self.settings.background
-
     def after_fork_in_child(self, spool: Spool | None) -> None:
         """New locks, pool and (lazily) threads; the parent's queues are forgotten."""
         self._delivery.after_fork_in_child()
@@ -153,16 +143,13 @@ class Worker:
 
     def wait_until(self, done: Callable[[], bool], deadline: float) -> bool:
         """Send until ``done()`` or ``deadline`` (at most the exit deadline): by the
-        threads when they run, else on this thread. Sooner False when nothing listens at
-        the host (``refused_for``), or every data source holding events is paused past the
-        deadline (``paused_past``), or a signal handler waits for this thread's call to end
-        (its exit drain will do what this wait would).
+        threads when they run, else on this thread. Sooner False when waiting is pointless
+        (``_pointless``), or a signal handler waits for this thread's call to end (its exit
+        drain will do what this wait would).
         """
         exit_deadline = self._shared.exit_deadline()
-        if exit_deadline is not None:
-            deadline = min(deadline, exit_deadline)
-        signalled = self._shared.signalled
-        pointless = self._pointless(deadline)
+        deadline = deadline if exit_deadline is None else min(deadline, exit_deadline)
+        signalled, pointless = self._shared.signalled, self._pointless(deadline)
         return self._senders.wait_until(done, deadline, lambda: signalled() or pointless())
 
     def watch(self, done: Callable[[], bool], call: Callable[[], None]) -> Callable[[], None]:
@@ -194,9 +181,8 @@ class Worker:
         return self._senders.run_here(channel.empty, deadline)
 
     def drain(self, deadline: float) -> None:
-        """Send everything queued until ``deadline``, on this thread too (the exit drain),
-        and the spool files of its data sources that do not fail; sooner when nothing
-        listens at the host.
+        """Send everything queued and the spool files of its data sources that do not fail,
+        on this thread too, until ``deadline`` or waiting is pointless (the exit drain).
         """
         pointless = self._pointless(deadline)  # (a signal is held: the drain is what it wants)
         bridge = self._bridge
@@ -214,23 +200,12 @@ class Worker:
         before it (nothing listens at the host; or every data source holding events is
         paused past it).
         """
-        refused = self._delivery.wait_begins(self._lanes())
-        return lambda: refused() or bool(self.paused_past(deadline))
+        refused, scheduler = self._delivery.wait_begins(self._lanes()), self._scheduler
+        return lambda: refused() or bool(scheduler.all_paused_past(deadline))
 
     def paused_past(self, deadline: float) -> list[str]:
-        """The data sources holding events, if every one is paused past ``deadline`` (a
-        retryable failure's wait, the server's ``Retry-After``) with nothing in flight:
-        nothing of theirs can be sent before it. Else empty.
-        """
-        holding = [
-            (lane, channels)
-            for lane, channels in self._scheduler.lanes()
-            if any(not channel.empty() for channel in channels)
-        ]
-        for lane, channels in holding:
-            if not paused_past(lane, deadline) or any(c.in_flight() for c in channels):
-                return []
-        return [lane.datasource for lane, _ in holding]
+        """``Scheduler.all_paused_past``: what the exit drain could not wait out."""
+        return self._scheduler.all_paused_past(deadline)
 
     def refused_for(self) -> float | None:
         """How long the host has refused every connection, once waiting for it is pointless
@@ -264,9 +239,7 @@ class Worker:
         return self._bridge.at_exit(self.channels(), self._lanes(), self._shared.lanes)
 
     def spill_queued(self) -> int:
-        """What is still held goes to the spool now, if there is one, outside exit (a
-        function about to be frozen); the events written.
-        """
+        """What is still held goes to the spool now (a function about to be frozen); how many."""
         return self._bridge.spill_all(self.channels()) if self._bridge is not None else 0
 
     # -- the step (a sender thread, or a caller's) -------------------------------------------

@@ -133,7 +133,7 @@ def test_the_exit_budget_is_the_longest_of_the_producers() -> None:
     producer(process, exit_timeout=1)
     producer(process, datasource="other", exit_timeout=3)
     (worker,) = process.workers()
-    assert worker.exit_timeout == 3
+    assert worker.settings.exit_timeout == 3
 
 
 def test_a_closed_producer_is_detached_and_its_worker_stops() -> None:
