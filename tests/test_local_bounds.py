@@ -133,6 +133,20 @@ def test_sqlite_results_are_bounded_too(monkeypatch: pytest.MonkeyPatch) -> None
         assert status == 400 and "too big" in str(body["error"]), body
 
 
+def test_sqlite_rewrites_a_long_query_in_linear_time() -> None:
+    """The SQLite engine's rewrite of ClickHouse spellings (``countIf`` wrapped for empty
+    tables) runs before the time limit applies: a 400 KB query of them answers at once (it took
+    minutes, a thread busy and the server slow, growing with the square of the length).
+    """
+    text = "select '" + "countIf(" * 50_000 + "' x, countIf(1) + countIf(0) n where 0"
+    with LocalServer(engine="sqlite") as server:
+        started = time.monotonic()
+        response = raw_sql(server, text, method="POST")
+        assert response.status == 200, response.data[:300]
+        assert orjson.loads(response.data)["data"][0]["n"] == 0
+        assert time.monotonic() - started < 20
+
+
 class TestSideBySide:
     def test_queries_do_not_wait_behind_each_other(self, local: LocalServer) -> None:
         """Two endless queries run side by side while a quick query and an ingest answer at once."""

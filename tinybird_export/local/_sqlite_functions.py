@@ -248,8 +248,11 @@ def zero_if_empty(text: str) -> str:
     parentheses matched, string literals and quoted names skipped).
     """
     out, index = [], 0
+    quote, scanned = "", 0  # the quote open at ``scanned``: one pass, whatever the matches
     for match in _ZERO_WHEN_EMPTY.finditer(text):
-        if match.start() < index or _inside_quotes(text, match.start()):
+        quote = _quote_at(text, scanned, match.start(), quote)
+        scanned = match.start()
+        if match.start() < index or quote:
             continue
         end = _closing(text, match.end())
         if end is None:
@@ -268,14 +271,14 @@ def column_name(name: str) -> str:
     return name
 
 
-def _inside_quotes(text: str, position: int) -> bool:
-    quote = ""
-    for char in text[:position]:
+def _quote_at(text: str, start: int, end: int, quote: str) -> str:
+    """The quote open at ``end``, given the one open at ``start`` (empty: none)."""
+    for char in text[start:end]:
         if quote:
             quote = "" if char == quote else quote
         elif char in "'\"`":
             quote = char
-    return bool(quote)
+    return quote
 
 
 def _closing(text: str, start: int) -> int | None:
