@@ -147,6 +147,32 @@ def test_sqlite_rewrites_a_long_query_in_linear_time() -> None:
         assert time.monotonic() - started < 20
 
 
+def test_sqlite_aggregates_keep_no_values() -> None:
+    """The SQLite engine's Python aggregates (no memory limit of SQLite's own) hold a running
+    answer, or a bounded key per distinct value: 300 MB of generated blobs cost no 300 MB.
+    """
+    blobs = "with recursive c(x) as (select 1 union all select x + 1 from c where x < 300) "
+    queries = [
+        f"{blobs}select uniqIf(randomblob(1000000), 1) n from c",
+        f"{blobs}select length(minIf(randomblob(1000000), 1)) n from c",
+        f"{blobs}select length(maxIf(randomblob(1000000), x > 0)) n from c",
+    ]
+    with spawn(":memory:", "--engine", "sqlite") as server:
+        status = Path(f"/proc/{server.process.pid}/status")
+        if not status.exists():
+            pytest.skip("reads the server's peak memory from /proc")
+
+        def peak() -> int:
+            line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM"))
+            return int(line.split()[1]) * 1024
+
+        assert query(server.url, server.token, "select 1 n")["data"] == [{"n": 1}]
+        before = peak()
+        for text in queries:
+            assert query(server.url, server.token, text)["data"][0]["n"] in (300, 1_000_000)
+        assert peak() - before < 150 * 1024 * 1024, (before, peak())
+
+
 class TestSideBySide:
     def test_queries_do_not_wait_behind_each_other(self, local: LocalServer) -> None:
         """Two endless queries run side by side while a quick query and an ingest answer at once."""
