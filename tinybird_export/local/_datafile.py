@@ -18,6 +18,7 @@ import orjson
 from tinybird_export.local._schema import Column, UnsupportedType, parse_type, path_of
 
 _COLUMN_LINE = re.compile(r"`?(?P<name>\w+)`?\s+(?P<rest>.+?),?\s*\Z")
+_MAX_NESTING = 32
 _SETTING = re.compile(r"(?P<key>[A-Z_]+)\s+(?P<value>.*)\Z")
 ENGINE_KEYS = (
     "ENGINE_PARTITION_KEY",
@@ -123,6 +124,10 @@ def _column(line: str, filename: str, number: int, lenient: bool) -> Column:
     depth, end = 0, len(rest)
     for position, char in enumerate(rest):
         depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth > _MAX_NESTING:  # each level is a recursion in parse_type
+            raise DatafileError(
+                f"{filename}:{number}: column {name!r}: a type nested over {_MAX_NESTING} deep"
+            )
         if char in " `" and depth == 0:
             end = position
             break

@@ -46,6 +46,9 @@ def _project(state: State, request: Request) -> tuple[list[DataFile], list[dict[
             )
         except DatafileError as exc:
             errors.append({"filename": filename, "error": str(exc)})
+        except UnicodeDecodeError as exc:
+            error = f"{filename}: not UTF-8 text (byte {exc.start}: {exc.reason})"
+            errors.append({"filename": filename, "error": error})
     return datafiles, errors
 
 

@@ -1,0 +1,115 @@
+"""Hostile bodies for the local server's routes, from a client holding the token (a test
+harness, a script, a CLI fed a hostile project): each gets a clear answer naming what is
+wrong, never a dropped connection or a traceback, and none grows the server's memory for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from tests.local_helpers import ENGINES, api, sql
+from tinybird_export.local import LocalServer
+
+BOUNDARY = "b0und4ry"
+
+
+def multipart(name: str, filename: str, content: bytes) -> bytes:
+    """One file part, as Tinybird's CLIs upload a project file or a CSV."""
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"'
+            "\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+
+MULTIPART = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+BIG_FIELD = b'"' + b"a" * 200_000 + b'",[]\n'  # over the csv module's 128 KiB field limit
+# (method, path, body, headers, what the error says)
+HOSTILE = [
+    (
+        "POST",
+        "/v1/deploy",
+        multipart("data_project://", "x.datasource", b"SCHEMA >\n    `a` String\xff\n"),
+        MULTIPART,
+        "UTF-8",
+    ),
+    (
+        "POST",
+        "/v1/build",
+        multipart("data_project://", "x.datasource", b"\xff\xfe"),
+        MULTIPART,
+        "UTF-8",
+    ),
+    (
+        "POST",
+        "/v0/datasources?name=target&mode=append&format=csv",
+        multipart("csv", "x.csv", BIG_FIELD),
+        MULTIPART,
+        "CSV",
+    ),
+    (
+        "POST",
+        "/v1/datasources/target/append?format=csv",
+        BIG_FIELD,
+        {"Content-Type": "text/csv"},
+        "CSV",
+    ),
+    (
+        "POST",
+        "/v0/datasources",
+        b"name=deep&schema=%60a%60+" + b"Array(" * 5000 + b"String" + b")" * 5000,
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        "nested",
+    ),
+]
+
+
+@pytest.fixture(params=ENGINES)
+def local(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
+    with LocalServer(engine=str(request.param)) as server:
+        schema = {"name": "target", "schema": "`a` String, `tags` Array(String)"}
+        assert api(server, "POST", "/v0/datasources", fields=schema).status == 200
+        yield server
+
+
+@pytest.mark.parametrize(("method", "path", "body", "headers", "says"), HOSTILE)
+def test_a_hostile_body_gets_a_clear_400(
+    local: LocalServer,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    says: str,
+) -> None:
+    """Bad UTF-8 in a project file, a CSV field over the csv module's limit, a type nested
+    thousands deep: a 400 that says so (each dropped the connection before).
+    """
+    response = api(local, method, path, body=body, headers=headers)
+    assert response.status == 400, response.data[:300]
+    assert says in response.data.decode(), response.data[:300]
+    assert sql(local, "select count() n from target")["data"] == [{"n": 0}]
+
+
+def test_an_unexpected_failure_is_a_500_not_a_dropped_connection(
+    local: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a route did not foresee gets an answer (500, naming the failure, never the
+    token) instead of a closed connection, and the server goes on.
+    """
+
+    def failing() -> None:
+        raise RuntimeError(f"unforeseen, near {local.token}")
+
+    monkeypatch.setattr(local.store, "datasources", failing)
+    response = api(local, "GET", "/v0/datasources")
+    assert response.status == 500, response.data
+    error = orjson.loads(response.data)["error"]
+    assert "RuntimeError" in error and local.token not in error
+    monkeypatch.undo()
+    assert sql(local, "select 1 n")["data"] == [{"n": 1}]
