@@ -96,6 +96,21 @@ def test_a_hostile_body_gets_a_clear_400(
     assert sql(local, "select count() n from target")["data"] == [{"n": 0}]
 
 
+def test_workspace_names_are_bounded(local: LocalServer) -> None:
+    """Workspaces created by name (``tb --local`` makes one per project) are names for the one
+    workspace, kept in memory: a name is at most 128 characters, and there are at most 1000
+    (each request kept up to 10 MB, for as long as the server ran).
+    """
+    huge = api(local, "POST", "/v1/workspaces", fields={"name": "x" * 100_000})
+    assert huge.status == 400 and b"x" * 200 not in huge.data, huge.data[:300]
+    for number in range(1000):
+        api(local, "POST", "/v1/workspaces", fields={"name": f"w{number}"})
+    refused = api(local, "POST", "/v1/workspaces", fields={"name": "one_too_many"})
+    assert refused.status == 400, refused.data
+    listed = orjson.loads(api(local, "GET", "/v1/user/workspaces").data)["workspaces"]
+    assert len(listed) <= 1001
+
+
 def test_an_unexpected_failure_is_a_500_not_a_dropped_connection(
     local: LocalServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
