@@ -383,3 +383,31 @@ class TestBodies:
         answers = [call(either.url, "POST", "/v0/events?name=m", headers, b) for b in (body, many)]
         assert answers[0].status == 202 and orjson.loads(answers[0].data)["successful_rows"] == 2
         assert answers[1].status == 400
+
+
+class TestDataFiles:
+    """The data files hold the token and the application's events: another user of the
+    machine may not read them, as the ClickHouse engine's token file already could not be.
+    """
+
+    @pytest.mark.parametrize("engine", ENGINES)
+    def test_a_new_data_path_is_its_owners_only(self, engine: str, tmp_path: Path) -> None:
+        base = tmp_path / "share" / "tinybird-export"
+        data = base / ("local.sqlite3" if engine == "sqlite" else "clickhouse")
+        with LocalServer(data, engine=engine) as local:
+            assert sql(local, "select 1 n")["data"] == [{"n": 1}]
+            # The folder made for it (SQLite: the file's; ClickHouse: the data folder itself).
+            paths = [data, *base.glob("local.sqlite3*")] + ([base] if engine == "sqlite" else [])
+            loose = {
+                str(p): oct(p.stat().st_mode & 0o777) for p in paths if p.stat().st_mode & 0o077
+            }
+            assert loose == {}, loose
+
+    def test_an_sqlite_file_others_could_read_is_made_private(self, tmp_path: Path) -> None:
+        data = tmp_path / "local.sqlite3"
+        with LocalServer(data, engine="sqlite"):
+            pass
+        data.chmod(0o644)
+        with LocalServer(data, engine="sqlite") as local:
+            assert data.stat().st_mode & 0o777 == 0o600
+            assert sql(local, "select 1 n")["data"] == [{"n": 1}]

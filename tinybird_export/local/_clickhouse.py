@@ -68,7 +68,7 @@ class ClickHouseEngine:
             )
         self._meta_path: Path | None = None
         if not self._memory:
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(path, mode=0o700, exist_ok=True)  # a new one: its owner's only
             self._meta_path = Path(path) / _META
         self._writer = state.connect(f"{path}?{_chsql.SETTINGS}&{_WRITE_SETTINGS}")
         _open[path] = _open.get(path, 0) + 1

@@ -13,6 +13,7 @@ writer: ``:memory:`` is a private temporary file, deleted on close.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -60,7 +61,7 @@ class Store:
         if path == ":memory:":
             self._temporary = tempfile.mkdtemp(prefix="tinybird-export-local-")
             path = os.path.join(self._temporary, "local.sqlite3")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        _private_file(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._closed = False
@@ -322,3 +323,16 @@ class Store:
             self._db.close()
         if self._temporary is not None:
             shutil.rmtree(self._temporary, ignore_errors=True)
+
+
+def _private_file(path: str) -> None:
+    """Make ``path`` (and its WAL files, which SQLite creates with its mode) readable by its
+    owner only: it holds the token and the data. A new folder for it is private too.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # an empty database
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
