@@ -20,6 +20,7 @@ from typing import IO
 import pytest
 import urllib3
 
+from tests.helpers import wait_until
 from tests.local_helpers import EVENT, ndjson, post
 from tinybird_export.local import LocalServer, _requestlog, spawn
 from tinybird_export.local._requestlog import RequestLog
@@ -186,6 +187,8 @@ def test_a_forged_method_cannot_write_to_the_terminal() -> None:
         )
         assert client.recv(100).startswith(b"HTTP/1.1 403")
         client.close()
+        # The line is logged after the answer is sent, by the log's own thread.
+        assert wait_until(lambda: "/v0/events" in stream.getvalue())
     output = stream.getvalue()
     assert "\x1b" not in output and "\x07" not in output, output
     assert "P\\x1b]0;owned\\x07\\x1b[2J" in output
