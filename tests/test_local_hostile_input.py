@@ -96,6 +96,20 @@ def test_a_hostile_body_gets_a_clear_400(
     assert sql(local, "select count() n from target")["data"] == [{"n": 0}]
 
 
+def test_an_event_with_thousands_of_keys_gets_an_answer(local: LocalServer) -> None:
+    """A new data source's schema is guessed from its first events: 5000 keys are over
+    SQLite's 2000 columns, a 400 that says so (the connection was dropped); ClickHouse takes
+    them.
+    """
+    wide = orjson.dumps({f"k{number}": "v" for number in range(5000)})
+    response = api(local, "POST", "/v0/events?name=wide&wait=true", body=wide)
+    if local.engine_name == "sqlite":
+        assert response.status == 400 and b"too many columns" in response.data, response.data
+    else:
+        assert response.status == 200, response.data
+    assert sql(local, "select 1 n")["data"] == [{"n": 1}]
+
+
 def test_workspace_names_are_bounded(local: LocalServer) -> None:
     """Workspaces created by name (``tb --local`` makes one per project) are names for the one
     workspace, kept in memory: a name is at most 128 characters, and there are at most 1000

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from tinybird_export.local import _limits, _render, _sqlite, _sqlite_functions
-from tinybird_export.local._datafile import DataFile
+from tinybird_export.local._datafile import DataFile, DatafileError
 from tinybird_export.local._engine import (
     GUESS_SAMPLE,
     INSTALL_CLICKHOUSE,
@@ -109,7 +109,11 @@ class Store:
 
     def _create(self, datafile: DataFile) -> None:
         definition = ", ".join(f'"{c.name}" {_sqlite.affinity(c)}' for c in datafile.columns)
-        self._db.execute(f'CREATE TABLE IF NOT EXISTS "{datafile.name}" ({definition})')
+        try:
+            self._db.execute(f'CREATE TABLE IF NOT EXISTS "{datafile.name}" ({definition})')
+        except sqlite3.OperationalError as exc:  # over 2000 columns: an event's keys
+            source = datafile.source or f"data source {datafile.name!r}"
+            raise DatafileError(f"{source}: SQLite refused the table: {exc}") from None
         now = now_text()
         info = DataSourceInfo(datafile, now, now)
         self._db.execute(
