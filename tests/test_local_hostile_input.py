@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.local_helpers import ENGINES, api, sql
-from tinybird_export.local import LocalServer
+from tinybird_export.local import LocalServer, _api
 
 BOUNDARY = "b0und4ry"
 
@@ -142,3 +142,28 @@ def test_an_unexpected_failure_is_a_500_not_a_dropped_connection(
     assert "RuntimeError" in error and local.token not in error
     monkeypatch.undo()
     assert sql(local, "select 1 n")["data"] == [{"n": 1}]
+
+
+def test_jobs_kept_are_the_newest_thousand(
+    local: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every Data Sources append or delete is a job, kept in memory and listed whole by
+    ``GET /v0/jobs``: only the newest are kept (1000; 5 here, the mechanism is the same), so
+    a script appending all day grows neither the server nor the listing.
+    """
+    monkeypatch.setattr(_api, "JOBS_KEPT", 5)
+    ids = []
+    for number in range(8):
+        body = orjson.dumps({"a": str(number), "tags": []})
+        response = api(
+            local,
+            "POST",
+            "/v0/datasources?name=target&mode=append&format=ndjson",
+            body=body,
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        assert response.status == 200, response.data
+        ids.append(orjson.loads(response.data)["id"])
+    listed = [job["id"] for job in orjson.loads(api(local, "GET", "/v0/jobs").data)["jobs"]]
+    assert listed == list(reversed(ids[-5:]))
+    assert api(local, "GET", f"/v0/jobs/{ids[-1]}").status == 200
