@@ -167,3 +167,19 @@ def test_jobs_kept_are_the_newest_thousand(
     listed = [job["id"] for job in orjson.loads(api(local, "GET", "/v0/jobs").data)["jobs"]]
     assert listed == list(reversed(ids[-5:]))
     assert api(local, "GET", f"/v0/jobs/{ids[-1]}").status == 200
+
+
+def test_a_quarantine_is_not_a_data_source_name(local: LocalServer) -> None:
+    """``<name>_quarantine`` is the quarantine table of ``<name>``: an event sent to it (which
+    creates a data source, in Classic mode) is a 400, and neither is touched (SQLite listed a
+    data source over the quarantine and dropped the connection; ClickHouse said the table
+    existed).
+    """
+    bad = orjson.dumps({"a": "x", "tags": 1})  # quarantined: tags is an Array
+    assert api(local, "POST", "/v0/events?name=target&wait=true", body=bad).status == 200
+    response = api(local, "POST", "/v0/events?name=target_quarantine&wait=true", body=b'{"b":1}')
+    assert response.status == 400 and b"quarantine of 'target'" in response.data, response.data
+    listed = orjson.loads(api(local, "GET", "/v0/datasources").data)["datasources"]
+    assert "target_quarantine" not in [d["name"] for d in listed]
+    assert [d["quarantine_rows"] for d in listed if d["name"] == "target"] == [1]
+    assert sql(local, "select count() n from target_quarantine")["data"] == [{"n": 1}]

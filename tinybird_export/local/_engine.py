@@ -25,6 +25,7 @@ INSTALL_CLICKHOUSE = "pip install -e '.[local]' in a clone of tinybird-export, o
 """How to get the ClickHouse engine (the package is not on the index yet: no ``[local]`` by
 name), for every message that suggests it."""
 VALID_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+QUARANTINE_SUFFIX = "_quarantine"
 """Data source names, as Tinybird accepts them; anything else is refused before SQL."""
 GUESS_SAMPLE = 1000
 ENGINES = ("auto", "sqlite", "clickhouse")
@@ -202,6 +203,11 @@ def check_name(name: str) -> None:
     """Refuse a data source name that is not a plain identifier (it becomes SQL)."""
     if not VALID_NAME.match(name):
         raise InvalidName(f"invalid data source name {name!r}")
+    if name.endswith(QUARANTINE_SUFFIX):  # each data source's quarantine table is its name
+        raise InvalidName(
+            f"invalid data source name {name!r}: it names the quarantine of "
+            f"{name.removesuffix(QUARANTINE_SUFFIX)!r}"
+        )
 
 
 def now_text() -> str:
