@@ -322,6 +322,17 @@ class TestBodies:
         answer, took = exchange(url, head)
         assert answer.startswith(b"HTTP/1.1 403") and took < 1, (answer, took)
 
+    @pytest.mark.parametrize("path", ["/", "/tokens", "/v0/health", "/app.js"])
+    def test_the_open_paths_read_no_body(self, path: str) -> None:
+        """The paths answered without the token take no body: one announced is refused
+        unread (it was read, up to the 10 MB cap, by anyone, and a body that never came held
+        a thread for the 60 s timeout).
+        """
+        with spawn(":memory:", "--engine", "sqlite") as server:
+            head = f"POST {path} HTTP/1.1\nHost: 127.0.0.1\nContent-Length: 5000000"
+            answer, took = exchange(server.url, head)
+            assert answer.startswith(b"HTTP/1.1 413") and took < 1, (answer, took)
+
     def test_expect_100_continue_is_answered_before_the_body(
         self, served: tuple[str, str, int]
     ) -> None:

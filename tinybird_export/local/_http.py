@@ -148,6 +148,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return Response.error(403, reason), length
         path = urllib.parse.urlsplit(self.path).path.rstrip("/") or "/"
         if path in _OPEN:
+            if length and error is None:  # answered without the token: nothing to upload
+                error = Response.error(413, f"{path} takes no body")
             return error, length
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
         if not self._authorized(query):
