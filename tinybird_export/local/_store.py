@@ -219,8 +219,11 @@ class Store:
         """
         if name not in self.infos:
             raise UnknownDataSource(name)
+        # The condition is the client's SQL, and may not be one (0 UNION ALL SELECT ...):
+        # what it reads may not be more rows than the table has, nor over the bytes limit.
+        total = self._read(f'SELECT count(*) FROM "{name}"', cancel)[1][0][0]  # noqa: S608
         select = f'SELECT rowid FROM "{name}" WHERE {condition}'  # noqa: S608 - read-only
-        _, found = self._read(select, cancel, limited=False)
+        _, found = self._read(select, cancel, max_rows=total)
         rowids = [row[0] for row in found]
         if rowids and not dry_run:
             with self._lock:
@@ -271,11 +274,11 @@ class Store:
         return _render.render(fmt, names, types, data, time.perf_counter() - started)
 
     def _read(
-        self, text: str, cancel: Cancel | None, *, limited: bool = True
+        self, text: str, cancel: Cancel | None, *, max_rows: int | None = None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._readers.reader(cancel) as reader:
             try:
-                return reader.run(text, limited=limited)
+                return reader.run(text, max_rows=max_rows)
             except QueryError:
                 if self._readers.closed:
                     raise _limits.ServerStopping from None
