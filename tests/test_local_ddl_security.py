@@ -100,3 +100,19 @@ def test_tinybird_definitions_still_work(clickhouse: LocalServer) -> None:
     response = api(clickhouse, "POST", "/v0/datasources", fields=fields)
     assert response.status == 200, response.data
     assert post(clickhouse, "ddl_fine", ndjson({"id": "a", "v": 1}))[0] == 202
+
+
+def test_a_key_cannot_bring_its_own_settings(clickhouse: LocalServer, tmp_path: Path) -> None:
+    """ENGINE_SETTINGS takes literal values only, and a key that ends the statement early
+    cannot add a SETTINGS clause past that check (``disk = disk(...)`` places the files
+    anywhere; chDB's configuration happens to refuse that one).
+    """
+    for name, value in [
+        ("ddl_settings_1", "a) SETTINGS index_granularity = 3 --"),
+        ("ddl_settings_2", f"a) SETTINGS disk = disk(type = local, path = '{tmp_path}/d') --"),
+    ]:
+        fields = {"name": name, "schema": "`a` String", "engine_sorting_key": value}
+        response = api(clickhouse, "POST", "/v0/datasources", fields=fields)
+        assert response.status == 400, response.data
+        assert b"Set is not allowed" in response.data, response.data
+    assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tinybird_export.local import _chcheck
+from tinybird_export.local import _chcheck, _chsql
 from tinybird_export.local._datafile import DataFile, DatafileError
 from tinybird_export.local._engine import ReadOnlyError
 
@@ -35,8 +35,8 @@ ENGINES = frozenset(
         "Null",
     }
 )
-# The nodes of a data source's CREATE TABLE: columns (types, DEFAULT expressions), the
-# engine's keys and TTL, SETTINGS. No Subquery, no table expression.
+# The nodes of a data source's CREATE TABLE without its SETTINGS: columns (types, DEFAULT
+# expressions), the engine's keys and TTL. No Subquery, no table expression, no Set.
 _NODES = frozenset(
     {
         "CreateQuery",
@@ -55,20 +55,23 @@ _NODES = frozenset(
         "Storage",  # "Storage definition"
         "TTLElement",
         "OrderByElement",
-        "Set",
     }
 )
 _VALUE = r"(?:'[^'\\]*'|-?[0-9][0-9.eE+-]*|true|false)"
 _SETTINGS = re.compile(rf"\s*\w+\s*=\s*{_VALUE}\s*(?:,\s*\w+\s*=\s*{_VALUE}\s*)*\Z", re.I)
 
 
-def checked_create(connection: Any, create: str, datafile: DataFile) -> str:
+def checked_create(connection: Any, datafile: DataFile) -> str:
     """The ``CREATE TABLE`` text for ``datafile`` in ClickHouse's own spelling, once allowed.
+
+    The statement is checked without its ``SETTINGS``, which the syntax tree does not show:
+    a key that ends the statement early (``a) SETTINGS disk = disk(...) --``) is refused as
+    a ``Set`` node, and the checked ``SETTINGS`` are added to ClickHouse's spelling after.
 
     Args:
         connection: A chDB connection (only parses: nothing runs).
-        create: The ``CREATE TABLE`` built from ``datafile``.
-        datafile: Its source (for the error's file name), its engine and settings.
+        datafile: The data source: its columns, source (for the error's file name), engine
+            and settings.
 
     Raises:
         DatafileError: The reason, naming the file.
@@ -86,13 +89,14 @@ def checked_create(connection: Any, create: str, datafile: DataFile) -> str:
         raise DatafileError(
             f"{source}: ENGINE_SETTINGS {settings!r}: name = value pairs of literal values only"
         )
+    create = _chsql.create_table(datafile, settings=False)
     answer = connection.query(_chcheck.canonical_query(create), "TSVRaw")
     spelled: str = answer.bytes().decode().strip()
     tree = connection.query(f"EXPLAIN AST {spelled}", "TSVRaw").bytes().decode()
     reason = refusal(tree)
     if reason:
         raise DatafileError(f"{source}: {reason}")
-    return spelled
+    return f"{spelled} SETTINGS {_chsql.table_settings(datafile)}"
 
 
 def refusal(dump: str) -> str | None:

@@ -117,11 +117,10 @@ class ClickHouseEngine:
             return True
 
     def _create(self, datafile: DataFile) -> None:
-        create = _chsql.create_table(datafile)
         try:
             # The text is the client's (a project's files, a token holder): only ClickHouse's
             # own spelling of one allowed CREATE TABLE runs (_chcreate).
-            self._writer.query(_chcreate.checked_create(self._writer, create, datafile))
+            self._writer.query(_chcreate.checked_create(self._writer, datafile))
         except DatafileError:
             raise
         except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors
