@@ -325,13 +325,13 @@ class TestBodies:
     @pytest.mark.parametrize("path", ["/", "/tokens", "/v0/health", "/app.js"])
     def test_the_open_paths_read_no_body(self, path: str) -> None:
         """The paths answered without the token take no body: one announced is refused
-        unread (it was read, up to the 10 MB cap, by anyone, and a body that never came held
+        (403) unread (it was read, up to the 10 MB cap, by anyone, and a body that never came held
         a thread for the 60 s timeout).
         """
         with spawn(":memory:", "--engine", "sqlite") as server:
             head = f"POST {path} HTTP/1.1\nHost: 127.0.0.1\nContent-Length: 5000000"
             answer, took = exchange(server.url, head)
-            assert answer.startswith(b"HTTP/1.1 413") and took < 1, (answer, took)
+            assert answer.startswith(b"HTTP/1.1 403") and took < 1, (answer, took)
 
     def test_expect_100_continue_is_answered_before_the_body(
         self, served: tuple[str, str, int]
@@ -403,6 +403,7 @@ class TestDataFiles:
 
     @pytest.mark.parametrize("engine", ENGINES)
     def test_a_new_data_path_is_its_owners_only(self, engine: str, tmp_path: Path) -> None:
+        """A new data file (and its WAL files) is 0600, and the folder made for it 0700."""
         base = tmp_path / "share" / "tinybird-export"
         data = base / ("local.sqlite3" if engine == "sqlite" else "clickhouse")
         with LocalServer(data, engine=engine) as local:
@@ -415,6 +416,7 @@ class TestDataFiles:
             assert loose == {}, loose
 
     def test_an_sqlite_file_others_could_read_is_made_private(self, tmp_path: Path) -> None:
+        """An SQLite file left readable by others (by an older version) is made 0600."""
         data = tmp_path / "local.sqlite3"
         with LocalServer(data, engine="sqlite"):
             pass

@@ -149,7 +149,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path.rstrip("/") or "/"
         if path in _OPEN:
             if length and error is None:  # answered without the token: nothing to upload
-                error = Response.error(413, f"{path} takes no body")
+                error = Response.error(403, f"{path} takes no body (it needs no token)")
             return error, length
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
         if not self._authorized(query):
