@@ -149,6 +149,20 @@ def test_sqlite_rewrites_a_long_query_in_linear_time() -> None:
         assert time.monotonic() - started < 20
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_long_run_of_spaces_is_read_in_linear_time(engine: str) -> None:
+    """Finding a query's FORMAT clause runs before the time limit applies, on both engines
+    (ClickHouse's spelling keeps a literal's spaces): a 200 KB run of spaces answers at once
+    (it took minutes, holding the GIL, so the whole server stopped answering).
+    """
+    text = "select '" + " " * 200_000 + "' x FORMAT JSON"
+    with LocalServer(engine=engine) as server:
+        started = time.monotonic()
+        response = raw_sql(server, text, method="POST")
+        assert response.status == 200, response.data[:300]
+        assert time.monotonic() - started < 20
+
+
 def test_sqlite_aggregates_keep_no_values() -> None:
     """The SQLite engine's Python aggregates (no memory limit of SQLite's own) hold a running
     answer, or a bounded key per distinct value: 300 MB of generated blobs cost no 300 MB.
