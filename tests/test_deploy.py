@@ -88,6 +88,30 @@ def test_bad_arguments_say_what_is_wrong(tmp_path: Path, args: list[str], messag
     assert not (tmp_path / "tinybird").exists()
 
 
+def test_force_never_writes_through_a_symbolic_link(tmp_path: Path) -> None:
+    """A cloned project may hold ``datasources/app_logs.datasource`` as a link to a file of
+    the developer's (``~/.bashrc``), or ``datasources`` as a link to another folder: even with
+    --force (which the refusal suggests), nothing is written there, and the error names the link.
+    """
+    victim = tmp_path / "bashrc"
+    victim.write_text("precious\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    project, linked_folder = tmp_path / "project", tmp_path / "linked"
+    (project / "datasources").mkdir(parents=True)
+    (project / "datasources" / "app_logs.datasource").symlink_to(victim)
+    linked_folder.mkdir()
+    (linked_folder / "datasources").symlink_to(elsewhere)
+    for folder in (project, linked_folder):
+        for args in ([], ["--force"]):
+            refused = datasources(str(folder), *args, cwd=tmp_path)
+            assert refused.returncode == 1, refused.stdout
+            assert "symbolic link" in refused.stderr, refused.stderr
+    assert victim.read_text() == "precious\n"
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(p.name for p in (project / "datasources").iterdir()) == ["app_logs.datasource"]
+
+
 def test_the_token_line_replaces_one_already_there() -> None:
     """One TOKEN line, after the description: a file's own TOKEN line is replaced."""
     text = 'DESCRIPTION >\n    x\n\nTOKEN "old" READ\n\nSCHEMA >\n    `a` String\n'

@@ -9,6 +9,8 @@ from __future__ import annotations
 import concurrent.futures
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -131,6 +133,135 @@ def test_sqlite_results_are_bounded_too(monkeypatch: pytest.MonkeyPatch) -> None
         assert status == 400 and "TOO_MANY_ROWS_OR_BYTES" in str(body["error"]), body
         status, body, _ = timed_sql(server, "select length(zeroblob(900000000)) n")
         assert status == 400 and "too big" in str(body["error"]), body
+
+
+def test_sqlite_rewrites_a_long_query_in_linear_time() -> None:
+    """The SQLite engine's rewrite of ClickHouse spellings (``countIf`` wrapped for empty
+    tables) runs before the time limit applies: a 400 KB query of them answers at once (it took
+    minutes, a thread busy and the server slow, growing with the square of the length).
+    """
+    text = "select '" + "countIf(" * 50_000 + "' x, countIf(1) + countIf(0) n where 0"
+    with LocalServer(engine="sqlite") as server:
+        started = time.monotonic()
+        response = raw_sql(server, text, method="POST")
+        assert response.status == 200, response.data[:300]
+        assert orjson.loads(response.data)["data"][0]["n"] == 0
+        assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_long_run_of_spaces_is_read_in_linear_time(engine: str) -> None:
+    """Finding a query's FORMAT clause runs before the time limit applies, on both engines
+    (ClickHouse's spelling keeps a literal's spaces): a 200 KB run of spaces answers at once
+    (it took minutes, holding the GIL, so the whole server stopped answering), and so does
+    an error quoting it.
+    """
+    text = "select '" + " " * 200_000 + "' x FORMAT JSON"
+    with LocalServer(engine=engine) as server:
+        started = time.monotonic()
+        response = raw_sql(server, text, method="POST")
+        assert response.status == 200, response.data[:300]
+        if engine == "clickhouse":  # its error quotes the query: cut to the reason as fast
+            refused = raw_sql(server, text.replace("' x", "' + 1 x"), method="POST")
+            assert refused.status == 400, refused.data[:300]
+            assert b"In scope" not in refused.data
+        assert time.monotonic() - started < 20
+
+
+def test_sqlite_aggregates_keep_no_values() -> None:
+    """The SQLite engine's Python aggregates (no memory limit of SQLite's own) hold a running
+    answer, or a bounded key per distinct value: 300 MB of generated blobs cost no 300 MB.
+    """
+    blobs = "with recursive c(x) as (select 1 union all select x + 1 from c where x < 300) "
+    queries = [
+        f"{blobs}select uniqIf(randomblob(1000000), 1) n from c",
+        f"{blobs}select length(minIf(randomblob(1000000), 1)) n from c",
+        f"{blobs}select length(maxIf(randomblob(1000000), x > 0)) n from c",
+    ]
+    with spawn(":memory:", "--engine", "sqlite") as server:
+        status = Path(f"/proc/{server.process.pid}/status")
+        if not status.exists():
+            pytest.skip("reads the server's peak memory from /proc")
+
+        def peak() -> int:
+            line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM"))
+            return int(line.split()[1]) * 1024
+
+        assert query(server.url, server.token, "select 1 n")["data"] == [{"n": 1}]
+        before = peak()
+        for text in queries:
+            answer = query(server.url, server.token, text)["data"]
+            assert answer in ([{"n": 300}], [{"n": 1_000_000}]), answer
+        assert peak() - before < 150 * 1024 * 1024, (before, peak())
+
+
+def _peak_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        pytest.skip("reads the server's peak memory from /proc")
+    line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM"))
+    return int(line.split()[1]) * 1024
+
+
+BLOB_ROWS = (
+    "SELECT zeroblob(50000000) b FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+    "SELECT x + 1 FROM c WHERE x < 30) SELECT x FROM c)"
+)
+
+
+def test_sqlite_result_bytes_are_counted_a_row_at_a_time() -> None:
+    """30 rows of 50 MB are refused at the 100 MB result limit, having read little more (the
+    rows were fetched 1000 at a time and counted after: 1.5 GB here, 100 GB for 1000 rows of
+    SQLite's 100 MB values). Through /v0/sql, and through a delete condition that is not one
+    (its rowids were read with no limit at all).
+    """
+    with spawn(":memory:", "--engine", "sqlite") as server:
+        assert query(server.url, server.token, "select 1 n")["data"] == [{"n": 1}]
+        post(server, "simple_events", ndjson(EVENT))
+        before = _peak_bytes(server.process.pid)
+        bearer = {"Authorization": f"Bearer {server.token}"}
+        response = urllib3.request(
+            "POST", f"{server.url}/v0/sql", body=BLOB_ROWS, headers=bearer, timeout=30
+        )
+        assert response.status == 400 and b"TOO_MANY_ROWS_OR_BYTES" in response.data
+        form = {"delete_condition": f"0 UNION ALL {BLOB_ROWS}", "dry_run": "true"}
+        response = urllib3.request(
+            "POST",
+            f"{server.url}/v0/datasources/simple_events/delete",
+            body=urllib.parse.urlencode(form),
+            headers={**bearer, "Content-Type": "application/x-www-form-urlencoded"},
+            timeout=30,
+        )
+        assert response.status == 400, response.data
+        assert _peak_bytes(server.process.pid) - before < 400 * 1024 * 1024
+        assert query(server.url, server.token, "select count() n from simple_events")["data"] == [
+            {"n": 1}
+        ]
+
+
+def test_the_command_bounds_sqlites_memory() -> None:
+    """One row may hold 2000 columns of 100 MB: the command caps SQLite's heap (200 MB here,
+    the query memory limit), and such a row is a 400 saying so, not gigabytes.
+    """
+    script = (
+        "import resource, sys, urllib3\n"
+        "from tinybird_export.local import LocalServer, _limits, _sqlite_read\n"
+        "_limits.QUERY_MEMORY_BYTES = 200_000_000\n"
+        "_sqlite_read.bound_memory()\n"
+        "with LocalServer(engine='sqlite') as local:\n"
+        "    wide = 'select ' + ', '.join(['zeroblob(50000000)'] * 60)\n"
+        "    answer = urllib3.request('POST', local.url + '/v0/sql', body=wide,\n"
+        "        headers={'Authorization': 'Bearer ' + local.token}, timeout=30)\n"
+        "    print(answer.status, answer.data.decode()[:200])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("400 "), (done.stdout, done.stderr[-2000:])
+    assert "MEMORY_LIMIT_EXCEEDED" in lines[0]
+    assert int(lines[1]) < 1024, lines  # MiB: the row alone is 3000 MB
 
 
 class TestSideBySide:

@@ -344,6 +344,29 @@ def test_event_text_is_shown_as_text_never_run(
         assert browser.problems() == []
 
 
+def test_a_name_in_any_alphabet_does_not_stop_the_page(
+    served: tuple[LocalServer, io.StringIO], tmp_path: Path
+) -> None:
+    """Events name their own columns (the guessed schema keeps letters of any alphabet): one
+    event whose time column is ``horodatage_é`` must not stop the page's refresh for every
+    data source (the page refused to quote the name, and each refresh failed).
+    """
+    local, _ = served
+    fill(local)
+    row = {"horodatage_é": utc(), "événement": "ouvert"}
+    assert post(local, "journal", ndjson(row), wait="true")[0] == 200
+    with Browser(tmp_path / "profile") as browser:
+        browser.open(local.page_url)
+        shown = browser.wait_for(
+            "document.querySelector('#events-name').textContent === 'journal' && "
+            "[...document.querySelectorAll('#events td')].map((c) => c.textContent).join(' ')"
+        )
+        assert "ouvert" in shown
+        assert browser.wait_for("document.querySelectorAll('#chart rect').length") > 0
+        assert "failed" not in str(browser.evaluate("document.querySelector('#status').className"))
+        assert browser.problems() == []
+
+
 def test_a_small_data_source_gets_a_scale_of_its_own(
     served: tuple[LocalServer, io.StringIO], tmp_path: Path
 ) -> None:

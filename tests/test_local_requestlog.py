@@ -9,15 +9,18 @@ import io
 import queue
 import re
 import select
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from typing import IO
 
 import pytest
 import urllib3
 
+from tests.helpers import wait_until
 from tests.local_helpers import EVENT, ndjson, post
 from tinybird_export.local import LocalServer, _requestlog, spawn
 from tinybird_export.local._requestlog import RequestLog
@@ -167,6 +170,31 @@ def test_the_server_logs_each_request_without_its_query_string() -> None:
     assert lines[1][:3] == ("GET", "/v0/sql", "200") and lines[1][3].startswith("1 row, ")
     assert {line[:3] for line in lines[2:]} == {("GET", "/v0/sql", "403")}
     assert requests_in(output)[("GET", "/v0/sql", "403")] == 2
+
+
+def test_a_forged_method_cannot_write_to_the_terminal() -> None:
+    """A request line's method is the client's text too: one made of escape sequences (sent
+    with ``Expect: 100-continue``, which is answered before the method is looked at) is
+    logged escaped, not written to the developer's terminal as commands.
+    """
+    stream = io.StringIO()
+    with LocalServer(request_log=stream) as local:
+        port = urllib.parse.urlsplit(local.url).port
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        client.sendall(
+            b"P\x1b]0;owned\x07\x1b[2J /v0/events HTTP/1.1\r\nHost: localhost\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        )
+        answer = b""
+        while piece := client.recv(65536):  # the whole answer: the server then closes
+            answer += piece
+        client.close()
+        assert answer.startswith(b"HTTP/1.1 403"), answer
+        # The line is logged once the answer is sent, by the log's own thread.
+        assert wait_until(lambda: "/v0/events" in stream.getvalue())
+    output = stream.getvalue()
+    assert "\x1b" not in output and "\x07" not in output, output
+    assert "P\\x1b]0;owned\\x07\\x1b[2J" in output
 
 
 class Lines:

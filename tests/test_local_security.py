@@ -322,6 +322,17 @@ class TestBodies:
         answer, took = exchange(url, head)
         assert answer.startswith(b"HTTP/1.1 403") and took < 1, (answer, took)
 
+    @pytest.mark.parametrize("path", ["/", "/tokens", "/v0/health", "/app.js"])
+    def test_the_open_paths_read_no_body(self, path: str) -> None:
+        """The paths answered without the token take no body: one announced is refused
+        (403) unread (it was read, up to the 10 MB cap, by anyone, and a body that never came held
+        a thread for the 60 s timeout).
+        """
+        with spawn(":memory:", "--engine", "sqlite") as server:
+            head = f"POST {path} HTTP/1.1\nHost: 127.0.0.1\nContent-Length: 5000000"
+            answer, took = exchange(server.url, head)
+            assert answer.startswith(b"HTTP/1.1 403") and took < 1, (answer, took)
+
     def test_expect_100_continue_is_answered_before_the_body(
         self, served: tuple[str, str, int]
     ) -> None:
@@ -383,3 +394,33 @@ class TestBodies:
         answers = [call(either.url, "POST", "/v0/events?name=m", headers, b) for b in (body, many)]
         assert answers[0].status == 202 and orjson.loads(answers[0].data)["successful_rows"] == 2
         assert answers[1].status == 400
+
+
+class TestDataFiles:
+    """The data files hold the token and the application's events: another user of the
+    machine may not read them, as the ClickHouse engine's token file already could not be.
+    """
+
+    @pytest.mark.parametrize("engine", ENGINES)
+    def test_a_new_data_path_is_its_owners_only(self, engine: str, tmp_path: Path) -> None:
+        """A new data file (and its WAL files) is 0600, and the folder made for it 0700."""
+        base = tmp_path / "share" / "tinybird-export"
+        data = base / ("local.sqlite3" if engine == "sqlite" else "clickhouse")
+        with LocalServer(data, engine=engine) as local:
+            assert sql(local, "select 1 n")["data"] == [{"n": 1}]
+            # The folder made for it (SQLite: the file's; ClickHouse: the data folder itself).
+            paths = [data, *base.glob("local.sqlite3*")] + ([base] if engine == "sqlite" else [])
+            loose = {
+                str(p): oct(p.stat().st_mode & 0o777) for p in paths if p.stat().st_mode & 0o077
+            }
+            assert loose == {}, loose
+
+    def test_an_sqlite_file_others_could_read_is_made_private(self, tmp_path: Path) -> None:
+        """An SQLite file left readable by others (by an older version) is made 0600."""
+        data = tmp_path / "local.sqlite3"
+        with LocalServer(data, engine="sqlite"):
+            pass
+        data.chmod(0o644)
+        with LocalServer(data, engine="sqlite") as local:
+            assert data.stat().st_mode & 0o777 == 0o600
+            assert sql(local, "select 1 n")["data"] == [{"n": 1}]

@@ -126,6 +126,27 @@ class TestBothEngines:
         assert orjson.loads(response.data)["data"] == [{"c": 6}]
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("select x'ff41' b", "\ufffdA"),  # a blob: text, as a ClickHouse String
+        ("select zeroblob(2) b", "\x00\x00"),
+        ("select 'not json' as attributes from app_logs limit 1", "not json"),
+        ("select attributes['k'] as attributes from app_logs order by event_id limit 1", "0"),
+    ],
+)
+def test_sqlite_answers_any_value_it_returns(query: str, expected: str) -> None:
+    """A blob, or text under a Map or Array column's name, is answered as text: the answer
+    could not be written, and the server dropped the connection without one.
+    """
+    with LocalServer(engine="sqlite") as local:
+        post(local, "app_logs", ndjson(*ROWS), wait="true")
+        for fmt in ("JSON", "CSV", "JSONEachRow"):
+            response = raw_sql(local, f"{query} FORMAT {fmt}", method="POST")
+            assert response.status == 200, response.data
+        assert list(sql(local, query)["data"][0].values()) == [expected]
+
+
 def test_sqlite_refuses_its_catalog_and_pragmas() -> None:
     """SQLite's catalog and pragmas are refused."""
     with LocalServer(engine="sqlite") as local:

@@ -12,6 +12,7 @@ every data source written, and do nothing else.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -102,6 +103,13 @@ def write(directory: Path, files: dict[str, str], *, force: bool) -> tuple[list[
         ProjectError: A file there differs and ``force`` is false (nothing is written then).
     """
     target = directory / "datasources"
+    # A cloned project's links would take the files (and --force) elsewhere: ~/.bashrc.
+    links = [p for p in (target, *(target / f"{n}.datasource" for n in files)) if p.is_symlink()]
+    if links:
+        raise ProjectError(
+            f"{links[0]} is a symbolic link (to {os.readlink(links[0])}): nothing was written, "
+            "not even with --force. Remove the link, or choose another folder"
+        )
     written, unchanged, differing = [], [], []
     for name, text in files.items():
         path = target / f"{name}.datasource"
@@ -118,9 +126,17 @@ def write(directory: Path, files: dict[str, str], *, force: bool) -> tuple[list[
     target.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         if name not in unchanged:
-            (target / f"{name}.datasource").write_text(text)
+            _write_new(target / f"{name}.datasource", text)
             written.append(name)
     return written, unchanged
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write ``path``, never through a symbolic link (one made since the check fails)."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | nofollow, 0o644)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 def main(argv: list[str]) -> int:

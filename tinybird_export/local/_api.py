@@ -29,6 +29,8 @@ from tinybird_export.local._request import Request, Response, csv_rows
 WORKSPACE = "tinybird_export_local"
 USER_EMAIL = "local@tinybird-export.invalid"
 Handler = Callable[["State", Request, dict[str, str]], Response]
+JOBS_KEPT = 1000
+"""Jobs and deployments kept in memory (and listed) for the server's life: the newest."""
 
 
 @dataclasses.dataclass
@@ -89,6 +91,8 @@ class State:
         }
         with self.lock:
             self.jobs[job_id] = job
+            while len(self.jobs) > JOBS_KEPT:  # the oldest go, as Tinybird's expire
+                del self.jobs[next(iter(self.jobs))]
         return job
 
 

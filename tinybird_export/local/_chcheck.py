@@ -291,13 +291,19 @@ def _node(node: Node, parent: Node | None, database: str) -> str | None:
                 "generators (numbers, generateRandom, values, view...) read nothing outside"
             )
         return None
-    if lowered in _DENIED_FUNCTIONS or lowered.startswith("dict"):
+    if reads_outside(function):
         return f"{READ_ONLY}; {function}() is not allowed: it reads outside the query's tables"
     if lowered in _IN_FUNCTIONS and node.children and len(node.children[0].children) == 2:
         right = node.children[0].children[1]
         if right.kind == "Identifier":  # x IN table
             return _table(right.name, database)
     return None
+
+
+def reads_outside(function: str) -> bool:
+    """Whether ClickHouse's function ``function`` reads files, dictionaries or tables."""
+    lowered = function.lower()
+    return lowered in _DENIED_FUNCTIONS or lowered.startswith("dict")
 
 
 def _table(name: str, database: str) -> str | None:

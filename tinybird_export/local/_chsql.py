@@ -21,8 +21,10 @@ _CODE = re.compile(r"Code: (\d+)\.")
 _TIMEOUT, _CANCELLED, _READONLY, _UNKNOWN_TABLE = "159", "394", "164", "60"
 
 
-def create_table(datafile: DataFile) -> str:
-    """The CREATE TABLE for a data source: its types, DEFAULTs and ENGINE_* keys."""
+def create_table(datafile: DataFile, *, settings: bool = True) -> str:
+    """The CREATE TABLE for a data source: its types, DEFAULTs and ENGINE_* keys (and its
+    SETTINGS, unless not ``settings``: see ``table_settings``).
+    """
     definitions = []
     for column in datafile.columns:
         default = f" DEFAULT {column.default_sql}" if column.default_sql else ""
@@ -44,17 +46,32 @@ def create_table(datafile: DataFile) -> str:
     clauses.append(f"ORDER BY ({engine.get('ENGINE_SORTING_KEY') or 'tuple()'})")
     if engine.get("ENGINE_TTL"):
         clauses.append(f"TTL {engine['ENGINE_TTL']}")
-    settings = ", ".join(filter(None, ["allow_nullable_key = 1", engine.get("ENGINE_SETTINGS")]))
-    clauses.append(f"SETTINGS {settings}")
+    if settings:
+        clauses.append(f"SETTINGS {table_settings(datafile)}")
     return f"CREATE TABLE `{datafile.name}` ({', '.join(definitions)}) {' '.join(clauses)}"
+
+
+def table_settings(datafile: DataFile) -> str:
+    """The SETTINGS of a data source's table."""
+    return ", ".join(
+        filter(None, ["allow_nullable_key = 1", datafile.engine.get("ENGINE_SETTINGS")])
+    )
 
 
 def reason(exc: Exception) -> str:
     """ClickHouse's message without the ``Code: N. DB::Exception:`` prefix and version."""
     text = str(exc).strip()
     text = re.sub(r"^(Code: \d+\. DB::Exception: )+", "", text)
-    text = re.sub(r"\s*\(version [^)]*\)", "", text)
-    return re.sub(r":? In scope .*?(?=\. \(|\Z)", "", text, flags=re.DOTALL).strip()
+    # Plain scans, no backtracking: the message quotes the query, which may hold runs of
+    # spaces or the words themselves (a regex's \s* or .*? made it quadratic: 9 s for a
+    # 100 KB literal, holding the GIL).
+    text = re.sub(r" ?\(version [^)]*\)", "", text)
+    kept, position = [], 0
+    while (start := text.find(" In scope ", position)) != -1:
+        end = text.find(". (", start)
+        kept.append(text[position : start - 1 if text[start - 1 : start] == ":" else start])
+        position = len(text) if end == -1 else end
+    return ("".join(kept) + text[position:]).strip()
 
 
 def column_of(exc: Exception) -> str:

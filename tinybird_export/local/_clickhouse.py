@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from tinybird_export.local import _chsql, _limits, _rows
+from tinybird_export.local import _chcheck, _chcreate, _chsql, _limits, _rows
 from tinybird_export.local._chread import Reads
 from tinybird_export.local._datafile import DataFile, DatafileError
 from tinybird_export.local._engine import (
@@ -68,7 +68,7 @@ class ClickHouseEngine:
             )
         self._meta_path: Path | None = None
         if not self._memory:
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(path, mode=0o700, exist_ok=True)  # a new one: its owner's only
             self._meta_path = Path(path) / _META
         self._writer = state.connect(f"{path}?{_chsql.SETTINGS}&{_WRITE_SETTINGS}")
         _open[path] = _open.get(path, 0) + 1
@@ -118,7 +118,11 @@ class ClickHouseEngine:
 
     def _create(self, datafile: DataFile) -> None:
         try:
-            self._writer.query(_chsql.create_table(datafile))
+            # The text is the client's (a project's files, a token holder): only ClickHouse's
+            # own spelling of one allowed CREATE TABLE runs (_chcreate).
+            self._writer.query(_chcreate.checked_create(self._writer, datafile))
+        except DatafileError:
+            raise
         except Exception as exc:  # noqa: BLE001 - chDB raises plain RuntimeErrors
             raise self._datafile_error(datafile, exc) from None
         now = now_text()
@@ -130,7 +134,8 @@ class ClickHouseEngine:
         source = datafile.source or f"data source {datafile.name!r}"
         for column in datafile.columns:
             try:
-                self._writer.query(f"SELECT defaultValueOfTypeName('{column.type.name}')")
+                type_name = _chcheck.literal(column.type.name)
+                self._writer.query(f"SELECT defaultValueOfTypeName({type_name})")
             except Exception as refused:  # noqa: BLE001 - chDB raises plain RuntimeErrors
                 where = f"{source}:{column.line}" if column.line else source
                 return DatafileError(

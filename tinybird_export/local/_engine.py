@@ -25,11 +25,15 @@ INSTALL_CLICKHOUSE = "pip install -e '.[local]' in a clone of tinybird-export, o
 """How to get the ClickHouse engine (the package is not on the index yet: no ``[local]`` by
 name), for every message that suggests it."""
 VALID_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+QUARANTINE_SUFFIX = "_quarantine"
 """Data source names, as Tinybird accepts them; anything else is refused before SQL."""
 GUESS_SAMPLE = 1000
 ENGINES = ("auto", "sqlite", "clickhouse")
 QUARANTINE_EXTRA = ("c__error_column", "c__error", "c__import_id", "insertion_date", "row")
-_FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*\Z", re.IGNORECASE)
+# The trailing FORMAT clause, found from its word: a search for "\s+FORMAT..." backtracked
+# through every run of spaces, for minutes (holding the GIL) on a query of a few 100 KB.
+_FORMAT_WORD = re.compile(r"(?<=\s)FORMAT\b", re.IGNORECASE)
+_FORMAT = re.compile(r"FORMAT\s+(\w+)\s*;?\s*", re.IGNORECASE)
 CONTENT_TYPES = {
     # What Tinybird's /v0/sql answers for each FORMAT. The CLIs read a response as text only
     # when its Content-Type has text/csv or ndjson or is exactly text/plain (TSV), else JSON.
@@ -187,7 +191,10 @@ def split_format(sql: str, default: str = "JSON") -> tuple[str, str]:
         QueryError: A FORMAT that Tinybird's /v0/sql does not offer.
     """
     text = sql.strip().rstrip(";").strip()
-    match = _FORMAT.search(text)
+    starts = [word.start() for word in _FORMAT_WORD.finditer(text)]
+    # The last word, or the one before (FORMAT FORMAT: a format named FORMAT).
+    found = (_FORMAT.fullmatch(text, start) for start in reversed(starts[-2:]))
+    match = next((m for m in found if m is not None), None)
     if match is None:
         return text, default
     name = next((f for f in CONTENT_TYPES if f.lower() == match.group(1).lower()), None)
@@ -195,13 +202,18 @@ def split_format(sql: str, default: str = "JSON") -> tuple[str, str]:
         raise QueryError(
             f"FORMAT {match.group(1)} is not supported; use one of {', '.join(CONTENT_TYPES)}"
         )
-    return text[: match.start()], name
+    return text[: match.start()].rstrip(), name
 
 
 def check_name(name: str) -> None:
     """Refuse a data source name that is not a plain identifier (it becomes SQL)."""
     if not VALID_NAME.match(name):
         raise InvalidName(f"invalid data source name {name!r}")
+    if name.endswith(QUARANTINE_SUFFIX):  # each data source's quarantine table is its name
+        raise InvalidName(
+            f"invalid data source name {name!r}: it names the quarantine of "
+            f"{name.removesuffix(QUARANTINE_SUFFIX)!r}"
+        )
 
 
 def now_text() -> str:

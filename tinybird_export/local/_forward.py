@@ -16,7 +16,7 @@ from typing import Any
 
 from tinybird_export import _ingest_body
 from tinybird_export.local import _datafile
-from tinybird_export.local._api import Handler, State, find
+from tinybird_export.local._api import JOBS_KEPT, Handler, State, find
 from tinybird_export.local._datafile import DataFile, DatafileError
 from tinybird_export.local._engine import now_text
 from tinybird_export.local._request import Request, Response, csv_rows
@@ -46,6 +46,9 @@ def _project(state: State, request: Request) -> tuple[list[DataFile], list[dict[
             )
         except DatafileError as exc:
             errors.append({"filename": filename, "error": str(exc)})
+        except UnicodeDecodeError as exc:
+            error = f"{filename}: not UTF-8 text (byte {exc.start}: {exc.reason})"
+            errors.append({"filename": filename, "error": error})
     return datafiles, errors
 
 
@@ -117,6 +120,7 @@ def _deploy(state: State, request: Request, args: dict[str, str]) -> Response:
             for old in state.deployments:
                 old["live"] = False
             state.deployments.append(deployment)
+            del state.deployments[:-JOBS_KEPT]
     status = 400 if errors else 200
     return Response.json(
         status, {"result": "failed" if errors else "success", "deployment": deployment}

@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +45,7 @@ _ROUTES = [*_workspace.ROUTES, *_api.ROUTES, *_forward.ROUTES]
 _OPEN = frozenset({"/tokens", "/v0/health", *_page.PATHS})
 _QUERIES = re.compile(r"/v0/sql/?|/v[01]/datasources/\w+/delete/?")
 _WATCH_SECONDS = 0.1
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and line feed
 
 
 class HTTPServer(http.server.ThreadingHTTPServer):
@@ -111,7 +113,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
             response = Response.error(404, f"Data Source {exc} does not exist")
         except QueryError as exc:  # 429 busy, 503 stopping, from any route
             response = Response.error(exc.status, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug: the client still gets an answer
+            response = self._failed(exc)
         self._answer(response, started)
+
+    def _failed(self, exc: Exception) -> Response:
+        """A 500 for what no route foresaw (the traceback goes to stderr, as
+        ``handle_error`` writes a dropped connection's; the token masked in both).
+        """
+        token = self.server.state.token
+        trace = "".join(traceback.format_exception(exc)).replace(token, "<token>")
+        path = self.path.split("?")[0]  # never the query: ?token=
+        # The client's text (path, values in messages) is not the terminal's commands.
+        trace = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", trace)
+        sys.stderr.write(f"tinybird-export local: {self.command!r} {path!r}\n{trace}")
+        reason = f"{type(exc).__name__}: {exc}".replace(token, "<token>")
+        return Response.error(
+            500, f"tinybird-export local failed on this request ({reason}): please report it"
+        )
 
     def _before_body(self) -> tuple[Response | None, int]:
         """The refusal decided from the request line and headers alone, if any, and the
@@ -129,6 +148,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return Response.error(403, reason), length
         path = urllib.parse.urlsplit(self.path).path.rstrip("/") or "/"
         if path in _OPEN:
+            if length and error is None:  # answered without the token: nothing to upload
+                error = Response.error(403, f"{path} takes no body (it needs no token)")
             return error, length
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
         if not self._authorized(query):

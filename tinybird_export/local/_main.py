@@ -9,6 +9,7 @@ import sys
 import threading
 from types import FrameType
 
+from tinybird_export.local import _sqlite_read
 from tinybird_export.local._datafile import DatafileError
 from tinybird_export.local._engine import (
     ENGINES,
@@ -115,6 +116,8 @@ def run(argv: list[str] | None = None) -> int:
     if options.datasources == "package":  # the older spelling: now always declared
         options.datasources = None
     data = options.data or str(default_data_path(engine))
+    if engine == "sqlite":
+        _sqlite_read.bound_memory()
     try:
         server = LocalServer(
             data,

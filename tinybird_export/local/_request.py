@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from tinybird_export._ingest_body import BodyError
 from tinybird_export.local._limits import Cancel
 from tinybird_export.local._schema import Column
 
@@ -103,17 +104,23 @@ def csv_rows(columns: list[Column], text: str) -> list[dict[str, Any]]:
 
     Values become what the columns' checks take: empty cells are null, arrays and maps are
     read as JSON, booleans from ``true``/``false``/``1``/``0``.
+
+    Raises:
+        BodyError: 400, CSV the ``csv`` module cannot read (naming the line).
     """
     names = [c.name for c in columns]
     reader = csv.reader(io.StringIO(text))
     rows = []
-    for number, cells in enumerate(reader):
-        if not cells or (number == 0 and [c.strip() for c in cells] == names):
-            continue
-        row: dict[str, Any] = {}
-        for column, cell in zip(columns, cells, strict=False):
-            _put(row, column.path, _cell(column, cell))
-        rows.append(row)
+    try:
+        for number, cells in enumerate(reader):
+            if not cells or (number == 0 and [c.strip() for c in cells] == names):
+                continue
+            row: dict[str, Any] = {}
+            for column, cell in zip(columns, cells, strict=False):
+                _put(row, column.path, _cell(column, cell))
+            rows.append(row)
+    except csv.Error as exc:  # a field over 128 KiB, a quote left open at the end
+        raise BodyError(400, f"CSV line {reader.line_num}: {exc}") from None
     return rows
 
 

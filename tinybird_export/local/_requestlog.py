@@ -12,7 +12,7 @@ Lines are written by a thread of their own, from a bounded queue: a terminal tha
 reading (paused, a full pipe) never holds a request, and the lines that did not fit are
 counted and said. A line holds the path only, never the query string (Tinybird's CLIs put
 ``?token=`` there), with the token masked should a client put it in the path, and control
-characters escaped (a path is the client's text, not the terminal's commands).
+characters escaped (a method and a path are the client's text, not the terminal's commands).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class RequestLog:
         seconds: float = 0.0,
     ) -> None:
         """Log one answered request (never blocks on the stream)."""
-        key = (method, self._clean(path), status)
+        key = (self._clean(method), self._clean(path), status)  # both the client's text
         now = time.monotonic()
         with self._ready:
             if self._closed:

@@ -4,6 +4,7 @@ and the catalog's JSON (the read-only side is ``_sqlite_read``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -126,8 +127,15 @@ def affinity(column: Column) -> str:
 
 
 def output(value: Any, type_name: str) -> Any:
+    if isinstance(value, bytes):  # a blob (x'00', randomblob()): text, as a ClickHouse String
+        return value.decode("utf-8", "replace")
     if isinstance(value, str) and type_name.startswith(("Array", "Map", "Nullable(Array")):
-        return orjson.loads(value)
+        # Another value may come under the column's name (an alias): then it is text.
+        with contextlib.suppress(orjson.JSONDecodeError):
+            parsed = orjson.loads(value)
+            if isinstance(parsed, list | dict):
+                return parsed
+        return value
     if type_name == "Bool" and isinstance(value, int):
         return bool(value)
     if isinstance(value, str) and re.match(r"(Nullable\()?U?Int\d+", type_name):

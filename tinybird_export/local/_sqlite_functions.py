@@ -14,6 +14,7 @@ Values are what the SQLite engine stores: numbers, and date-times as text
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import sqlite3
@@ -28,35 +29,50 @@ CLICKHOUSE_SQL: Final = (
 )
 
 
+_DIGEST_OVER = 32  # characters or bytes: a longer distinct value is kept as its digest
+
+
 class _Conditional:
-    """``sumIf(x, cond)`` and its kin: the aggregate of ``x`` over the rows where ``cond``."""
+    """``sumIf(x, cond)`` and its kin: the aggregate of ``x`` over the rows where ``cond``.
+
+    Each keeps a running answer, not the values: a query's rows may be a generator's billions
+    of blobs (SQLite bounds its own aggregates' memory; these are Python's).
+    """
 
     def __init__(self) -> None:
-        self.values: list[Any] = []
+        self.total: Any = 0
+        self.count = 0
+        self.best: Any = None
 
     def step(self, value: Any, condition: Any) -> None:
         if condition and value is not None:
-            self.values.append(value)
+            self.total += value
+            self.count += 1
 
 
 class _SumIf(_Conditional):
     def finalize(self) -> Any:
-        return sum(self.values)
+        return self.total
 
 
 class _AvgIf(_Conditional):
     def finalize(self) -> Any:
-        return sum(self.values) / len(self.values) if self.values else math.nan
+        return self.total / self.count if self.count else math.nan
 
 
 class _MinIf(_Conditional):
+    def step(self, value: Any, condition: Any) -> None:
+        if condition and value is not None and (self.best is None or value < self.best):
+            self.best = value
+
     def finalize(self) -> Any:
-        return min(self.values, default=None)
+        return self.best
 
 
-class _MaxIf(_Conditional):
-    def finalize(self) -> Any:
-        return max(self.values, default=None)
+class _MaxIf(_MinIf):
+    def step(self, value: Any, condition: Any) -> None:
+        if condition and value is not None and (self.best is None or value > self.best):
+            self.best = value
 
 
 class _CountIf:
@@ -71,15 +87,27 @@ class _CountIf:
 
 
 class _UniqIf:
+    """Distinct values, a long text or blob kept as its 128-bit digest (a bounded size for
+    each, whatever the values' sizes).
+    """
+
     def __init__(self) -> None:
         self.seen: set[Any] = set()
 
     def step(self, value: Any, condition: Any) -> None:
         if condition and value is not None:
-            self.seen.add(value)
+            self.seen.add(_distinct_key(value))
 
     def finalize(self) -> int:
         return len(self.seen)
+
+
+def _distinct_key(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > _DIGEST_OVER:
+        return ("s", hashlib.blake2b(value.encode(), digest_size=16).digest())
+    if isinstance(value, bytes) and len(value) > _DIGEST_OVER:
+        return ("b", hashlib.blake2b(value, digest_size=16).digest())
+    return value
 
 
 class _Quantile:
@@ -248,8 +276,11 @@ def zero_if_empty(text: str) -> str:
     parentheses matched, string literals and quoted names skipped).
     """
     out, index = [], 0
+    quote, scanned = "", 0  # the quote open at ``scanned``: one pass, whatever the matches
     for match in _ZERO_WHEN_EMPTY.finditer(text):
-        if match.start() < index or _inside_quotes(text, match.start()):
+        quote = _quote_at(text, scanned, match.start(), quote)
+        scanned = match.start()
+        if match.start() < index or quote:
             continue
         end = _closing(text, match.end())
         if end is None:
@@ -268,14 +299,14 @@ def column_name(name: str) -> str:
     return name
 
 
-def _inside_quotes(text: str, position: int) -> bool:
-    quote = ""
-    for char in text[:position]:
+def _quote_at(text: str, start: int, end: int, quote: str) -> str:
+    """The quote open at ``end``, given the one open at ``start`` (empty: none)."""
+    for char in text[start:end]:
         if quote:
             quote = "" if char == quote else quote
         elif char in "'\"`":
             quote = char
-    return bool(quote)
+    return quote
 
 
 def _closing(text: str, start: int) -> int | None:

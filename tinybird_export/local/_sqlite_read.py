@@ -10,6 +10,7 @@ what the writer committed (WAL), so a query never blocks ingestion, nor ingestio
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -35,7 +36,6 @@ _DENIED_FUNCTIONS = frozenset(
     {"load_extension", "fts3_tokenizer", "readfile", "writefile", "edit", "sqlite_dbpage"}
 )
 _PROGRESS_STEPS = 10_000  # SQLite VM instructions between two looks at the clock
-_FETCH = 1000
 
 
 def read_only(action: int, arg1: str | None, arg2: str | None, *_: Any) -> int:
@@ -65,9 +65,11 @@ class Reader:
     def _past_deadline(self) -> int:
         return int(time.monotonic() > self.deadline)
 
-    def run(self, sql: str, *, limited: bool = True) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """The column names and rows of ``sql``, within the time limit (and, if ``limited``,
-        the result limits).
+    def run(
+        self, sql: str, *, max_rows: int | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """The column names and rows of ``sql``, within the time limit and the result limits
+        (``max_rows``, by default ``RESULT_ROWS``; ``RESULT_BYTES``).
 
         Raises:
             QueryTimeout: Past ``QUERY_SECONDS``.
@@ -76,19 +78,27 @@ class Reader:
             sqlite3.DatabaseError: What the caller explains (not authorized, no such table).
         """
         self.deadline = time.monotonic() + _limits.QUERY_SECONDS
+        most = _limits.RESULT_ROWS if max_rows is None else max_rows
         rows: list[tuple[Any, ...]] = []
         size = 0
         try:
             cursor = self.db.execute(sql)
-            while batch := cursor.fetchmany(_FETCH):
-                rows.extend(batch)
-                size += sum(_size(value) for row in batch for value in row)
-                if limited and (len(rows) > _limits.RESULT_ROWS or size > _limits.RESULT_BYTES):
+            # A row at a time: a value may be 100 MB (SQLITE_LIMIT_LENGTH), and a batch of
+            # such rows would be read whole before its size was counted.
+            for row in cursor:
+                rows.append(row)
+                size += sum(_size(value) for value in row)
+                if len(rows) > most or size > _limits.RESULT_BYTES:
                     cursor.close()
                     raise QueryError(
-                        f"Limit for result exceeded, max rows: {_limits.RESULT_ROWS}, max bytes: "
+                        f"Limit for result exceeded, max rows: {most}, max bytes: "
                         f"{_limits.RESULT_BYTES} (TOO_MANY_ROWS_OR_BYTES): add a LIMIT"
                     )
+        except MemoryError:  # SQLite's heap limit (bound_memory): SQLITE_NOMEM
+            raise QueryError(
+                f"Memory limit exceeded: the query needs over {_limits.QUERY_MEMORY_BYTES} "
+                "bytes (MEMORY_LIMIT_EXCEEDED)"
+            ) from None
         except sqlite3.OperationalError as exc:
             if str(exc) != "interrupted":
                 raise
@@ -110,6 +120,16 @@ class Reader:
     def close(self) -> None:
         """Close the connection."""
         self.db.close()
+
+
+def bound_memory() -> None:
+    """Cap SQLite's heap for this whole process (``PRAGMA hard_heap_limit``) at
+    ``QUERY_MEMORY_BYTES``: one result row may hold 2000 columns of 100 MB each, which no
+    per-row count can stop. For the command's own process only (an application running
+    ``LocalServer`` in-process keeps its SQLite unbounded).
+    """
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        db.execute(f"PRAGMA hard_heap_limit={_limits.QUERY_MEMORY_BYTES}")
 
 
 def _size(value: Any) -> int:

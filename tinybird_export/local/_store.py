@@ -13,6 +13,7 @@ writer: ``:memory:`` is a private temporary file, deleted on close.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from typing import Any
 import orjson
 
 from tinybird_export.local import _limits, _render, _sqlite, _sqlite_functions
-from tinybird_export.local._datafile import DataFile
+from tinybird_export.local._datafile import DataFile, DatafileError
 from tinybird_export.local._engine import (
     GUESS_SAMPLE,
     INSTALL_CLICKHOUSE,
@@ -60,7 +61,7 @@ class Store:
         if path == ":memory:":
             self._temporary = tempfile.mkdtemp(prefix="tinybird-export-local-")
             path = os.path.join(self._temporary, "local.sqlite3")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        _private_file(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._closed = False
@@ -108,7 +109,11 @@ class Store:
 
     def _create(self, datafile: DataFile) -> None:
         definition = ", ".join(f'"{c.name}" {_sqlite.affinity(c)}' for c in datafile.columns)
-        self._db.execute(f'CREATE TABLE IF NOT EXISTS "{datafile.name}" ({definition})')
+        try:
+            self._db.execute(f'CREATE TABLE IF NOT EXISTS "{datafile.name}" ({definition})')
+        except sqlite3.OperationalError as exc:  # over 2000 columns: an event's keys
+            source = datafile.source or f"data source {datafile.name!r}"
+            raise DatafileError(f"{source}: SQLite refused the table: {exc}") from None
         now = now_text()
         info = DataSourceInfo(datafile, now, now)
         self._db.execute(
@@ -214,8 +219,11 @@ class Store:
         """
         if name not in self.infos:
             raise UnknownDataSource(name)
+        # The condition is the client's SQL, and may not be one (0 UNION ALL SELECT ...):
+        # what it reads may not be more rows than the table has, nor over the bytes limit.
+        total = self._read(f'SELECT count(*) FROM "{name}"', cancel)[1][0][0]  # noqa: S608
         select = f'SELECT rowid FROM "{name}" WHERE {condition}'  # noqa: S608 - read-only
-        _, found = self._read(select, cancel, limited=False)
+        _, found = self._read(select, cancel, max_rows=total)
         rowids = [row[0] for row in found]
         if rowids and not dry_run:
             with self._lock:
@@ -266,11 +274,11 @@ class Store:
         return _render.render(fmt, names, types, data, time.perf_counter() - started)
 
     def _read(
-        self, text: str, cancel: Cancel | None, *, limited: bool = True
+        self, text: str, cancel: Cancel | None, *, max_rows: int | None = None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._readers.reader(cancel) as reader:
             try:
-                return reader.run(text, limited=limited)
+                return reader.run(text, max_rows=max_rows)
             except QueryError:
                 if self._readers.closed:
                     raise _limits.ServerStopping from None
@@ -322,3 +330,16 @@ class Store:
             self._db.close()
         if self._temporary is not None:
             shutil.rmtree(self._temporary, ignore_errors=True)
+
+
+def _private_file(path: str) -> None:
+    """Make ``path`` (and its WAL files, which SQLite creates with its mode) readable by its
+    owner only: it holds the token and the data. A new folder for it is private too.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # an empty database
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)

@@ -21,6 +21,10 @@ def workspace_id(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
+_WORKSPACE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+_WORKSPACES_MAX = 1000
+
+
 def _workspace(state: State, request: Request, args: dict[str, str]) -> Response:
     return Response.json(
         200,
@@ -57,10 +61,15 @@ def _user_workspaces(state: State, request: Request, args: dict[str, str]) -> Re
 
 def _create_workspace(state: State, request: Request, args: dict[str, str]) -> Response:
     name = request.form().get("name") or ""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        return Response.error(400, f"invalid workspace name {name!r}")
+    if not _WORKSPACE_NAME.match(name):
+        return Response.error(
+            400, f"invalid workspace name {name[:140]!r}: at most 128 letters, digits and _"
+        )
     with state.lock:
         if name not in state.workspaces:
+            # Names kept in memory for the server's life: as many as a person makes.
+            if len(state.workspaces) > _WORKSPACES_MAX:
+                return Response.error(400, f"at most {_WORKSPACES_MAX} workspace names")
             state.workspaces.append(name)
     return Response.json(200, {"id": workspace_id(name), "name": name, "token": state.token})
 

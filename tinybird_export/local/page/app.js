@@ -74,9 +74,11 @@ function sql(text) {
   return api("/v0/sql", { method: "POST", headers, body: text });
 }
 
-// A data source's or column's name in SQL (backticks: ClickHouse's and SQLite's both).
+// A data source's or column's name in SQL (backticks: ClickHouse's and SQLite's both). Names
+// are the server's word characters, in any alphabet (a guessed schema keeps an event's keys):
+// letters, digits, underscores, nothing that could close the quotes.
 function ident(name) {
-  if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new Error(`unexpected name ${name}`);
+  if (!/^[\p{L}\p{N}_]+$/u.test(name)) throw new Error(`unexpected name ${name}`);
   return `\`${name}\``;
 }
 
