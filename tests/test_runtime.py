@@ -203,12 +203,18 @@ class TestSupervisedWorker:
 
 
 class TestMemoryBudget:
-    def test_dictconfig_reloads_during_an_outage_share_one_budget(self) -> None:
+    def test_dictconfig_reloads_during_an_outage_share_one_budget(
+        self, server: EventsServer
+    ) -> None:
         """Five dictConfig reloads in an outage hold one bound and report in one line."""
         # The closed handlers keep what they hold until exit (their close deadline, their
         # flush_timeout, is far off), so the bound must hold all of it; a closed handler's own
         # deadline is test_a_closed_handlers_queue_is_given_up_at_its_deadline's. With 0.3 s,
         # a loaded machine passed one deadline per reload, each said in a line of its own.
+        # The outage is an endpoint that never answers: one that refuses connections has
+        # closed handlers given up at once, once it has refused for 0.75 s (on a loaded
+        # machine, before the fifth reload).
+        server.respond(Reply(hang=True))
         result = run_python(
             """
             import logging, logging.config
@@ -228,12 +234,9 @@ class TestMemoryBudget:
             held = sum(h.stats().queued_bytes for h in handlers)
             print(held)
         """,
-            {
-                "TINYBIRD_HOST": closed_port_url(),
-                "TINYBIRD_TOKEN": "t",
-                "TINYBIRD_DATASOURCE": "app_logs",
-            },
+            child_env(server),
         )
+        server.release()
         assert result.returncode == 0, result.stderr
         assert int(result.stdout) <= 2 * 1024 * 1024
         # What is lost is reported at exit in one line, one entry for the one data source and
