@@ -30,6 +30,10 @@ from tinybird_export._spool import Spool
 from tinybird_export.testing import EventsServer, Reply
 
 ONE_FILE_PER_REQUEST = {"batch_max_rows": 50}  # spool_at_exit writes files of 50 events
+# A request the server holds must not time out before the test releases it: the client would
+# send it again (at least once), and the server would accept both copies. 60 s, not the
+# default 10 s, rules that out on a loaded machine (the tests' timeout is 120 s).
+HELD_UNTIL_RELEASED = {"timeout": 60.0}
 
 
 @pytest.fixture
@@ -42,9 +46,14 @@ def read_only() -> Iterator[list[ReadOnly]]:
 
 
 def in_flight(server: EventsServer) -> bool:
-    """Wait until a request arrived since the server was last reset (the one in flight)."""
-    before = server.arrivals - len(server.requests)  # what earlier answered requests made
-    return server.wait_for(lambda: server.arrivals - len(server.requests) > before, 20)
+    """Wait until a request is held unanswered (the one in flight), however early it came.
+
+    Every earlier request was answered (and recorded) before its process went on, so an
+    arrival not yet recorded is one the server holds. A count taken when this is called
+    would miss a request that arrived first, and wait instead for the client's resend
+    after its read timeout: two copies in flight, both accepted by ``release()``.
+    """
+    return server.wait_for(lambda: server.arrivals > len(server.requests), 20)
 
 
 def count_of(server: EventsServer, prefix: str) -> int:
@@ -70,7 +79,7 @@ class TestReadOnlyBlip:
         blip = ReadOnly(spool_dir)
         read_only.append(blip)
         server.respond(Reply(hang=True))  # the first spool file waits in flight
-        with driven(server, spool_dir, ONE_FILE_PER_REQUEST) as child:
+        with driven(server, spool_dir, {**ONE_FILE_PER_REQUEST, **HELD_UNTIL_RELEASED}) as child:
             assert in_flight(server)
             blip.on()
             server.release()  # acknowledged: its removal fails
@@ -110,7 +119,7 @@ class TestReadOnlyBlip:
         blip = ReadOnly(spool_dir)
         read_only.append(blip)
         server.respond(Reply(hang=True))
-        with driven(server, spool_dir, ONE_FILE_PER_REQUEST) as child:
+        with driven(server, spool_dir, {**ONE_FILE_PER_REQUEST, **HELD_UNTIL_RELEASED}) as child:
             assert in_flight(server)
             blip.on()
             server.release()
@@ -199,7 +208,7 @@ class TestIdentity:
         spool_dir = tmp_path / "spool"
         spool_at_exit(server, spool_dir, 200)
         server.respond(Reply(hang=True))
-        with driven(server, spool_dir, prefix=in_pid_namespace([])) as first:
+        with driven(server, spool_dir, HELD_UNTIL_RELEASED, prefix=in_pid_namespace([])) as first:
             assert in_flight(server)
             with driven(server, spool_dir, prefix=in_pid_namespace([])) as second:
                 second.ask("flush 1")  # its scan ran, and it sent what it could claim
@@ -218,7 +227,7 @@ class TestIdentity:
         spool_dir = tmp_path / "spool"
         spool_at_exit(server, spool_dir, 200)
         server.respond(Reply(hang=True))
-        with driven(server, spool_dir) as first:
+        with driven(server, spool_dir, HELD_UNTIL_RELEASED) as first:
             assert in_flight(server)
             with driven(server, spool_dir, env={"CLOCK_STEP": "3600"}) as stepped:
                 stepped.ask("flush 1")
