@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 sys.path.insert(0, OFFLINE)
 import sitecustomize  # noqa: E402, F401 - the guard, for this process too
+
+# Ctrl-C reaches the processes the tests start as it does at a terminal, even when the suite
+# itself runs as a shell's background job (which starts with SIGINT ignored, and an ignored
+# signal stays ignored across exec): a handled one is reset to its default instead.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
