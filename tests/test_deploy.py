@@ -5,7 +5,6 @@ examples' own data sources."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -124,7 +123,7 @@ def test_the_token_line_replaces_one_already_there() -> None:
 def test_tinybirds_own_parsers_read_the_token_lines(tmp_path: Path) -> None:
     """Forward's parser (tinybird 5.0.3) and Classic's (tinybird-cli 6.5.5), from their
     venvs: each file's columns, and one APPEND token."""
-    from tests.test_tinybird_clients import client_env, venv_python
+    from tests.test_tinybird_clients import parse_in_client
 
     assert datasources("tinybird", "--include", str(EXAMPLES), cwd=tmp_path).returncode == 0
     files = sorted((tmp_path / "tinybird" / "datasources").glob("*.datasource"))
@@ -148,17 +147,8 @@ def test_tinybirds_own_parsers_read_the_token_lines(tmp_path: Path) -> None:
         ("forward", forward, {"token_name": DEFAULT_TOKEN, "permission": "APPEND"}),
         ("classic", classic, {"token_name": DEFAULT_TOKEN, "permissions": "APPEND"}),
     ):
-        result = subprocess.run(
-            [venv_python(kind), "-c", code, *map(str, files)],
-            env=client_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        for path, line in zip(files, result.stdout.splitlines(), strict=True):
-            columns, tokens, *warnings = json.loads(line)
+        for path, parsed in zip(files, parse_in_client(kind, code, files, tmp_path), strict=True):
+            columns, tokens, *warnings = parsed
             ours = parse_datafile(path.read_text(), path.name).columns
             assert columns == [c.name for c in ours], (kind, path.name)
             assert tokens == [token], (kind, path.name)

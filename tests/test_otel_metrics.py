@@ -880,7 +880,7 @@ class TestSettings:
 
     def test_tinybirds_own_parser_reads_the_four_files(self, tmp_path: Path) -> None:
         """The files as Tinybird's CLI (``tb``, Forward) reads them before a deploy."""
-        from tests.test_tinybird_clients import client_env, venv_python
+        from tests.test_tinybird_clients import parse_in_client
 
         code = (
             "import json, sys\n"
@@ -894,17 +894,8 @@ class TestSettings:
             "                        [str(w) for w in result.warnings]]))\n"
         )
         files = [DATASOURCES_DIR / f"{table}.datasource" for table in TABLES.values()]
-        result = subprocess.run(
-            [venv_python("forward"), "-c", code, *map(str, files)],
-            env=client_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        for path, line in zip(files, result.stdout.splitlines(), strict=True):
-            *columns, engine, indexes, warnings = json.loads(line)
+        parsed = parse_in_client("forward", code, files, tmp_path)
+        for path, (*columns, engine, indexes, warnings) in zip(files, parsed, strict=True):
             ours = parse_datasource(path.read_text())
             assert columns == [[c.name, c.type.name, c.jsonpath] for c in ours], path.name
             assert engine["sorting_key"] == (

@@ -19,6 +19,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import urllib3
@@ -63,6 +64,24 @@ def venv_python(kind: str) -> Path:
             f"{venv} && {venv}/bin/pip install {PACKAGES[kind]}; or set TINYBIRD_CLIENT_VENVS)"
         )
     return python
+
+
+def parse_in_client(kind: str, code: str, files: list[Path], home: Path) -> list[Any]:
+    """Run ``code`` (which prints one JSON line per file in ``sys.argv[1:]``) in the
+    ``kind`` client's venv: the decoded lines, one per file (a skip without the venv).
+    """
+    result = subprocess.run(
+        [venv_python(kind), "-c", code, *map(str, files)],
+        env=client_env(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(files), result.stdout
+    return [json.loads(line) for line in lines]
 
 
 def client_env(home: Path, **extra: str) -> dict[str, str]:
