@@ -200,6 +200,7 @@ class Sigterm:
             self._redelivered = 0
             return False
         self._redelivered += 1
+        self._watch.began = False  # the signal comes back: watched again
         pid = os.getpid()
 
         def again() -> None:
