@@ -346,3 +346,42 @@ class TestSignalDuringALongWait:
             assert result.stdout.strip() == f"exitcode {-signal.SIGTERM}", result.stderr
         assert result.stderr == ""
         assert len(server.events()) == 100
+
+
+class TestSignalTheMainThreadMissed:
+    @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+    def test_a_pool_child_blocked_on_a_lock_still_drains_and_dies(
+        self, server: EventsServer, tmp_path: Path, method: str
+    ) -> None:
+        """A pool worker waiting for its task queue's lock, which terminate() then holds for
+        good: a SIGTERM whose C-level handler ran while its main thread was not in a system
+        call was marked and never acted on, and terminate() joined the worker forever (a CI
+        hang of ``with Pool(2)``). Here the C handler runs on another thread (the same
+        miss, made certain): the child still drains, then dies by the signal."""
+        code = (
+            PRELUDE
+            + """
+            import multiprocessing, signal
+            def work(lock):
+                log.addHandler(TinybirdHandler(flush_interval=60, exit_timeout=5))
+                log.info("from the child")
+                other = threading.Thread(target=threading.Event().wait, daemon=True)
+                other.start()
+                # SIGTERM's C handler runs on `other`: nothing interrupts the main thread.
+                threading.Timer(0.3, signal.pthread_kill, (other.ident, signal.SIGTERM)).start()
+                lock.acquire()  # held by the parent: returns only if interrupted
+            if __name__ == "__main__":
+                ctx = multiprocessing.get_context(METHOD)
+                lock = ctx.Lock()
+                lock.acquire()
+                child = ctx.Process(target=work, args=(lock,))
+                child.start()
+                child.join(15)
+                print("exitcode", child.exitcode, flush=True)
+                if child.exitcode is None:
+                    child.kill()
+        """.replace("METHOD", repr(method))
+        )
+        result = run_python(code, child_env(server), timeout=40, script=tmp_path / "child.py")
+        assert f"exitcode {-signal.SIGTERM}" in result.stdout, result.stdout + result.stderr
+        assert [e["event"] for e in server.events()] == ["from the child"], result.stderr

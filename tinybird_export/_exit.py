@@ -35,6 +35,7 @@ from typing import Any, Final
 
 from tinybird_export import _diagnostics
 from tinybird_export._reentry import Entries
+from tinybird_export._signal_watch import SignalWatch
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 _REDELIVER_DELAY: Final = 0.01  # seconds: an offer takes microseconds
@@ -69,6 +70,7 @@ class Sigterm:
         self._redelivered = 0  # consecutive re-deliveries of a signal
         self._holding = False  # the exit drain holds SIGINT and SIGTERM (main thread only)
         self._held: list[int] = []  # what arrived meanwhile
+        self._watch = SignalWatch(signal.SIGTERM)  # the child's: a SIGTERM the main thread missed
         self.installed = False
         """Whether ``install_sigterm_handler()`` installed its handler in this process."""
 
@@ -76,6 +78,7 @@ class Sigterm:
         """The parent's pending signal is not the child's."""
         self._redelivered = 0
         self._held = []
+        self._watch.after_fork_in_child()
 
     def install(self) -> None:
         """``install_sigterm_handler()``: see its docstring (``_process``)."""
@@ -112,10 +115,17 @@ class Sigterm:
         """
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may install a handler
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        current = signal.getsignal(signal.SIGTERM)
+        if current is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, self._in_child)
+        elif current != self._in_child:  # the application's (or inherited: watched again)
+            return
+        # Python may mark the signal without ever running the handler (the main thread
+        # waits on in a lock the parent holds): see _signal_watch.
+        self._watch.start()
 
     def _in_child(self, signum: int, frame: FrameType | None) -> None:
+        self._watch.began = True
         if self._not_now(signum, self._in_child):
             return
         self._drain()
@@ -178,6 +188,7 @@ class Sigterm:
                 signal.raise_signal(first)  # its handler, now: SystemExit, KeyboardInterrupt
 
     def _hold(self, signum: int, _frame: FrameType | None) -> None:
+        self._watch.began = True
         self._held.append(signum)
 
     def redeliver_if_inside_offer(self, signum: int) -> bool:
@@ -189,6 +200,7 @@ class Sigterm:
             self._redelivered = 0
             return False
         self._redelivered += 1
+        self._watch.began = False  # the signal comes back: watched again
         pid = os.getpid()
 
         def again() -> None:
