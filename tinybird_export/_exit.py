@@ -159,6 +159,7 @@ class Sigterm:
         if threading.current_thread() is not threading.main_thread() or self._holding:
             yield
             return
+        self._held = []  # before _hold is installed: what it keeps from then on counts
         saved: dict[int, _Handler] = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
             current = signal.getsignal(signum)
@@ -173,7 +174,7 @@ class Sigterm:
                 except (ValueError, OSError):  # not this interpreter's to set: leave it
                     continue
                 saved[signum] = current
-        self._holding, self._held = True, []
+        self._holding = True
         try:
             yield
         finally:

@@ -49,8 +49,12 @@ class Entries:
             deferred = getattr(local, "deferred", None)
             if deferred:
                 local.deferred = []
-                for action in deferred:
-                    action()  # a signal's exit raises from here: the outermost call's end
+                try:
+                    for action in deferred:
+                        action()  # a signal's exit raises from here: the outermost call's end
+                except BaseException:
+                    local.keys = set()  # the rest will not run: the next signal must act
+                    raise
 
     def inside(self) -> bool:
         """Whether this thread is inside the package (a public call, or an offer)."""
