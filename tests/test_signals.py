@@ -385,3 +385,40 @@ class TestSignalTheMainThreadMissed:
         result = run_python(code, child_env(server), timeout=40, script=tmp_path / "child.py")
         assert f"exitcode {-signal.SIGTERM}" in result.stdout, result.stdout + result.stderr
         assert [e["event"] for e in server.events()] == ["from the child"], result.stderr
+
+    def test_an_apps_own_handler_in_a_fork_child_is_left_to_run_once(
+        self, server: EventsServer, tmp_path: Path
+    ) -> None:
+        """A forked child whose target sets its own graceful SIGTERM handler: it runs once and
+        the child finishes its job (the watch of the package's handler re-sent the signal
+        every 50 ms, then ended the child after 5 s)."""
+        code = (
+            PRELUDE
+            + """
+            import multiprocessing, os, signal, time
+            def work(queue):
+                calls = []
+                signal.signal(signal.SIGTERM, lambda *_: calls.append(time.monotonic()))
+                queue.put("ready")
+                while not calls:
+                    time.sleep(0.01)
+                deadline = time.monotonic() + 1.0  # the job's last second after the request
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+                queue.put(f"handler ran {len(calls)} time(s)")
+            if __name__ == "__main__":
+                log.addHandler(TinybirdHandler(flush_interval=60, exit_timeout=1))
+                ctx = multiprocessing.get_context("fork")
+                queue = ctx.Queue()
+                child = ctx.Process(target=work, args=(queue,))
+                child.start()
+                assert queue.get(timeout=20) == "ready"
+                os.kill(child.pid, signal.SIGTERM)
+                print(queue.get(timeout=20), flush=True)
+                child.join(20)
+                print("exitcode", child.exitcode, flush=True)
+        """
+        )
+        result = run_python(code, child_env(server), timeout=60, script=tmp_path / "child.py")
+        assert "handler ran 1 time(s)" in result.stdout, result.stdout + result.stderr
+        assert "exitcode 0" in result.stdout, result.stdout + result.stderr

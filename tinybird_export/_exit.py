@@ -122,7 +122,7 @@ class Sigterm:
             return
         # Python may mark the signal without ever running the handler (the main thread
         # waits on in a lock the parent holds): see _signal_watch.
-        self._watch.start()
+        self._watch.start(self._in_child)
 
     def _in_child(self, signum: int, frame: FrameType | None) -> None:
         self._watch.began = True

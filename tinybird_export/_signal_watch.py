@@ -45,14 +45,17 @@ class SignalWatch:
 
     def __init__(self, signum: int) -> None:
         self._signum = signum
+        self._handler: object = None  # the package's handler it watches for
         self._pipe: tuple[int, int] | None = None  # (read, write): this process's wakeup fd
         self.began = False
         """Set by the handler as it begins (a bool store: safe in a signal handler)."""
 
-    def start(self) -> None:
-        """Watch from now on, on the main thread; a no-op when already watching, or when
-        the wakeup fd is another's (an event loop's signal handling).
+    def start(self, handler: object) -> None:
+        """Watch from now on, on the main thread, while ``handler`` (the package's) is the
+        signal's handler; a no-op when already watching, or when the wakeup fd is another's
+        (an event loop's signal handling).
         """
+        self._handler = handler
         if self._pipe is not None or threading.current_thread() is not threading.main_thread():
             return
         read, write = os.pipe()  # not inherited by exec'd programs
@@ -105,12 +108,16 @@ class SignalWatch:
         give_up_at = time.monotonic() + GIVE_UP_AFTER
         while time.monotonic() < give_up_at:
             time.sleep(NUDGE_INTERVAL)  # its chance to begin first (the usual case)
-            if self.began:
+            # Begun; or the handler is another's now (the application's own, or one that
+            # install_sigterm_handler() chains in front): theirs to run, and never ended here.
+            if self.began or signal.getsignal(self._signum) != self._handler:
                 return
             try:
                 signal.pthread_kill(main, self._signum)
             except (OSError, ValueError):  # the main thread is gone: the process is ending
                 return
+        if signal.getsignal(self._signum) != self._handler:
+            return
         _diagnostics.say(
             f"signal {self._signum} reached this process but its main thread never ran the "
             f"handler in {GIVE_UP_AFTER:g} s (stuck in code that does not return to Python): "
