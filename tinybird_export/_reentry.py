@@ -16,8 +16,10 @@ channel reports (``Channel.held_by_this_thread``), and counts as inside too.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
+from types import FrameType
 
 
 class Entries:
@@ -38,14 +40,18 @@ class Entries:
 
     def __enter__(self) -> bool:
         local = self._local
-        depth = getattr(local, "depth", 0)
-        local.depth = depth + 1
-        return depth > 0 or self._inside_offer()
+        depth = self._depth()
+        interrupted = depth > 0 or self._inside_offer()
+        if depth == 0:
+            local.outer = sys._getframe(1)  # the outermost public call's frame
+        local.depth = depth + 1  # the last step: a KeyboardInterrupt before it counts nothing
+        return interrupted
 
     def __exit__(self, *_: object) -> None:
         local = self._local
         local.depth -= 1
         if local.depth == 0:
+            local.outer = None
             deferred = getattr(local, "deferred", None)
             if deferred:
                 local.deferred = []
@@ -56,13 +62,25 @@ class Entries:
                     local.keys = set()  # the rest will not run: the next signal must act
                     raise
 
+    def _depth(self) -> int:
+        """This thread's depth, healed: a KeyboardInterrupt raised as ``__exit__`` began
+        (before its count) left a call counted whose frame is gone; it is over, and so is
+        any work deferred to its end (the process is told so by the signal's own exit).
+        """
+        local = self._local
+        depth: int = getattr(local, "depth", 0)
+        if depth and not _on_this_stack(getattr(local, "outer", None)):
+            local.depth = depth = 0
+            local.outer, local.deferred, local.keys = None, [], set()
+        return depth
+
     def inside(self) -> bool:
         """Whether this thread is inside the package (a public call, or an offer)."""
-        return getattr(self._local, "depth", 0) > 0 or self._inside_offer()
+        return self._depth() > 0 or self._inside_offer()
 
     def inside_call(self) -> bool:
         """Whether this thread is inside a public call (whose end runs deferred work)."""
-        return getattr(self._local, "depth", 0) > 0
+        return self._depth() > 0
 
     def deferring(self) -> bool:
         """Whether work waits for the end of this thread's outermost call (a signal): a
@@ -87,3 +105,15 @@ class Entries:
             action()
 
         local.deferred = [*deferred, once]
+
+
+def _on_this_stack(frame: object) -> bool:
+    """Whether ``frame`` is still executing on this thread's stack (a signal handler's
+    stack includes the frames it interrupted).
+    """
+    current: FrameType | None = sys._getframe(1)
+    while current is not None:
+        if current is frame:
+            return True
+        current = current.f_back
+    return False

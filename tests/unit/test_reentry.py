@@ -43,3 +43,20 @@ def test_a_deferred_action_that_raises_leaves_the_next_signal_acting() -> None:
     with entries:
         entries.defer("sigterm", lambda: ran.append("drain"))
     assert ran == ["drain"]
+
+
+def test_a_call_left_counted_by_a_keyboardinterrupt_is_over_once_its_frame_is() -> None:
+    """A Ctrl-C raised as a call's exit began (before its count) left the call counted: once
+    its frame is gone the thread is outside again, so later calls are not taken as
+    interrupting it (every flush() returned False at once, SIGTERM was deferred for ever)."""
+    entries = Entries(lambda: False)
+
+    def interrupted_at_its_exit() -> None:
+        entries.__enter__()  # its __exit__ never ran its first line
+
+    interrupted_at_its_exit()
+    assert not entries.inside_call()
+    with entries as interrupted:
+        assert not interrupted
+        assert entries.inside_call()
+    assert not entries.inside_call()
