@@ -38,6 +38,7 @@ class FlushRound:
         spooled: Backlog | None = None,
     ) -> None:
         self._losses = losses
+        self._begun = losses.begin() if losses is not None else 0
         self._marks = [(channel, channel.request_flush()) for channel in channels]
         self._spooled = spooled
 
@@ -54,5 +55,5 @@ class FlushRound:
         ``returning`` the round ends here (the next one looks at drops from now on).
         """
         losses = self._losses
-        lost = losses is not None and losses.since(returning=returning)
+        lost = losses is not None and losses.since(self._begun, returning=returning)
         return reached and not lost

@@ -205,6 +205,7 @@ class Process:
         if timeout is None:
             timeout = max((w.settings.exit_timeout for w in workers), default=0.0)
         deadline = time.monotonic() + self.cap_at_exit(max(timeout, 0.0))
+        begun = self.losses.begin()
         rounds = [
             (
                 worker,
@@ -213,7 +214,7 @@ class Process:
             for worker in workers
         ]
         reached = all([worker.wait_until(flush.reached, deadline) for worker, flush in rounds])
-        return not self.losses.since(returning=True) and reached
+        return not self.losses.since(begun, returning=True) and reached
 
     def spill_queued(self) -> int:
         """What every producer still holds goes to the spool where its worker has one,

@@ -65,12 +65,17 @@ class LossWatch:
         """Events were dropped just now."""
         self._last = next(_LOSS_IDS)
 
-    def since(self, *, returning: bool) -> bool:
-        """Whether events were dropped since the previous flush that returned (or since
-        the start); with ``returning`` this flush returns: the next one starts from here.
+    def begin(self) -> int:
+        """Where a round starts from: what the previous flush that returned saw."""
+        return self._seen
+
+    def since(self, begun: int, *, returning: bool) -> bool:
+        """Whether events were dropped since ``begun`` (``begin`` at the round's start: a
+        round that overlaps another's return still sees what that one saw); with
+        ``returning`` this flush returns: the next one starts from here.
         """
         last = self._last  # one read: a loss after it is the next round's
-        lost = last != self._seen
+        lost = last != begun
         if returning:
             self._seen = last
         return lost

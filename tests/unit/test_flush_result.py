@@ -9,8 +9,10 @@ import pytest
 
 from tests.helpers import RecordingTransport, accepted, answered, unit_config, unit_process
 from tinybird_export._client import Attempt
+from tinybird_export._flush_round import FlushRound
 from tinybird_export._process import Process
 from tinybird_export._producer import Producer
+from tinybird_export._tally import LossWatch
 
 
 def producer(process: Process, **settings: object) -> Producer:
@@ -149,3 +151,15 @@ def test_the_process_flush_reports_what_a_producer_closed_since_dropped() -> Non
     kept.put({"event": "delivered"})
     assert process.flush(5) is False
     assert process.flush(5) is True
+
+
+def test_two_overlapping_flushes_both_report_a_drop_during_them() -> None:
+    """Two threads' flushes of one producer overlap and an event is dropped meanwhile: the
+    first to return says False, and so does the other (it used to find the drop consumed,
+    and said True)."""
+    watch = LossWatch()
+    first, second = FlushRound([], watch), FlushRound([], watch)
+    watch.lost()
+    assert second.result(True) is False
+    assert first.result(True) is False
+    assert FlushRound([], watch).result(True) is True  # said by both; the next one is clean
