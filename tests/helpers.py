@@ -42,6 +42,17 @@ PRELUDE = textwrap.indent(
 )
 
 
+SIGNALLED_INSIDE = """
+            import os, signal
+            class SignalledInside(bytes):  # what a SIGTERM landing inside offer() does
+                def __len__(self):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return super().__len__()
+"""
+"""A line whose length, read inside ``Channel.offer`` under its lock, sends this process
+a SIGTERM: a signal that lands inside an offer, made certain (indented as ``PRELUDE``)."""
+
+
 def run_python(
     code: str,
     env: dict[str, str] | None = None,

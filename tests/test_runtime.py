@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import (
     PRELUDE,
+    SIGNALLED_INSIDE,
     child_env,
     closed_port_url,
     fail_once,
@@ -394,18 +395,17 @@ class TestForkAndExit:
             for i in range(1000):
                 log.info("n %d", i)
 
-            class SignalledInside(bytes):  # what a SIGTERM landing inside offer() does
-                def __len__(self):
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    return super().__len__()
+            """
+            + SIGNALLED_INSIDE
+            + """
 
             started = time.monotonic()
             try:
                 # The channel directly: no public call runs app code inside an offer.
-                handler._producer.channel.offer(SignalledInside(b'{{"event":"inside"}}'))
+                handler._producer.channel.offer(SignalledInside(b'{"event":"inside"}'))
                 threading.Event().wait(10)  # the re-delivered signal ends the wait
             except SystemExit:
-                print(f"{{time.monotonic() - started:.2f}}", file=sys.stderr, flush=True)
+                print(f"{time.monotonic() - started:.2f}", file=sys.stderr, flush=True)
                 raise
         """,
             child_env(server),

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from tests.helpers import PRELUDE, child_env, free_port, run_python, talk_to_python
+from tests.helpers import (
+    PRELUDE,
+    SIGNALLED_INSIDE,
+    child_env,
+    free_port,
+    run_python,
+    talk_to_python,
+)
 from tinybird_export.testing import EventsServer, Reply
 
 # A SIGTERM that lands while the main thread's own flush() lists the spool directory (the
@@ -248,10 +255,9 @@ class TestPublicCallsFromTheAppsSignalHandler:
             for i in range(1000):
                 log.info("n %d", i)
 
-            class SignalledInside(bytes):  # what a SIGTERM landing inside offer() does
-                def __len__(self):
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    return super().__len__()
+            """
+            + SIGNALLED_INSIDE
+            + f"""
 
             if {where!r} == "offer":
                 handler._producer.channel.offer(SignalledInside(b'{{"event":"inside"}}'))
